@@ -1,0 +1,91 @@
+# mailspool - build, test, demo, bench, install.
+#
+#   make            library and programs (build/)
+#   make check      install missing deps, build with -Werror, unit tests (also
+#                   under ASan/UBSan), integration and hostile-server tests
+#   make demo       a real Postfix smtp-sink on 127.0.0.1, a batch through mailspool
+#   make bench      latency-proxy benchmark against peers (bench/RESULTS.md)
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make asan       the sanitizer build in build-asan/
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+PYTHON  ?= /usr/bin/python3
+
+WARN     = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
+           -Wno-missing-field-initializers
+CSTD     = -std=c11 -D_GNU_SOURCE
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -MMD -MP
+LDLIBS   = -lcrypto
+
+LIB_SRC  = $(wildcard lib/*.c)
+LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+BENCH_BIN = $(BUILD)/bench/latproxy
+
+.PHONY: all check unit integration asan demo bench install clean deps
+
+all: $(BUILD)/libmailspool.a $(BUILD)/mailspool $(BENCH_BIN)
+
+$(BUILD)/lib/%.o: lib/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/libmailspool.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/mailspool: cmd/mailspool.c $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libmailspool.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/scripted.h $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libmailspool.a $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/%: bench/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+deps:
+	@sh scripts/ensure-deps
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+# The sanitizer build: a separate tree so objects never mix.
+asan:
+	$(MAKE) BUILD=build-asan EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -Werror" CFLAGS="-O1 -g" all $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_BIN))
+	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== asan $$t"; \
+		ASAN_OPTIONS=detect_leaks=1 $$t; done
+
+integration: all
+	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) $(PYTHON) -m pytest -q -p no:cacheprovider integration hostile
+
+check: deps
+	$(MAKE) EXTRA_CFLAGS=-Werror all unit
+	$(MAKE) asan
+	$(MAKE) EXTRA_CFLAGS=-Werror integration
+
+demo: deps all
+	@sh scripts/demo
+
+bench: deps all
+	$(PYTHON) bench/run.py
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mailspool \
+		$(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(BUILD)/mailspool $(DESTDIR)$(PREFIX)/bin/mailspool
+	install -m 644 $(BUILD)/libmailspool.a $(DESTDIR)$(PREFIX)/lib/libmailspool.a
+	install -m 644 include/mailspool/*.h $(DESTDIR)$(PREFIX)/include/mailspool/
+	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d)

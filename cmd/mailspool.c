@@ -1,0 +1,619 @@
+/*
+ * mailspool - command-line front end of libmailspool.
+ *
+ * Thin by design: parse arguments, build messages, call the library, print
+ * what it reports and map it to an exit code (sysexits: 0 all delivered,
+ * 64 usage, 65 bad message data, 69 permanent failure, 75 temporary).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mailspool/headers.h"
+#include "mailspool/io.h"
+#include "mailspool/message.h"
+#include "mailspool/smtp.h"
+#include "mailspool/transcript.h"
+
+enum { EX_OK_ = 0, EX_USAGE_ = 64, EX_DATAERR_ = 65, EX_NOINPUT_ = 66, EX_UNAVAILABLE_ = 69,
+       EX_SOFTWARE_ = 70, EX_CANTCREAT_ = 73, EX_TEMPFAIL_ = 75 };
+
+static const char *progname = "mailspool";
+
+static void usage_main(FILE *f)
+{
+	fprintf(f,
+	        "usage: %s COMMAND [OPTIONS]\n"
+	        "\n"
+	        "Commands:\n"
+	        "  send     send messages to one SMTP server over one pipelined connection\n"
+	        "\n"
+	        "Run '%s COMMAND --help' for the options of a command.\n",
+	        progname, progname);
+}
+
+static void usage_send(FILE *f)
+{
+	fprintf(f,
+	        "usage: %s send --via smtp://HOST[:PORT] [OPTIONS] [FILE...]\n"
+	        "\n"
+	        "Send each FILE (standard input when none) as one message, all over one\n"
+	        "connection.  With PIPELINING each message's MAIL, RCPTs and DATA go as one\n"
+	        "group, and the next message's group rides in the same write as the previous\n"
+	        "message's data and final dot: about one round trip per message.\n"
+	        "\n"
+	        "Options:\n"
+	        "  --via URL             server: smtp://HOST[:PORT] (port 25 by default;\n"
+	        "                        IPv6 as smtp://[::1]:2525)\n"
+	        "  -f, --from SENDER     envelope sender; -f '' is the null sender <>\n"
+	        "                        (default: your login @ this host)\n"
+	        "  --to RCPT             envelope recipient; repeat for more\n"
+	        "  -t                    also take recipients from To, Cc and Bcc of each\n"
+	        "                        message, and remove the Bcc header before sending\n"
+	        "  --json                print results as JSON\n"
+	        "  --transcript FILE     write the full protocol transcript to FILE\n"
+	        "                        (message data summarised by size and SHA-256)\n"
+	        "  --transcript-bodies   keep message data in full in the transcript\n"
+	        "  --no-pipelining       lock-step SMTP even if the server offers PIPELINING\n"
+	        "  --no-cross-message    wait for each message's final reply before starting\n"
+	        "                        the next (two round trips per message)\n"
+	        "  --helo NAME           name to give in EHLO/HELO (default: this host)\n"
+	        "  --max-rcpts N         recipients per transaction (default 100)\n"
+	        "  --allow-long-lines    send lines longer than 998 octets instead of\n"
+	        "                        refusing the message\n"
+	        "  --timeout SECONDS     cap every per-command timeout (defaults follow\n"
+	        "                        RFC 5321 4.5.3.2: 5 min per command, 10 min after\n"
+	        "                        the final dot)\n"
+	        "  --connect-timeout S   TCP connect timeout (default 30)\n"
+	        "  -q, --quiet           print only failures and the summary\n"
+	        "  -h, --help            this text\n"
+	        "\n"
+	        "Output: one line per recipient: its state (delivered, deferred, failed), the\n"
+	        "stage that decided it (mail, rcpt, data, dot, ...), the server's code,\n"
+	        "enhanced code and text; then a summary with messages per second and round\n"
+	        "trips per message.\n"
+	        "\n"
+	        "Exit status: 0 every recipient delivered; 75 some temporary failure (try\n"
+	        "again later); 69 permanent failures; 65 a message or address was unusable;\n"
+	        "64 usage error.\n",
+	        progname);
+}
+
+/* ---- per-run state ------------------------------------------------------ */
+
+typedef struct item {
+	const char *name;   /* file name or "-" */
+	int fd;
+	ms_buf hdr;         /* rewritten header block with -t */
+} item;
+
+typedef struct run {
+	int json, quiet;
+	ms_buf out;         /* JSON results */
+	size_t nmsg;
+	size_t delivered, deferred, failed, local_failed;
+	size_t rcpt_delivered, rcpt_deferred, rcpt_failed;
+	int first_json;
+} run;
+
+static void print_outcome_human(const char *name, const ms_rcpt *r)
+{
+	printf("%s: <%s> %s", name, r->addr, ms_rcpt_state_name(r->state));
+	if (r->out.stage)
+		printf(" (%s)", ms_stage_name(r->out.stage));
+	if (r->out.code)
+		printf(" %d", r->out.code);
+	if (r->out.enh[0])
+		printf(" %s", r->out.enh);
+	if (r->out.text && r->out.text[0]) {
+		const char *t = r->out.text;
+		size_t el = strlen(r->out.enh);
+		/* The enhanced code was printed already; do not repeat it. */
+		if (el && !strncmp(t, r->out.enh, el) && t[el] == ' ')
+			t += el + 1;
+		putchar(' ');
+		/* Server text is arbitrary bytes: print it safely. */
+		for (const unsigned char *p = (const unsigned char *)t; *p; p++) {
+			if (*p == '\n')
+				fputs(" / ", stdout);
+			else if (*p < 0x20 || *p >= 0x7f)
+				printf("\\x%02x", *p);
+			else
+				putchar(*p);
+		}
+	}
+	putchar('\n');
+}
+
+static void json_outcome(ms_buf *b, const ms_outcome *o)
+{
+	ms_buf_printf(b, "\"stage\":\"%s\",\"code\":%d,\"enhanced\":", ms_stage_name(o->stage),
+	              o->code);
+	ms_json_string(b, o->enh, strlen(o->enh));
+	ms_buf_appendstr(b, ",\"text\":");
+	const char *t = o->text ? o->text : "";
+	ms_json_string(b, t, strlen(t));
+}
+
+static void on_result(void *ctx, ms_message *m)
+{
+	run *R = ctx;
+	item *it = m->user;
+	ms_counts c = ms_message_counts(m);
+	R->rcpt_delivered += c.delivered;
+	R->rcpt_deferred += c.deferred;
+	R->rcpt_failed += c.failed;
+	if (c.deferred)
+		R->deferred++;
+	else if (c.failed)
+		R->failed++;
+	else
+		R->delivered++;
+	if (m->out.stage == MS_STAGE_LOCAL)
+		R->local_failed++;
+	if (R->json) {
+		ms_buf *b = &R->out;
+		ms_buf_appendstr(b, R->first_json ? "\n  {" : ",\n  {");
+		R->first_json = 0;
+		ms_buf_printf(b, "\"index\":%zu,\"file\":", m->id);
+		ms_json_string(b, it->name, strlen(it->name));
+		ms_buf_appendstr(b, ",\"sender\":");
+		ms_json_string(b, m->sender, strlen(m->sender));
+		ms_buf_printf(b, ",\"size\":%llu,\"transactions\":%zu,",
+		              (unsigned long long)m->stats.size, m->transactions);
+		json_outcome(b, &m->out);
+		ms_buf_appendstr(b, ",\"recipients\":[");
+		for (size_t i = 0; i < m->nrcpts; i++) {
+			const ms_rcpt *r = &m->rcpts[i];
+			ms_buf_appendstr(b, i ? ",{\"address\":" : "{\"address\":");
+			ms_json_string(b, r->addr, strlen(r->addr));
+			ms_buf_printf(b, ",\"state\":\"%s\",", ms_rcpt_state_name(r->state));
+			json_outcome(b, &r->out);
+			ms_buf_appendstr(b, "}");
+		}
+		ms_buf_appendstr(b, "]}");
+	} else {
+		for (size_t i = 0; i < m->nrcpts; i++)
+			if (!R->quiet || m->rcpts[i].state != MS_RCPT_DELIVERED)
+				print_outcome_human(it->name, &m->rcpts[i]);
+	}
+	if (it->fd >= 0)
+		close(it->fd);
+	ms_buf_free(&it->hdr);
+	free(it);
+	ms_message_free(m);
+}
+
+/* ---- building messages ------------------------------------------------------- */
+
+/* Copy standard input (or any unseekable input) to an unlinked temp file so
+ * that it can be scanned and then streamed: never held in memory. */
+static int spool_to_tmp(int in, ms_error *err)
+{
+	const char *dir = getenv("TMPDIR");
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/mailspool.XXXXXX", dir && *dir ? dir : "/tmp");
+	int fd = mkstemp(path);
+	if (fd < 0) {
+		ms_error_set(err, MS_ERR_IO, "cannot create temporary file: %s", strerror(errno));
+		return -1;
+	}
+	unlink(path);
+	char buf[65536];
+	for (;;) {
+		ssize_t n = read(in, buf, sizeof buf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			ms_error_set(err, MS_ERR_IO, "cannot read input: %s", strerror(errno));
+			close(fd);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		for (ssize_t w = 0; w < n;) {
+			ssize_t k = write(fd, buf + w, (size_t)(n - w));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0) {
+				ms_error_set(err, MS_ERR_IO, "cannot write temporary file: %s", strerror(errno));
+				close(fd);
+				return -1;
+			}
+			w += k;
+		}
+	}
+	return fd;
+}
+
+typedef struct send_opts {
+	const char *sender;
+	const char **rcpts;
+	size_t nrcpts;
+	int from_headers;
+} send_opts;
+
+typedef struct dedup_ctx {
+	ms_message *m;
+	ms_error *err;
+	int bad;
+} dedup_ctx;
+
+static int add_header_rcpt(void *ctx, const char *addr)
+{
+	dedup_ctx *d = ctx;
+	char wire[MS_ADDR_MAX + 1];
+	if (ms_addr_parse(addr, strlen(addr), MS_ADDR_RECIPIENT, wire, NULL, d->err) != MS_OK) {
+		d->bad = 1;
+		return 1;
+	}
+	for (size_t i = 0; i < d->m->nrcpts; i++)
+		if (!strcmp(d->m->rcpts[i].addr, wire))
+			return 0; /* like sendmail: one copy per address */
+	return ms_message_add_rcpt(d->m, addr, d->err) != MS_OK;
+}
+
+static ms_message *build_message(const send_opts *so, const char *name, size_t index,
+                                 ms_error *err)
+{
+	int fd;
+	if (!strcmp(name, "-")) {
+		fd = spool_to_tmp(STDIN_FILENO, err);
+	} else {
+		fd = open(name, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			ms_error_set(err, MS_ERR_IO, "%s: %s", name, strerror(errno));
+			return NULL;
+		}
+		struct stat st;
+		if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+			int t = spool_to_tmp(fd, err);
+			close(fd);
+			fd = t;
+		}
+	}
+	if (fd < 0)
+		return NULL;
+	item *it = calloc(1, sizeof *it);
+	ms_message *m = it ? ms_message_new(so->sender, err) : NULL;
+	if (!m)
+		goto fail;
+	it->name = name;
+	it->fd = fd;
+	ms_buf_init(&it->hdr, MS_HDR_MAX);
+	m->user = it;
+	m->id = index;
+	for (size_t i = 0; i < so->nrcpts; i++)
+		if (ms_message_add_rcpt(m, so->rcpts[i], err) != MS_OK)
+			goto fail;
+	if (so->from_headers) {
+		uint64_t body_off;
+		if (ms_hdr_read(fd, &it->hdr, &body_off, err) != MS_OK)
+			goto fail;
+		dedup_ctx d = { .m = m, .err = err };
+		static const char *fields[] = { "To", "Cc", "Bcc" };
+		for (size_t i = 0; i < 3; i++)
+			if (ms_hdr_addresses(it->hdr.data, ms_buf_avail(&it->hdr), fields[i],
+			                     add_header_rcpt, &d) < 0)
+				goto fail;
+		it->hdr.len = ms_hdr_remove(it->hdr.data, it->hdr.len, "Bcc");
+		if (ms_message_add_mem(m, it->hdr.data, it->hdr.len, err) != MS_OK ||
+		    ms_message_add_fd(m, fd, (off_t)body_off, UINT64_MAX, err) != MS_OK)
+			goto fail;
+	} else if (ms_message_add_fd(m, fd, 0, UINT64_MAX, err) != MS_OK) {
+		goto fail;
+	}
+	if (m->nrcpts == 0) {
+		ms_error_set(err, MS_ERR_USAGE, "%s: no recipients (use --to or -t)", name);
+		goto fail;
+	}
+	return m;
+fail:
+	if (it)
+		ms_buf_free(&it->hdr);
+	free(it);
+	ms_message_free(m);
+	close(fd);
+	return NULL;
+}
+
+/* smtp://host[:port], with [v6] literals. */
+static int parse_url(const char *url, char *host, size_t hsz, char *port, size_t psz)
+{
+	const char *p;
+	if (!strncmp(url, "smtp://", 7))
+		p = url + 7;
+	else
+		return -1;
+	const char *hend, *colon;
+	if (*p == '[') {
+		hend = strchr(p, ']');
+		if (!hend)
+			return -1;
+		p++;
+		colon = hend[1] == ':' ? hend + 1 : NULL;
+		if (hend[1] && !colon)
+			return -1;
+	} else {
+		colon = strchr(p, ':');
+		hend = colon ? colon : p + strlen(p);
+	}
+	size_t hl = (size_t)(hend - p);
+	if (hl == 0 || hl >= hsz)
+		return -1;
+	memcpy(host, p, hl);
+	host[hl] = '\0';
+	const char *ps = colon ? colon + 1 : "25";
+	if (strlen(ps) == 0 || strlen(ps) >= psz || strspn(ps, "0123456789") != strlen(ps))
+		return -1;
+	long pn = strtol(ps, NULL, 10);
+	if (pn < 1 || pn > 65535)
+		return -1;
+	snprintf(port, psz, "%s", ps);
+	return 0;
+}
+
+static int default_sender(char *buf, size_t n)
+{
+	struct passwd *pw = getpwuid(getuid());
+	char host[256];
+	if (gethostname(host, sizeof host) != 0)
+		snprintf(host, sizeof host, "localhost");
+	host[sizeof host - 1] = '\0';
+	return snprintf(buf, n, "%s@%s", pw ? pw->pw_name : "root", host) >= (int)n ? -1 : 0;
+}
+
+static int parse_seconds(const char *s, int *ms)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || *end || v <= 0 || v > 86400)
+		return -1;
+	*ms = (int)(v * 1000);
+	return 0;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
+	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT };
+	static const struct option lo[] = {
+		{ "via", required_argument, NULL, O_VIA },
+		{ "from", required_argument, NULL, 'f' },
+		{ "to", required_argument, NULL, O_TO },
+		{ "json", no_argument, NULL, O_JSON },
+		{ "transcript", required_argument, NULL, O_TRANSCRIPT },
+		{ "transcript-bodies", no_argument, NULL, O_TBODIES },
+		{ "no-pipelining", no_argument, NULL, O_NOPIPE },
+		{ "no-cross-message", no_argument, NULL, O_NOCROSS },
+		{ "helo", required_argument, NULL, O_HELO },
+		{ "max-rcpts", required_argument, NULL, O_MAXRCPT },
+		{ "allow-long-lines", no_argument, NULL, O_LONG },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	ms_smtp_opts o;
+	ms_smtp_opts_default(&o);
+	send_opts so = { 0 };
+	const char *via = NULL, *tpath = NULL;
+	int tbodies = 0, cap_ms = 0;
+	char defsender[MS_ADDR_MAX + 1];
+	run R = { .first_json = 1 };
+	ms_buf_init(&R.out, 0);
+	so.rcpts = calloc((size_t)argc, sizeof *so.rcpts);
+	if (!so.rcpts)
+		return EX_SOFTWARE_;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "f:tqh", lo, NULL)) != -1) {
+		switch (c) {
+		case O_VIA: via = optarg; break;
+		case 'f': so.sender = optarg; break;
+		case O_TO: so.rcpts[so.nrcpts++] = optarg; break;
+		case 't': so.from_headers = 1; break;
+		case O_JSON: R.json = 1; break;
+		case O_TRANSCRIPT: tpath = optarg; break;
+		case O_TBODIES: tbodies = 1; break;
+		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; break;
+		case O_NOCROSS: o.cross_message = 0; break;
+		case O_HELO: o.helo = optarg; break;
+		case O_MAXRCPT: {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < 1 || v > 100000) {
+				fprintf(stderr, "%s send: --max-rcpts wants 1..100000\n", progname);
+				return EX_USAGE_;
+			}
+			o.max_rcpts = (size_t)v;
+			break;
+		}
+		case O_LONG: o.allow_long_lines = 1; break;
+		case O_TIMEOUT:
+			if (parse_seconds(optarg, &cap_ms) < 0) {
+				fprintf(stderr, "%s send: bad --timeout \"%s\"\n", progname, optarg);
+				return EX_USAGE_;
+			}
+			break;
+		case O_CTIMEOUT:
+			if (parse_seconds(optarg, &o.timeouts.connect) < 0) {
+				fprintf(stderr, "%s send: bad --connect-timeout \"%s\"\n", progname, optarg);
+				return EX_USAGE_;
+			}
+			break;
+		case 'q': R.quiet = 1; break;
+		case 'h': usage_send(stdout); return EX_OK_;
+		default: usage_send(stderr); return EX_USAGE_;
+		}
+	}
+	if (cap_ms) {
+		int *t[] = { &o.timeouts.greeting, &o.timeouts.ehlo, &o.timeouts.mail, &o.timeouts.rcpt,
+		             &o.timeouts.data, &o.timeouts.data_block, &o.timeouts.dot,
+		             &o.timeouts.rset, &o.timeouts.quit };
+		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+			if (*t[i] > cap_ms)
+				*t[i] = cap_ms;
+	}
+	char host[256], port[16];
+	if (!via) {
+		fprintf(stderr, "%s send: --via smtp://HOST[:PORT] is required\n", progname);
+		return EX_USAGE_;
+	}
+	if (!strncmp(via, "qmtp://", 7)) {
+		fprintf(stderr, "%s send: qmtp:// is not supported yet (only smtp://)\n", progname);
+		return EX_USAGE_;
+	}
+	if (parse_url(via, host, sizeof host, port, sizeof port) < 0) {
+		fprintf(stderr, "%s send: bad --via \"%s\": want smtp://HOST[:PORT]\n", progname, via);
+		return EX_USAGE_;
+	}
+	if (!so.sender) {
+		if (default_sender(defsender, sizeof defsender) < 0) {
+			fprintf(stderr, "%s send: cannot make a default sender; use -f\n", progname);
+			return EX_USAGE_;
+		}
+		so.sender = defsender;
+	}
+	/* Check addresses once, up front: a bad one is a usage error. */
+	ms_error err;
+	char wire[MS_ADDR_MAX + 1];
+	if (ms_addr_parse(so.sender, strlen(so.sender), MS_ADDR_SENDER, wire, NULL, &err) != MS_OK) {
+		fprintf(stderr, "%s send: %s\n", progname, err.msg);
+		return EX_USAGE_;
+	}
+	for (size_t i = 0; i < so.nrcpts; i++)
+		if (ms_addr_parse(so.rcpts[i], strlen(so.rcpts[i]), MS_ADDR_RECIPIENT, wire, NULL,
+		                  &err) != MS_OK) {
+			fprintf(stderr, "%s send: %s\n", progname, err.msg);
+			return EX_USAGE_;
+		}
+	if (!so.nrcpts && !so.from_headers) {
+		fprintf(stderr, "%s send: no recipients: give --to RCPT or -t\n", progname);
+		return EX_USAGE_;
+	}
+	char *stdin_only[] = { "-" };
+	char **files = optind < argc ? argv + optind : stdin_only;
+	size_t nfiles = optind < argc ? (size_t)(argc - optind) : 1;
+
+	ms_transcript *tx = tpath ? ms_transcript_new(tbodies) : NULL;
+	o.transcript = tx;
+	o.on_result = on_result;
+	o.ctx = &R;
+	ms_smtp *s = ms_smtp_new(&o, &err);
+	if (!s) {
+		fprintf(stderr, "%s send: %s\n", progname, err.msg);
+		return EX_USAGE_;
+	}
+	int64_t t0 = ms_now_ms();
+	ms_error cerr;
+	ms_status cst = ms_smtp_connect(s, host, port, &cerr);
+	if (cst != MS_OK)
+		fprintf(stderr, "%s send: %s\n", progname, cerr.msg);
+	int bad_input = 0;
+	for (size_t i = 0; i < nfiles; i++) {
+		ms_message *m = build_message(&so, files[i], i + 1, &err);
+		if (!m) {
+			fprintf(stderr, "%s send: %s\n", progname, err.msg);
+			bad_input = err.status == MS_ERR_IO ? EX_NOINPUT_ : EX_DATAERR_;
+			continue;
+		}
+		R.nmsg++;
+		ms_error serr;
+		if (ms_smtp_submit(s, m, &serr) != MS_OK && serr.status == MS_ERR_USAGE) {
+			fprintf(stderr, "%s send: %s\n", progname, serr.msg);
+			bad_input = EX_DATAERR_;
+		}
+	}
+	ms_error qerr;
+	ms_smtp_quit(s, &qerr);
+	double secs = (double)(ms_now_ms() - t0) / 1000.0;
+	const ms_smtp_stats *st = ms_smtp_get_stats(s);
+	double rate = secs > 0 ? (double)R.nmsg / secs : 0;
+	double rtpm = R.nmsg ? (double)st->waits / (double)R.nmsg : 0;
+	ms_error ferr;
+	int failed_session = ms_smtp_failed(s, &ferr);
+	if (R.json) {
+		printf("{\"server\":");
+		ms_buf srv;
+		ms_buf_init(&srv, 0);
+		ms_json_string(&srv, via, strlen(via));
+		printf("%s,\"messages\":[%s\n],\"summary\":{\"messages\":%zu,\"delivered\":%zu,"
+		       "\"deferred\":%zu,\"failed\":%zu,\"recipients_delivered\":%zu,"
+		       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
+		       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
+		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"bytes_sent\":%llu,"
+		       "\"writes\":%llu,\"pipelining\":%s,\"session_error\":",
+		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
+		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
+		       (unsigned long long)st->waits, rtpm, (unsigned long long)st->transactions,
+		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
+		       (ms_smtp_get_caps(s)->flags & MS_CAP_PIPELINING) &&
+		               o.pipelining == MS_PIPELINING_AUTO
+		           ? "true"
+		           : "false");
+		ms_buf_reset(&srv);
+		if (failed_session)
+			ms_json_string(&srv, ferr.msg, strlen(ferr.msg));
+		else
+			ms_buf_appendstr(&srv, "null");
+		printf("%s}}\n", ms_buf_ptr(&srv));
+		ms_buf_free(&srv);
+	} else {
+		printf("%zu message%s: %zu delivered, %zu deferred, %zu failed in %.3f s "
+		       "(%.1f messages/s, %.2f round trips/message)\n",
+		       R.nmsg, R.nmsg == 1 ? "" : "s", R.delivered, R.deferred, R.failed, secs, rate,
+		       rtpm);
+	}
+	if (tx) {
+		ms_buf tb;
+		ms_buf_init(&tb, 0);
+		ms_transcript_render(tx, &tb);
+		FILE *f = strcmp(tpath, "-") ? fopen(tpath, "w") : stderr;
+		if (!f || fwrite(ms_buf_ptr(&tb), 1, ms_buf_avail(&tb), f) != ms_buf_avail(&tb)) {
+			fprintf(stderr, "%s send: cannot write transcript %s\n", progname, tpath);
+			bad_input = bad_input ? bad_input : EX_CANTCREAT_;
+		}
+		if (f && f != stderr)
+			fclose(f);
+		ms_buf_free(&tb);
+		ms_transcript_free(tx);
+	}
+	ms_smtp_free(s);
+	ms_buf_free(&R.out);
+	free(so.rcpts);
+	fflush(stdout);
+	if (R.deferred)
+		return EX_TEMPFAIL_;
+	if (bad_input)
+		return bad_input;
+	if (R.failed)
+		return R.local_failed == R.failed ? EX_DATAERR_ : EX_UNAVAILABLE_;
+	return EX_OK_;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage_main(stderr);
+		return EX_USAGE_;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+		usage_main(stdout);
+		return EX_OK_;
+	}
+	if (!strcmp(argv[1], "send"))
+		return cmd_send(argc - 1, argv + 1);
+	fprintf(stderr, "%s: unknown command \"%s\"\n", progname, argv[1]);
+	usage_main(stderr);
+	return EX_USAGE_;
+}

@@ -1,0 +1,131 @@
+/*
+ * mailspool/smtp.h - the pipelining SMTP client.
+ *
+ * RFC 5321 (SMTP), RFC 2920 (PIPELINING), RFC 1870 (SIZE), RFC 6152
+ * (8BITMIME), RFC 6531 (SMTPUTF8), RFC 2034/3463 (enhanced status codes).
+ * PROTOCOL-RULES R1-R47.
+ *
+ * Use:
+ *     ms_smtp_opts o; ms_smtp_opts_default(&o); o.on_result = cb;
+ *     ms_smtp *s = ms_smtp_new(&o, &err);
+ *     ms_smtp_connect(s, "mx.example", "25", &err);   // greeting + EHLO
+ *     for each message: ms_smtp_submit(s, msg, &err); // results via cb
+ *     ms_smtp_quit(s, &err);                          // flush, QUIT
+ *     ms_smtp_free(s);
+ *
+ * How it is fast: with PIPELINING the client sends MAIL, every RCPT and
+ * DATA as one group, and when the 354 arrives it writes the body, the final
+ * dot and the NEXT message's MAIL/RCPT/DATA in the same write (RFC 2920 3.1
+ * allows message content as the first "command" of a group; R20).  A stream
+ * of messages so costs one round trip each.  Replies are matched to commands
+ * by counting, through one FIFO that runs across message boundaries (R21).
+ * Without PIPELINING the same engine goes lock-step.
+ *
+ * Guarantees: every wait has a deadline (RFC 5321 4.5.3.2 defaults, R43);
+ * the engine never blocks writing while replies are unread (R24); a reply
+ * that arrives before its command was completely sent, a garbage line or a
+ * reply with no command outstanding aborts the session as a protocol error
+ * (R4, H3); after the dot is sent and before its reply, a failure leaves the
+ * recipients deferred with "outcome unknown" (R44); recipients that already
+ * got a permanent reply keep it whatever happens later (R46).
+ */
+#ifndef MAILSPOOL_SMTP_H
+#define MAILSPOOL_SMTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mailspool/error.h"
+#include "mailspool/message.h"
+#include "mailspool/transcript.h"
+
+enum ms_smtp_cap {
+	MS_CAP_ESMTP = 1u << 0, /* EHLO was accepted */
+	MS_CAP_PIPELINING = 1u << 1,
+	MS_CAP_SIZE = 1u << 2,
+	MS_CAP_8BITMIME = 1u << 3,
+	MS_CAP_SMTPUTF8 = 1u << 4,
+	MS_CAP_ENHANCEDSTATUSCODES = 1u << 5,
+	MS_CAP_CHUNKING = 1u << 6,
+	MS_CAP_DSN = 1u << 7,
+	MS_CAP_STARTTLS = 1u << 8,
+	MS_CAP_AUTH = 1u << 9,
+	MS_CAP_BINARYMIME = 1u << 10,
+};
+
+typedef struct ms_smtp_caps {
+	unsigned flags;
+	uint64_t size_limit; /* SIZE n; 0 = no fixed limit (RFC 1870 7) */
+	char auth[256];      /* mechanisms offered, space separated */
+	char server[256];    /* the name in the EHLO/HELO reply */
+} ms_smtp_caps;
+
+/* Per-reply timeouts in milliseconds (RFC 5321 4.5.3.2 minimums by default). */
+typedef struct ms_smtp_timeouts {
+	int connect, greeting, ehlo, mail, rcpt, data, data_block, dot, rset, quit;
+} ms_smtp_timeouts;
+
+typedef enum ms_pipelining {
+	MS_PIPELINING_AUTO = 0, /* use it when the server offers it */
+	MS_PIPELINING_OFF       /* lock-step even if offered (R27 escape hatch) */
+} ms_pipelining;
+
+typedef void (*ms_smtp_result_fn)(void *ctx, ms_message *m);
+
+typedef struct ms_smtp_opts {
+	const char *helo;       /* EHLO name; default: this host's name */
+	ms_pipelining pipelining;
+	int cross_message;      /* 1 (default): next envelope rides with the body */
+	size_t max_rcpts;       /* recipients per transaction (default 100, R11) */
+	int allow_long_lines;   /* send lines over 998 octets instead of refusing */
+	size_t window;          /* messages held before submit() waits (default 64) */
+	ms_smtp_timeouts timeouts;
+	ms_transcript *transcript; /* optional, not owned */
+	ms_smtp_result_fn on_result; /* called once per message when final */
+	void *ctx;
+	size_t read_chunk;      /* cap bytes per read (tests: 1 splits replies at every byte) */
+} ms_smtp_opts;
+
+typedef struct ms_smtp_stats {
+	uint64_t bytes_out, bytes_in;
+	uint64_t writes;       /* write calls that moved bytes */
+	uint64_t waits;        /* times everything was written and we had to wait: round trips */
+	uint64_t replies;
+	uint64_t transactions; /* MAIL commands sent */
+	uint64_t messages;     /* messages finished */
+} ms_smtp_stats;
+
+typedef struct ms_smtp ms_smtp;
+
+void ms_smtp_opts_default(ms_smtp_opts *o);
+ms_smtp *ms_smtp_new(const ms_smtp_opts *o, ms_error *err);
+void ms_smtp_free(ms_smtp *s);
+
+/* Connect over TCP, read the greeting and say EHLO (HELO on 5xx, R8). */
+ms_status ms_smtp_connect(ms_smtp *s, const char *host, const char *port, ms_error *err);
+/* The same over a socket the caller has connected (tests, custom routes). */
+ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err);
+
+/*
+ * Queue a message.  The session borrows it until on_result is called for it
+ * (exactly once), after which the caller may free it.  May run the
+ * connection for a while when `window` messages are outstanding.  A message
+ * submitted to a failed session gets its result at once (every recipient
+ * deferred with the failure) and MS_ERR_CLOSED is returned.
+ * on_result must not call back into the session.
+ */
+ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err);
+/* Run until every submitted message has its result. */
+ms_status ms_smtp_flush(ms_smtp *s, ms_error *err);
+/* Flush, then QUIT (pipelined after the last dot, R25) and close. */
+ms_status ms_smtp_quit(ms_smtp *s, ms_error *err);
+
+const ms_smtp_caps *ms_smtp_get_caps(const ms_smtp *s);
+const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s);
+/* The greeting's text, or "" before it arrived. */
+const char *ms_smtp_greeting(const ms_smtp *s);
+/* Did the session break (closed, timed out, protocol error)? Why, in err. */
+int ms_smtp_failed(const ms_smtp *s, ms_error *err);
+/* The ms_io, for tests that need to tune it. */
+struct ms_io *ms_smtp_io(ms_smtp *s);
+
+#endif

@@ -1,0 +1,213 @@
+/*
+ * headers.c - header block reading, address lists and Bcc removal.
+ *
+ * The address-list parser is deliberately forgiving in what it reads (real
+ * mail has odd headers) and strict in what it yields: every address it
+ * returns is checked again by ms_addr_parse before use.
+ */
+#include "mailspool/headers.h"
+
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+ms_status ms_hdr_read(int fd, ms_buf *hdr, uint64_t *body_off, ms_error *err)
+{
+	char chunk[8192];
+	uint64_t off = 0;
+	ms_buf_reset(hdr);
+	for (;;) {
+		ssize_t n = pread(fd, chunk, sizeof chunk, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return ms_error_set(err, MS_ERR_IO, "cannot read message: %s", strerror(errno));
+		if (n == 0) {
+			*body_off = off; /* headers only, no body */
+			return MS_OK;
+		}
+		size_t start = ms_buf_avail(hdr);
+		if (start + (size_t)n > MS_HDR_MAX)
+			return ms_error_set(err, MS_ERR_DATA, "header block longer than %u bytes",
+			                    MS_HDR_MAX);
+		ms_buf_append(hdr, chunk, (size_t)n);
+		const char *p = ms_buf_ptr(hdr);
+		size_t len = ms_buf_avail(hdr);
+		/* The block ends at the first empty line: "\n" or "\r\n" at the
+		 * start of a line (or of the file). */
+		for (size_t i = start > 2 ? start - 2 : 0; i < len; i++) {
+			if (i > 0 && p[i - 1] != '\n')
+				continue;
+			size_t end = 0;
+			if (p[i] == '\n')
+				end = i + 1;
+			else if (p[i] == '\r' && i + 1 < len && p[i + 1] == '\n')
+				end = i + 2;
+			if (end) {
+				hdr->len = hdr->off + end;
+				hdr->data[hdr->len] = '\0';
+				*body_off = end;
+				return MS_OK;
+			}
+		}
+		off += (uint64_t)n;
+	}
+}
+
+/* Length of the field starting at p (through its last continuation line). */
+static size_t field_len(const char *p, size_t len)
+{
+	size_t i = 0;
+	for (;;) {
+		const char *nl = memchr(p + i, '\n', len - i);
+		if (!nl)
+			return len;
+		i = (size_t)(nl - p) + 1;
+		if (i >= len || (p[i] != ' ' && p[i] != '\t'))
+			return i;
+	}
+}
+
+static int name_is(const char *p, size_t flen, const char *name)
+{
+	size_t n = strlen(name);
+	return flen > n && p[n] == ':' && strncasecmp(p, name, n) == 0;
+}
+
+/* Bounded buffer for one address while parsing. */
+typedef struct acc {
+	char s[1024];
+	size_t n;
+	int overflow;
+} acc;
+
+static void acc_put(acc *a, char c)
+{
+	if (a->n + 1 < sizeof a->s)
+		a->s[a->n++] = c;
+	else
+		a->overflow = 1;
+}
+
+static int emit(acc *a, int (*fn)(void *, const char *), void *ctx, int *count)
+{
+	a->s[a->n] = '\0';
+	int r = 0;
+	if (a->n > 0 && !a->overflow) {
+		(*count)++;
+		r = fn(ctx, a->s);
+	}
+	a->n = 0;
+	a->overflow = 0;
+	return r;
+}
+
+int ms_hdr_parse_list(const char *b, size_t len, int (*fn)(void *ctx, const char *addr),
+                      void *ctx)
+{
+	acc plain = { .n = 0 }, angle = { .n = 0 };
+	int in_angle = 0, have_angle = 0, count = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = b[i];
+		acc *cur = in_angle ? &angle : &plain;
+		if (c == '(') { /* comment, nested, with quoted-pairs */
+			int depth = 1;
+			while (++i < len && depth > 0) {
+				if (b[i] == '\\')
+					i++;
+				else if (b[i] == '(')
+					depth++;
+				else if (b[i] == ')')
+					depth--;
+			}
+			i--;
+			continue;
+		}
+		if (c == '"') { /* quoted string: kept with its quotes */
+			acc_put(cur, c);
+			while (++i < len && b[i] != '"') {
+				if (b[i] == '\\' && i + 1 < len)
+					acc_put(cur, b[i++]);
+				if (b[i] != '\r' && b[i] != '\n')
+					acc_put(cur, b[i]);
+			}
+			acc_put(cur, '"');
+			continue;
+		}
+		if (c == '[') { /* domain literal */
+			while (i < len && b[i] != ']') {
+				acc_put(cur, b[i]);
+				i++;
+			}
+			if (i < len)
+				acc_put(cur, ']');
+			continue;
+		}
+		if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+			continue;
+		if (c == '<' && !in_angle) {
+			in_angle = 1;
+			angle.n = 0;
+			continue;
+		}
+		if (c == '>' && in_angle) {
+			in_angle = 0;
+			have_angle = 1;
+			continue;
+		}
+		if (c == ':' && in_angle) {
+			angle.n = 0; /* obsolete route "@a,@b:" before the address */
+			continue;
+		}
+		if (c == ':' && !in_angle) {
+			plain.n = 0; /* group name */
+			continue;
+		}
+		if ((c == ',' || c == ';') && !in_angle) {
+			int r = have_angle ? emit(&angle, fn, ctx, &count) : emit(&plain, fn, ctx, &count);
+			plain.n = 0;
+			have_angle = 0;
+			if (r)
+				return -1;
+			continue;
+		}
+		acc_put(cur, c);
+	}
+	int r = have_angle ? emit(&angle, fn, ctx, &count) : emit(&plain, fn, ctx, &count);
+	return r ? -1 : count;
+}
+
+int ms_hdr_addresses(const char *hdr, size_t len, const char *name,
+                     int (*fn)(void *ctx, const char *addr), void *ctx)
+{
+	int total = 0;
+	size_t i = 0;
+	while (i < len) {
+		size_t fl = field_len(hdr + i, len - i);
+		if (name_is(hdr + i, fl, name)) {
+			size_t n = strlen(name) + 1;
+			int r = ms_hdr_parse_list(hdr + i + n, fl - n, fn, ctx);
+			if (r < 0)
+				return -1;
+			total += r;
+		}
+		i += fl;
+	}
+	return total;
+}
+
+size_t ms_hdr_remove(char *hdr, size_t len, const char *name)
+{
+	size_t i = 0;
+	while (i < len) {
+		size_t fl = field_len(hdr + i, len - i);
+		if (name_is(hdr + i, fl, name)) {
+			memmove(hdr + i, hdr + i + fl, len - i - fl);
+			len -= fl;
+			continue;
+		}
+		i += fl;
+	}
+	return len;
+}

@@ -1,0 +1,1210 @@
+/*
+ * smtp.c - the pipelining SMTP engine (see mailspool/smtp.h).
+ *
+ * Shape: a state machine over a FIFO of expected replies.  Producing output
+ * (fill_output) and consuming replies (on_reply) are separate steps of one
+ * loop (run) whose only blocking call is ms_io_pump, which always reads while
+ * it writes.
+ *
+ *  - A transaction (txn) is one MAIL..dot exchange for a message and a subset
+ *    of its recipients (at most max_rcpts; recipients refused with "too many
+ *    recipients" go again in a following transaction, R11-R12).
+ *  - With PIPELINING a txn's MAIL, RCPTs and DATA go as one group.  DATA must
+ *    end a group (R19), so the next txn's envelope waits until the 354 (or the
+ *    DATA failure) is in; then it is written right behind the body and the
+ *    dot - the same write (R20).  One wait per message.
+ *  - Without PIPELINING a command is written only when the FIFO is empty.
+ *  - Every expectation records the output offset at which its command ends:
+ *    a reply that arrives before that offset was written answers nothing we
+ *    said, and is an error (H3) - except a 4xx/5xx while a body is being
+ *    written, which is the server refusing the data early (R26).
+ *
+ * Outcome order per recipient (R45): MAIL reply if MAIL failed, else RCPT
+ * reply if it failed, else DATA reply if it was not 3xx, else the dot reply.
+ */
+#include "mailspool/smtp.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "mailspool/io.h"
+#include "mailspool/reply.h"
+
+#define OUT_HIGH_WATER (256u * 1024)
+#define BODY_CHUNK (64u * 1024)
+#define EHLO_NAME_MAX 255
+
+typedef enum ex_kind { EX_GREETING, EX_EHLO, EX_HELO, EX_RSET, EX_MAIL, EX_RCPT, EX_DATA,
+                       EX_DOT, EX_QUIT } ex_kind;
+
+static const char *const ex_name[] = { "greeting", "EHLO", "HELO", "RSET", "MAIL FROM",
+                                       "RCPT TO", "DATA", "end of data", "QUIT" };
+
+typedef enum txn_phase { TX_ENVELOPE, TX_BODY, TX_DOT } txn_phase;
+
+typedef struct txn {
+	ms_message *m;
+	size_t *idx;       /* recipient indices of this transaction */
+	size_t n;
+	size_t sent;       /* lock-step: commands sent (1 = MAIL, 1+k = k RCPTs, n+2 = DATA) */
+	size_t answered;   /* RCPT replies received */
+	int mail_ok;       /* -1 unknown, 0 refused, 1 accepted */
+	size_t accepted;   /* RCPTs accepted */
+	int dot_only;      /* 354 without an accepted recipient: send "." alone (R22) */
+	txn_phase phase;
+	ms_reader rd;
+	ms_enc enc;
+	EVP_MD_CTX *sha;
+	struct txn *next;
+} txn;
+
+typedef struct expect {
+	ex_kind kind;
+	txn *t;
+	size_t ri;         /* index into t->idx for EX_RCPT */
+	int64_t queued_ms;
+	uint64_t end_off;  /* output offset just past this command */
+} expect;
+
+typedef enum sess_state { S_NEW, S_GREETING, S_EHLO, S_READY, S_CLOSED } sess_state;
+
+struct ms_smtp {
+	ms_smtp_opts o;
+	char helo[EHLO_NAME_MAX + 1];
+	ms_io io;
+	int have_io;
+	sess_state state;
+	ms_smtp_caps caps;
+	int pipelining;     /* decided after EHLO */
+	char *greeting;
+	ms_reply_reader rr;
+	/* FIFO of expected replies (ring). */
+	expect *fifo;
+	size_t fhead, flen, fcap;
+	/* Submitted messages not yet reported, in order (NULL = reported). */
+	ms_message **msgs;
+	size_t mhead, mlen, mcap;
+	size_t live;
+	txn *txns;          /* in flight, oldest first */
+	txn *envelope;      /* the txn whose envelope is being sent/answered */
+	txn *body;          /* the txn whose body is being produced */
+	int need_rset;
+	int closing, quit_queued, quit_done;
+	int waiting;        /* counted the current wait already */
+	int64_t last_reply_ms;
+	char *chunk;
+	int broken;
+	ms_error fatal;
+	ms_smtp_stats st;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static int timeout_for(const ms_smtp *s, ex_kind k)
+{
+	const ms_smtp_timeouts *t = &s->o.timeouts;
+	switch (k) {
+	case EX_GREETING: return t->greeting;
+	case EX_EHLO: case EX_HELO: return t->ehlo;
+	case EX_RSET: return t->rset;
+	case EX_MAIL: return t->mail;
+	case EX_RCPT: return t->rcpt;
+	case EX_DATA: return t->data;
+	case EX_DOT: return t->dot;
+	case EX_QUIT: return t->quit;
+	}
+	return t->mail;
+}
+
+static void note(ms_smtp *s, ms_tx_kind k, const char *text)
+{
+	ms_transcript_add(s->o.transcript, k, text, strlen(text));
+}
+
+static void on_write(void *ctx, const char *p, size_t n)
+{
+	(void)p;
+	ms_smtp *s = ctx;
+	ms_transcript_write(s->o.transcript, n);
+}
+
+static uint64_t out_offset(const ms_smtp *s)
+{
+	return s->io.bytes_out + ms_io_pending(&s->io);
+}
+
+static ms_status push_expect(ms_smtp *s, ex_kind kind, txn *t, size_t ri)
+{
+	if (s->flen == s->fcap) {
+		size_t ncap = s->fcap ? s->fcap * 2 : 64;
+		expect *p = malloc(ncap * sizeof *p);
+		if (!p)
+			return ms_error_set(&s->fatal, MS_ERR_NOMEM, "out of memory");
+		for (size_t i = 0; i < s->flen; i++)
+			p[i] = s->fifo[(s->fhead + i) % s->fcap];
+		free(s->fifo);
+		s->fifo = p;
+		s->fhead = 0;
+		s->fcap = ncap;
+	}
+	expect *e = &s->fifo[(s->fhead + s->flen) % s->fcap];
+	e->kind = kind;
+	e->t = t;
+	e->ri = ri;
+	e->queued_ms = ms_now_ms();
+	e->end_off = out_offset(s);
+	s->flen++;
+	return MS_OK;
+}
+
+static expect *head(ms_smtp *s)
+{
+	return s->flen ? &s->fifo[s->fhead] : NULL;
+}
+
+static void pop(ms_smtp *s)
+{
+	s->fhead = (s->fhead + 1) % s->fcap;
+	s->flen--;
+}
+
+/* Queue one command line (CRLF added) and record it in the transcript. */
+static ms_status send_line(ms_smtp *s, const char *line)
+{
+	size_t n = strlen(line);
+	ms_transcript_add(s->o.transcript, MS_TX_SENT, line, n);
+	if (ms_io_queue(&s->io, line, n, &s->fatal) != MS_OK ||
+	    ms_io_queue(&s->io, "\r\n", 2, &s->fatal) != MS_OK)
+		return MS_ERR_NOMEM;
+	s->waiting = 0;
+	return MS_OK;
+}
+
+static int is_final(ms_rcpt_state st)
+{
+	return st == MS_RCPT_DELIVERED || st == MS_RCPT_DEFERRED || st == MS_RCPT_FAILED;
+}
+
+/* Record a reply (or our own text) as a recipient's outcome. */
+static void rcpt_set(ms_rcpt *r, ms_rcpt_state st, ms_stage stage, int code, const char *enh,
+                     const char *text)
+{
+	r->state = st;
+	ms_outcome_set(&r->out, stage, code, enh, text);
+}
+
+static ms_rcpt_state state_for(int code)
+{
+	return ms_reply_class(code) == 5 ? MS_RCPT_FAILED : MS_RCPT_DEFERRED;
+}
+
+/* ---- message completion ---------------------------------------------- */
+
+/* Report every message whose recipients are all final, in order. */
+static void report_done(ms_smtp *s)
+{
+	for (size_t i = 0; i < s->mlen; i++) {
+		ms_message *m = s->msgs[(s->mhead + i) % s->mcap];
+		if (!m || m->done)
+			continue;
+		int final = 1;
+		for (size_t k = 0; k < m->nrcpts && final; k++)
+			final = is_final(m->rcpts[k].state) && !m->rcpts[k].busy;
+		if (!final)
+			continue;
+		m->done = 1;
+		s->msgs[(s->mhead + i) % s->mcap] = NULL;
+		s->live--;
+		s->st.messages++;
+		if (s->o.on_result)
+			s->o.on_result(s->o.ctx, m); /* may free m */
+	}
+	while (s->mlen && !s->msgs[s->mhead]) {
+		s->mhead = (s->mhead + 1) % s->mcap;
+		s->mlen--;
+	}
+}
+
+static void txn_free(txn *t)
+{
+	if (t->sha)
+		EVP_MD_CTX_free(t->sha);
+	free(t->idx);
+	free(t);
+}
+
+/* A transaction is over: settle its recipients and unlink it. */
+static void txn_end(ms_smtp *s, txn *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		ms_rcpt *r = &t->m->rcpts[t->idx[i]];
+		r->busy = 0;
+		if (r->retry) {
+			/* Refused as "too many" and not released for another
+			 * transaction: it stays deferred with that reply. */
+			r->retry = 0;
+			r->state = MS_RCPT_DEFERRED;
+		} else if (r->state == MS_RCPT_ACCEPTED || r->state == MS_RCPT_PENDING) {
+			/* Cannot happen after a complete exchange; be safe. */
+			rcpt_set(r, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.0.0",
+			         "transaction ended without a result for this recipient");
+		}
+	}
+	txn **pp = &s->txns;
+	while (*pp && *pp != t)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = t->next;
+	if (s->envelope == t)
+		s->envelope = NULL;
+	if (s->body == t)
+		s->body = NULL;
+	txn_free(t);
+}
+
+/*
+ * The session is lost: every recipient not yet final is deferred with `why`
+ * (R9: "as if a 451 had been received"), except those that already have a
+ * permanent answer (R46).  After the dot, the outcome is unknown (R44).
+ */
+static void fail_all(ms_smtp *s, ms_status status, const char *why)
+{
+	if (!s->broken) {
+		s->broken = 1;
+		ms_error_set(&s->fatal, status, "%s", why);
+		note(s, MS_TX_ERROR, why);
+	}
+	ms_buf_reset(&s->io.out);
+	char unknown[MS_ERROR_MSG_MAX + 96];
+	snprintf(unknown, sizeof unknown,
+	         "%s after the final dot was sent: outcome unknown, the message may be "
+	         "delivered more than once",
+	         why);
+	while (s->txns) {
+		txn *t = s->txns;
+		int after_dot = t->phase == TX_DOT && !t->dot_only;
+		for (size_t i = 0; i < t->n; i++) {
+			ms_rcpt *r = &t->m->rcpts[t->idx[i]];
+			if (is_final(r->state) && !r->retry)
+				continue;
+			r->retry = 0;
+			rcpt_set(r, MS_RCPT_DEFERRED, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, 0,
+			         "4.4.2", after_dot ? unknown : why);
+		}
+		if (!t->m->out.text || after_dot)
+			ms_outcome_set(&t->m->out, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, 0,
+			               "4.4.2", after_dot ? unknown : why);
+		txn_end(s, t);
+	}
+	s->flen = 0;
+	for (size_t i = 0; i < s->mlen; i++) {
+		ms_message *m = s->msgs[(s->mhead + i) % s->mcap];
+		if (!m)
+			continue;
+		for (size_t k = 0; k < m->nrcpts; k++) {
+			ms_rcpt *r = &m->rcpts[k];
+			if (!is_final(r->state) || r->busy) {
+				r->busy = r->retry = 0;
+				rcpt_set(r, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.4.2", why);
+			}
+		}
+		if (!m->out.text)
+			ms_outcome_set(&m->out, MS_STAGE_SESSION, 0, "4.4.2", why);
+	}
+	report_done(s);
+}
+
+/* ---- producing output ------------------------------------------------- */
+
+/* Refuse a message before sending it when this server cannot take it. */
+static int local_refusal(ms_smtp *s, ms_message *m)
+{
+	const char *enh = NULL;
+	char why[256];
+	int need_utf8 = (m->sender_flags & MS_ADDR_UTF8) != 0;
+	for (size_t i = 0; i < m->nrcpts; i++)
+		need_utf8 |= (m->rcpts[i].flags & MS_ADDR_UTF8) != 0;
+	if (m->stats.has_nul) {
+		enh = "5.6.0";
+		snprintf(why, sizeof why, "message contains NUL octets, which SMTP DATA cannot carry");
+	} else if (m->stats.max_line > MS_SMTP_LINE_MAX && !s->o.allow_long_lines) {
+		enh = "5.6.0";
+		snprintf(why, sizeof why,
+		         "message has a line of %zu octets; SMTP allows %d (RFC 5321 4.5.3.1.6)",
+		         m->stats.max_line, MS_SMTP_LINE_MAX);
+	} else if (m->stats.has_8bit && !(s->caps.flags & MS_CAP_8BITMIME)) {
+		enh = "5.6.3";
+		snprintf(why, sizeof why,
+		         "message has 8-bit data and the server does not offer 8BITMIME (RFC 6152)");
+	} else if (need_utf8 && !(s->caps.flags & MS_CAP_SMTPUTF8)) {
+		enh = "5.6.7";
+		snprintf(why, sizeof why,
+		         "a non-ASCII address needs SMTPUTF8, which the server does not offer");
+	} else if ((s->caps.flags & MS_CAP_SIZE) && s->caps.size_limit &&
+	           m->stats.size > s->caps.size_limit) {
+		enh = "5.3.4";
+		snprintf(why, sizeof why,
+		         "message size %llu exceeds the server's fixed maximum of %llu (RFC 1870)",
+		         (unsigned long long)m->stats.size, (unsigned long long)s->caps.size_limit);
+	}
+	if (!enh)
+		return 0;
+	for (size_t i = 0; i < m->nrcpts; i++)
+		if (!is_final(m->rcpts[i].state))
+			rcpt_set(&m->rcpts[i], MS_RCPT_FAILED, MS_STAGE_LOCAL, 0, enh, why);
+	ms_outcome_set(&m->out, MS_STAGE_LOCAL, 0, enh, why);
+	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "message not sent: %s", why);
+	return 1;
+}
+
+/* Pick the recipients of the next transaction, or NULL when none is ready. */
+static txn *next_txn(ms_smtp *s)
+{
+	for (size_t i = 0; i < s->mlen; i++) {
+		ms_message *m = s->msgs[(s->mhead + i) % s->mcap];
+		if (!m || m->done)
+			continue;
+		size_t avail = 0;
+		for (size_t k = 0; k < m->nrcpts; k++)
+			avail += m->rcpts[k].state == MS_RCPT_PENDING && !m->rcpts[k].busy;
+		if (!avail)
+			continue;
+		if (m->transactions == 0 && local_refusal(s, m)) {
+			report_done(s);
+			i = (size_t)-1; /* the list may have shifted: start over */
+			continue;
+		}
+		txn *t = calloc(1, sizeof *t);
+		size_t cap = avail < s->o.max_rcpts ? avail : s->o.max_rcpts;
+		if (!t || !(t->idx = malloc(cap * sizeof *t->idx))) {
+			free(t);
+			ms_error_set(&s->fatal, MS_ERR_NOMEM, "out of memory");
+			return NULL;
+		}
+		for (size_t k = 0; k < m->nrcpts && t->n < cap; k++) {
+			ms_rcpt *r = &m->rcpts[k];
+			if (r->state == MS_RCPT_PENDING && !r->busy) {
+				r->busy = 1;
+				t->idx[t->n++] = k;
+			}
+		}
+		t->m = m;
+		t->mail_ok = -1;
+		m->transactions++;
+		txn **pp = &s->txns;
+		while (*pp)
+			pp = &(*pp)->next;
+		*pp = t;
+		return t;
+	}
+	return NULL;
+}
+
+static ms_status send_mail(ms_smtp *s, txn *t)
+{
+	char line[600];
+	ms_message *m = t->m;
+	int n = snprintf(line, sizeof line, "MAIL FROM:<%s>", m->sender);
+	if (s->caps.flags & MS_CAP_SIZE)
+		n += snprintf(line + n, sizeof line - (size_t)n, " SIZE=%llu",
+		              (unsigned long long)m->stats.size);
+	if (m->stats.has_8bit && (s->caps.flags & MS_CAP_8BITMIME))
+		n += snprintf(line + n, sizeof line - (size_t)n, " BODY=8BITMIME");
+	int utf8 = (m->sender_flags & MS_ADDR_UTF8) != 0;
+	for (size_t i = 0; i < m->nrcpts; i++)
+		utf8 |= (m->rcpts[i].flags & MS_ADDR_UTF8) != 0;
+	if (utf8)
+		snprintf(line + n, sizeof line - (size_t)n, " SMTPUTF8");
+	s->st.transactions++;
+	if (send_line(s, line) != MS_OK)
+		return MS_ERR_NOMEM;
+	return push_expect(s, EX_MAIL, t, 0);
+}
+
+static ms_status send_rcpt(ms_smtp *s, txn *t, size_t ri)
+{
+	char line[600];
+	snprintf(line, sizeof line, "RCPT TO:<%s>", t->m->rcpts[t->idx[ri]].addr);
+	if (send_line(s, line) != MS_OK)
+		return MS_ERR_NOMEM;
+	return push_expect(s, EX_RCPT, t, ri);
+}
+
+static ms_status send_data(ms_smtp *s, txn *t)
+{
+	if (send_line(s, "DATA") != MS_OK)
+		return MS_ERR_NOMEM;
+	return push_expect(s, EX_DATA, t, 0);
+}
+
+static ms_status start_txn(ms_smtp *s, txn *t)
+{
+	ms_status st = MS_OK;
+	if (s->need_rset) {
+		/* R23: after a failed transaction, reset before the next MAIL. */
+		s->need_rset = 0;
+		if ((st = send_line(s, "RSET")) != MS_OK || (st = push_expect(s, EX_RSET, NULL, 0)))
+			return st;
+	}
+	s->envelope = t;
+	if ((st = send_mail(s, t)) != MS_OK)
+		return st;
+	t->sent = 1;
+	if (!s->pipelining)
+		return MS_OK;
+	for (size_t i = 0; i < t->n && st == MS_OK; i++)
+		st = send_rcpt(s, t, i);
+	if (st == MS_OK)
+		st = send_data(s, t);
+	t->sent = t->n + 2;
+	return st;
+}
+
+/* Encode body bytes into the output until the high-water mark or the end. */
+static ms_status produce_body(ms_smtp *s, txn *t)
+{
+	while (ms_io_pending(&s->io) < OUT_HIGH_WATER) {
+		ms_error rerr;
+		ssize_t n = ms_reader_read(&t->rd, s->chunk, BODY_CHUNK, &rerr);
+		if (n < 0) {
+			/* We cannot end the data cleanly: closing without the dot
+			 * makes the server discard it. */
+			fail_all(s, MS_ERR_IO, rerr.msg);
+			return MS_ERR_IO;
+		}
+		ms_buf *out = &s->io.out;
+		size_t room = n > 0 ? MS_ENC_MAX_OUT((size_t)n) : 8;
+		if (ms_buf_reserve(out, room) != MS_OK)
+			return ms_error_set(&s->fatal, MS_ERR_NOMEM, "out of memory");
+		char *dst = ms_buf_tail(out);
+		size_t w = n > 0 ? ms_enc_feed(&t->enc, s->chunk, (size_t)n, dst)
+		                 : ms_enc_finish(&t->enc, dst, 1);
+		if (t->sha)
+			EVP_DigestUpdate(t->sha, dst, n > 0 ? w : w - 3);
+		int full = ms_transcript_full_bodies(s->o.transcript);
+		if (full && w > (n > 0 ? 0u : 3u))
+			ms_transcript_add(s->o.transcript, MS_TX_SENT, dst, n > 0 ? w : w - 3);
+		ms_buf_commit(out, w);
+		s->waiting = 0;
+		if (n > 0)
+			continue;
+		/* End of data: summary line, then the dot. */
+		if (s->o.transcript && !full) {
+			unsigned char md[EVP_MAX_MD_SIZE];
+			unsigned mdlen = 0;
+			char hex[2 * EVP_MAX_MD_SIZE + 1];
+			EVP_DigestFinal_ex(t->sha, md, &mdlen);
+			for (unsigned i = 0; i < mdlen; i++)
+				snprintf(hex + 2 * i, 3, "%02x", md[i]);
+			ms_transcript_addf(s->o.transcript, MS_TX_SENT,
+			                   "[message data: %llu octets in %llu lines, sha256 %s]",
+			                   (unsigned long long)(t->enc.size), (unsigned long long)t->enc.lines,
+			                   hex);
+		}
+		ms_transcript_add(s->o.transcript, MS_TX_SENT, ".", 1);
+		t->phase = TX_DOT;
+		s->body = NULL;
+		return push_expect(s, EX_DOT, t, 0);
+	}
+	return MS_OK;
+}
+
+static ms_status begin_body(ms_smtp *s, txn *t)
+{
+	t->phase = TX_BODY;
+	ms_reader_init(&t->rd, t->m);
+	ms_enc_init(&t->enc, 1);
+	if (s->o.transcript && !ms_transcript_full_bodies(s->o.transcript)) {
+		t->sha = EVP_MD_CTX_new();
+		if (!t->sha || !EVP_DigestInit_ex(t->sha, EVP_sha256(), NULL))
+			return ms_error_set(&s->fatal, MS_ERR_NOMEM, "cannot start SHA-256");
+	}
+	s->body = t;
+	return MS_OK;
+}
+
+/* Queue everything that may be sent now. */
+static ms_status fill_output(ms_smtp *s)
+{
+	if (s->broken || s->state != S_READY)
+		return MS_OK;
+	while (ms_io_pending(&s->io) < OUT_HIGH_WATER) {
+		ms_status st;
+		if (s->body) {
+			if ((st = produce_body(s, s->body)) != MS_OK)
+				return st;
+			continue;
+		}
+		if (s->envelope) {
+			txn *t = s->envelope;
+			/* Lock-step: next envelope command once the FIFO is empty. */
+			if (s->pipelining || s->flen > 0 || t->mail_ok != 1)
+				break;
+			if (t->sent < t->n + 1) {
+				st = send_rcpt(s, t, t->sent - 1);
+				t->sent++;
+			} else if (t->sent == t->n + 1) {
+				st = send_data(s, t);
+				t->sent++;
+			} else {
+				break;
+			}
+			if (st != MS_OK)
+				return st;
+			continue;
+		}
+		/* A new transaction may start: with pipelining once the previous
+		 * DATA is answered (cross-message) or everything is (not). */
+		if (!s->pipelining || !s->o.cross_message) {
+			if (s->flen > 0)
+				break;
+		}
+		if (s->quit_queued)
+			break;
+		txn *t = next_txn(s);
+		if (s->fatal.status == MS_ERR_NOMEM)
+			return MS_ERR_NOMEM;
+		if (!t) {
+			/* Nothing left to start; only replies are awaited. */
+			if (s->closing && !s->quit_queued && (s->pipelining || s->flen == 0)) {
+				/* R25: QUIT rides behind the last dot. */
+				if ((st = send_line(s, "QUIT")) != MS_OK ||
+				    (st = push_expect(s, EX_QUIT, NULL, 0)) != MS_OK)
+					return st;
+				s->quit_queued = 1;
+			}
+			break;
+		}
+		if ((st = start_txn(s, t)) != MS_OK)
+			return st;
+	}
+	return MS_OK;
+}
+
+/* ---- consuming replies ------------------------------------------------ */
+
+static void parse_ehlo(ms_smtp *s, const ms_reply *r)
+{
+	memset(&s->caps, 0, sizeof s->caps);
+	s->caps.flags = MS_CAP_ESMTP;
+	const char *p = r->text;
+	size_t first = strcspn(p, " \n");
+	snprintf(s->caps.server, sizeof s->caps.server, "%.*s", (int)first, p);
+	while ((p = strchr(p, '\n')) != NULL) {
+		p++;
+		size_t len = strcspn(p, "\n");
+		char kw[64];
+		size_t kl = strcspn(p, " =\n");
+		if (kl >= sizeof kw) {
+			p += len;
+			continue;
+		}
+		memcpy(kw, p, kl);
+		kw[kl] = '\0';
+		const char *arg = p + kl;
+		if (*arg == ' ' || *arg == '=')
+			arg++;
+		else
+			arg = "";
+		size_t alen = (size_t)(p + len - arg);
+		if (!strcasecmp(kw, "PIPELINING"))
+			s->caps.flags |= MS_CAP_PIPELINING;
+		else if (!strcasecmp(kw, "SIZE")) {
+			s->caps.flags |= MS_CAP_SIZE;
+			uint64_t v = 0;
+			for (size_t i = 0; i < alen && arg[i] >= '0' && arg[i] <= '9'; i++)
+				v = v > UINT64_MAX / 10 - 10 ? UINT64_MAX : v * 10 + (uint64_t)(arg[i] - '0');
+			s->caps.size_limit = v;
+		} else if (!strcasecmp(kw, "8BITMIME"))
+			s->caps.flags |= MS_CAP_8BITMIME;
+		else if (!strcasecmp(kw, "SMTPUTF8"))
+			s->caps.flags |= MS_CAP_SMTPUTF8;
+		else if (!strcasecmp(kw, "ENHANCEDSTATUSCODES"))
+			s->caps.flags |= MS_CAP_ENHANCEDSTATUSCODES;
+		else if (!strcasecmp(kw, "CHUNKING"))
+			s->caps.flags |= MS_CAP_CHUNKING;
+		else if (!strcasecmp(kw, "BINARYMIME"))
+			s->caps.flags |= MS_CAP_BINARYMIME;
+		else if (!strcasecmp(kw, "DSN"))
+			s->caps.flags |= MS_CAP_DSN;
+		else if (!strcasecmp(kw, "STARTTLS"))
+			s->caps.flags |= MS_CAP_STARTTLS;
+		else if (!strcasecmp(kw, "AUTH")) {
+			s->caps.flags |= MS_CAP_AUTH;
+			snprintf(s->caps.auth, sizeof s->caps.auth, "%.*s", (int)alen, arg);
+		}
+		p += len;
+	}
+}
+
+static void session_ready(ms_smtp *s)
+{
+	s->state = S_READY;
+	s->pipelining = (s->caps.flags & MS_CAP_PIPELINING) && s->o.pipelining == MS_PIPELINING_AUTO;
+	if (!s->pipelining)
+		note(s, MS_TX_NOTE, (s->caps.flags & MS_CAP_PIPELINING)
+		                          ? "PIPELINING disabled by configuration: lock-step"
+		                          : "server does not offer PIPELINING: lock-step");
+}
+
+/* A recipient's RCPT reply.  "Too many recipients" goes again later (R12). */
+static void on_rcpt(ms_smtp *s, txn *t, size_t ri, const ms_reply *r)
+{
+	ms_rcpt *rc = &t->m->rcpts[t->idx[ri]];
+	t->answered++;
+	if (t->mail_ok == 0)
+		return; /* R23: the recipient keeps the MAIL reply */
+	int cls = ms_reply_class(r->code);
+	if (cls == 2) {
+		t->accepted++;
+		rcpt_set(rc, MS_RCPT_ACCEPTED, MS_STAGE_RCPT, r->code, r->enh, r->text);
+		return;
+	}
+	/* R12: 452, or X.5.3 "too many recipients" (even as 552), means
+	 * "not now in this transaction"; other 5xx are final. */
+	int x53 = r->enh[0] && !strcmp(r->enh + 1, ".5.3");
+	if (r->code == 452 || (x53 && (cls == 4 || r->code == 552))) {
+		rc->retry = 1;
+		rcpt_set(rc, MS_RCPT_DEFERRED, MS_STAGE_RCPT, r->code, r->enh, r->text);
+		return;
+	}
+	rcpt_set(rc, cls == 5 ? MS_RCPT_FAILED : MS_RCPT_DEFERRED, MS_STAGE_RCPT, r->code,
+	         r->enh, r->text);
+	(void)s;
+}
+
+/*
+ * Recipients refused as "too many", once DATA is answered: with progress
+ * (someone was accepted) they leave this transaction and become available to
+ * the next one; without, they stay deferred with their reply.  Every RCPT is
+ * answered by now, so no expectation still points into t->idx.
+ */
+static void settle_retries(txn *t, int progress)
+{
+	size_t keep = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		ms_rcpt *rc = &t->m->rcpts[t->idx[i]];
+		if (rc->retry && progress) {
+			rc->retry = 0;
+			rc->state = MS_RCPT_PENDING;
+			rc->busy = 0;
+			continue;
+		}
+		rc->retry = 0;
+		t->idx[keep++] = t->idx[i];
+	}
+	t->n = keep;
+}
+
+static void on_data(ms_smtp *s, txn *t, const ms_reply *r)
+{
+	s->envelope = NULL;
+	int cls = ms_reply_class(r->code);
+	if (cls == 3) {
+		if (t->mail_ok == 1 && t->accepted > 0) {
+			settle_retries(t, 1);
+			begin_body(s, t);
+		} else {
+			/* R22: nobody to deliver to, yet the server wants data. */
+			settle_retries(t, 0);
+			t->dot_only = 1;
+			t->phase = TX_DOT;
+			ms_transcript_add(s->o.transcript, MS_TX_SENT, ".", 1);
+			if (ms_io_queue(&s->io, ".\r\n", 3, &s->fatal) == MS_OK)
+				push_expect(s, EX_DOT, t, 0);
+			s->waiting = 0;
+		}
+		return;
+	}
+	/* DATA refused: the accepted recipients get its reply (R45). */
+	settle_retries(t, 0);
+	if (t->mail_ok == 1) {
+		for (size_t i = 0; i < t->n; i++) {
+			ms_rcpt *rc = &t->m->rcpts[t->idx[i]];
+			if (rc->state == MS_RCPT_ACCEPTED)
+				rcpt_set(rc, state_for(r->code), MS_STAGE_DATA, r->code, r->enh, r->text);
+		}
+		ms_outcome_set(&t->m->out, MS_STAGE_DATA, r->code, r->enh, r->text);
+	}
+	s->need_rset = 1;
+	txn_end(s, t);
+}
+
+static void on_dot(ms_smtp *s, txn *t, const ms_reply *r)
+{
+	if (!t->dot_only) {
+		int cls = ms_reply_class(r->code);
+		ms_rcpt_state st = cls == 2 ? MS_RCPT_DELIVERED : state_for(r->code);
+		for (size_t i = 0; i < t->n; i++) {
+			ms_rcpt *rc = &t->m->rcpts[t->idx[i]];
+			if (rc->state == MS_RCPT_ACCEPTED)
+				rcpt_set(rc, st, MS_STAGE_DOT, r->code, r->enh, r->text);
+		}
+		ms_outcome_set(&t->m->out, MS_STAGE_DOT, r->code, r->enh, r->text);
+	}
+	txn_end(s, t);
+}
+
+static void on_mail(ms_smtp *s, txn *t, const ms_reply *r)
+{
+	if (ms_reply_class(r->code) == 2) {
+		t->mail_ok = 1;
+		return;
+	}
+	/* R23: every recipient gets the MAIL reply; RCPT/DATA replies that
+	 * follow (usually 503) are read and ignored. */
+	t->mail_ok = 0;
+	for (size_t i = 0; i < t->n; i++)
+		rcpt_set(&t->m->rcpts[t->idx[i]], state_for(r->code), MS_STAGE_MAIL, r->code, r->enh,
+		         r->text);
+	ms_outcome_set(&t->m->out, MS_STAGE_MAIL, r->code, r->enh, r->text);
+	s->need_rset = 1;
+	if (!s->pipelining)
+		txn_end(s, t); /* nothing else was sent */
+}
+
+/* Handle one complete reply.  Returns non-zero if the session broke. */
+static int on_reply(ms_smtp *s, ms_reply *r)
+{
+	char why[MS_ERROR_MSG_MAX];
+	expect *e = head(s);
+	s->st.replies++;
+	s->last_reply_ms = ms_now_ms();
+	if (r->flags & MS_REPLY_MIXED)
+		note(s, MS_TX_NOTE, "multiline reply with differing codes: the last line counts");
+	if (r->flags & MS_REPLY_BARE_LF)
+		note(s, MS_TX_NOTE, "reply line ended in LF without CR");
+	if (r->flags & MS_REPLY_ENH_MISMATCH)
+		note(s, MS_TX_NOTE, "enhanced status code disagrees with the reply code: ignored");
+
+	int premature = e && s->io.bytes_out < e->end_off;
+	if (!e || premature) {
+		/* The data still being written, if any: its transaction. */
+		txn *bt = s->body ? s->body : (e && e->kind == EX_DOT ? e->t : NULL);
+		if (r->code == 421 || (bt && ms_reply_class(r->code) >= 4)) {
+			/* R9/R26: the server gives up (or refuses the data early):
+			 * this reply is what the outstanding recipients get. */
+			txn *t = bt ? bt : (e ? e->t : NULL);
+			if (t)
+				for (size_t i = 0; i < t->n; i++) {
+					ms_rcpt *rc = &t->m->rcpts[t->idx[i]];
+					if (!is_final(rc->state) || rc->retry) {
+						rc->retry = 0;
+						rcpt_set(rc, state_for(r->code), bt ? MS_STAGE_DOT : MS_STAGE_SESSION,
+						         r->code, r->enh, r->text);
+					}
+				}
+			snprintf(why, sizeof why, "server said \"%d %.400s\" and the session ended", r->code,
+			         r->text);
+			fail_all(s, ms_reply_class(r->code) == 5 ? MS_ERR_PERM : MS_ERR_TEMP, why);
+			return 1;
+		}
+		snprintf(why, sizeof why, "protocol error: reply \"%d %.200s\" %s", r->code, r->text,
+		         e ? "arrived before its command was sent" : "with no command outstanding");
+		fail_all(s, MS_ERR_PROTOCOL, why);
+		return 1;
+	}
+	ex_kind kind = e->kind;
+	txn *t = e->t;
+	size_t ri = e->ri;
+	pop(s);
+	int cls = ms_reply_class(r->code);
+
+	if (r->code == 421 && kind != EX_QUIT) {
+		/* R9: the server is closing; this reply answers the current
+		 * command and everything outstanding fails temporarily. */
+		if (kind == EX_RCPT && t)
+			rcpt_set(&t->m->rcpts[t->idx[ri]], MS_RCPT_DEFERRED, MS_STAGE_RCPT, r->code, r->enh,
+			         r->text);
+		snprintf(why, sizeof why, "server closing: %d %.400s", r->code, r->text);
+		fail_all(s, MS_ERR_TEMP, why);
+		return 1;
+	}
+	if (cls == 3 && kind != EX_DATA) {
+		snprintf(why, sizeof why, "protocol error: unexpected %d reply to %s", r->code,
+		         ex_name[kind]);
+		fail_all(s, MS_ERR_PROTOCOL, why);
+		return 1;
+	}
+	switch (kind) {
+	case EX_GREETING:
+		free(s->greeting);
+		s->greeting = strdup(r->text);
+		if (cls != 2) {
+			/* R7: a 5xx greeting refuses the session; QUIT politely.
+			 * Like Postfix (smtp_skip_5xx_greeting) this is not final
+			 * for the mail: another host or a later try may take it. */
+			snprintf(why, sizeof why, "server refused the session: %d %.400s", r->code, r->text);
+			send_line(s, "QUIT");
+			ms_io_pump(&s->io, ms_now_ms() + 1000, NULL);
+			fail_all(s, MS_ERR_TEMP, why);
+			return 1;
+		}
+		s->state = S_EHLO;
+		{
+			char line[EHLO_NAME_MAX + 8];
+			snprintf(line, sizeof line, "EHLO %s", s->helo);
+			if (send_line(s, line) != MS_OK || push_expect(s, EX_EHLO, NULL, 0) != MS_OK)
+				return 1;
+		}
+		break;
+	case EX_EHLO:
+		if (cls == 2) {
+			parse_ehlo(s, r);
+			session_ready(s);
+		} else if (cls == 5) {
+			/* R8: EHLO not understood: HELO, no extensions. */
+			char line[EHLO_NAME_MAX + 8];
+			note(s, MS_TX_NOTE, "EHLO refused: falling back to HELO");
+			snprintf(line, sizeof line, "HELO %s", s->helo);
+			if (send_line(s, line) != MS_OK || push_expect(s, EX_HELO, NULL, 0) != MS_OK)
+				return 1;
+		} else {
+			snprintf(why, sizeof why, "EHLO refused: %d %.400s", r->code, r->text);
+			fail_all(s, MS_ERR_TEMP, why);
+			return 1;
+		}
+		break;
+	case EX_HELO:
+		if (cls != 2) {
+			snprintf(why, sizeof why, "HELO refused: %d %.400s", r->code, r->text);
+			fail_all(s, cls == 5 ? MS_ERR_PERM : MS_ERR_TEMP, why);
+			return 1;
+		}
+		memset(&s->caps, 0, sizeof s->caps);
+		session_ready(s);
+		break;
+	case EX_RSET:
+		if (cls != 2) {
+			snprintf(why, sizeof why, "RSET refused (%d %.400s): session state unknown", r->code,
+			         r->text);
+			fail_all(s, MS_ERR_TEMP, why);
+			return 1;
+		}
+		break;
+	case EX_MAIL:
+		on_mail(s, t, r);
+		break;
+	case EX_RCPT:
+		on_rcpt(s, t, ri, r);
+		/* Lock-step: no accepted recipient after the last RCPT: no DATA. */
+		if (!s->pipelining && t->answered == t->n && t->accepted == 0) {
+			settle_retries(t, 0);
+			s->need_rset = 1;
+			txn_end(s, t);
+		}
+		break;
+	case EX_DATA:
+		on_data(s, t, r);
+		break;
+	case EX_DOT:
+		on_dot(s, t, r);
+		break;
+	case EX_QUIT:
+		s->quit_done = 1;
+		break;
+	}
+	report_done(s);
+	return 0;
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+typedef int (*until_fn)(const ms_smtp *s);
+
+static int until_ready(const ms_smtp *s) { return s->state == S_READY; }
+static int until_window(const ms_smtp *s) { return s->live <= s->o.window / 2; }
+static int until_flushed(const ms_smtp *s) { return s->live == 0; }
+static int until_quit(const ms_smtp *s) { return s->quit_done || s->io.eof; }
+
+static ms_status run(ms_smtp *s, until_fn until)
+{
+	char why[MS_ERROR_MSG_MAX];
+	for (;;) {
+		if (s->broken)
+			return s->fatal.status;
+		if (fill_output(s) != MS_OK) {
+			if (!s->broken)
+				fail_all(s, s->fatal.status, s->fatal.msg);
+			return s->fatal.status;
+		}
+		if (s->broken)
+			return s->fatal.status;
+		if (until(s) && (until != until_quit || ms_io_pending(&s->io) == 0))
+			return MS_OK;
+		expect *e = head(s);
+		if (!e && ms_io_pending(&s->io) == 0 && !s->body) {
+			if (until == until_quit)
+				return MS_OK;
+			/* Nothing to send or await, yet not done: cannot happen
+			 * unless a message has no recipients left to try. */
+			report_done(s);
+			if (until(s))
+				return MS_OK;
+			fail_all(s, MS_ERR_PROTOCOL, "internal error: session stalled");
+			return MS_ERR_PROTOCOL;
+		}
+		int64_t deadline = MS_NO_DEADLINE;
+		if (e) {
+			int64_t start = e->queued_ms;
+			if (s->last_reply_ms > start)
+				start = s->last_reply_ms;
+			if (s->io.last_write_ms > start)
+				start = s->io.last_write_ms;
+			deadline = start + timeout_for(s, e->kind);
+		}
+		if (ms_io_pending(&s->io) > 0) {
+			int64_t wd = s->io.last_write_ms + s->o.timeouts.data_block;
+			if (wd < deadline)
+				deadline = wd;
+		} else if (e && !s->waiting) {
+			s->waiting = 1;
+			s->st.waits++;
+		}
+		ms_error perr;
+		ms_status st = ms_io_pump(&s->io, deadline, &perr);
+		s->st.bytes_in = s->io.bytes_in;
+		s->st.bytes_out = s->io.bytes_out;
+		s->st.writes = s->io.writes;
+		if (st == MS_ERR_TIMEOUT) {
+			if (until == until_quit) {
+				s->quit_done = 1;
+				return MS_OK; /* R25: the QUIT reply changes nothing */
+			}
+			if (e)
+				snprintf(why, sizeof why, "timed out after %d s waiting for the reply to %s",
+				         timeout_for(s, e->kind) / 1000, ex_name[e->kind]);
+			else
+				snprintf(why, sizeof why, "timed out after %d s writing to the server",
+				         s->o.timeouts.data_block / 1000);
+			fail_all(s, MS_ERR_TIMEOUT, why);
+			return MS_ERR_TIMEOUT;
+		}
+		if (st != MS_OK) {
+			fail_all(s, st, perr.msg);
+			return st;
+		}
+		/* Hand every complete reply to the state machine. */
+		for (;;) {
+			ms_reply r;
+			int done = 0;
+			ms_error rerr;
+			if (ms_reply_read(&s->rr, &s->io.in, &r, &done, &rerr) != MS_OK) {
+				note(s, MS_TX_RECV, ms_buf_ptr(&s->io.in));
+				fail_all(s, MS_ERR_PROTOCOL, rerr.msg);
+				return MS_ERR_PROTOCOL;
+			}
+			if (!done)
+				break;
+			ms_transcript_add(s->o.transcript, MS_TX_RECV, r.raw, strlen(r.raw));
+			int broke = on_reply(s, &r);
+			ms_reply_free(&r);
+			if (broke)
+				return s->fatal.status;
+		}
+		if (s->io.eof) {
+			if (until == until_quit || (s->quit_queued && s->live == 0)) {
+				s->quit_done = 1;
+				return MS_OK;
+			}
+			if (ms_reply_reader_busy(&s->rr, &s->io.in))
+				snprintf(why, sizeof why,
+				         "connection closed by the server in the middle of a reply");
+			else if (head(s))
+				snprintf(why, sizeof why,
+				         "connection closed by the server while waiting for the reply to %s",
+				         ex_name[head(s)->kind]);
+			else
+				snprintf(why, sizeof why, "connection closed by the server");
+			fail_all(s, MS_ERR_CLOSED, why);
+			return MS_ERR_CLOSED;
+		}
+	}
+}
+
+/* ---- public API -------------------------------------------------------- */
+
+void ms_smtp_opts_default(ms_smtp_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->cross_message = 1;
+	o->max_rcpts = 100;
+	o->window = 64;
+	/* RFC 5321 4.5.3.2 minimums; connect and quit are our own. */
+	o->timeouts = (ms_smtp_timeouts){ .connect = 30000, .greeting = 300000, .ehlo = 300000,
+	                                  .mail = 300000, .rcpt = 300000, .data = 120000,
+	                                  .data_block = 180000, .dot = 600000, .rset = 120000,
+	                                  .quit = 10000 };
+}
+
+ms_smtp *ms_smtp_new(const ms_smtp_opts *o, ms_error *err)
+{
+	ms_smtp *s = calloc(1, sizeof *s);
+	if (!s || !(s->chunk = malloc(BODY_CHUNK))) {
+		free(s);
+		ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	s->o = *o;
+	if (s->o.max_rcpts == 0)
+		s->o.max_rcpts = 100;
+	if (s->o.window < 2)
+		s->o.window = 2;
+	const char *helo = o->helo;
+	char host[EHLO_NAME_MAX + 1];
+	if (!helo || !*helo) {
+		if (gethostname(host, sizeof host) != 0 || !ms_addr_domain_ok(host, strlen(host), NULL))
+			snprintf(host, sizeof host, "localhost");
+		host[sizeof host - 1] = '\0';
+		helo = host;
+	}
+	if (!ms_addr_domain_ok(helo, strlen(helo), NULL)) {
+		ms_error_set(err, MS_ERR_USAGE, "invalid EHLO name \"%.100s\"", helo);
+		free(s->chunk);
+		free(s);
+		return NULL;
+	}
+	snprintf(s->helo, sizeof s->helo, "%s", helo);
+	ms_reply_reader_init(&s->rr);
+	s->io.fd = -1;
+	return s;
+}
+
+void ms_smtp_free(ms_smtp *s)
+{
+	if (!s)
+		return;
+	while (s->txns) {
+		txn *t = s->txns;
+		s->txns = t->next;
+		txn_free(t);
+	}
+	if (s->have_io)
+		ms_io_close(&s->io);
+	ms_reply_reader_free(&s->rr);
+	free(s->fifo);
+	free(s->msgs);
+	free(s->greeting);
+	free(s->chunk);
+	free(s);
+}
+
+ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
+{
+	if (s->have_io)
+		return ms_error_set(err, MS_ERR_USAGE, "session already connected");
+	if (ms_io_init_fd(&s->io, fd, err) != MS_OK) {
+		close(fd);
+		return err ? err->status : MS_ERR_IO;
+	}
+	s->have_io = 1;
+	s->io.read_chunk = s->o.read_chunk;
+	s->io.on_write = on_write;
+	s->io.on_write_ctx = s;
+	s->state = S_GREETING;
+	push_expect(s, EX_GREETING, NULL, 0);
+	ms_status st = run(s, until_ready);
+	if (st != MS_OK)
+		return ms_error_set(err, st, "%s", s->fatal.msg);
+	return MS_OK;
+}
+
+ms_status ms_smtp_connect(ms_smtp *s, const char *host, const char *port, ms_error *err)
+{
+	int fd;
+	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "connecting to %s port %s", host, port);
+	ms_status st = ms_net_connect(host, port, s->o.timeouts.connect, &fd, err);
+	if (st != MS_OK) {
+		s->broken = 1;
+		ms_error_set(&s->fatal, st, "%s", err ? err->msg : "cannot connect");
+		note(s, MS_TX_ERROR, s->fatal.msg);
+		return st;
+	}
+	return ms_smtp_attach(s, fd, err);
+}
+
+ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err)
+{
+	if (m->nrcpts == 0)
+		return ms_error_set(err, MS_ERR_USAGE, "message has no recipients");
+	if (!m->scanned) {
+		ms_status st = ms_message_scan(m, err);
+		if (st != MS_OK)
+			return st;
+	}
+	if (s->mlen == s->mcap) {
+		size_t ncap = s->mcap ? s->mcap * 2 : 64;
+		ms_message **p = malloc(ncap * sizeof *p);
+		if (!p)
+			return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		for (size_t i = 0; i < s->mlen; i++)
+			p[i] = s->msgs[(s->mhead + i) % s->mcap];
+		free(s->msgs);
+		s->msgs = p;
+		s->mhead = 0;
+		s->mcap = ncap;
+	}
+	s->msgs[(s->mhead + s->mlen) % s->mcap] = m;
+	s->mlen++;
+	s->live++;
+	if (s->broken || !s->have_io) {
+		fail_all(s, s->broken ? s->fatal.status : MS_ERR_CLOSED,
+		         s->broken ? s->fatal.msg : "session is not connected");
+		return ms_error_set(err, MS_ERR_CLOSED, "%s", s->fatal.msg);
+	}
+	if (s->live >= s->o.window) {
+		ms_status st = run(s, until_window);
+		if (st != MS_OK)
+			return ms_error_set(err, st, "%s", s->fatal.msg);
+	}
+	return MS_OK;
+}
+
+ms_status ms_smtp_flush(ms_smtp *s, ms_error *err)
+{
+	if (s->broken) {
+		fail_all(s, s->fatal.status, s->fatal.msg);
+		return ms_error_set(err, s->fatal.status, "%s", s->fatal.msg);
+	}
+	ms_status st = run(s, until_flushed);
+	if (st != MS_OK)
+		return ms_error_set(err, st, "%s", s->fatal.msg);
+	return MS_OK;
+}
+
+ms_status ms_smtp_quit(ms_smtp *s, ms_error *err)
+{
+	s->closing = 1;
+	ms_status st = ms_smtp_flush(s, err);
+	if (st == MS_OK && !s->broken && s->have_io) {
+		if (!s->quit_queued) {
+			fill_output(s);
+			if (!s->quit_queued && send_line(s, "QUIT") == MS_OK &&
+			    push_expect(s, EX_QUIT, NULL, 0) == MS_OK)
+				s->quit_queued = 1;
+		}
+		run(s, until_quit);
+	}
+	if (s->have_io) {
+		ms_io_close(&s->io);
+		s->have_io = 0;
+	}
+	s->state = S_CLOSED;
+	return st;
+}
+
+const ms_smtp_caps *ms_smtp_get_caps(const ms_smtp *s) { return &s->caps; }
+const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s) { return &s->st; }
+const char *ms_smtp_greeting(const ms_smtp *s) { return s->greeting ? s->greeting : ""; }
+struct ms_io *ms_smtp_io(ms_smtp *s) { return &s->io; }
+
+int ms_smtp_failed(const ms_smtp *s, ms_error *err)
+{
+	if (s->broken && err)
+		*err = s->fatal;
+	return s->broken;
+}
