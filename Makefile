@@ -29,7 +29,7 @@ BENCH_BIN = $(BUILD)/bench/latproxy
 
 .PHONY: all check unit integration asan demo bench install clean deps
 
-all: $(BUILD)/libmailspool.a $(BUILD)/mailspool $(BENCH_BIN)
+all: $(BUILD)/libmailspool.a $(BUILD)/mailspool
 
 $(BUILD)/lib/%.o: lib/%.c
 	@mkdir -p $(dir $@)
@@ -74,7 +74,7 @@ check: deps
 demo: deps all
 	@sh scripts/demo
 
-bench: deps all
+bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
 
 install: all

@@ -85,7 +85,9 @@ size_t ms_enh_parse(const char *text, char out[MS_ENH_MAX])
 
 static int valid_code(const char *p)
 {
-	return p[0] >= '2' && p[0] <= '5' && p[1] >= '0' && p[1] <= '5' && p[2] >= '0' &&
+	/* R2: unknown codes are read by their first digit, so "299" is a
+	 * success; only the first digit is restricted. */
+	return p[0] >= '2' && p[0] <= '5' && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' &&
 	       p[2] <= '9';
 }
 

@@ -270,8 +270,9 @@ static void txn_end(ms_smtp *s, txn *t)
  * The session is lost: every recipient not yet final is deferred with `why`
  * (R9: "as if a 451 had been received"), except those that already have a
  * permanent answer (R46).  After the dot, the outcome is unknown (R44).
+ * `code`/`enh` are the server's reply that ended the session (421), if any.
  */
-static void fail_all(ms_smtp *s, ms_status status, const char *why)
+static void fail_with(ms_smtp *s, ms_status status, const char *why, int code, const char *enh)
 {
 	if (!s->broken) {
 		s->broken = 1;
@@ -292,12 +293,12 @@ static void fail_all(ms_smtp *s, ms_status status, const char *why)
 			if (is_final(r->state) && !r->retry)
 				continue;
 			r->retry = 0;
-			rcpt_set(r, MS_RCPT_DEFERRED, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, 0,
-			         "4.4.2", after_dot ? unknown : why);
+			rcpt_set(r, MS_RCPT_DEFERRED, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, code,
+			         enh, after_dot ? unknown : why);
 		}
 		if (!t->m->out.text || after_dot)
-			ms_outcome_set(&t->m->out, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, 0,
-			               "4.4.2", after_dot ? unknown : why);
+			ms_outcome_set(&t->m->out, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, code,
+			               enh, after_dot ? unknown : why);
 		txn_end(s, t);
 	}
 	s->flen = 0;
@@ -309,13 +310,19 @@ static void fail_all(ms_smtp *s, ms_status status, const char *why)
 			ms_rcpt *r = &m->rcpts[k];
 			if (!is_final(r->state) || r->busy) {
 				r->busy = r->retry = 0;
-				rcpt_set(r, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.4.2", why);
+				rcpt_set(r, MS_RCPT_DEFERRED, MS_STAGE_SESSION, code, enh, why);
 			}
 		}
 		if (!m->out.text)
-			ms_outcome_set(&m->out, MS_STAGE_SESSION, 0, "4.4.2", why);
+			ms_outcome_set(&m->out, MS_STAGE_SESSION, code, enh, why);
 	}
 	report_done(s);
+}
+
+/* The session is lost without a server reply to blame (4.4.2: bad connection). */
+static void fail_all(ms_smtp *s, ms_status status, const char *why)
+{
+	fail_with(s, status, why, 0, "4.4.2");
 }
 
 /* ---- producing output ------------------------------------------------- */
@@ -800,7 +807,8 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 				}
 			snprintf(why, sizeof why, "server said \"%d %.400s\" and the session ended", r->code,
 			         r->text);
-			fail_all(s, ms_reply_class(r->code) == 5 ? MS_ERR_PERM : MS_ERR_TEMP, why);
+			fail_with(s, ms_reply_class(r->code) == 5 ? MS_ERR_PERM : MS_ERR_TEMP, why, r->code,
+			          r->enh[0] ? r->enh : "4.4.2");
 			return 1;
 		}
 		snprintf(why, sizeof why, "protocol error: reply \"%d %.200s\" %s", r->code, r->text,
@@ -821,7 +829,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			rcpt_set(&t->m->rcpts[t->idx[ri]], MS_RCPT_DEFERRED, MS_STAGE_RCPT, r->code, r->enh,
 			         r->text);
 		snprintf(why, sizeof why, "server closing: %d %.400s", r->code, r->text);
-		fail_all(s, MS_ERR_TEMP, why);
+		fail_with(s, MS_ERR_TEMP, why, r->code, r->enh[0] ? r->enh : "4.4.2");
 		return 1;
 	}
 	if (cls == 3 && kind != EX_DATA) {

@@ -13,7 +13,8 @@
  *  - a line that is not "ddd-", "ddd SP" or "ddd" is a protocol error, never
  *    skipped (R4: skipping garbage lets a later reply be taken for an earlier
  *    command);
- *  - codes are [2-5][0-5][0-9]; anything else is a protocol error (R2);
+ *  - codes are three digits, the first 2-5 (unknown ones are read by their
+ *    first digit, R2); anything else is a protocol error;
  *  - a line is at most MS_REPLY_LINE_MAX bytes and a reply at most
  *    MS_REPLY_LINES_MAX lines (R5);
  *  - a multiline reply whose lines disagree takes the final line's code and
@@ -38,7 +39,7 @@ enum {
 };
 
 typedef struct ms_reply {
-	int code;            /* 200..559 */
+	int code;            /* 200..599 */
 	char enh[MS_ENH_MAX]; /* "2.1.5", or "" when absent or ignored */
 	char *text;          /* text of every line (after "ddd-"), joined by "\n" */
 	char *raw;           /* every line as received, without line ends, joined by "\n" */

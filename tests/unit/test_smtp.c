@@ -1,0 +1,548 @@
+/*
+ * test_smtp.c - the SMTP engine against scripted replies.
+ *
+ * Every scenario runs with the client's reads capped at 1, 2, 3, 5, 7 bytes
+ * and unbounded, so replies are split at every byte (PROTOCOL-RULES H1), and
+ * checks both the per-recipient outcomes and the exact bytes the client sent.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mailspool/io.h"
+#include "mailspool/message.h"
+#include "mailspool/smtp.h"
+#include "scripted.h"
+
+static const size_t chunks[] = { 1, 2, 3, 5, 7, 0 };
+#define NCHUNKS (sizeof chunks / sizeof chunks[0])
+
+#define GREET "220 scripted ESMTP\r\n"
+#define EHLO_PIPE "250-scripted\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+#define EHLO_PLAIN "250-scripted\r\n250 8BITMIME\r\n"
+#define OK "250 2.0.0 ok\r\n"
+#define GO "354 go ahead\r\n"
+#define BYE "221 bye\r\n"
+
+typedef struct outcome_log {
+	int reported;
+} outcome_log;
+
+static void on_res(void *ctx, ms_message *m)
+{
+	(void)m;
+	((outcome_log *)ctx)->reported++;
+}
+
+static ms_message *mk(const char *from, const char *rcpts, const char *body)
+{
+	ms_error err;
+	ms_message *m = ms_message_new(from, &err);
+	assert_non_null(m);
+	char buf[4096];
+	snprintf(buf, sizeof buf, "%s", rcpts);
+	for (char *save, *r = strtok_r(buf, ",", &save); r; r = strtok_r(NULL, ",", &save))
+		assert_int_equal(ms_message_add_rcpt(m, r, &err), MS_OK);
+	assert_int_equal(ms_message_add_mem(m, body, strlen(body), &err), MS_OK);
+	return m;
+}
+
+typedef struct result {
+	char *wire;
+	size_t wirelen;
+	ms_smtp_stats st;
+	ms_status attach;
+} result;
+
+/* Run one session over the script and return what the client sent. */
+static result run(const char *const *steps, ms_smtp_opts *o, ms_message **msgs, size_t n,
+                  size_t chunk)
+{
+	scripted sc;
+	outcome_log log = { 0 };
+	result r = { 0 };
+	ms_error err;
+	sc_start(&sc, steps);
+	o->read_chunk = chunk;
+	o->on_result = on_res;
+	o->ctx = &log;
+	o->helo = "client.test";
+	ms_smtp *s = ms_smtp_new(o, &err);
+	assert_non_null(s);
+	r.attach = ms_smtp_attach(s, sc.client_fd, &err);
+	for (size_t i = 0; i < n; i++)
+		ms_smtp_submit(s, msgs[i], &err);
+	ms_smtp_quit(s, &err);
+	r.st = *ms_smtp_get_stats(s);
+	ms_smtp_free(s);
+	r.wire = sc_finish(&sc, &r.wirelen);
+	/* Every message is reported exactly once. */
+	assert_int_equal(log.reported, (int)n);
+	return r;
+}
+
+static void fast_opts(ms_smtp_opts *o)
+{
+	ms_smtp_opts_default(o);
+	o->timeouts.quit = 300;
+	o->timeouts.greeting = o->timeouts.ehlo = o->timeouts.mail = o->timeouts.rcpt = 3000;
+	o->timeouts.data = o->timeouts.dot = o->timeouts.rset = o->timeouts.data_block = 3000;
+}
+
+static void expect_rcpt(const ms_message *m, size_t i, ms_rcpt_state st, ms_stage stage,
+                        int code)
+{
+	const ms_rcpt *r = &m->rcpts[i];
+	if (r->state != st || r->out.stage != stage || r->out.code != code)
+		fail_msg("rcpt %zu <%s>: got %s/%s/%d (%s), want %s/%s/%d", i, r->addr,
+		         ms_rcpt_state_name(r->state), ms_stage_name(r->out.stage), r->out.code,
+		         r->out.text ? r->out.text : "", ms_rcpt_state_name(st), ms_stage_name(stage),
+		         code);
+}
+
+/* Cross-message pipelining: body 1, dot and message 2's envelope together;
+ * one wait per message. */
+static void test_pipelined_stream(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, OK, OK, GO, OK,
+	                        BYE, NULL };
+	const char *want = "EHLO client.test\r\n"
+	                   "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+	                   "h\xc3\xa9llo\r\n.\r\n"
+	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+	                   "..dot\r\n.\r\n"
+	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+	                   ".\r\n"
+	                   "QUIT\r\n";
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[3] = { mk("a@x.test", "b@x.test", "h\xc3\xa9llo\n"),
+		                     mk("a@x.test", "b@x.test", ".dot"), mk("a@x.test", "b@x.test", "") };
+		result r = run(steps, &o, m, 3, chunks[c]);
+		assert_string_equal(r.wire, want);
+		for (int i = 0; i < 3; i++) {
+			expect_rcpt(m[i], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+			assert_string_equal(m[i]->rcpts[0].out.enh, "2.0.0");
+			ms_message_free(m[i]);
+		}
+		/* greeting, EHLO, the first envelope, then one wait per message
+		 * (each covers a dot and the next envelope; QUIT rides along). */
+		assert_int_equal(r.st.waits, 2 + 1 + 3);
+		free(r.wire);
+	}
+}
+
+/* The write that carries message 1's dot also carries message 2's MAIL. */
+static void test_cross_message_same_write(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_transcript *tx = ms_transcript_new(0);
+	o.transcript = tx;
+	ms_message *m[2] = { mk("a@x.test", "b@x.test", "one\n"), mk("a@x.test", "b@x.test", "two\n") };
+	result r = run(steps, &o, m, 2, 0);
+	/* Find the write boundary after the first "." and check that MAIL
+	 * comes before it. */
+	int seen_dot = 0, mail_after_dot = 0, ok = 0;
+	for (size_t i = 0; i < ms_transcript_count(tx); i++) {
+		const ms_tx_event *e = ms_transcript_event(tx, i);
+		if (e->kind == MS_TX_SENT && !strcmp(e->text, ".") && !seen_dot)
+			seen_dot = 1;
+		else if (seen_dot && e->kind == MS_TX_SENT && !strncmp(e->text, "MAIL", 4))
+			mail_after_dot = 1;
+		else if (seen_dot && e->kind == MS_TX_WRITE) {
+			ok = mail_after_dot;
+			break;
+		}
+	}
+	assert_true(ok);
+	ms_transcript_free(tx);
+	ms_message_free(m[0]);
+	ms_message_free(m[1]);
+	free(r.wire);
+}
+
+/* Mixed recipients; outcome order MAIL > RCPT > DATA > dot (R45). */
+static void test_mixed_recipients(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, "550 5.1.1 no such user\r\n",
+	                        "450 4.2.0 try later\r\n", GO, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "ok@x.test,bad@x.test,later@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		expect_rcpt(m, 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		expect_rcpt(m, 1, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		assert_string_equal(m->rcpts[1].out.enh, "5.1.1");
+		assert_string_equal(m->rcpts[1].out.text, "5.1.1 no such user");
+		expect_rcpt(m, 2, MS_RCPT_DEFERRED, MS_STAGE_RCPT, 450);
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R22: every RCPT refused but DATA got 354: only "." is sent. */
+static void test_all_rcpts_refused_then_354(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, "550 5.1.1 no\r\n", "550 5.1.1 no\r\n", GO,
+	                        "554 5.5.1 no valid recipients\r\n", BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "b@x.test,c@x.test", "SECRET BODY\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		assert_null(strstr(r.wire, "SECRET"));
+		assert_non_null(strstr(r.wire, "DATA\r\n.\r\nQUIT\r\n"));
+		expect_rcpt(m, 0, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		expect_rcpt(m, 1, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R23: MAIL refused: recipients get the MAIL reply; RSET before the next MAIL. */
+static void test_mail_refused_then_rset(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, "553 5.1.8 bad sender\r\n", "503 5.5.1 need MAIL\r\n",
+	                        "503 5.5.1 need MAIL\r\n", OK, OK, OK, GO, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[2] = { mk("a@x.test", "b@x.test", "one\n"), mk("a@x.test", "c@x.test", "two\n") };
+		result r = run(steps, &o, m, 2, chunks[c]);
+		expect_rcpt(m[0], 0, MS_RCPT_FAILED, MS_STAGE_MAIL, 553);
+		assert_string_equal(m[0]->rcpts[0].out.enh, "5.1.8");
+		expect_rcpt(m[1], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		assert_non_null(strstr(r.wire, "DATA\r\nRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<c@x.test>"));
+		assert_null(strstr(r.wire, "one\r\n"));
+		ms_message_free(m[0]);
+		ms_message_free(m[1]);
+		free(r.wire);
+	}
+}
+
+/* R9: 421 in place of a RCPT reply: everything outstanding is deferred. */
+static void test_421_mid_group(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, "421 4.3.2 shutting down\r\n#CLOSE", NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[2] = { mk("a@x.test", "b@x.test,c@x.test", "one\n"),
+		                     mk("a@x.test", "d@x.test", "two\n") };
+		result r = run(steps, &o, m, 2, chunks[c]);
+		expect_rcpt(m[0], 0, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 421);
+		expect_rcpt(m[0], 1, MS_RCPT_DEFERRED, MS_STAGE_RCPT, 421);
+		assert_string_equal(m[0]->rcpts[1].out.enh, "4.3.2");
+		expect_rcpt(m[1], 0, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 421);
+		assert_non_null(strstr(m[1]->rcpts[0].out.text, "shutting down"));
+		ms_message_free(m[0]);
+		ms_message_free(m[1]);
+		free(r.wire);
+	}
+}
+
+/* No PIPELINING: lock-step, one command per wait. */
+static void test_lockstep(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PLAIN, OK, "550 5.1.1 no\r\n", OK, GO, OK, OK, OK, GO, OK,
+	                        BYE, NULL };
+	const char *want = "EHLO client.test\r\n"
+	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n"
+	                   "one\r\n.\r\n"
+	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<d@x.test>\r\nDATA\r\n"
+	                   "two\r\n.\r\n"
+	                   "QUIT\r\n";
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[2] = { mk("a@x.test", "b@x.test,c@x.test", "one\n"),
+		                     mk("a@x.test", "d@x.test", "two\n") };
+		result r = run(steps, &o, m, 2, chunks[c]);
+		assert_string_equal(r.wire, want);
+		expect_rcpt(m[0], 0, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		expect_rcpt(m[0], 1, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		expect_rcpt(m[1], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		/* greeting, EHLO, 5 + 4 commands, QUIT: every command waited for. */
+		assert_int_equal(r.st.waits, 2 + 5 + 4 + 1);
+		ms_message_free(m[0]);
+		ms_message_free(m[1]);
+		free(r.wire);
+	}
+}
+
+/* R8: EHLO refused: HELO, then lock-step. */
+static void test_helo_fallback(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, "502 5.5.2 what?\r\n", "250 hi\r\n", OK, OK, GO, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		assert_string_equal(r.wire, "EHLO client.test\r\nHELO client.test\r\nMAIL FROM:<a@x.test>\r\n"
+		                            "RCPT TO:<b@x.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n");
+		expect_rcpt(m, 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R4: garbage before the dot reply is a protocol error, never "delivered". */
+static void test_garbage_before_dot_reply(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, "hello\r\n250 2.0.0 ok\r\n", BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_DOT, 0);
+		assert_non_null(strstr(m->rcpts[0].out.text, "outcome unknown"));
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R44: the connection closes after the dot, before its reply. */
+static void test_close_after_dot(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, "#CLOSE", NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_DOT, 0);
+		assert_non_null(strstr(m->rcpts[0].out.text, "may be delivered more than once"));
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R12: 452 "too many recipients": the rest go in a second transaction. */
+static void test_452_second_transaction(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, OK, "452 4.5.3 too many\r\n",
+	                        "452 4.5.3 too many\r\n", GO, OK, OK, OK, OK, GO, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "r1@x.test,r2@x.test,r3@x.test,r4@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		for (int i = 0; i < 4; i++)
+			expect_rcpt(m, (size_t)i, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		assert_int_equal(m->transactions, 2);
+		assert_non_null(strstr(r.wire, "x\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<r3@x.test>\r\n"
+		                                "RCPT TO:<r4@x.test>\r\nDATA\r\n"));
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R12: 452 with nobody accepted: deferred, no endless retry. */
+static void test_452_no_progress(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, "452 4.5.3 too many\r\n", "503 5.5.1 no rcpts\r\n",
+	                        OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "r1@x.test", "x\n");
+	result r = run(steps, &o, &m, 1, 0);
+	expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_RCPT, 452);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* R11: more recipients than max_rcpts: several transactions. */
+static void test_max_rcpts_split(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, OK, GO, OK, OK, OK, OK, GO, OK, OK, OK, GO,
+	                        OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	o.max_rcpts = 2;
+	ms_message *m = mk("a@x.test", "r1@x.test,r2@x.test,r3@x.test,r4@x.test,r5@x.test", "x\n");
+	result r = run(steps, &o, &m, 1, 0);
+	for (int i = 0; i < 5; i++)
+		expect_rcpt(m, (size_t)i, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	assert_int_equal(m->transactions, 3);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* R33, R34, R17: refused locally, nothing sent; the next message goes. */
+static void test_local_refusals(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, "250-scripted\r\n250-PIPELINING\r\n250 SIZE 100\r\n", OK, OK,
+	                        GO, OK, BYE, NULL };
+	char big[300], longline[1200];
+	memset(big, 'a', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	memset(longline, 'b', sizeof longline - 1);
+	longline[sizeof longline - 1] = '\0';
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m[4] = { mk("a@x.test", "b@x.test", big), mk("a@x.test", "b@x.test", "caf\xc3\xa9\n"),
+	                     mk("a@x.test", "b@x.test", longline), mk("a@x.test", "b@x.test", "fine\n") };
+	result r = run(steps, &o, m, 4, 0);
+	expect_rcpt(m[0], 0, MS_RCPT_FAILED, MS_STAGE_LOCAL, 0);
+	assert_string_equal(m[0]->rcpts[0].out.enh, "5.3.4");
+	expect_rcpt(m[1], 0, MS_RCPT_FAILED, MS_STAGE_LOCAL, 0);
+	assert_string_equal(m[1]->rcpts[0].out.enh, "5.6.3");
+	expect_rcpt(m[2], 0, MS_RCPT_FAILED, MS_STAGE_LOCAL, 0);
+	expect_rcpt(m[3], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	assert_string_equal(r.wire, "EHLO client.test\r\nMAIL FROM:<a@x.test> SIZE=6\r\n"
+	                            "RCPT TO:<b@x.test>\r\nDATA\r\nfine\r\n.\r\nQUIT\r\n");
+	for (int i = 0; i < 4; i++)
+		ms_message_free(m[i]);
+	free(r.wire);
+}
+
+/* R43: no reply to DATA within its timeout. */
+static void test_timeout(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, "", NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	o.timeouts.data = 300;
+	ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+	int64_t t0 = ms_now_ms();
+	result r = run(steps, &o, &m, 1, 0);
+	assert_true(ms_now_ms() - t0 < 2500);
+	expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0);
+	assert_non_null(strstr(m->rcpts[0].out.text, "timed out"));
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* H3: a reply with no command outstanding is a protocol error. */
+static void test_extra_reply(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK "250 2.0.0 extra\r\n", OK, GO, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+	result r = run(steps, &o, &m, 1, 0);
+	assert_int_not_equal(m->rcpts[0].state, MS_RCPT_DELIVERED);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* R3, R6: mixed codes take the last line; LF-only lines are accepted. */
+static void test_mixed_codes_and_lf(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, "250-scripted\n250 PIPELINING\n", OK, "250-ok\r\n550 5.7.1 no\r\n",
+	                        OK, GO, "250 2.0.0 ok\n", BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m = mk("a@x.test", "b@x.test,c@x.test", "x\n");
+		result r = run(steps, &o, &m, 1, chunks[c]);
+		expect_rcpt(m, 0, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		expect_rcpt(m, 1, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		ms_message_free(m);
+		free(r.wire);
+	}
+}
+
+/* R2: a code outside 2xx-5xx is a protocol error: nothing counts as accepted. */
+static void test_bad_code(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, "600 what\r\n", OK, GO, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+	result r = run(steps, &o, &m, 1, 0);
+	expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* R26: the server refuses the data early and closes while we write. */
+static void test_early_552_during_body(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO "552 5.3.4 message too big\r\n#CLOSE",
+	                        NULL };
+	size_t n = 8u << 20;
+	char *body = malloc(n + 1);
+	for (size_t i = 0; i < n; i++)
+		body[i] = (i % 70 == 69) ? '\n' : 'z';
+	body[n] = '\0';
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "b@x.test", body);
+	free(body);
+	result r = run(steps, &o, &m, 1, 0);
+	expect_rcpt(m, 0, MS_RCPT_FAILED, MS_STAGE_DOT, 552);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* R7: a 554 greeting refuses the session; QUIT is sent. */
+static void test_554_greeting(void **state)
+{
+	(void)state;
+	const char *steps[] = { "554 5.7.1 go away\r\n", BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "b@x.test", "x\n");
+	result r = run(steps, &o, &m, 1, 0);
+	assert_int_not_equal(r.attach, MS_OK);
+	expect_rcpt(m, 0, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0);
+	assert_non_null(strstr(m->rcpts[0].out.text, "554"));
+	assert_string_equal(r.wire, "QUIT\r\n");
+	ms_message_free(m);
+	free(r.wire);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pipelined_stream),
+		cmocka_unit_test(test_cross_message_same_write),
+		cmocka_unit_test(test_mixed_recipients),
+		cmocka_unit_test(test_all_rcpts_refused_then_354),
+		cmocka_unit_test(test_mail_refused_then_rset),
+		cmocka_unit_test(test_421_mid_group),
+		cmocka_unit_test(test_lockstep),
+		cmocka_unit_test(test_helo_fallback),
+		cmocka_unit_test(test_garbage_before_dot_reply),
+		cmocka_unit_test(test_close_after_dot),
+		cmocka_unit_test(test_452_second_transaction),
+		cmocka_unit_test(test_452_no_progress),
+		cmocka_unit_test(test_max_rcpts_split),
+		cmocka_unit_test(test_local_refusals),
+		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_extra_reply),
+		cmocka_unit_test(test_mixed_codes_and_lf),
+		cmocka_unit_test(test_bad_code),
+		cmocka_unit_test(test_early_552_during_body),
+		cmocka_unit_test(test_554_greeting),
+	};
+	return cmocka_run_group_tests_name("smtp engine", tests, NULL, NULL);
+}
