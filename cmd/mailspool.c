@@ -150,6 +150,8 @@ static void on_result(void *ctx, ms_message *m)
 	R->rcpt_delivered += c.delivered;
 	R->rcpt_deferred += c.deferred;
 	R->rcpt_failed += c.failed;
+	/* A message counts as delivered only when every recipient was; any
+	 * deferral makes it deferred (it can be tried again). */
 	if (c.deferred)
 		R->deferred++;
 	else if (c.failed)
@@ -569,10 +571,11 @@ static int cmd_send(int argc, char **argv)
 		printf("%s}}\n", ms_buf_ptr(&srv));
 		ms_buf_free(&srv);
 	} else {
-		printf("%zu message%s: %zu delivered, %zu deferred, %zu failed in %.3f s "
-		       "(%.1f messages/s, %.2f round trips/message)\n",
-		       R.nmsg, R.nmsg == 1 ? "" : "s", R.delivered, R.deferred, R.failed, secs, rate,
-		       rtpm);
+		printf("%zu message%s: %zu delivered, %zu deferred, %zu failed; recipients: %zu "
+		       "delivered, %zu deferred, %zu failed; %.3f s (%.1f messages/s, %.2f round "
+		       "trips/message)\n",
+		       R.nmsg, R.nmsg == 1 ? "" : "s", R.delivered, R.deferred, R.failed,
+		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate, rtpm);
 	}
 	if (tx) {
 		ms_buf tb;

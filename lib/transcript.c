@@ -176,6 +176,27 @@ ms_status ms_transcript_render(const ms_transcript *tx, ms_buf *out)
 	return MS_OK;
 }
 
+/* Length of the well-formed UTF-8 sequence at p (max n bytes), or 0. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+	size_t k;
+	unsigned cp, min;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) { k = 2; cp = p[0] & 0x1f; min = 0x80; }
+	else if (p[0] >= 0xe0 && p[0] <= 0xef) { k = 3; cp = p[0] & 0x0f; min = 0x800; }
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4) { k = 4; cp = p[0] & 0x07; min = 0x10000; }
+	else return 0;
+	if (k > n)
+		return 0;
+	for (size_t i = 1; i < k; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return k;
+}
+
 ms_status ms_json_string(ms_buf *out, const char *s, size_t n)
 {
 	if (ms_buf_append(out, "\"", 1) != MS_OK)
@@ -183,15 +204,21 @@ ms_status ms_json_string(ms_buf *out, const char *s, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		ms_status st;
+		size_t k;
 		if (c == '"' || c == '\\')
 			st = ms_buf_printf(out, "\\%c", c);
 		else if (c == '\n')
 			st = ms_buf_append(out, "\\n", 2);
-		else if (c < 0x20 || c == 0x7f || c >= 0x80)
-			/* Bytes, not characters: keep JSON valid whatever the peer sent. */
+		else if (c < 0x20 || c == 0x7f)
 			st = ms_buf_printf(out, "\\u%04x", c);
-		else
+		else if (c < 0x80)
 			st = ms_buf_append(out, &s[i], 1);
+		else if ((k = utf8_seq((const unsigned char *)s + i, n - i)) > 0) {
+			st = ms_buf_append(out, &s[i], k); /* valid UTF-8 passes through */
+			i += k - 1;
+		} else
+			/* A peer's invalid bytes: keep the JSON valid. */
+			st = ms_buf_append(out, "\\ufffd", 6);
 		if (st != MS_OK)
 			return st;
 	}

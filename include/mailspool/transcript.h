@@ -53,7 +53,9 @@ ms_status ms_transcript_render(const ms_transcript *tx, ms_buf *out);
 /* JSON array of {"t":seconds,"dir":"C|S|W|N|E","text":...,"bytes":n}. */
 ms_status ms_transcript_render_json(const ms_transcript *tx, ms_buf *out);
 
-/* Append s[0..n) as a JSON string literal (quotes included). */
+/* Append s[0..n) as a JSON string literal (quotes included): well-formed
+ * UTF-8 passes through, control bytes are escaped, invalid bytes become
+ * U+FFFD. */
 ms_status ms_json_string(ms_buf *out, const char *s, size_t n);
 
 #endif

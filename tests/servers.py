@@ -1,0 +1,358 @@
+"""Real mail servers for the integration tests, each started on 127.0.0.1 on a
+free port and stopped afterwards.
+
+- SmtpSink: Postfix's smtp-sink, with its fault options and a dump file.
+- Postfix: a throwaway Postfix instance (its own config, queue and log dirs)
+  that rejects and defers chosen recipients, has a size limit, and HOLDs what
+  it accepts so the tests can read its queue.
+- Exim: Exim 4 from Debian's package (unpacked by scripts/install-deps),
+  queue-only, with the same recipient rules.
+- OpenSMTPD: from Debian's package (unpacked likewise); it does not offer
+  PIPELINING.  Its spool path is compiled in (/var/spool/smtpd).
+- Aiosmtpd: an in-process aiosmtpd server that keeps every envelope and the
+  exact bytes of every message, in arrival order, and counts connections.
+
+Only loopback addresses are used.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+TESTMTA = os.environ.get("MS_TESTMTA", "/opt/mailspool-testmta")
+EXIM = os.path.join(TESTMTA, "exim/usr/sbin/exim4")
+OPENSMTPD = os.path.join(TESTMTA, "opensmtpd/usr/sbin/smtpd")
+
+# Recipients the Postfix, Exim and OpenSMTPD instances treat specially.
+REJECT = "reject@example.test"
+LATER = "later@example.test"
+SIZE_LIMIT = 20000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                # Wait for the greeting so the server is really up.
+                s.settimeout(5)
+                s.recv(1)
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class SmtpSink:
+    """smtp-sink [options] 127.0.0.1:port; dump file of every transaction."""
+
+    def __init__(self, *options):
+        self.dir = tempfile.mkdtemp(prefix="ms-sink-")
+        os.chmod(self.dir, 0o777)
+        self.dump = os.path.join(self.dir, "dump")
+        self.port = free_port()
+        self.options = list(options)
+
+    def __enter__(self):
+        argv = ["smtp-sink", "-u", "postfix", "-D", self.dump] + self.options + [
+            f"127.0.0.1:{self.port}", "256"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def transactions(self):
+        """The dump split into transactions (smtp-sink writes them in order)."""
+        if not os.path.exists(self.dump):
+            return []
+        with open(self.dump, "rb") as f:
+            data = f.read()
+        parts = data.split(b"X-Client-Addr: ")
+        return [b"X-Client-Addr: " + p for p in parts[1:]]
+
+
+POSTFIX_MASTER = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+"""
+
+POSTFIX_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.test
+mydomain = postfix.test
+mydestination =
+relay_domains = example.test
+smtpd_recipient_restrictions = check_recipient_access texthash:{d}/etc/rcpt_access,
+    permit_auth_destination, reject
+# Keep what was accepted in the hold queue, where the tests can read it.
+smtpd_end_of_data_restrictions = check_client_access static:HOLD
+message_size_limit = {size}
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+alias_maps =
+alias_database =
+smtpd_banner = $myhostname ESMTP throwaway
+"""
+
+
+class Postfix:
+    """A throwaway Postfix instance listening on 127.0.0.1:port."""
+
+    def __init__(self, extra_main=""):
+        self.dir = tempfile.mkdtemp(prefix="ms-postfix-")
+        self.port = free_port()
+        self.extra_main = extra_main
+
+    def __enter__(self):
+        d = self.dir
+        for sub in ("etc", "queue", "data"):
+            os.makedirs(os.path.join(d, sub))
+        shutil.chown(os.path.join(d, "data"), "postfix")
+        with open(os.path.join(d, "etc/main.cf"), "w") as f:
+            f.write(POSTFIX_MAIN.format(d=d, size=SIZE_LIMIT) + self.extra_main)
+        with open(os.path.join(d, "etc/master.cf"), "w") as f:
+            f.write(POSTFIX_MASTER.format(port=self.port))
+        with open(os.path.join(d, "etc/rcpt_access"), "w") as f:
+            f.write(f"{REJECT} REJECT 5.1.1 no such user\n"
+                    f"{LATER} DEFER_IF_PERMIT 4.2.0 try later\n")
+        self.conf = os.path.join(d, "etc")
+        self.proc = subprocess.Popen(["postfix", "-c", self.conf, "start-fg"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, self.proc)
+        except Exception:
+            self.__exit__()
+            log = open(os.path.join(d, "maillog")).read() if os.path.exists(
+                os.path.join(d, "maillog")) else ""
+            raise RuntimeError("postfix did not start:\n" + log)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["postfix", "-c", self.conf, "stop"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def queue(self):
+        """Messages in the queue: postqueue -j, one dict each."""
+        import json
+        out = subprocess.run(["postqueue", "-c", self.conf, "-j"], capture_output=True,
+                             check=True).stdout.decode()
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def body(self, queue_id):
+        return subprocess.run(["postcat", "-c", self.conf, "-bh", "-q", queue_id],
+                              capture_output=True, check=True).stdout
+
+
+EXIM_CONF = """\
+primary_hostname = exim.test
+local_interfaces = 127.0.0.1
+spool_directory = {d}/spool
+log_file_path = {d}/log/%slog
+pid_file_path = {d}/exim.pid
+exim_user = Debian-exim
+exim_group = Debian-exim
+never_users =
+host_lookup =
+rfc1413_hosts =
+message_size_limit = {size}
+queue_only = true
+keep_environment =
+tls_advertise_hosts =
+acl_smtp_rcpt = acl_rcpt
+begin acl
+acl_rcpt:
+  deny local_parts = reject
+       message = no such user
+  defer local_parts = later
+       message = try later
+  accept
+begin routers
+begin transports
+"""
+
+
+class Exim:
+    """Exim 4, queue-only, on 127.0.0.1:port."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ms-exim-")
+        self.port = free_port()
+
+    def __enter__(self):
+        d = self.dir
+        os.makedirs(os.path.join(d, "spool"))
+        os.makedirs(os.path.join(d, "log"))
+        for sub in ("spool", "log"):
+            shutil.chown(os.path.join(d, sub), "Debian-exim", "Debian-exim")
+        self.conf = os.path.join(d, "exim.conf")
+        with open(self.conf, "w") as f:
+            f.write(EXIM_CONF.format(d=d, size=SIZE_LIMIT))
+        self.proc = subprocess.Popen([EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port),
+                                      "-odq"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def messages(self):
+        """Data files of the queued messages, oldest first."""
+        inp = os.path.join(self.dir, "spool/input")
+        if not os.path.isdir(inp):
+            return []
+        names = sorted(n for n in os.listdir(inp) if n.endswith("-D"))
+        out = []
+        for n in names:
+            with open(os.path.join(inp, n), "rb") as f:
+                out.append(f.read())
+        return out
+
+
+OPENSMTPD_CONF = """\
+smtp max-message-size {size}
+table rej {{ "{reject}" }}
+listen on 127.0.0.1 port {port} hostname opensmtpd.test
+action "hold" relay host smtp://127.0.0.1:9
+match from any for rcpt-to <rej> reject
+match from any for any action "hold"
+"""
+
+OPENSMTPD_SPOOL = "/var/spool/smtpd"
+
+
+class OpenSMTPD:
+    """OpenSMTPD on 127.0.0.1:port; accepted mail waits in its queue."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ms-opensmtpd-")
+        self.port = free_port()
+
+    def __enter__(self):
+        shutil.rmtree(OPENSMTPD_SPOOL, ignore_errors=True)
+        conf = os.path.join(self.dir, "smtpd.conf")
+        with open(conf, "w") as f:
+            f.write(OPENSMTPD_CONF.format(size=SIZE_LIMIT, reject=REJECT, port=self.port))
+        self.proc = subprocess.Popen([OPENSMTPD, "-d", "-f", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def messages(self):
+        q = os.path.join(OPENSMTPD_SPOOL, "queue")
+        found = []
+        for root, _dirs, files in os.walk(q):
+            if "message" in files:
+                with open(os.path.join(root, "message"), "rb") as f:
+                    found.append(f.read())
+        return found
+
+
+class Aiosmtpd:
+    """In-process aiosmtpd that records exact message bytes in order."""
+
+    def __init__(self, **kwargs):
+        self.port = free_port()
+        self.kwargs = kwargs
+        self.envelopes = []
+        self.sessions = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        from aiosmtpd.controller import Controller
+
+        outer = self
+
+        class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname, responses):
+                session.host_name = hostname
+                with outer.lock:
+                    outer.sessions += 1
+                return responses
+
+            async def handle_DATA(self, server, session, envelope):
+                with outer.lock:
+                    outer.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                            bytes(envelope.original_content),
+                                            list(envelope.mail_options)))
+                return "250 2.0.0 stored"
+
+        kw = dict(hostname="127.0.0.1", port=self.port, decode_data=False)
+        kw.update(self.kwargs)
+        self.controller = Controller(Handler(), **kw)
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
