@@ -68,15 +68,17 @@ def stop(proc):
 class SmtpSink:
     """smtp-sink [options] 127.0.0.1:port; dump file of every transaction."""
 
-    def __init__(self, *options):
+    def __init__(self, *options, dump=True):
         self.dir = tempfile.mkdtemp(prefix="ms-sink-")
+        self.want_dump = dump
         os.chmod(self.dir, 0o777)
         self.dump = os.path.join(self.dir, "dump")
         self.port = free_port()
         self.options = list(options)
 
     def __enter__(self):
-        argv = ["smtp-sink", "-u", "postfix", "-D", self.dump] + self.options + [
+        argv = ["smtp-sink", "-u", "postfix"] + (["-D", self.dump] if self.want_dump else []) + \
+            self.options + [
             f"127.0.0.1:{self.port}", "256"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_port(self.port, self.proc)
@@ -152,6 +154,7 @@ class Postfix:
 
     def __init__(self, extra_main=""):
         self.dir = tempfile.mkdtemp(prefix="ms-postfix-")
+        os.chmod(self.dir, 0o755)  # the postfix user must reach data/
         self.port = free_port()
         self.extra_main = extra_main
 
@@ -233,6 +236,7 @@ class Exim:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="ms-exim-")
+        os.chmod(self.dir, 0o755)  # Exim's own user must reach spool/
         self.port = free_port()
 
     def __enter__(self):

@@ -1,0 +1,120 @@
+"""Against Postfix's smtp-sink: volume, ordering, constant memory, and its
+fault options (reject, defer, disconnect, 421 at chosen commands)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BIN
+from servers import SmtpSink
+
+
+def seqs_in(transactions):
+    return [int(re.search(rb"X-Seq: (\d+)", t).group(1)) for t in transactions]
+
+
+def test_1000_messages_one_connection_exactly_once_in_order(send, write_msg):
+    n = 1000
+    pad = "x" * 75 + "\r\n"
+    files = [write_msg(f"Subject: n{i}\r\nX-Seq: {i}\r\n\r\n" + pad * 52) for i in range(n)]
+    with SmtpSink("-c") as sink:
+        r = send(sink.url(), files, "-f", "a@sender.test", "--to", "b@example.test", "-q",
+                 timeout=300)
+        assert r.rc == 0, r.stdout[-2000:]
+        assert r.summary["delivered"] == n
+        assert r.summary["pipelining"] is True
+        txs = sink.transactions()
+        assert seqs_in(txs) == list(range(n))
+        assert all(t.count(b"X-Client-Addr") == 1 for t in txs)
+        # One wait per message, plus greeting, EHLO and the first envelope.
+        assert r.summary["round_trips"] == n + 3
+        assert r.summary["transactions"] == n
+
+
+def test_one_write_carries_dot_and_next_envelope(send, write_msg, tmp_path):
+    files = [write_msg(f"Subject: {i}\r\n\r\nbody\r\n") for i in range(3)]
+    tx = tmp_path / "transcript"
+    with SmtpSink() as sink:
+        r = send(sink.url(), files, "-f", "a@sender.test", "--to", "b@example.test",
+                 "--transcript", str(tx))
+        assert r.rc == 0
+    text = tx.read_text()
+    # body summary, ".", MAIL, RCPT, DATA, and only then a write boundary
+    assert re.search(r"C: \[message data: \d+ octets in \d+ lines, sha256 [0-9a-f]{64}\]\n"
+                     r".*C: \.\n.*C: MAIL FROM:<a@sender.test>\n.*C: RCPT TO:<b@example.test>\n"
+                     r".*C: DATA\n.*--- write #\d+", text)
+
+
+def test_soft_reject_rcpt(send, write_msg):
+    # -r implies -p: no PIPELINING, so this is the lock-step path too.
+    with SmtpSink("-r", "RCPT") as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
+                 "--to", "b@example.test")
+        assert r.rc == 75
+        rc = r.rcpt(0, "b@example.test")
+        assert (rc["state"], rc["stage"], rc["code"]) == ("deferred", "rcpt", 450)
+        assert rc["enhanced"] == "4.3.0"
+        assert r.summary["pipelining"] is False
+        assert sink.transactions() == []
+
+
+def test_hard_reject_mail(send, write_msg):
+    with SmtpSink("-f", "MAIL") as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
+                 "--to", "b@example.test", "--to", "c@example.test")
+        assert r.rc == 69
+        for a in ("b@example.test", "c@example.test"):
+            rc = r.rcpt(0, a)
+            assert (rc["state"], rc["stage"], rc["code"]) == ("failed", "mail", 500)
+
+
+def test_hard_reject_dot(send, write_msg):
+    with SmtpSink("-f", ".") as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
+                 "--to", "b@example.test")
+        assert r.rc == 69
+        rc = r.rcpt(0, "b@example.test")
+        assert (rc["state"], rc["stage"], rc["code"]) == ("failed", "dot", 500)
+
+
+def test_disconnect_after_data(send, write_msg):
+    with SmtpSink("-q", "DATA") as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")] * 2, "-f", "a@sender.test",
+                 "--to", "b@example.test")
+        assert r.rc == 75
+        for m in r.messages:
+            assert m["recipients"][0]["state"] == "deferred"
+        assert "closed" in r.summary["session_error"]
+
+
+def test_421_after_rcpt(send, write_msg):
+    with SmtpSink("-Q", "RCPT") as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
+                 "--to", "b@example.test")
+        assert r.rc == 75
+        rc = r.rcpt(0, "b@example.test")
+        assert (rc["state"], rc["code"]) == ("deferred", 421)
+
+
+def test_1gib_message_constant_memory(tmp_path):
+    """A 1 GiB message goes out with under 16 MiB resident memory."""
+    big = tmp_path / "big.eml"
+    chunk = (b"y" * 76 + b"\r\n") * 13443  # about 1 MiB of whole lines
+    with open(big, "wb") as f:
+        f.write(b"Subject: big\r\n\r\n")
+        while f.tell() < 1 << 30:
+            f.write(chunk)
+    assert os.path.getsize(big) >= 1 << 30
+    with SmtpSink(dump=False) as sink:
+        # Measure in a fresh process so no other child's peak is counted.
+        probe = ("import resource, subprocess, sys\n"
+                 "r = subprocess.run(sys.argv[1:], capture_output=True)\n"
+                 "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+        out = subprocess.run([sys.executable, "-c", probe, BIN, "send", "--via", sink.url(),
+                              "-f", "a@sender.test", "--to", "b@example.test", str(big)],
+                             capture_output=True, timeout=600, check=True).stdout.split()
+        rc, maxrss_kib = int(out[0]), int(out[1])
+        assert rc == 0
+        assert maxrss_kib < 16 * 1024, f"{maxrss_kib} KiB resident"
