@@ -1,0 +1,95 @@
+"""A scripted misbehaving SMTP server, for behaviour no real server shows on
+demand (PROTOCOL-RULES H2-H8).  Each test file gives it one script: a
+function that receives a Conn and misbehaves.  Loopback only."""
+import socket
+import threading
+
+
+class Conn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.received = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def readline(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line
+            self.received += chunk
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line + b"\n"
+
+    def expect(self, prefix):
+        line = self.readline()
+        assert line.upper().startswith(prefix.encode()), line
+        return line
+
+    def read_data(self):
+        """Read message data up to and including the '.' line."""
+        lines = []
+        while True:
+            line = self.readline()
+            if line in (b".\r\n", b""):
+                return b"".join(lines)
+            lines.append(line)
+
+    def greet_ehlo(self, caps=("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")):
+        self.send("220 hostile.test ESMTP\r\n")
+        self.expect("EHLO")
+        lines = ["hostile.test"] + list(caps)
+        self.send("".join(f"250-{l}\r\n" for l in lines[:-1]) + f"250 {lines[-1]}\r\n")
+
+
+class Hostile:
+    """Serve `script(conn)` to each connection until closed."""
+
+    def __init__(self, script, rcvbuf=None, sndbuf=None):
+        self.script = script
+        self.rcvbuf, self.sndbuf = rcvbuf, sndbuf
+        self.errors = []
+        self.conns = 0
+
+    def __enter__(self):
+        self.lsock = socket.socket()
+        if self.rcvbuf:
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(5)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def _serve(self):
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            if self.sndbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            c = Conn(s)
+            try:
+                self.script(c)
+            except (OSError, AssertionError) as e:
+                self.errors.append(e)
+            finally:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def __exit__(self, *exc):
+        self.lsock.close()
+
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
