@@ -71,8 +71,8 @@ check: deps
 	$(MAKE) asan
 	$(MAKE) EXTRA_CFLAGS=-Werror integration
 
-demo: deps all
-	@sh scripts/demo
+demo: deps all $(BENCH_BIN)
+	@$(PYTHON) scripts/demo
 
 bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
