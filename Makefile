@@ -7,6 +7,7 @@
 #   make bench      latency-proxy benchmark against peers (bench/RESULTS.md)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make asan       the sanitizer build in build-asan/
+#   make fuzz       libFuzzer on every parser (FUZZ_SECONDS each, clang)
 
 CC      ?= cc
 PREFIX  ?= /usr/local
@@ -26,8 +27,11 @@ LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN = $(BUILD)/bench/latproxy
+FUZZERS  = reply addr encode headers
+REPLAY_BIN = $(FUZZERS:%=$(BUILD)/fuzz/replay_%)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all check unit integration asan demo bench install clean deps
+.PHONY: all check unit integration asan demo bench install clean deps fuzz fuzz-replay
 
 all: $(BUILD)/libmailspool.a $(BUILD)/mailspool
 
@@ -51,6 +55,23 @@ $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+# Fuzz harnesses replayed over their stored corpus without libFuzzer.
+$(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c fuzz/standalone.c $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ fuzz/fuzz_$*.c fuzz/standalone.c $(BUILD)/libmailspool.a $(LDLIBS)
+
+fuzz-replay: $(REPLAY_BIN)
+	@set -e; for f in $(FUZZERS); do $(BUILD)/fuzz/replay_$$f fuzz/corpus/$$f/*; done
+
+# libFuzzer (clang): FUZZ_SECONDS per harness; new inputs join the corpus.
+fuzz:
+	@mkdir -p build-fuzz
+	@set -e; for f in $(FUZZERS); do \
+		clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude \
+			-o build-fuzz/fuzz_$$f fuzz/fuzz_$$f.c $(LIB_SRC) $(LDLIBS); \
+		build-fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus/$$f; \
+	done
+
 deps:
 	@sh scripts/ensure-deps
 
@@ -59,15 +80,17 @@ unit: $(UNIT_BIN)
 
 # The sanitizer build: a separate tree so objects never mix.
 asan:
-	$(MAKE) BUILD=build-asan EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -Werror" CFLAGS="-O1 -g" all $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_BIN))
+	$(MAKE) BUILD=build-asan EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -Werror" CFLAGS="-O1 -g" all $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_BIN)) $(patsubst $(BUILD)/%,build-asan/%,$(REPLAY_BIN))
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== asan $$t"; \
 		ASAN_OPTIONS=detect_leaks=1 $$t; done
+	@set -e; for f in $(FUZZERS); do echo "== asan corpus $$f"; \
+		ASAN_OPTIONS=detect_leaks=1 build-asan/fuzz/replay_$$f fuzz/corpus/$$f/*; done
 
 integration: all
 	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) $(PYTHON) -m pytest -q -p no:cacheprovider integration hostile
 
 check: deps
-	$(MAKE) EXTRA_CFLAGS=-Werror all unit
+	$(MAKE) EXTRA_CFLAGS=-Werror all unit fuzz-replay
 	$(MAKE) asan
 	$(MAKE) EXTRA_CFLAGS=-Werror integration
 
@@ -86,6 +109,6 @@ install: all
 	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d)

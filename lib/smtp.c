@@ -659,7 +659,7 @@ static void session_ready(ms_smtp *s)
 }
 
 /* A recipient's RCPT reply.  "Too many recipients" goes again later (R12). */
-static void on_rcpt(ms_smtp *s, txn *t, size_t ri, const ms_reply *r)
+static void on_rcpt(txn *t, size_t ri, const ms_reply *r)
 {
 	ms_rcpt *rc = &t->m->rcpts[t->idx[ri]];
 	t->answered++;
@@ -681,7 +681,6 @@ static void on_rcpt(ms_smtp *s, txn *t, size_t ri, const ms_reply *r)
 	}
 	rcpt_set(rc, cls == 5 ? MS_RCPT_FAILED : MS_RCPT_DEFERRED, MS_STAGE_RCPT, r->code,
 	         r->enh, r->text);
-	(void)s;
 }
 
 /*
@@ -898,7 +897,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		on_mail(s, t, r);
 		break;
 	case EX_RCPT:
-		on_rcpt(s, t, ri, r);
+		on_rcpt(t, ri, r);
 		/* Lock-step: no accepted recipient after the last RCPT: no DATA. */
 		if (!s->pipelining && t->answered == t->n && t->accepted == 0) {
 			settle_retries(t, 0);
@@ -1139,11 +1138,8 @@ ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err)
 {
 	if (m->nrcpts == 0)
 		return ms_error_set(err, MS_ERR_USAGE, "message has no recipients");
-	if (!m->scanned) {
-		ms_status st = ms_message_scan(m, err);
-		if (st != MS_OK)
-			return st;
-	}
+	ms_error scan_err;
+	ms_status scan = m->scanned ? MS_OK : ms_message_scan(m, &scan_err);
 	if (s->mlen == s->mcap) {
 		size_t ncap = s->mcap ? s->mcap * 2 : 64;
 		ms_message **p = malloc(ncap * sizeof *p);
@@ -1159,6 +1155,14 @@ ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err)
 	s->msgs[(s->mhead + s->mlen) % s->mcap] = m;
 	s->mlen++;
 	s->live++;
+	if (scan != MS_OK) {
+		/* The data cannot be read: nothing can be sent, maybe later. */
+		for (size_t i = 0; i < m->nrcpts; i++)
+			rcpt_set(&m->rcpts[i], MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0", scan_err.msg);
+		ms_outcome_set(&m->out, MS_STAGE_LOCAL, 0, "4.3.0", scan_err.msg);
+		report_done(s);
+		return ms_error_set(err, scan, "%s", scan_err.msg);
+	}
 	if (s->broken || !s->have_io) {
 		fail_all(s, s->broken ? s->fatal.status : MS_ERR_CLOSED,
 		         s->broken ? s->fatal.msg : "session is not connected");

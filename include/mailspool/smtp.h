@@ -110,7 +110,9 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err);
  * (exactly once), after which the caller may free it.  May run the
  * connection for a while when `window` messages are outstanding.  A message
  * submitted to a failed session gets its result at once (every recipient
- * deferred with the failure) and MS_ERR_CLOSED is returned.
+ * deferred with the failure) and MS_ERR_CLOSED is returned; so does a message
+ * whose data cannot be read (deferred, stage local, MS_ERR_IO).  Only a
+ * message without recipients is refused without a result (MS_ERR_USAGE).
  * on_result must not call back into the session.
  */
 ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err);

@@ -5,6 +5,7 @@
  * and unbounded, so replies are split at every byte (PROTOCOL-RULES H1), and
  * checks both the per-recipient outcomes and the exact bytes the client sent.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -520,6 +521,29 @@ static void test_554_greeting(void **state)
 	free(r.wire);
 }
 
+/* Unreadable data: the message still gets exactly one result (deferred,
+ * local), and the session goes on with the next message. */
+static void test_unreadable_message(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_error err;
+	int dirfd = open("/", O_RDONLY);
+	ms_message *bad = ms_message_new("a@x.test", &err);
+	ms_message_add_rcpt(bad, "b@x.test", &err);
+	ms_message_add_fd(bad, dirfd, 0, UINT64_MAX, &err);
+	ms_message *m[2] = { bad, mk("a@x.test", "c@x.test", "fine\n") };
+	result r = run(steps, &o, m, 2, 0);
+	expect_rcpt(m[0], 0, MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0);
+	expect_rcpt(m[1], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	close(dirfd);
+	ms_message_free(m[0]);
+	ms_message_free(m[1]);
+	free(r.wire);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +567,7 @@ int main(void)
 		cmocka_unit_test(test_bad_code),
 		cmocka_unit_test(test_early_552_during_body),
 		cmocka_unit_test(test_554_greeting),
+		cmocka_unit_test(test_unreadable_message),
 	};
 	return cmocka_run_group_tests_name("smtp engine", tests, NULL, NULL);
 }
