@@ -233,11 +233,18 @@ def main():
                 ("smtp-source -d (one session)", slow, lambda L, k: run_smtp_source(L, k)),
             ]
             rows[rtt] = []
+            # At RTT 0 a run takes well under a second and two cores are
+            # shared by client, proxy and sink: take the median of several.
+            reps = 5 if rtt == 0 else 1
             with Link(rtt) as link:
                 for name, k, fn in plan:
-                    link.reset()
-                    dt = fn(link, k)
-                    flights, conns = link.flights()
+                    times = []
+                    for _ in range(reps if k * rtt < 5000 and "Postfix" not in name
+                                   and "msmtp" not in name and "Net::SMTP" not in name else 1):
+                        link.reset()
+                        times.append(fn(link, k))
+                        flights, conns = link.flights(settle=0.1)
+                    dt = sorted(times)[len(times) // 2]
                     rows[rtt].append(dict(tool=name, messages=k, seconds=dt, rate=k / dt,
                                           rtpm=flights / k, conns=conns))
                     print(f"rtt {rtt:3d} ms  {name:38s} {k:5d} msgs {dt:8.2f} s "
@@ -258,7 +265,9 @@ def write_results(path, rows, n, rss_kib, rss_secs):
              "proxy; RTT = twice its one-way delay).  Messages of about 4 KiB, one recipient "
              "each.  *RT/msg* is counted by the proxy: client sends that had to wait for the "
              "server, divided by messages; it is the same measure for every tool.  "
-             "*vs mailspool* is the tool's messages/s divided by mailspool's in the same run.",
+             "*vs mailspool* is the tool's messages/s divided by mailspool's in the same run.  "
+             "At RTT 0 the fast tools (mailspool, smtp-source) are timed 5 times and the "
+             "median is shown, because one run lasts a fraction of a second.",
              ""]
     for rtt, rs in rows.items():
         base = rs[0]["rate"]

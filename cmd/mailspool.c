@@ -268,21 +268,36 @@ static ms_message *build_message(const send_opts *so, const char *name, size_t i
 	int fd;
 	if (!strcmp(name, "-")) {
 		fd = spool_to_tmp(STDIN_FILENO, err);
+		if (fd < 0)
+			return NULL;
 	} else {
 		fd = open(name, O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
 			ms_error_set(err, MS_ERR_IO, "%s: %s", name, strerror(errno));
 			return NULL;
 		}
-		struct stat st;
-		if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
-			int t = spool_to_tmp(fd, err);
+	}
+	/* The exact length: what is sent is what was measured for SIZE=, and
+	 * no read is spent finding the end of the file. */
+	struct stat fst;
+	if (fstat(fd, &fst) < 0) {
+		ms_error_set(err, MS_ERR_IO, "%s: %s", name, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(fst.st_mode)) {
+		int t = spool_to_tmp(fd, err); /* a pipe or device: copy it first */
+		close(fd);
+		if (t < 0)
+			return NULL;
+		fd = t;
+		if (fstat(fd, &fst) < 0) {
+			ms_error_set(err, MS_ERR_IO, "%s: %s", name, strerror(errno));
 			close(fd);
-			fd = t;
+			return NULL;
 		}
 	}
-	if (fd < 0)
-		return NULL;
+	uint64_t size = (uint64_t)fst.st_size;
 	item *it = calloc(1, sizeof *it);
 	ms_message *m = it ? ms_message_new(so->sender, err) : NULL;
 	if (!m)
@@ -307,9 +322,9 @@ static ms_message *build_message(const send_opts *so, const char *name, size_t i
 				goto fail;
 		it->hdr.len = ms_hdr_remove(it->hdr.data, it->hdr.len, "Bcc");
 		if (ms_message_add_mem(m, it->hdr.data, it->hdr.len, err) != MS_OK ||
-		    ms_message_add_fd(m, fd, (off_t)body_off, UINT64_MAX, err) != MS_OK)
+		    ms_message_add_fd(m, fd, (off_t)body_off, size - body_off, err) != MS_OK)
 			goto fail;
-	} else if (ms_message_add_fd(m, fd, 0, UINT64_MAX, err) != MS_OK) {
+	} else if (ms_message_add_fd(m, fd, 0, size, err) != MS_OK) {
 		goto fail;
 	}
 	if (m->nrcpts == 0) {
@@ -535,13 +550,15 @@ static int cmd_send(int argc, char **argv)
 			fprintf(stderr, "%s send: %s\n", progname, serr.msg);
 			bad_input = EX_DATAERR_;
 		}
+		/* Let the connection work while the next file is opened. */
+		ms_smtp_progress(s, &serr);
 	}
 	ms_error qerr;
 	ms_smtp_quit(s, &qerr);
 	double secs = (double)(ms_now_ms() - t0) / 1000.0;
 	const ms_smtp_stats *st = ms_smtp_get_stats(s);
 	double rate = secs > 0 ? (double)R.nmsg / secs : 0;
-	double rtpm = R.nmsg ? (double)st->waits / (double)R.nmsg : 0;
+	double rtpm = R.nmsg ? (double)st->round_trips / (double)R.nmsg : 0;
 	ms_error ferr;
 	int failed_session = ms_smtp_failed(s, &ferr);
 	if (R.json) {
@@ -557,7 +574,7 @@ static int cmd_send(int argc, char **argv)
 		       "\"writes\":%llu,\"pipelining\":%s,\"session_error\":",
 		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
 		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
-		       (unsigned long long)st->waits, rtpm, (unsigned long long)st->transactions,
+		       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
 		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
 		       (ms_smtp_get_caps(s)->flags & MS_CAP_PIPELINING) &&
 		               o.pipelining == MS_PIPELINING_AUTO

@@ -94,7 +94,8 @@ struct ms_smtp {
 	txn *body;          /* the txn whose body is being produced */
 	int need_rset;
 	int closing, quit_queued, quit_done;
-	int waiting;        /* counted the current wait already */
+	int wrote;          /* bytes went out since the last round trip was counted */
+	int settled;        /* a transaction ended: some message may be final */
 	int64_t last_reply_ms;
 	char *chunk;
 	int broken;
@@ -180,7 +181,6 @@ static ms_status send_line(ms_smtp *s, const char *line)
 	if (ms_io_queue(&s->io, line, n, &s->fatal) != MS_OK ||
 	    ms_io_queue(&s->io, "\r\n", 2, &s->fatal) != MS_OK)
 		return MS_ERR_NOMEM;
-	s->waiting = 0;
 	return MS_OK;
 }
 
@@ -204,9 +204,14 @@ static ms_rcpt_state state_for(int code)
 
 /* ---- message completion ---------------------------------------------- */
 
-/* Report every message whose recipients are all final, in order. */
+/* Report every message whose recipients are all final, in order.  Only
+ * the end of a transaction (or of the session) can make one final, so
+ * nothing is scanned otherwise. */
 static void report_done(ms_smtp *s)
 {
+	if (!s->settled)
+		return;
+	s->settled = 0;
 	for (size_t i = 0; i < s->mlen; i++) {
 		ms_message *m = s->msgs[(s->mhead + i) % s->mcap];
 		if (!m || m->done)
@@ -240,6 +245,7 @@ static void txn_free(txn *t)
 /* A transaction is over: settle its recipients and unlink it. */
 static void txn_end(ms_smtp *s, txn *t)
 {
+	s->settled = 1;
 	for (size_t i = 0; i < t->n; i++) {
 		ms_rcpt *r = &t->m->rcpts[t->idx[i]];
 		r->busy = 0;
@@ -302,6 +308,7 @@ static void fail_with(ms_smtp *s, ms_status status, const char *why, int code, c
 		txn_end(s, t);
 	}
 	s->flen = 0;
+	s->settled = 1;
 	for (size_t i = 0; i < s->mlen; i++) {
 		ms_message *m = s->msgs[(s->mhead + i) % s->mcap];
 		if (!m)
@@ -365,6 +372,7 @@ static int local_refusal(ms_smtp *s, ms_message *m)
 			rcpt_set(&m->rcpts[i], MS_RCPT_FAILED, MS_STAGE_LOCAL, 0, enh, why);
 	ms_outcome_set(&m->out, MS_STAGE_LOCAL, 0, enh, why);
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "message not sent: %s", why);
+	s->settled = 1;
 	return 1;
 }
 
@@ -496,7 +504,6 @@ static ms_status produce_body(ms_smtp *s, txn *t)
 		if (full && w > (n > 0 ? 0u : 3u))
 			ms_transcript_add(s->o.transcript, MS_TX_SENT, dst, n > 0 ? w : w - 3);
 		ms_buf_commit(out, w);
-		s->waiting = 0;
 		if (n > 0)
 			continue;
 		/* End of data: summary line, then the dot. */
@@ -722,7 +729,6 @@ static void on_data(ms_smtp *s, txn *t, const ms_reply *r)
 			ms_transcript_add(s->o.transcript, MS_TX_SENT, ".", 1);
 			if (ms_io_queue(&s->io, ".\r\n", 3, &s->fatal) == MS_OK)
 				push_expect(s, EX_DOT, t, 0);
-			s->waiting = 0;
 		}
 		return;
 	}
@@ -927,109 +933,147 @@ static int until_ready(const ms_smtp *s) { return s->state == S_READY; }
 static int until_window(const ms_smtp *s) { return s->live <= s->o.window / 2; }
 static int until_flushed(const ms_smtp *s) { return s->live == 0; }
 static int until_quit(const ms_smtp *s) { return s->quit_done || s->io.eof; }
+/* Marker for a turn that must not wait (see ms_smtp_progress). */
+static int until_progress(const ms_smtp *s) { (void)s; return 0; }
 
-static ms_status run(ms_smtp *s, until_fn until)
+/*
+ * One turn of the loop: queue what may be sent, move bytes (waiting at most
+ * until the head reply's deadline, R43), and hand every complete reply to
+ * the state machine.  *done is set when `until` holds.  Returns MS_OK, or
+ * the status that broke the session.
+ */
+static ms_status turn(ms_smtp *s, until_fn until, int *done)
 {
 	char why[MS_ERROR_MSG_MAX];
-	for (;;) {
-		if (s->broken)
-			return s->fatal.status;
-		if (fill_output(s) != MS_OK) {
-			if (!s->broken)
-				fail_all(s, s->fatal.status, s->fatal.msg);
-			return s->fatal.status;
-		}
-		if (s->broken)
-			return s->fatal.status;
-		if (until(s) && (until != until_quit || ms_io_pending(&s->io) == 0))
+	*done = 0;
+	if (s->broken)
+		return s->fatal.status;
+	if (fill_output(s) != MS_OK) {
+		if (!s->broken)
+			fail_all(s, s->fatal.status, s->fatal.msg);
+		return s->fatal.status;
+	}
+	if (s->broken)
+		return s->fatal.status;
+	if (until(s) && (until != until_quit || ms_io_pending(&s->io) == 0)) {
+		*done = 1;
+		return MS_OK;
+	}
+	expect *e = head(s);
+	if (!e && ms_io_pending(&s->io) == 0 && !s->body) {
+		*done = 1;
+		if (until == until_quit || until == until_progress)
 			return MS_OK;
-		expect *e = head(s);
-		if (!e && ms_io_pending(&s->io) == 0 && !s->body) {
-			if (until == until_quit)
-				return MS_OK;
-			/* Nothing to send or await, yet not done: cannot happen
-			 * unless a message has no recipients left to try. */
-			report_done(s);
-			if (until(s))
-				return MS_OK;
-			fail_all(s, MS_ERR_PROTOCOL, "internal error: session stalled");
+		/* Nothing to send or await, yet not done: cannot happen
+		 * unless a message has no recipients left to try. */
+		s->settled = 1;
+		report_done(s);
+		if (until(s))
+			return MS_OK;
+		fail_all(s, MS_ERR_PROTOCOL, "internal error: session stalled");
+		return MS_ERR_PROTOCOL;
+	}
+	int64_t deadline = MS_NO_DEADLINE;
+	if (e) {
+		int64_t start = e->queued_ms;
+		if (s->last_reply_ms > start)
+			start = s->last_reply_ms;
+		if (s->io.last_write_ms > start)
+			start = s->io.last_write_ms;
+		deadline = start + timeout_for(s, e->kind);
+	}
+	if (ms_io_pending(&s->io) > 0) {
+		int64_t wd = s->io.last_write_ms + s->o.timeouts.data_block;
+		if (wd < deadline)
+			deadline = wd;
+	}
+	int nowait = until == until_progress;
+	if (nowait)
+		deadline = ms_now_ms(); /* one poll that does not wait */
+	ms_error perr;
+	uint64_t out0 = s->io.bytes_out, in0 = s->io.bytes_in;
+	ms_status st = ms_io_pump(&s->io, deadline, &perr);
+	/* A round trip: replies that answer something we wrote since the last
+	 * one (counted on arrival, so it does not depend on when we blocked). */
+	if (s->io.bytes_out != out0)
+		s->wrote = 1;
+	if (s->io.bytes_in != in0 && s->wrote) {
+		s->wrote = 0;
+		s->st.round_trips++;
+	}
+	s->st.bytes_in = s->io.bytes_in;
+	s->st.bytes_out = s->io.bytes_out;
+	s->st.writes = s->io.writes;
+	if (st == MS_ERR_TIMEOUT && nowait) {
+		*done = 1; /* nothing was ready: not a failure */
+		return MS_OK;
+	}
+	if (st == MS_ERR_TIMEOUT) {
+		if (until == until_quit) {
+			s->quit_done = 1;
+			*done = 1;
+			return MS_OK; /* R25: the QUIT reply changes nothing */
+		}
+		if (e)
+			snprintf(why, sizeof why, "timed out after %d s waiting for the reply to %s",
+			         timeout_for(s, e->kind) / 1000, ex_name[e->kind]);
+		else
+			snprintf(why, sizeof why, "timed out after %d s writing to the server",
+			         s->o.timeouts.data_block / 1000);
+		fail_all(s, MS_ERR_TIMEOUT, why);
+		return MS_ERR_TIMEOUT;
+	}
+	if (st != MS_OK) {
+		fail_all(s, st, perr.msg);
+		return st;
+	}
+	/* Hand every complete reply to the state machine. */
+	for (;;) {
+		ms_reply r;
+		int complete = 0;
+		ms_error rerr;
+		if (ms_reply_read(&s->rr, &s->io.in, &r, &complete, &rerr) != MS_OK) {
+			note(s, MS_TX_RECV, ms_buf_ptr(&s->io.in));
+			fail_all(s, MS_ERR_PROTOCOL, rerr.msg);
 			return MS_ERR_PROTOCOL;
 		}
-		int64_t deadline = MS_NO_DEADLINE;
-		if (e) {
-			int64_t start = e->queued_ms;
-			if (s->last_reply_ms > start)
-				start = s->last_reply_ms;
-			if (s->io.last_write_ms > start)
-				start = s->io.last_write_ms;
-			deadline = start + timeout_for(s, e->kind);
+		if (!complete)
+			break;
+		ms_transcript_add(s->o.transcript, MS_TX_RECV, r.raw, strlen(r.raw));
+		int broke = on_reply(s, &r);
+		ms_reply_free(&r);
+		if (broke)
+			return s->fatal.status;
+	}
+	if (s->io.eof) {
+		if (until == until_quit || (s->quit_queued && s->live == 0)) {
+			s->quit_done = 1;
+			*done = 1;
+			return MS_OK;
 		}
-		if (ms_io_pending(&s->io) > 0) {
-			int64_t wd = s->io.last_write_ms + s->o.timeouts.data_block;
-			if (wd < deadline)
-				deadline = wd;
-		} else if (e && !s->waiting) {
-			s->waiting = 1;
-			s->st.waits++;
-		}
-		ms_error perr;
-		ms_status st = ms_io_pump(&s->io, deadline, &perr);
-		s->st.bytes_in = s->io.bytes_in;
-		s->st.bytes_out = s->io.bytes_out;
-		s->st.writes = s->io.writes;
-		if (st == MS_ERR_TIMEOUT) {
-			if (until == until_quit) {
-				s->quit_done = 1;
-				return MS_OK; /* R25: the QUIT reply changes nothing */
-			}
-			if (e)
-				snprintf(why, sizeof why, "timed out after %d s waiting for the reply to %s",
-				         timeout_for(s, e->kind) / 1000, ex_name[e->kind]);
-			else
-				snprintf(why, sizeof why, "timed out after %d s writing to the server",
-				         s->o.timeouts.data_block / 1000);
-			fail_all(s, MS_ERR_TIMEOUT, why);
-			return MS_ERR_TIMEOUT;
-		}
-		if (st != MS_OK) {
-			fail_all(s, st, perr.msg);
+		if (ms_reply_reader_busy(&s->rr, &s->io.in))
+			snprintf(why, sizeof why,
+			         "connection closed by the server in the middle of a reply");
+		else if (head(s))
+			snprintf(why, sizeof why,
+			         "connection closed by the server while waiting for the reply to %s",
+			         ex_name[head(s)->kind]);
+		else
+			snprintf(why, sizeof why, "connection closed by the server");
+		fail_all(s, MS_ERR_CLOSED, why);
+		return MS_ERR_CLOSED;
+	}
+	return MS_OK;
+}
+
+/* Turn until `until` holds or the session breaks. */
+static ms_status run(ms_smtp *s, until_fn until)
+{
+	for (;;) {
+		int done;
+		ms_status st = turn(s, until, &done);
+		if (st != MS_OK || done)
 			return st;
-		}
-		/* Hand every complete reply to the state machine. */
-		for (;;) {
-			ms_reply r;
-			int done = 0;
-			ms_error rerr;
-			if (ms_reply_read(&s->rr, &s->io.in, &r, &done, &rerr) != MS_OK) {
-				note(s, MS_TX_RECV, ms_buf_ptr(&s->io.in));
-				fail_all(s, MS_ERR_PROTOCOL, rerr.msg);
-				return MS_ERR_PROTOCOL;
-			}
-			if (!done)
-				break;
-			ms_transcript_add(s->o.transcript, MS_TX_RECV, r.raw, strlen(r.raw));
-			int broke = on_reply(s, &r);
-			ms_reply_free(&r);
-			if (broke)
-				return s->fatal.status;
-		}
-		if (s->io.eof) {
-			if (until == until_quit || (s->quit_queued && s->live == 0)) {
-				s->quit_done = 1;
-				return MS_OK;
-			}
-			if (ms_reply_reader_busy(&s->rr, &s->io.in))
-				snprintf(why, sizeof why,
-				         "connection closed by the server in the middle of a reply");
-			else if (head(s))
-				snprintf(why, sizeof why,
-				         "connection closed by the server while waiting for the reply to %s",
-				         ex_name[head(s)->kind]);
-			else
-				snprintf(why, sizeof why, "connection closed by the server");
-			fail_all(s, MS_ERR_CLOSED, why);
-			return MS_ERR_CLOSED;
-		}
 	}
 }
 
@@ -1113,6 +1157,7 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
 	s->io.on_write = on_write;
 	s->io.on_write_ctx = s;
 	s->state = S_GREETING;
+	s->wrote = 1; /* connecting is a send: the greeting is the first round trip */
 	push_expect(s, EX_GREETING, NULL, 0);
 	ms_status st = run(s, until_ready);
 	if (st != MS_OK)
@@ -1160,6 +1205,7 @@ ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err)
 		for (size_t i = 0; i < m->nrcpts; i++)
 			rcpt_set(&m->rcpts[i], MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0", scan_err.msg);
 		ms_outcome_set(&m->out, MS_STAGE_LOCAL, 0, "4.3.0", scan_err.msg);
+		s->settled = 1;
 		report_done(s);
 		return ms_error_set(err, scan, "%s", scan_err.msg);
 	}
@@ -1168,10 +1214,25 @@ ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err)
 		         s->broken ? s->fatal.msg : "session is not connected");
 		return ms_error_set(err, MS_ERR_CLOSED, "%s", s->fatal.msg);
 	}
-	if (s->live >= s->o.window) {
-		ms_status st = run(s, until_window);
+	ms_status st = s->live >= s->o.window ? run(s, until_window) : MS_OK;
+	if (st != MS_OK)
+		return ms_error_set(err, st, "%s", s->fatal.msg);
+	return MS_OK;
+}
+
+ms_status ms_smtp_progress(ms_smtp *s, ms_error *err)
+{
+	if (s->broken || !s->have_io || s->state != S_READY)
+		return MS_OK;
+	/* A few non-waiting turns: replies that came in may let more go out. */
+	for (int i = 0; i < 8; i++) {
+		uint64_t in = s->io.bytes_in, out = s->io.bytes_out;
+		int done = 0;
+		ms_status st = turn(s, until_progress, &done);
 		if (st != MS_OK)
 			return ms_error_set(err, st, "%s", s->fatal.msg);
+		if (done || (in == s->io.bytes_in && out == s->io.bytes_out))
+			break;
 	}
 	return MS_OK;
 }

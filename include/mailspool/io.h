@@ -67,8 +67,10 @@ static inline size_t ms_io_pending(const ms_io *io) { return ms_buf_avail(&io->o
  * One round of the event loop: wait until the fd is readable (always watched,
  * unless EOF was seen) or writable (only when output is queued), or until
  * `deadline`.  Writes as much as the socket takes, reads what is there.
- * Returns MS_OK when something moved or EOF was seen (io->eof),
- * MS_ERR_TIMEOUT when the deadline passed first, MS_ERR_IO on socket errors.
+ * Queued output is first written without polling.  A deadline already
+ * reached means one poll that does not wait.  Returns MS_OK when something
+ * moved or EOF was seen (io->eof), MS_ERR_TIMEOUT when the deadline passed
+ * first, MS_ERR_IO on socket errors.
  */
 ms_status ms_io_pump(ms_io *io, int64_t deadline, ms_error *err);
 

@@ -10,6 +10,7 @@
  *     ms_smtp *s = ms_smtp_new(&o, &err);
  *     ms_smtp_connect(s, "mx.example", "25", &err);   // greeting + EHLO
  *     for each message: ms_smtp_submit(s, msg, &err); // results via cb
+ *                       ms_smtp_progress(s, &err);    // optional overlap
  *     ms_smtp_quit(s, &err);                          // flush, QUIT
  *     ms_smtp_free(s);
  *
@@ -88,7 +89,7 @@ typedef struct ms_smtp_opts {
 typedef struct ms_smtp_stats {
 	uint64_t bytes_out, bytes_in;
 	uint64_t writes;       /* write calls that moved bytes */
-	uint64_t waits;        /* times everything was written and we had to wait: round trips */
+	uint64_t round_trips;  /* batches of replies that answered what we wrote */
 	uint64_t replies;
 	uint64_t transactions; /* MAIL commands sent */
 	uint64_t messages;     /* messages finished */
@@ -116,6 +117,12 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err);
  * on_result must not call back into the session.
  */
 ms_status ms_smtp_submit(ms_smtp *s, ms_message *m, ms_error *err);
+/*
+ * Move whatever can move now, without waiting: write what may be written,
+ * read and act on the replies that have arrived.  Call it between submits to
+ * let the connection work while the next message is being prepared.
+ */
+ms_status ms_smtp_progress(ms_smtp *s, ms_error *err);
 /* Run until every submitted message has its result. */
 ms_status ms_smtp_flush(ms_smtp *s, ms_error *err);
 /* Flush, then QUIT (pipelined after the last dot, R25) and close. */

@@ -132,7 +132,7 @@ static void test_pipelined_stream(void **state)
 		}
 		/* greeting, EHLO, the first envelope, then one wait per message
 		 * (each covers a dot and the next envelope; QUIT rides along). */
-		assert_int_equal(r.st.waits, 2 + 1 + 3);
+		assert_int_equal(r.st.round_trips, 2 + 1 + 3);
 		free(r.wire);
 	}
 }
@@ -277,7 +277,7 @@ static void test_lockstep(void **state)
 		expect_rcpt(m[0], 1, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
 		expect_rcpt(m[1], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
 		/* greeting, EHLO, 5 + 4 commands, QUIT: every command waited for. */
-		assert_int_equal(r.st.waits, 2 + 5 + 4 + 1);
+		assert_int_equal(r.st.round_trips, 2 + 5 + 4 + 1);
 		ms_message_free(m[0]);
 		ms_message_free(m[1]);
 		free(r.wire);
