@@ -8,15 +8,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char *dupstr(const char *s)
-{
-	size_t n = strlen(s) + 1;
-	char *p = malloc(n);
-	if (p)
-		memcpy(p, s, n);
-	return p;
-}
-
 ms_message *ms_message_new(const char *sender, ms_error *err)
 {
 	char wire[MS_ADDR_MAX + 1];
@@ -24,7 +15,7 @@ ms_message *ms_message_new(const char *sender, ms_error *err)
 	if (ms_addr_parse(sender, strlen(sender), MS_ADDR_SENDER, wire, &fl, err) != MS_OK)
 		return NULL;
 	ms_message *m = calloc(1, sizeof *m);
-	if (!m || !(m->sender = dupstr(wire))) {
+	if (!m || !(m->sender = strdup(wire))) {
 		free(m);
 		ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		return NULL;
@@ -42,7 +33,7 @@ void ms_outcome_free(ms_outcome *o)
 ms_status ms_outcome_set(ms_outcome *o, ms_stage stage, int code, const char *enh,
                          const char *text)
 {
-	char *t = dupstr(text ? text : "");
+	char *t = strdup(text ? text : "");
 	if (!t)
 		return MS_ERR_NOMEM;
 	free(o->text);
@@ -92,7 +83,7 @@ ms_status ms_message_add_rcpt(ms_message *m, const char *addr, ms_error *err)
 	}
 	ms_rcpt *r = &m->rcpts[m->nrcpts];
 	memset(r, 0, sizeof *r);
-	if (!(r->addr = dupstr(wire)))
+	if (!(r->addr = strdup(wire)))
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	r->flags = fl;
 	m->nrcpts++;

@@ -26,20 +26,11 @@ void ms_reply_free(ms_reply *r)
 	r->text = r->raw = NULL;
 }
 
-static char *dupstr(const char *s)
-{
-	size_t n = strlen(s) + 1;
-	char *p = malloc(n);
-	if (p)
-		memcpy(p, s, n);
-	return p;
-}
-
 ms_status ms_reply_copy(ms_reply *dst, const ms_reply *src)
 {
 	*dst = *src;
-	dst->text = dupstr(src->text ? src->text : "");
-	dst->raw = dupstr(src->raw ? src->raw : "");
+	dst->text = strdup(src->text ? src->text : "");
+	dst->raw = strdup(src->raw ? src->raw : "");
 	if (!dst->text || !dst->raw) {
 		ms_reply_free(dst);
 		return MS_ERR_NOMEM;

@@ -65,22 +65,17 @@ def stop(proc):
             proc.wait()
 
 
-class SmtpSink:
-    """smtp-sink [options] 127.0.0.1:port; dump file of every transaction."""
+class Daemon:
+    """A server process in a private directory, listening on a free
+    loopback port; stopped and cleaned up on exit."""
 
-    def __init__(self, *options, dump=True):
-        self.dir = tempfile.mkdtemp(prefix="ms-sink-")
-        self.want_dump = dump
-        os.chmod(self.dir, 0o777)
-        self.dump = os.path.join(self.dir, "dump")
+    def __init__(self, prefix, mode=0o700):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        os.chmod(self.dir, mode)
         self.port = free_port()
-        self.options = list(options)
 
-    def __enter__(self):
-        argv = ["smtp-sink", "-u", "postfix"] + (["-D", self.dump] if self.want_dump else []) + \
-            self.options + [
-            f"127.0.0.1:{self.port}", "256"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def start(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
         return self
 
@@ -90,6 +85,21 @@ class SmtpSink:
 
     def url(self):
         return f"smtp://127.0.0.1:{self.port}"
+
+
+class SmtpSink(Daemon):
+    """smtp-sink [options] 127.0.0.1:port; dump file of every transaction."""
+
+    def __init__(self, *options, dump=True):
+        super().__init__("ms-sink-", 0o777)  # smtp-sink writes as postfix
+        self.want_dump = dump
+        self.dump = os.path.join(self.dir, "dump")
+        self.options = list(options)
+
+    def __enter__(self):
+        return self.start(["smtp-sink", "-u", "postfix"] +
+                          (["-D", self.dump] if self.want_dump else []) + self.options +
+                          [f"127.0.0.1:{self.port}", "256"])
 
     def transactions(self):
         """The dump split into transactions (smtp-sink writes them in order)."""
@@ -231,13 +241,11 @@ begin transports
 """
 
 
-class Exim:
+class Exim(Daemon):
     """Exim 4, queue-only, on 127.0.0.1:port."""
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ms-exim-")
-        os.chmod(self.dir, 0o755)  # Exim's own user must reach spool/
-        self.port = free_port()
+        super().__init__("ms-exim-", 0o755)  # Exim's own user must reach spool/
 
     def __enter__(self):
         d = self.dir
@@ -248,18 +256,7 @@ class Exim:
         self.conf = os.path.join(d, "exim.conf")
         with open(self.conf, "w") as f:
             f.write(EXIM_CONF.format(d=d, size=SIZE_LIMIT))
-        self.proc = subprocess.Popen([EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port),
-                                      "-odq"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
-        return self
-
-    def __exit__(self, *exc):
-        stop(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def url(self):
-        return f"smtp://127.0.0.1:{self.port}"
+        return self.start([EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port), "-odq"])
 
     def messages(self):
         """Data files of the queued messages, oldest first."""
@@ -286,29 +283,18 @@ match from any for any action "hold"
 OPENSMTPD_SPOOL = "/var/spool/smtpd"
 
 
-class OpenSMTPD:
+class OpenSMTPD(Daemon):
     """OpenSMTPD on 127.0.0.1:port; accepted mail waits in its queue."""
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ms-opensmtpd-")
-        self.port = free_port()
+        super().__init__("ms-opensmtpd-")
 
     def __enter__(self):
         shutil.rmtree(OPENSMTPD_SPOOL, ignore_errors=True)
         conf = os.path.join(self.dir, "smtpd.conf")
         with open(conf, "w") as f:
             f.write(OPENSMTPD_CONF.format(size=SIZE_LIMIT, reject=REJECT, port=self.port))
-        self.proc = subprocess.Popen([OPENSMTPD, "-d", "-f", conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
-        return self
-
-    def __exit__(self, *exc):
-        stop(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def url(self):
-        return f"smtp://127.0.0.1:{self.port}"
+        return self.start([OPENSMTPD, "-d", "-f", conf])
 
     def messages(self):
         q = os.path.join(OPENSMTPD_SPOOL, "queue")

@@ -41,6 +41,15 @@ class Conn:
                 return b"".join(lines)
             lines.append(line)
 
+    def accept_envelope(self, rcpts=1):
+        """Read MAIL, RCPT x rcpts and DATA (one pipelined group) and accept
+        them all: 250, 250..., 354."""
+        self.expect("MAIL")
+        for _ in range(rcpts):
+            self.expect("RCPT")
+        self.expect("DATA")
+        self.send("250 2.1.0 ok\r\n" + "250 2.1.5 ok\r\n" * rcpts + "354 go\r\n")
+
     def greet_ehlo(self, caps=("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")):
         self.send("220 hostile.test ESMTP\r\n")
         self.expect("EHLO")

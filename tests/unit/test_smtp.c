@@ -521,6 +521,46 @@ static void test_554_greeting(void **state)
 	free(r.wire);
 }
 
+/* ms_smtp_progress alone (no flush) moves a pipelined stream to the end;
+ * what goes on the wire is the same as with flush. */
+static void test_progress_without_waiting(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, BYE, NULL };
+	scripted sc;
+	outcome_log log = { 0 };
+	ms_error err;
+	ms_smtp_opts o;
+	fast_opts(&o);
+	o.on_result = on_res;
+	o.ctx = &log;
+	o.helo = "client.test";
+	sc_start(&sc, steps);
+	ms_smtp *s = ms_smtp_new(&o, &err);
+	assert_int_equal(ms_smtp_attach(s, sc.client_fd, &err), MS_OK);
+	ms_message *m[2] = { mk("a@x.test", "b@x.test", "one\n"), mk("a@x.test", "b@x.test", "two\n") };
+	assert_int_equal(ms_smtp_submit(s, m[0], &err), MS_OK);
+	assert_int_equal(ms_smtp_submit(s, m[1], &err), MS_OK);
+	int64_t give_up = ms_now_ms() + 5000;
+	while (log.reported < 2 && ms_now_ms() < give_up) {
+		assert_int_equal(ms_smtp_progress(s, &err), MS_OK);
+		usleep(1000);
+	}
+	assert_int_equal(log.reported, 2);
+	expect_rcpt(m[0], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	expect_rcpt(m[1], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	ms_smtp_quit(s, &err);
+	ms_smtp_free(s);
+	char *wire = sc_finish(&sc, NULL);
+	assert_string_equal(wire, "EHLO client.test\r\n"
+	                          "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\none\r\n.\r\n"
+	                          "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\ntwo\r\n.\r\n"
+	                          "QUIT\r\n");
+	free(wire);
+	ms_message_free(m[0]);
+	ms_message_free(m[1]);
+}
+
 /* Unreadable data: the message still gets exactly one result (deferred,
  * local), and the session goes on with the next message. */
 static void test_unreadable_message(void **state)
@@ -568,6 +608,7 @@ int main(void)
 		cmocka_unit_test(test_early_552_during_body),
 		cmocka_unit_test(test_554_greeting),
 		cmocka_unit_test(test_unreadable_message),
+		cmocka_unit_test(test_progress_without_waiting),
 	};
 	return cmocka_run_group_tests_name("smtp engine", tests, NULL, NULL);
 }
