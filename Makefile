@@ -9,6 +9,9 @@
 #   make asan       the sanitizer build in build-asan/
 #   make fuzz       libFuzzer on every parser (FUZZ_SECONDS each, clang)
 
+# Recursive makes would print "Leaving directory" after the test summary.
+MAKEFLAGS += --no-print-directory
+
 CC      ?= cc
 PREFIX  ?= /usr/local
 DESTDIR ?=
