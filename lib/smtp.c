@@ -837,7 +837,8 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		fail_with(s, MS_ERR_TEMP, why, r->code, r->enh[0] ? r->enh : "4.4.2");
 		return 1;
 	}
-	if (cls == 3 && kind != EX_DATA) {
+	/* DATA is answered by 354 or a refusal; nothing else by 3xx. */
+	if ((cls == 3) != (kind == EX_DATA) && !(kind == EX_DATA && cls >= 4)) {
 		snprintf(why, sizeof why, "protocol error: unexpected %d reply to %s", r->code,
 		         ex_name[kind]);
 		fail_all(s, MS_ERR_PROTOCOL, why);

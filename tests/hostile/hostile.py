@@ -50,6 +50,39 @@ class Conn:
         self.expect("DATA")
         self.send("250 2.1.0 ok\r\n" + "250 2.1.5 ok\r\n" * rcpts + "354 go\r\n")
 
+    def one_message(self, dot_reply):
+        """Accept one pipelined message, answer its final dot with
+        `dot_reply`, and read what follows (QUIT)."""
+        self.accept_envelope()
+        self.read_data()
+        self.send(dot_reply)
+        self.readline()
+
+    def serve(self, on_rcpt=lambda line: "250 2.1.5 ok\r\n", on_dot=lambda: "250 2.0.0 ok\r\n",
+              mail_reply="250 2.1.0 ok\r\n"):
+        """Answer commands one line at a time until QUIT or EOF; each reply
+        is written (blocking) before the next command is read."""
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            cmd = line[:4].upper()
+            if cmd == b"MAIL":
+                self.send(mail_reply)
+            elif cmd == b"RCPT":
+                self.send(on_rcpt(line))
+            elif cmd == b"DATA":
+                self.send("354 go\r\n")
+                self.read_data()
+                self.send(on_dot())
+            elif cmd == b"RSET":
+                self.send("250 2.0.0 ok\r\n")
+            elif cmd == b"QUIT":
+                self.send("221 bye\r\n")
+                return
+            else:
+                self.send("500 5.5.1 what?\r\n")
+
     def greet_ehlo(self, caps=("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")):
         self.send("220 hostile.test ESMTP\r\n")
         self.expect("EHLO")

@@ -5,10 +5,7 @@ from hostile import Hostile
 
 def script(c):
     c.greet_ehlo()
-    c.accept_envelope()
-    c.read_data()
-    c.send("250 5.0.0 odd but fine\r\n")
-    c.readline()
+    c.one_message("250 5.0.0 odd but fine\r\n")
 
 
 def test_250_with_5xx_enhanced(send, write_msg):

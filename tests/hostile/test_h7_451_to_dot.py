@@ -4,10 +4,7 @@ from hostile import Hostile
 
 def script(c):
     c.greet_ehlo()
-    c.accept_envelope()
-    c.read_data()
-    c.send("451 4.3.0 queue trouble\r\n")
-    c.readline()
+    c.one_message("451 4.3.0 queue trouble\r\n")
 
 
 def test_451_to_dot(send, write_msg):

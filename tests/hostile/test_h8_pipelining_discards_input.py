@@ -6,28 +6,14 @@ from hostile import Hostile
 
 def script(c):
     c.greet_ehlo()
-    while True:
-        line = c.readline()
-        if not line:
-            return
-        cmd = line[:4].upper()
-        if cmd == b"MAIL":
-            c.send("250 2.1.0 ok\r\n")
-        elif cmd == b"RCPT":
-            if b"bad@" in line:
-                c.buf = b""  # the bug: discard whatever else was sent
-                c.send("550 5.1.1 no\r\n")
-            else:
-                c.send("250 2.1.5 ok\r\n")
-        elif cmd == b"DATA":
-            c.send("354 go\r\n")
-            c.read_data()
-            c.send("250 2.0.0 ok\r\n")
-        elif cmd == b"QUIT":
-            c.send("221 bye\r\n")
-            return
-        elif cmd == b"RSET":
-            c.send("250 ok\r\n")
+
+    def rcpt(line):
+        if b"bad@" in line:
+            c.buf = b""  # the bug: discard whatever else was sent
+            return "550 5.1.1 no\r\n"
+        return "250 2.1.5 ok\r\n"
+
+    c.serve(on_rcpt=rcpt)
 
 
 def test_broken_pipelining_server(send, write_msg):

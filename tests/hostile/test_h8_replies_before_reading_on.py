@@ -8,24 +8,15 @@ N = 5000
 
 def script(c):
     c.greet_ehlo()
-    n = 0
-    while True:
-        line = c.readline()
-        if not line:
-            return
-        cmd = line[:4].upper()
-        if cmd == b"MAIL":
-            c.send("250 2.1.0 ok " + "padding " * 20 + "\r\n")
-        elif cmd == b"RCPT":
-            n += 1
-            c.send("250 2.1.5 ok " + "padding " * 20 + "\r\n")
-        elif cmd == b"DATA":
-            c.send("354 go\r\n")
-            c.read_data()
-            c.send(f"250 2.0.0 got {n} recipients\r\n")
-        elif cmd == b"QUIT":
-            c.send("221 bye\r\n")
-            return
+    pad = "padding " * 20
+    n = [0]
+
+    def rcpt(line):
+        n[0] += 1
+        return f"250 2.1.5 ok {pad}\r\n"
+
+    c.serve(on_rcpt=rcpt, on_dot=lambda: f"250 2.0.0 got {n[0]} recipients\r\n",
+            mail_reply=f"250 2.1.0 ok {pad}\r\n")
 
 
 def test_no_deadlock(send, write_msg):
