@@ -176,7 +176,9 @@ static void on_result(void *ctx, ms_message *m)
 			const ms_rcpt *r = &m->rcpts[i];
 			ms_buf_appendstr(b, i ? ",{\"address\":" : "{\"address\":");
 			ms_json_string(b, r->addr, strlen(r->addr));
-			ms_buf_printf(b, ",\"state\":\"%s\",", ms_rcpt_state_name(r->state));
+			ms_buf_printf(b, ",\"state\":\"%s\",\"rcpt_code\":%d,\"accepted\":%s,",
+			              ms_rcpt_state_name(r->state), r->rcpt_code,
+			              r->rcpt_code / 100 == 2 ? "true" : "false");
 			json_outcome(b, &r->out);
 			ms_buf_appendstr(b, "}");
 		}

@@ -672,6 +672,7 @@ static void on_rcpt(txn *t, size_t ri, const ms_reply *r)
 	t->answered++;
 	if (t->mail_ok == 0)
 		return; /* R23: the recipient keeps the MAIL reply */
+	rc->rcpt_code = r->code;
 	int cls = ms_reply_class(r->code);
 	if (cls == 2) {
 		t->accepted++;

@@ -60,6 +60,7 @@ typedef struct ms_rcpt {
 	unsigned flags;  /* MS_ADDR_UTF8 */
 	ms_rcpt_state state;
 	ms_outcome out;
+	int rcpt_code;   /* what RCPT got (2xx: accepted), kept after the dot; 0 if never answered */
 	/* engine bookkeeping */
 	int busy;        /* in a transaction that is in flight */
 	int retry;       /* got "too many recipients": send again in a new transaction */

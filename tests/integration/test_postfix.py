@@ -13,9 +13,11 @@ def test_mixed_recipients_reported(send, write_msg):
         assert (ok["state"], ok["stage"], ok["code"], ok["enhanced"]) == ("delivered", "dot", 250,
                                                                           "2.0.0")
         assert "queued as" in ok["text"]
+        assert ok["accepted"] is True and ok["rcpt_code"] == 250  # RCPT answer kept
         rej = r.rcpt(0, REJECT)
         assert (rej["state"], rej["stage"], rej["enhanced"]) == ("failed", "rcpt", "5.1.1")
         assert rej["code"] // 100 == 5 and "no such user" in rej["text"]
+        assert rej["accepted"] is False and rej["rcpt_code"] == rej["code"]
         later = r.rcpt(0, LATER)
         assert (later["state"], later["stage"], later["code"], later["enhanced"]) == (
             "deferred", "rcpt", 450, "4.2.0")

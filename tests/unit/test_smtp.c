@@ -293,8 +293,15 @@ static void test_single_message_scenarios(void **state)
 				fail_msg("%s: took %lld ms", sc->name, (long long)(ms_now_ms() - t0));
 			if (sc->attach_fails && r.attach == MS_OK)
 				fail_msg("%s: the session should have been refused", sc->name);
-			for (size_t i = 0; i < 6 && sc->want[i].stage != MS_STAGE_NONE; i++)
+			for (size_t i = 0; i < 6 && sc->want[i].stage != MS_STAGE_NONE; i++) {
 				check_rcpt(sc->name, m, i, &sc->want[i]);
+				/* A delivered recipient was accepted at RCPT, and says so. */
+				if (sc->want[i].state == MS_RCPT_DELIVERED && m->rcpts[i].rcpt_code / 100 != 2)
+					fail_msg("%s: rcpt %zu lost its RCPT code", sc->name, i);
+				if (sc->want[i].stage == MS_STAGE_RCPT &&
+				    m->rcpts[i].rcpt_code != sc->want[i].code)
+					fail_msg("%s: rcpt %zu RCPT code %d", sc->name, i, m->rcpts[i].rcpt_code);
+			}
 			if ((sc->wire_is && strcmp(r.wire, sc->wire_is)) ||
 			    (sc->wire_has && !strstr(r.wire, sc->wire_has)) ||
 			    (sc->wire_lacks && strstr(r.wire, sc->wire_lacks)))
