@@ -118,3 +118,16 @@ def test_1gib_message_constant_memory(tmp_path):
         rc, maxrss_kib = int(out[0]), int(out[1])
         assert rc == 0
         assert maxrss_kib < 16 * 1024, f"{maxrss_kib} KiB resident"
+
+
+def test_allow_long_lines_delivers_them_intact(send, write_msg):
+    """Over 998 octets is refused by default (test_aiosmtpd); with
+    --allow-long-lines a 100000-octet line reaches the server intact."""
+    line = b"L" * 100000
+    with SmtpSink() as sink:
+        r = send(sink.url(), [write_msg(b"Subject: long\r\nX-Seq: 1\r\n\r\n" + line + b"\r\nend\r\n")],
+                 "-f", "a@sender.test", "--to", "b@example.test", "--allow-long-lines")
+        assert r.rc == 0, r.stdout
+        txs = sink.transactions()
+        assert len(txs) == 1
+        assert b"\n" + line + b"\nend\n" in txs[0]  # smtp-sink writes LF line ends
