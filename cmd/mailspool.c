@@ -59,7 +59,8 @@ static void usage_send(FILE *f)
 	        "                        message, and remove the Bcc header before sending\n"
 	        "  --json                print results as JSON\n"
 	        "  --transcript FILE     write the full protocol transcript to FILE\n"
-	        "                        (message data summarised by size and SHA-256)\n"
+	        "                        (message data summarised by size and SHA-256);\n"
+	        "                        JSON when FILE ends in .json, '-' for stderr\n"
 	        "  --transcript-bodies   keep message data in full in the transcript\n"
 	        "  --no-pipelining       lock-step SMTP even if the server offers PIPELINING\n"
 	        "  --no-cross-message    wait for each message's final reply before starting\n"
@@ -599,7 +600,11 @@ static int cmd_send(int argc, char **argv)
 	if (tx) {
 		ms_buf tb;
 		ms_buf_init(&tb, 0);
-		ms_transcript_render(tx, &tb);
+		size_t tl = strlen(tpath);
+		if (tl > 5 && !strcmp(tpath + tl - 5, ".json"))
+			ms_transcript_render_json(tx, &tb);
+		else
+			ms_transcript_render(tx, &tb);
 		FILE *f = strcmp(tpath, "-") ? fopen(tpath, "w") : stderr;
 		if (!f || fwrite(ms_buf_ptr(&tb), 1, ms_buf_avail(&tb), f) != ms_buf_avail(&tb)) {
 			fprintf(stderr, "%s send: cannot write transcript %s\n", progname, tpath);

@@ -26,18 +26,6 @@ void ms_reply_free(ms_reply *r)
 	r->text = r->raw = NULL;
 }
 
-ms_status ms_reply_copy(ms_reply *dst, const ms_reply *src)
-{
-	*dst = *src;
-	dst->text = strdup(src->text ? src->text : "");
-	dst->raw = strdup(src->raw ? src->raw : "");
-	if (!dst->text || !dst->raw) {
-		ms_reply_free(dst);
-		return MS_ERR_NOMEM;
-	}
-	return MS_OK;
-}
-
 int ms_reply_reader_busy(const ms_reply_reader *rr, const ms_buf *in)
 {
 	return rr->nlines > 0 || ms_buf_avail(in) > 0;

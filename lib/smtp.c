@@ -1275,7 +1275,6 @@ ms_status ms_smtp_quit(ms_smtp *s, ms_error *err)
 const ms_smtp_caps *ms_smtp_get_caps(const ms_smtp *s) { return &s->caps; }
 const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s) { return &s->st; }
 const char *ms_smtp_greeting(const ms_smtp *s) { return s->greeting ? s->greeting : ""; }
-struct ms_io *ms_smtp_io(ms_smtp *s) { return &s->io; }
 
 int ms_smtp_failed(const ms_smtp *s, ms_error *err)
 {

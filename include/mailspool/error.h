@@ -38,10 +38,5 @@ typedef struct ms_error {
 ms_status ms_error_set(ms_error *err, ms_status status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* Reset err to MS_OK with an empty message. */
-void ms_error_clear(ms_error *err);
-
-/* A short fixed name for a status ("timeout", "protocol error", ...). */
-const char *ms_status_name(ms_status status);
 
 #endif

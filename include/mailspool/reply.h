@@ -66,8 +66,6 @@ ms_status ms_reply_read(ms_reply_reader *rr, ms_buf *in, ms_reply *out, int *don
 /* True if `in` holds a partial line or reply (what was cut off at EOF). */
 int ms_reply_reader_busy(const ms_reply_reader *rr, const ms_buf *in);
 void ms_reply_free(ms_reply *r);
-/* Move-copy helpers. */
-ms_status ms_reply_copy(ms_reply *dst, const ms_reply *src);
 
 /*
  * Parse an enhanced status code "c.sss.ddd" at the start of text (RFC 3463:

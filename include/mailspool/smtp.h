@@ -134,7 +134,5 @@ const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s);
 const char *ms_smtp_greeting(const ms_smtp *s);
 /* Did the session break (closed, timed out, protocol error)? Why, in err. */
 int ms_smtp_failed(const ms_smtp *s, ms_error *err);
-/* The ms_io, for tests that need to tune it. */
-struct ms_io *ms_smtp_io(ms_smtp *s);
 
 #endif

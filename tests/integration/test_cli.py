@@ -89,3 +89,18 @@ def test_transcript_file(write_msg, tmp_path):
                       "--transcript-bodies")
     assert r2.rc == 0
     assert "secret body" in tx.read_text()
+
+
+def test_transcript_json(write_msg, tmp_path):
+    import json
+    tx = tmp_path / "t.json"
+    with Aiosmtpd() as srv:
+        r = run_send(srv.url(), [write_msg("Subject: t\r\n\r\nx\r\n")], "-f", "a@b.test",
+                     "--to", "c@d.test", "--transcript", str(tx))
+        assert r.rc == 0
+    events = json.loads(tx.read_text())
+    dirs = [e["dir"] for e in events]
+    assert {"C", "S", "W"} <= set(dirs)
+    assert any(e.get("text", "").startswith("MAIL FROM:<a@b.test>") for e in events)
+    assert all(e["t"] >= 0 for e in events)
+    assert sum(e.get("bytes", 0) for e in events if e["dir"] == "W") > 0

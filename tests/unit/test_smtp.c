@@ -73,6 +73,9 @@ static result run(const char *const *steps, ms_smtp_opts *o, ms_message **msgs, 
 	ms_smtp *s = ms_smtp_new(o, &err);
 	assert_non_null(s);
 	r.attach = ms_smtp_attach(s, sc.client_fd, &err);
+	/* The greeting's text is kept for the caller. */
+	if (steps[0] && !strncmp(steps[0], "220 ", 4))
+		assert_int_equal(strncmp(ms_smtp_greeting(s), steps[0] + 4, strlen(steps[0]) - 6), 0);
 	for (size_t i = 0; i < n; i++)
 		ms_smtp_submit(s, msgs[i], &err);
 	ms_smtp_quit(s, &err);
