@@ -47,55 +47,36 @@ def test_one_write_carries_dot_and_next_envelope(send, write_msg, tmp_path):
                      r".*C: DATA\n.*--- write #\d+", text)
 
 
-def test_soft_reject_rcpt(send, write_msg):
-    # -r implies -p: no PIPELINING, so this is the lock-step path too.
-    with SmtpSink("-r", "RCPT") as sink:
-        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
-                 "--to", "b@example.test")
-        assert r.rc == 75
-        rc = r.rcpt(0, "b@example.test")
-        assert (rc["state"], rc["stage"], rc["code"]) == ("deferred", "rcpt", 450)
-        assert rc["enhanced"] == "4.3.0"
-        assert r.summary["pipelining"] is False
-        assert sink.transactions() == []
+# smtp-sink fault option -> what every recipient must get, and the exit code.
+# -r and -f imply -p (no PIPELINING), so those rows run the lock-step path.
+FAULTS = [
+    # options, recipients, messages, exit, state, stage, code, enhanced
+    (["-r", "RCPT"], 1, 1, 75, "deferred", "rcpt", 450, "4.3.0"),
+    (["-f", "MAIL"], 2, 1, 69, "failed", "mail", 500, "5.3.0"),
+    (["-f", "."], 1, 1, 69, "failed", "dot", 500, "5.3.0"),
+    (["-Q", "RCPT"], 1, 1, 75, "deferred", "rcpt", 421, None),
+    (["-q", "DATA"], 1, 2, 75, "deferred", "session", 0, None),
+]
 
 
-def test_hard_reject_mail(send, write_msg):
-    with SmtpSink("-f", "MAIL") as sink:
-        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
-                 "--to", "b@example.test", "--to", "c@example.test")
-        assert r.rc == 69
-        for a in ("b@example.test", "c@example.test"):
-            rc = r.rcpt(0, a)
-            assert (rc["state"], rc["stage"], rc["code"]) == ("failed", "mail", 500)
-
-
-def test_hard_reject_dot(send, write_msg):
-    with SmtpSink("-f", ".") as sink:
-        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
-                 "--to", "b@example.test")
-        assert r.rc == 69
-        rc = r.rcpt(0, "b@example.test")
-        assert (rc["state"], rc["stage"], rc["code"]) == ("failed", "dot", 500)
-
-
-def test_disconnect_after_data(send, write_msg):
-    with SmtpSink("-q", "DATA") as sink:
-        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")] * 2, "-f", "a@sender.test",
-                 "--to", "b@example.test")
-        assert r.rc == 75
-        for m in r.messages:
-            assert m["recipients"][0]["state"] == "deferred"
-        assert "closed" in r.summary["session_error"]
-
-
-def test_421_after_rcpt(send, write_msg):
-    with SmtpSink("-Q", "RCPT") as sink:
-        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")], "-f", "a@sender.test",
-                 "--to", "b@example.test")
-        assert r.rc == 75
-        rc = r.rcpt(0, "b@example.test")
-        assert (rc["state"], rc["code"]) == ("deferred", 421)
+@pytest.mark.parametrize("opts,nrcpt,nmsg,rc,state,stage,code,enh", FAULTS,
+                         ids=[" ".join(f[0]) for f in FAULTS])
+def test_fault_options(send, write_msg, opts, nrcpt, nmsg, rc, state, stage, code, enh):
+    rcpts = [f"r{i}@example.test" for i in range(nrcpt)]
+    args = ["-f", "a@sender.test"] + [x for r in rcpts for x in ("--to", r)]
+    with SmtpSink(*opts) as sink:
+        r = send(sink.url(), [write_msg("Subject: x\r\n\r\nx\r\n")] * nmsg, *args)
+        assert r.rc == rc, r.stdout
+        for m in range(nmsg):
+            for a in rcpts:
+                got = r.rcpt(m, a)
+                assert (got["state"], got["stage"], got["code"]) == (state, stage, code), got
+                if enh:
+                    assert got["enhanced"] == enh
+        if opts[0] in ("-r", "-f"):
+            assert r.summary["pipelining"] is False
+        if stage in ("mail", "rcpt"):
+            assert sink.transactions() == []  # refused before any data was sent
 
 
 def test_1gib_message_constant_memory(tmp_path):
