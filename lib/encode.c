@@ -122,8 +122,6 @@ size_t ms_enc_finish(ms_enc *e, char *out, int terminator)
 	}
 	if (!e->at_bol)
 		o += eol(e, out ? out + o : NULL); /* R15: add the missing CRLF */
-	if (e->line_len > e->max_line)
-		e->max_line = e->line_len;
 	if (terminator) {
 		if (out)
 			memcpy(out + o, ".\r\n", 3);

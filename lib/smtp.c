@@ -334,14 +334,22 @@ static void fail_all(ms_smtp *s, ms_status status, const char *why)
 
 /* ---- producing output ------------------------------------------------- */
 
+/* Does any envelope address need SMTPUTF8 (RFC 6531)? */
+static int needs_smtputf8(const ms_message *m)
+{
+	if (m->sender_flags & MS_ADDR_UTF8)
+		return 1;
+	for (size_t i = 0; i < m->nrcpts; i++)
+		if (m->rcpts[i].flags & MS_ADDR_UTF8)
+			return 1;
+	return 0;
+}
+
 /* Refuse a message before sending it when this server cannot take it. */
 static int local_refusal(ms_smtp *s, ms_message *m)
 {
 	const char *enh = NULL;
 	char why[256];
-	int need_utf8 = (m->sender_flags & MS_ADDR_UTF8) != 0;
-	for (size_t i = 0; i < m->nrcpts; i++)
-		need_utf8 |= (m->rcpts[i].flags & MS_ADDR_UTF8) != 0;
 	if (m->stats.has_nul) {
 		enh = "5.6.0";
 		snprintf(why, sizeof why, "message contains NUL octets, which SMTP DATA cannot carry");
@@ -354,7 +362,7 @@ static int local_refusal(ms_smtp *s, ms_message *m)
 		enh = "5.6.3";
 		snprintf(why, sizeof why,
 		         "message has 8-bit data and the server does not offer 8BITMIME (RFC 6152)");
-	} else if (need_utf8 && !(s->caps.flags & MS_CAP_SMTPUTF8)) {
+	} else if (needs_smtputf8(m) && !(s->caps.flags & MS_CAP_SMTPUTF8)) {
 		enh = "5.6.7";
 		snprintf(why, sizeof why,
 		         "a non-ASCII address needs SMTPUTF8, which the server does not offer");
@@ -429,10 +437,7 @@ static ms_status send_mail(ms_smtp *s, txn *t)
 		              (unsigned long long)m->stats.size);
 	if (m->stats.has_8bit && (s->caps.flags & MS_CAP_8BITMIME))
 		n += snprintf(line + n, sizeof line - (size_t)n, " BODY=8BITMIME");
-	int utf8 = (m->sender_flags & MS_ADDR_UTF8) != 0;
-	for (size_t i = 0; i < m->nrcpts; i++)
-		utf8 |= (m->rcpts[i].flags & MS_ADDR_UTF8) != 0;
-	if (utf8)
+	if (needs_smtputf8(m))
 		snprintf(line + n, sizeof line - (size_t)n, " SMTPUTF8");
 	s->st.transactions++;
 	if (send_line(s, line) != MS_OK)
