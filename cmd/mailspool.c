@@ -553,8 +553,6 @@ static int cmd_send(int argc, char **argv)
 			fprintf(stderr, "%s send: %s\n", progname, serr.msg);
 			bad_input = EX_DATAERR_;
 		}
-		/* Let the connection work while the next file is opened. */
-		ms_smtp_progress(s, &serr);
 	}
 	ms_error qerr;
 	ms_smtp_quit(s, &qerr);
