@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mailspool/client.h"
 #include "mailspool/headers.h"
 #include "mailspool/io.h"
 #include "mailspool/message.h"
@@ -33,7 +35,7 @@ static void usage_main(FILE *f)
 	        "usage: %s COMMAND [OPTIONS]\n"
 	        "\n"
 	        "Commands:\n"
-	        "  send     send messages to one SMTP server over one pipelined connection\n"
+	        "  send     send messages to one SMTP or QMTP server over one connection\n"
 	        "\n"
 	        "Run '%s COMMAND --help' for the options of a command.\n",
 	        progname, progname);
@@ -42,16 +44,18 @@ static void usage_main(FILE *f)
 static void usage_send(FILE *f)
 {
 	fprintf(f,
-	        "usage: %s send --via smtp://HOST[:PORT] [OPTIONS] [FILE...]\n"
+	        "usage: %s send --via URL [OPTIONS] [FILE...]\n"
 	        "\n"
 	        "Send each FILE (standard input when none) as one message, all over one\n"
-	        "connection.  With PIPELINING each message's MAIL, RCPTs and DATA go as one\n"
-	        "group, and the next message's group rides in the same write as the previous\n"
-	        "message's data and final dot: about one round trip per message.\n"
+	        "connection.  SMTP with PIPELINING sends each message's MAIL, RCPTs and DATA\n"
+	        "as one group, and the next message's group rides in the same write as the\n"
+	        "previous message's data and final dot: about one round trip per message.\n"
+	        "QMTP streams the messages back to back: about one round trip in all.\n"
 	        "\n"
 	        "Options:\n"
 	        "  --via URL             server: smtp://HOST[:PORT] (port 25 by default;\n"
-	        "                        IPv6 as smtp://[::1]:2525)\n"
+	        "                        IPv6 as smtp://[::1]:2525) or qmtp://HOST[:PORT]\n"
+	        "                        (port 209)\n"
 	        "  -f, --from SENDER     envelope sender; -f '' is the null sender <>\n"
 	        "                        (default: your login @ this host)\n"
 	        "  --to RCPT             envelope recipient; repeat for more\n"
@@ -62,6 +66,14 @@ static void usage_send(FILE *f)
 	        "                        (message data summarised by size and SHA-256);\n"
 	        "                        JSON when FILE ends in .json, '-' for stderr\n"
 	        "  --transcript-bodies   keep message data in full in the transcript\n"
+	        "  --timeout SECONDS     cap every reply and write timeout (SMTP defaults\n"
+	        "                        follow RFC 5321 4.5.3.2: 5 min per command, 10 min\n"
+	        "                        after the final dot; QMTP: 10 min for replies)\n"
+	        "  --connect-timeout S   TCP connect timeout (default 30)\n"
+	        "  -q, --quiet           print only failures and the summary\n"
+	        "  -h, --help            this text\n"
+	        "\n"
+	        "SMTP only:\n"
 	        "  --no-pipelining       lock-step SMTP even if the server offers PIPELINING\n"
 	        "  --no-cross-message    wait for each message's final reply before starting\n"
 	        "                        the next (two round trips per message)\n"
@@ -69,17 +81,19 @@ static void usage_send(FILE *f)
 	        "  --max-rcpts N         recipients per transaction (default 100)\n"
 	        "  --allow-long-lines    send lines longer than 998 octets instead of\n"
 	        "                        refusing the message\n"
-	        "  --timeout SECONDS     cap every per-command timeout (defaults follow\n"
-	        "                        RFC 5321 4.5.3.2: 5 min per command, 10 min after\n"
-	        "                        the final dot)\n"
-	        "  --connect-timeout S   TCP connect timeout (default 30)\n"
-	        "  -q, --quiet           print only failures and the summary\n"
-	        "  -h, --help            this text\n"
+	        "\n"
+	        "QMTP only:\n"
+	        "  --qmtp-replies MODE   recipient: one reply per recipient, as the protocol\n"
+	        "                        says (default); package: one reply per message, as\n"
+	        "                        mailfront 2.12 answers (also qmtp://H?replies=package)\n"
+	        "  --qmtp-encoding ENC   auto (default: CRLF when the data has CRLF line ends,\n"
+	        "                        else LF), crlf or lf.  The data is never rewritten:\n"
+	        "                        this only declares its line ends\n"
 	        "\n"
 	        "Output: one line per recipient: its state (delivered, deferred, failed), the\n"
-	        "stage that decided it (mail, rcpt, data, dot, ...), the server's code,\n"
-	        "enhanced code and text; then a summary with messages per second and round\n"
-	        "trips per message.\n"
+	        "stage that decided it (mail, rcpt, data, dot, package, ...), the server's\n"
+	        "code, enhanced code and text; then a summary with messages per second and\n"
+	        "round trips per message.\n"
 	        "\n"
 	        "Exit status: 0 every recipient delivered; 75 some temporary failure (try\n"
 	        "again later); 69 permanent failures; 65 a message or address was unusable;\n"
@@ -179,7 +193,8 @@ static void on_result(void *ctx, ms_message *m)
 			ms_json_string(b, r->addr, strlen(r->addr));
 			ms_buf_printf(b, ",\"state\":\"%s\",\"rcpt_code\":%d,\"accepted\":%s,",
 			              ms_rcpt_state_name(r->state), r->rcpt_code,
-			              r->rcpt_code / 100 == 2 ? "true" : "false");
+			              r->rcpt_code / 100 == 2 || r->state == MS_RCPT_DELIVERED ? "true"
+			                                                                       : "false");
 			json_outcome(b, &r->out);
 			ms_buf_appendstr(b, "}");
 		}
@@ -344,42 +359,6 @@ fail:
 	return NULL;
 }
 
-/* smtp://host[:port], with [v6] literals. */
-static int parse_url(const char *url, char *host, size_t hsz, char *port, size_t psz)
-{
-	const char *p;
-	if (!strncmp(url, "smtp://", 7))
-		p = url + 7;
-	else
-		return -1;
-	const char *hend, *colon;
-	if (*p == '[') {
-		hend = strchr(p, ']');
-		if (!hend)
-			return -1;
-		p++;
-		colon = hend[1] == ':' ? hend + 1 : NULL;
-		if (hend[1] && !colon)
-			return -1;
-	} else {
-		colon = strchr(p, ':');
-		hend = colon ? colon : p + strlen(p);
-	}
-	size_t hl = (size_t)(hend - p);
-	if (hl == 0 || hl >= hsz)
-		return -1;
-	memcpy(host, p, hl);
-	host[hl] = '\0';
-	const char *ps = colon ? colon + 1 : "25";
-	if (strlen(ps) == 0 || strlen(ps) >= psz || strspn(ps, "0123456789") != strlen(ps))
-		return -1;
-	long pn = strtol(ps, NULL, 10);
-	if (pn < 1 || pn > 65535)
-		return -1;
-	snprintf(port, psz, "%s", ps);
-	return 0;
-}
-
 static int default_sender(char *buf, size_t n)
 {
 	struct passwd *pw = getpwuid(getuid());
@@ -404,7 +383,7 @@ static int parse_seconds(const char *s, int *ms)
 static int cmd_send(int argc, char **argv)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
-	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT };
+	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC };
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
 		{ "from", required_argument, NULL, 'f' },
@@ -419,12 +398,17 @@ static int cmd_send(int argc, char **argv)
 		{ "allow-long-lines", no_argument, NULL, O_LONG },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
+		{ "qmtp-replies", required_argument, NULL, O_QREPLIES },
+		{ "qmtp-encoding", required_argument, NULL, O_QENC },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	ms_smtp_opts o;
-	ms_smtp_opts_default(&o);
+	ms_client_opts co;
+	ms_client_opts_default(&co);
+	ms_smtp_opts o = co.smtp;
+	ms_qmtp_opts *qo = &co.qmtp;
+	const char *smtp_only = NULL, *qmtp_only = NULL, *qreplies = NULL;
 	send_opts so = { 0 };
 	const char *via = NULL, *tpath = NULL;
 	int tbodies = 0, cap_ms = 0;
@@ -445,9 +429,9 @@ static int cmd_send(int argc, char **argv)
 		case O_JSON: R.json = 1; break;
 		case O_TRANSCRIPT: tpath = optarg; break;
 		case O_TBODIES: tbodies = 1; break;
-		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; break;
-		case O_NOCROSS: o.cross_message = 0; break;
-		case O_HELO: o.helo = optarg; break;
+		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; smtp_only = "--no-pipelining"; break;
+		case O_NOCROSS: o.cross_message = 0; smtp_only = "--no-cross-message"; break;
+		case O_HELO: o.helo = optarg; smtp_only = "--helo"; break;
 		case O_MAXRCPT: {
 			char *end;
 			long v = strtol(optarg, &end, 10);
@@ -456,9 +440,33 @@ static int cmd_send(int argc, char **argv)
 				return EX_USAGE_;
 			}
 			o.max_rcpts = (size_t)v;
+			smtp_only = "--max-rcpts";
 			break;
 		}
-		case O_LONG: o.allow_long_lines = 1; break;
+		case O_LONG: o.allow_long_lines = 1; smtp_only = "--allow-long-lines"; break;
+		case O_QREPLIES:
+			if (strcmp(optarg, "package") && strcmp(optarg, "recipient")) {
+				fprintf(stderr, "%s send: --qmtp-replies wants package or recipient\n",
+				        progname);
+				return EX_USAGE_;
+			}
+			qreplies = optarg;
+			qmtp_only = "--qmtp-replies";
+			break;
+		case O_QENC:
+			if (!strcmp(optarg, "auto"))
+				qo->encoding = MS_QMTP_ENC_AUTO;
+			else if (!strcmp(optarg, "crlf"))
+				qo->encoding = MS_QMTP_ENC_CRLF;
+			else if (!strcmp(optarg, "lf"))
+				qo->encoding = MS_QMTP_ENC_LF;
+			else {
+				fprintf(stderr, "%s send: --qmtp-encoding wants auto, crlf or lf\n",
+				        progname);
+				return EX_USAGE_;
+			}
+			qmtp_only = "--qmtp-encoding";
+			break;
 		case O_TIMEOUT:
 			if (parse_seconds(optarg, &cap_ms) < 0) {
 				fprintf(stderr, "%s send: bad --timeout \"%s\"\n", progname, optarg);
@@ -483,20 +491,34 @@ static int cmd_send(int argc, char **argv)
 		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
 			if (*t[i] > cap_ms)
 				*t[i] = cap_ms;
+		if (qo->reply_timeout_ms > cap_ms)
+			qo->reply_timeout_ms = cap_ms;
+		if (qo->write_timeout_ms > cap_ms)
+			qo->write_timeout_ms = cap_ms;
 	}
-	char host[256], port[16];
+	qo->connect_timeout_ms = o.timeouts.connect;
 	if (!via) {
-		fprintf(stderr, "%s send: --via smtp://HOST[:PORT] is required\n", progname);
+		fprintf(stderr, "%s send: --via smtp://HOST[:PORT] or qmtp://HOST[:PORT] is required\n",
+		        progname);
 		return EX_USAGE_;
 	}
-	if (!strncmp(via, "qmtp://", 7)) {
-		fprintf(stderr, "%s send: qmtp:// is not supported yet (only smtp://)\n", progname);
+	ms_route route;
+	ms_error err;
+	if (ms_route_parse(via, &route, &err) != MS_OK) {
+		fprintf(stderr, "%s send: --via: %s\n", progname, err.msg);
 		return EX_USAGE_;
 	}
-	if (parse_url(via, host, sizeof host, port, sizeof port) < 0) {
-		fprintf(stderr, "%s send: bad --via \"%s\": want smtp://HOST[:PORT]\n", progname, via);
+	if (route.proto == MS_PROTO_QMTP && smtp_only) {
+		fprintf(stderr, "%s send: %s applies to smtp:// only\n", progname, smtp_only);
 		return EX_USAGE_;
 	}
+	if (route.proto == MS_PROTO_SMTP && qmtp_only) {
+		fprintf(stderr, "%s send: %s applies to qmtp:// only\n", progname, qmtp_only);
+		return EX_USAGE_;
+	}
+	if (qreplies)
+		route.qmtp_replies = !strcmp(qreplies, "package") ? MS_QMTP_PER_PACKAGE
+		                                                  : MS_QMTP_PER_RECIPIENT;
 	if (!so.sender) {
 		if (default_sender(defsender, sizeof defsender) < 0) {
 			fprintf(stderr, "%s send: cannot make a default sender; use -f\n", progname);
@@ -505,7 +527,6 @@ static int cmd_send(int argc, char **argv)
 		so.sender = defsender;
 	}
 	/* Check addresses once, up front: a bad one is a usage error. */
-	ms_error err;
 	char wire[MS_ADDR_MAX + 1];
 	if (ms_addr_parse(so.sender, strlen(so.sender), MS_ADDR_SENDER, wire, NULL, &err) != MS_OK) {
 		fprintf(stderr, "%s send: %s\n", progname, err.msg);
@@ -526,17 +547,28 @@ static int cmd_send(int argc, char **argv)
 	size_t nfiles = optind < argc ? (size_t)(argc - optind) : 1;
 
 	ms_transcript *tx = tpath ? ms_transcript_new(tbodies) : NULL;
-	o.transcript = tx;
-	o.on_result = on_result;
-	o.ctx = &R;
-	ms_smtp *s = ms_smtp_new(&o, &err);
+	o.transcript = qo->transcript = tx;
+	o.on_result = qo->on_result = on_result;
+	o.ctx = qo->ctx = &R;
+	co.smtp = o;
+	/* Every message in flight holds its file open: let the QMTP window
+	 * (and a long SMTP batch) have the descriptors it needs. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && qo->window + 64 > rl.rlim_cur)
+		qo->window = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64 : 64;
+	ms_client *s = ms_client_new(&route, &co, &err);
 	if (!s) {
 		fprintf(stderr, "%s send: %s\n", progname, err.msg);
 		return EX_USAGE_;
 	}
 	int64_t t0 = ms_now_ms();
 	ms_error cerr;
-	ms_status cst = ms_smtp_connect(s, host, port, &cerr);
+	ms_status cst = ms_client_connect(s, &cerr);
 	if (cst != MS_OK)
 		fprintf(stderr, "%s send: %s\n", progname, cerr.msg);
 	int bad_input = 0;
@@ -549,21 +581,22 @@ static int cmd_send(int argc, char **argv)
 		}
 		R.nmsg++;
 		ms_error serr;
-		if (ms_smtp_submit(s, m, &serr) != MS_OK && serr.status == MS_ERR_USAGE) {
+		if (ms_client_submit(s, m, &serr) != MS_OK && serr.status == MS_ERR_USAGE) {
 			fprintf(stderr, "%s send: %s\n", progname, serr.msg);
 			bad_input = EX_DATAERR_;
 		}
 	}
 	ms_error qerr;
-	ms_smtp_quit(s, &qerr);
+	ms_client_close(s, &qerr);
 	double secs = (double)(ms_now_ms() - t0) / 1000.0;
-	const ms_smtp_stats *st = ms_smtp_get_stats(s);
+	ms_client_stats cs = ms_client_get_stats(s);
+	const ms_client_stats *st = &cs;
 	double rate = secs > 0 ? (double)R.nmsg / secs : 0;
 	double rtpm = R.nmsg ? (double)st->round_trips / (double)R.nmsg : 0;
 	ms_error ferr;
-	int failed_session = ms_smtp_failed(s, &ferr);
+	int failed_session = ms_client_failed(s, &ferr);
 	if (R.json) {
-		printf("{\"server\":");
+		printf("{\"protocol\":\"%s\",\"server\":", ms_proto_name(route.proto));
 		ms_buf srv;
 		ms_buf_init(&srv, 0);
 		ms_json_string(&srv, via, strlen(via));
@@ -571,16 +604,14 @@ static int cmd_send(int argc, char **argv)
 		       "\"deferred\":%zu,\"failed\":%zu,\"recipients_delivered\":%zu,"
 		       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
 		       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
-		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"bytes_sent\":%llu,"
+		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"connections\":%llu,\"bytes_sent\":%llu,"
 		       "\"writes\":%llu,\"pipelining\":%s,\"session_error\":",
 		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
 		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
 		       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
+		       (unsigned long long)st->connections,
 		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
-		       (ms_smtp_get_caps(s)->flags & MS_CAP_PIPELINING) &&
-		               o.pipelining == MS_PIPELINING_AUTO
-		           ? "true"
-		           : "false");
+		       st->pipelining ? "true" : "false");
 		ms_buf_reset(&srv);
 		if (failed_session)
 			ms_json_string(&srv, ferr.msg, strlen(ferr.msg));
@@ -613,7 +644,7 @@ static int cmd_send(int argc, char **argv)
 		ms_buf_free(&tb);
 		ms_transcript_free(tx);
 	}
-	ms_smtp_free(s);
+	ms_client_free(s);
 	ms_buf_free(&R.out);
 	free(so.rcpts);
 	fflush(stdout);

@@ -8,6 +8,7 @@
 #include "mailspool/addr.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -235,4 +236,24 @@ ms_status ms_addr_parse(const char *in, size_t len, ms_addr_role role, char *out
 toolong:
 	return ms_error_set(err, MS_ERR_USAGE, "%s address: local part longer than %d octets",
 	                    what, MS_ADDR_LOCAL_MAX);
+}
+
+void ms_addr_unquote(const char *wire, char *out)
+{
+	size_t o = 0;
+	if (wire[0] != '"') {
+		snprintf(out, MS_ADDR_MAX + 1, "%s", wire);
+		return;
+	}
+	/* Wire forms come from ms_addr_parse: the quoted part is well formed
+	 * and closes before the '@'. */
+	size_t i = 1;
+	for (; wire[i] && wire[i] != '"'; i++) {
+		if (wire[i] == '\\' && wire[i + 1])
+			i++;
+		out[o++] = wire[i];
+	}
+	if (wire[i] == '"')
+		i++;
+	snprintf(out + o, MS_ADDR_MAX + 1 - o, "%s", wire + i);
 }

@@ -56,6 +56,7 @@ size_t ms_enc_feed(ms_enc *e, const char *in, size_t n, char *out)
 {
 	size_t o = 0;
 	size_t i = 0;
+	e->raw += n;
 	while (i < n) {
 		/* Fast path: inside a line, copy everything up to the next CR or
 		 * LF at once.  Line ends and line starts take the slow path. */
@@ -81,14 +82,18 @@ size_t ms_enc_feed(ms_enc *e, const char *in, size_t n, char *out)
 			/* A CR ends a line whatever follows; CRLF is one ending. */
 			e->pending_cr = 0;
 			o += eol(e, out ? out + o : NULL);
-			if (c == '\n')
+			if (c == '\n') {
+				e->crlf++;
 				continue;
+			}
+			e->bare_cr++;
 		}
 		if (c == '\r') {
 			e->pending_cr = 1;
 			continue;
 		}
 		if (c == '\n') {
+			e->bare_lf++;
 			o += eol(e, out ? out + o : NULL);
 			continue;
 		}
@@ -118,6 +123,7 @@ size_t ms_enc_finish(ms_enc *e, char *out, int terminator)
 	size_t o = 0;
 	if (e->pending_cr) {
 		e->pending_cr = 0;
+		e->bare_cr++;
 		o += eol(e, out ? out + o : NULL);
 	}
 	if (!e->at_bol)

@@ -202,7 +202,7 @@ const char *ms_rcpt_state_name(ms_rcpt_state s)
 const char *ms_stage_name(ms_stage s)
 {
 	static const char *names[] = { "none", "local", "connect", "greeting", "ehlo", "mail",
-	                               "rcpt", "data", "dot", "rset", "session" };
+	                               "rcpt", "data", "dot", "rset", "session", "package" };
 	return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
 }
 

@@ -278,8 +278,11 @@ static void txn_end(ms_smtp *s, txn *t)
  * permanent answer (R46).  After the dot, the outcome is unknown (R44).
  * `code`/`enh` are the server's reply that ended the session (421), if any.
  */
-static void fail_with(ms_smtp *s, ms_status status, const char *why, int code, const char *enh)
+static void fail_with(ms_smtp *s, ms_status status, const char *reason, int code,
+                      const char *enh)
 {
+	char why[MS_ERROR_MSG_MAX];
+	snprintf(why, sizeof why, "%s", reason); /* reason may be s->fatal.msg */
 	if (!s->broken) {
 		s->broken = 1;
 		ms_error_set(&s->fatal, status, "%s", why);

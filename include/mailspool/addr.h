@@ -37,6 +37,14 @@ enum { MS_ADDR_UTF8 = 1u << 0, MS_ADDR_NULL = 1u << 1 };
 ms_status ms_addr_parse(const char *in, size_t len, ms_addr_role role, char *out,
                         unsigned *flags, ms_error *err);
 
+/*
+ * The unquoted form of a wire mailbox, as QMTP and qmail carry envelope
+ * addresses: a quoted local part loses its quotes and quoted-pairs
+ * ("a b"@x becomes a b@x).  out holds MS_ADDR_MAX + 1 bytes; the result is
+ * never longer than the wire form.
+ */
+void ms_addr_unquote(const char *wire, char *out);
+
 /* Check a domain or address literal (also used for the EHLO name). */
 int ms_addr_domain_ok(const char *d, size_t len, unsigned *flags);
 

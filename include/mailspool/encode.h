@@ -35,6 +35,10 @@ typedef struct ms_enc {
 	uint64_t lines;
 	size_t max_line;
 	int has_8bit, has_nul;
+	/* The input as it was, before normalising (QMTP sends it unchanged
+	 * and declares its line encoding, PROTOCOL-RULES Q3): */
+	uint64_t raw;       /* input octets */
+	uint64_t crlf, bare_lf, bare_cr; /* line endings of each kind */
 } ms_enc;
 
 void ms_enc_init(ms_enc *e, int dot_stuff);

@@ -44,7 +44,8 @@ typedef enum ms_stage {
 	MS_STAGE_DATA,     /* the reply to DATA (354 expected) */
 	MS_STAGE_DOT,      /* the reply after the final dot */
 	MS_STAGE_RSET,
-	MS_STAGE_SESSION   /* the connection failed while this was outstanding */
+	MS_STAGE_SESSION,  /* the connection failed while this was outstanding */
+	MS_STAGE_PACKAGE   /* QMTP: the server's K/Z/D reply to the package */
 } ms_stage;
 
 /* What decided a recipient's (or message's) fate. code 0: no server reply. */

@@ -1,0 +1,51 @@
+/*
+ * mailspool/client.h - one delivery session over SMTP or QMTP.
+ *
+ * A thin dispatcher so that programs (and the delivery daemon) drive either
+ * engine through one set of calls: connect to a route, submit messages,
+ * close.  Results arrive through the same callback with the same
+ * per-recipient structure (ms_message), whatever the protocol.
+ *
+ * Invariant: the client owns exactly one engine, chosen by the route; the
+ * options of the other are ignored.
+ */
+#ifndef MAILSPOOL_CLIENT_H
+#define MAILSPOOL_CLIENT_H
+
+#include <stdint.h>
+#include "mailspool/error.h"
+#include "mailspool/message.h"
+#include "mailspool/qmtp.h"
+#include "mailspool/route.h"
+#include "mailspool/smtp.h"
+
+typedef struct ms_client_opts {
+	ms_smtp_opts smtp; /* used for smtp:// routes */
+	ms_qmtp_opts qmtp; /* used for qmtp:// routes (replies from the route) */
+} ms_client_opts;
+
+typedef struct ms_client_stats {
+	uint64_t bytes_out, bytes_in, writes;
+	uint64_t round_trips; /* SMTP: reply batches; QMTP: waits with nothing to send */
+	uint64_t messages;
+	uint64_t transactions; /* SMTP MAIL transactions; QMTP packages written */
+	uint64_t connections;
+	int pipelining;       /* SMTP PIPELINING in use; always 1 for QMTP */
+} ms_client_stats;
+
+typedef struct ms_client ms_client;
+
+void ms_client_opts_default(ms_client_opts *o);
+ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *err);
+void ms_client_free(ms_client *c);
+ms_status ms_client_connect(ms_client *c, ms_error *err);
+ms_status ms_client_submit(ms_client *c, ms_message *m, ms_error *err);
+ms_status ms_client_progress(ms_client *c, ms_error *err);
+ms_status ms_client_flush(ms_client *c, ms_error *err);
+/* Flush and end the session (SMTP QUIT; QMTP close between packages). */
+ms_status ms_client_close(ms_client *c, ms_error *err);
+ms_client_stats ms_client_get_stats(const ms_client *c);
+int ms_client_failed(const ms_client *c, ms_error *err);
+const ms_route *ms_client_route(const ms_client *c);
+
+#endif

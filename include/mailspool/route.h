@@ -1,0 +1,36 @@
+/*
+ * mailspool/route.h - where a session goes and how it speaks, as a URL.
+ *
+ *     smtp://HOST[:PORT]                        SMTP, port 25 by default
+ *     qmtp://HOST[:PORT][?replies=package]      QMTP, port 209 by default
+ *
+ * HOST is a name, an IPv4 address or a bracketed IPv6 literal ([::1]).
+ * `replies=package` marks a QMTP server that answers once per package
+ * instead of once per recipient (mailfront 2.12); `replies=recipient` is
+ * the default, as the protocol specifies.
+ *
+ * Invariant: a parsed route holds only printable ASCII without spaces; a
+ * URL with anything else is refused.
+ */
+#ifndef MAILSPOOL_ROUTE_H
+#define MAILSPOOL_ROUTE_H
+
+#include "mailspool/error.h"
+#include "mailspool/qmtp.h"
+
+#define MS_ROUTE_HOST_MAX 255
+
+typedef enum ms_proto { MS_PROTO_SMTP = 0, MS_PROTO_QMTP } ms_proto;
+
+typedef struct ms_route {
+	ms_proto proto;
+	char host[MS_ROUTE_HOST_MAX + 1];
+	char port[6];
+	ms_qmtp_replies qmtp_replies;
+} ms_route;
+
+/* Parse a route URL; MS_ERR_USAGE with a sentence naming the problem. */
+ms_status ms_route_parse(const char *url, ms_route *r, ms_error *err);
+const char *ms_proto_name(ms_proto p);
+
+#endif
