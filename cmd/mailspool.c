@@ -89,6 +89,9 @@ static void usage_send(FILE *f)
 	        "  --qmtp-encoding ENC   auto (default: CRLF when the data has CRLF line ends,\n"
 	        "                        else LF), crlf or lf.  The data is never rewritten:\n"
 	        "                        this only declares its line ends\n"
+	        "  --max-session SECONDS close the connection and open a new one (between\n"
+	        "                        messages) after this long (default 3600: a QMTP\n"
+	        "                        session should take at most an hour)\n"
 	        "\n"
 	        "Output: one line per recipient: its state (delivered, deferred, failed), the\n"
 	        "stage that decided it (mail, rcpt, data, dot, package, ...), the server's\n"
@@ -383,7 +386,7 @@ static int parse_seconds(const char *s, int *ms)
 static int cmd_send(int argc, char **argv)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
-	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC };
+	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION };
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
 		{ "from", required_argument, NULL, 'f' },
@@ -400,6 +403,7 @@ static int cmd_send(int argc, char **argv)
 		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
 		{ "qmtp-replies", required_argument, NULL, O_QREPLIES },
 		{ "qmtp-encoding", required_argument, NULL, O_QENC },
+		{ "max-session", required_argument, NULL, O_MAXSESSION },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -466,6 +470,13 @@ static int cmd_send(int argc, char **argv)
 				return EX_USAGE_;
 			}
 			qmtp_only = "--qmtp-encoding";
+			break;
+		case O_MAXSESSION:
+			if (parse_seconds(optarg, &qo->max_session_ms) < 0) {
+				fprintf(stderr, "%s send: bad --max-session \"%s\"\n", progname, optarg);
+				return EX_USAGE_;
+			}
+			qmtp_only = "--max-session";
 			break;
 		case O_TIMEOUT:
 			if (parse_seconds(optarg, &cap_ms) < 0) {

@@ -654,8 +654,8 @@ static ms_status turn(ms_qmtp *q, until_fn until, int *done)
 		return q->fatal.status;
 	}
 	if (q->cycling && !awaiting(q) && ms_io_pending(&q->io) == 0) {
-		snprintf(why, sizeof why, "session older than %d s: closing it and reconnecting (Q9)",
-		         q->o.max_session_ms / 1000);
+		snprintf(why, sizeof why, "session older than %.3f s: closing it and reconnecting (Q9)",
+		         q->o.max_session_ms / 1000.0);
 		return cycle(q, why);
 	}
 	int sending = ms_io_pending(&q->io) > 0;

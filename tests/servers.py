@@ -11,6 +11,9 @@ free port and stopped afterwards.
   PIPELINING.  Its spool path is compiled in (/var/spool/smtpd).
 - Aiosmtpd: an in-process aiosmtpd server that keeps every envelope and the
   exact bytes of every message, in arrival order, and counts connections.
+- Mailfront: mailfront's QMTP front end under tcpserver (ucspi-tcp), with
+  its queuedir backend (every message kept as a file: sender, recipients,
+  data) or its echo backend, and optional plugins that refuse.
 
 Only loopback addresses are used.
 """
@@ -40,16 +43,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, proc=None, timeout=15.0):
+def wait_port(port, proc=None, timeout=15.0, greeting=True):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError):
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                # Wait for the greeting so the server is really up.
-                s.settimeout(5)
-                s.recv(1)
+                # Wait for the greeting so the server is really up (QMTP
+                # has none: a connection is enough).
+                if greeting:
+                    s.settimeout(5)
+                    s.recv(1)
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
@@ -74,9 +79,9 @@ class Daemon:
         os.chmod(self.dir, mode)
         self.port = free_port()
 
-    def start(self, argv):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
+    def start(self, argv, env=None, greeting=True, stderr=subprocess.DEVNULL):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        wait_port(self.port, self.proc, greeting=greeting)
         return self
 
     def __exit__(self, *exc):
@@ -346,3 +351,53 @@ class Aiosmtpd:
 
     def url(self):
         return f"smtp://127.0.0.1:{self.port}"
+
+
+class Mailfront(Daemon):
+    """mailfront 2.12's QMTP front end under tcpserver.
+
+    backend "queuedir": every accepted message becomes a file in new/
+    (sender NUL, each recipient NUL, then the data), read back by
+    messages().  backend "echo": nothing is kept (the benchmark's peer).
+    `plugins` come before the backend's own acceptance ("accept" takes any
+    sender and recipient); `env` configures them (DATABYTES, REJECT, ...).
+    mailfront answers once per package, not once per recipient."""
+
+    def __init__(self, backend="queuedir", plugins=("accept",), env=None, log=False):
+        super().__init__("ms-mailfront-")
+        self.backend = backend
+        self.plugins = list(plugins)
+        self.extra_env = dict(env or {})
+        self.log = os.path.join(self.dir, "log") if log else None
+
+    def __enter__(self):
+        qd = os.path.join(self.dir, "queue")
+        for d in ("tmp", "new"):
+            os.makedirs(os.path.join(qd, d))
+        env = dict(os.environ, QUEUEDIR=qd, QUEUEDIR_NOSYNC="1", **self.extra_env)
+        self.queue = os.path.join(qd, "new")
+        argv = ["tcpserver", "-c", "200", "127.0.0.1", str(self.port), "/usr/sbin/mailfront",
+                "qmtp", self.backend] + self.plugins
+        err = open(self.log, "wb") if self.log else subprocess.DEVNULL
+        return self.start(argv, env=env, greeting=False, stderr=err)
+
+    def url(self, per_package=True):
+        return f"qmtp://127.0.0.1:{self.port}" + ("?replies=package" if per_package else "")
+
+    def messages(self, expect=None, timeout=5.0):
+        """[(sender, [recipients], data)] in arrival order.  queuedir
+        writes no terminator between the recipients and the data, so the
+        data is what follows the last NUL (test data holds none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            names = sorted(os.listdir(self.queue),
+                           key=lambda n: tuple(int(x) for x in n.split(".")))
+            if expect is None or len(names) >= expect or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        out = []
+        for n in names:
+            with open(os.path.join(self.queue, n), "rb") as f:
+                fields = f.read().split(b"\0")
+            out.append((fields[0].decode(), [r.decode() for r in fields[1:-1]], fields[-1]))
+        return out
