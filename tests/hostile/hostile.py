@@ -1,6 +1,6 @@
-"""A scripted misbehaving SMTP server, for behaviour no real server shows on
-demand (PROTOCOL-RULES H2-H8).  Each test file gives it one script: a
-function that receives a Conn and misbehaves.  Loopback only."""
+"""A scripted misbehaving SMTP or QMTP server, for behaviour no real server
+shows on demand (PROTOCOL-RULES H2-H8, H12).  Each test file gives it one
+script: a function that receives a Conn and misbehaves.  Loopback only."""
 import socket
 import threading
 
@@ -83,6 +83,48 @@ class Conn:
             else:
                 self.send("500 5.5.1 what?\r\n")
 
+    # ---- QMTP ----------------------------------------------------------
+
+    def _fill(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("client closed")
+            self.received += chunk
+            self.buf += chunk
+
+    def netstring(self):
+        """Read one netstring from the client and return its payload."""
+        while b":" not in self.buf:
+            self._fill(len(self.buf) + 1)
+        head, _ = self.buf.split(b":", 1)
+        n = int(head)
+        total = len(head) + 1 + n + 1
+        self._fill(total)
+        payload = self.buf[len(head) + 1:len(head) + 1 + n]
+        assert self.buf[total - 1:total] == b",", "package netstring without ','"
+        self.buf = self.buf[total:]
+        return payload
+
+    def package(self):
+        """Read one QMTP package: (message with its encoding byte, sender,
+        [recipients])."""
+        msg = self.netstring()
+        sender = self.netstring()
+        inner, rcpts = self.netstring(), []
+        while inner:
+            head, rest = inner.split(b":", 1)
+            n = int(head)
+            rcpts.append(rest[:n])
+            inner = rest[n + 1:]
+        return msg, sender, rcpts
+
+    @staticmethod
+    def ns(payload):
+        if isinstance(payload, str):
+            payload = payload.encode()
+        return str(len(payload)).encode() + b":" + payload + b","
+
     def greet_ehlo(self, caps=("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")):
         self.send("220 hostile.test ESMTP\r\n")
         self.expect("EHLO")
@@ -93,8 +135,9 @@ class Conn:
 class Hostile:
     """Serve `script(conn)` to each connection until closed."""
 
-    def __init__(self, script, rcvbuf=None, sndbuf=None):
+    def __init__(self, script, rcvbuf=None, sndbuf=None, scheme="smtp"):
         self.script = script
+        self.scheme = scheme
         self.rcvbuf, self.sndbuf = rcvbuf, sndbuf
         self.errors = []
         self.conns = 0
@@ -122,7 +165,7 @@ class Hostile:
             c = Conn(s)
             try:
                 self.script(c)
-            except (OSError, AssertionError) as e:
+            except (OSError, AssertionError, EOFError) as e:
                 self.errors.append(e)
             finally:
                 try:
@@ -133,5 +176,5 @@ class Hostile:
     def __exit__(self, *exc):
         self.lsock.close()
 
-    def url(self):
-        return f"smtp://127.0.0.1:{self.port}"
+    def url(self, query=""):
+        return f"{self.scheme}://127.0.0.1:{self.port}{query}"
