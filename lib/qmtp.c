@@ -904,9 +904,21 @@ ms_status ms_qmtp_flush(ms_qmtp *q, ms_error *err)
 	ms_status st = run(q, until_flushed);
 	if (st != MS_OK)
 		return ms_error_set(err, st, "%s", q->fatal.msg);
-	if (q->live)
-		return ms_error_set(err, MS_ERR_PROTOCOL, "internal error: session stalled");
+	if (q->live) {
+		/* Cannot happen; if it does, every message still gets its
+		 * one result. */
+		fail_all(q, MS_ERR_PROTOCOL, "internal error: session stalled");
+		return ms_error_set(err, MS_ERR_PROTOCOL, "%s", q->fatal.msg);
+	}
 	return MS_OK;
+}
+
+ms_status ms_qmtp_send(ms_qmtp *q, ms_message *m, ms_error *err)
+{
+	ms_status st = ms_qmtp_submit(q, m, err);
+	if (st != MS_OK)
+		return st;
+	return ms_qmtp_flush(q, err);
 }
 
 ms_status ms_qmtp_disconnect(ms_qmtp *q, ms_error *err)

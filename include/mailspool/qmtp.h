@@ -120,6 +120,10 @@ ms_status ms_qmtp_attach(ms_qmtp *q, int fd, ms_error *err);
  * session.
  */
 ms_status ms_qmtp_submit(ms_qmtp *q, ms_message *m, ms_error *err);
+/* Net::QMTP's send(): submit m and wait until every message submitted so far
+ * has its result; m's recipients then hold their replies (if on_result did
+ * not free it). */
+ms_status ms_qmtp_send(ms_qmtp *q, ms_message *m, ms_error *err);
 /* Move whatever can move now, without waiting. */
 ms_status ms_qmtp_progress(ms_qmtp *q, ms_error *err);
 /* Run until every submitted message has its result. */

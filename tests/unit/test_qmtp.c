@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -629,6 +631,62 @@ static void test_submit_after_failure(void **state)
 		ms_message_free(msgs[i]);
 }
 
+/* Net::QMTP's calls: connect to host and port, send one message at a time
+ * and read its replies, reconnect, disconnect.  A forked TCP peer on
+ * 127.0.0.1 serves two connections in turn. */
+static void test_connect_reconnect(void **state)
+{
+	(void)state;
+	int ls = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	assert_int_equal(bind(ls, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(ls, 4), 0);
+	socklen_t sl = sizeof sa;
+	getsockname(ls, (struct sockaddr *)&sa, &sl);
+	char port[16];
+	snprintf(port, sizeof port, "%u", ntohs(sa.sin_port));
+	signal(SIGPIPE, SIG_IGN);
+	pid_t pid = fork();
+	if (pid == 0) {
+		for (int k = 0; k < 2; k++) {
+			int c = accept(ls, NULL, NULL);
+			int devnull = open("/dev/null", O_WRONLY);
+			const char *steps[] = { "", k ? "7:Ksecond," : "6:Kfirst,", NULL };
+			if (fork() == 0)
+				peer_child(c, devnull, steps);
+			close(c);
+			close(devnull);
+		}
+		while (wait(NULL) > 0)
+			;
+		_exit(0);
+	}
+	close(ls);
+	ms_qmtp_opts o;
+	fast_opts(&o);
+	ms_error err;
+	ms_qmtp *q = ms_qmtp_new(&o, &err);
+	assert_int_equal(ms_qmtp_connect(q, "127.0.0.1", port, &err), MS_OK);
+	ms_message *m1 = mk("", "x@y.test", "one\n", 0), *m2 = mk("a@b.test", "x@y.test", "two\n", 0);
+	assert_int_equal(ms_qmtp_send(q, m1, &err), MS_OK);
+	expect_rcpt(m1, 0, MS_RCPT_DELIVERED, MS_STAGE_PACKAGE, "", "first");
+	assert_int_equal(ms_qmtp_reconnect(q, &err), MS_OK);
+	assert_int_equal(ms_qmtp_send(q, m2, &err), MS_OK);
+	expect_rcpt(m2, 0, MS_RCPT_DELIVERED, MS_STAGE_PACKAGE, "", "second");
+	assert_int_equal(ms_qmtp_disconnect(q, &err), MS_OK);
+	assert_int_equal(ms_qmtp_get_stats(q)->connections, 2);
+	assert_int_equal(ms_qmtp_get_stats(q)->packages, 2);
+	assert_false(ms_qmtp_failed(q, NULL));
+	ms_qmtp_free(q);
+	ms_message_free(m1);
+	ms_message_free(m2);
+	waitpid(pid, NULL, 0);
+	/* Nothing listening: a connect error, reported as such. */
+	q = ms_qmtp_new(&o, &err);
+	assert_int_equal(ms_qmtp_connect(q, "127.0.0.1", port, &err), MS_ERR_CONNECT);
+	ms_qmtp_free(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -643,6 +701,7 @@ int main(void)
 		cmocka_unit_test(test_extra_reply),
 		cmocka_unit_test(test_file_streaming),
 		cmocka_unit_test(test_submit_after_failure),
+		cmocka_unit_test(test_connect_reconnect),
 	};
 	return cmocka_run_group_tests_name("qmtp", tests, NULL, NULL);
 }
