@@ -339,18 +339,12 @@ static void fail_all(ms_qmtp *q, ms_status status, const char *reason)
 	q->cur = q->unsent = NULL;
 }
 
-/* Open the TCP connection to the remembered host. */
-static ms_status open_conn(ms_qmtp *q, ms_error *err)
+/* Make a connected socket this session's connection (closed on failure). */
+static ms_status adopt_fd(ms_qmtp *q, int fd, ms_error *err)
 {
-	int fd;
-	ms_transcript_addf(q->o.transcript, MS_TX_NOTE, "connecting to %s port %s", q->host,
-	                   q->port);
-	ms_status st = ms_net_connect(q->host, q->port, q->o.connect_timeout_ms, &fd, err);
-	if (st != MS_OK)
-		return st;
 	if (ms_io_init_fd(&q->io, fd, err) != MS_OK) {
 		close(fd);
-		return err->status;
+		return err ? err->status : MS_ERR_IO;
 	}
 	q->have_io = 1;
 	q->io.read_chunk = q->o.read_chunk;
@@ -361,6 +355,16 @@ static ms_status open_conn(ms_qmtp *q, ms_error *err)
 	q->cycling = q->cycle_noted = 0;
 	q->st.connections++;
 	return MS_OK;
+}
+
+/* Open the TCP connection to the remembered host. */
+static ms_status open_conn(ms_qmtp *q, ms_error *err)
+{
+	int fd;
+	ms_transcript_addf(q->o.transcript, MS_TX_NOTE, "connecting to %s port %s", q->host,
+	                   q->port);
+	ms_status st = ms_net_connect(q->host, q->port, q->o.connect_timeout_ms, &fd, err);
+	return st == MS_OK ? adopt_fd(q, fd, err) : st;
 }
 
 /* Close this connection and open a new one; on failure the session breaks. */
@@ -796,17 +800,7 @@ ms_status ms_qmtp_attach(ms_qmtp *q, int fd, ms_error *err)
 		close(fd);
 		return ms_error_set(err, MS_ERR_USAGE, "session already connected");
 	}
-	if (ms_io_init_fd(&q->io, fd, err) != MS_OK) {
-		close(fd);
-		return err ? err->status : MS_ERR_IO;
-	}
-	q->have_io = 1;
-	q->io.read_chunk = q->o.read_chunk;
-	q->io.on_write = on_write;
-	q->io.on_write_ctx = q;
-	q->conn_ms = ms_now_ms();
-	q->st.connections++;
-	return MS_OK;
+	return adopt_fd(q, fd, err);
 }
 
 ms_status ms_qmtp_connect(ms_qmtp *q, const char *host, const char *port, ms_error *err)

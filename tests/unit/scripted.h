@@ -1,5 +1,6 @@
 /*
- * scripted.h - a scripted SMTP peer for engine unit tests.
+ * scripted.h - scripted peers for engine unit tests (SMTP here; test_qmtp.c
+ * brings its own QMTP child and reuses the plumbing), and a message builder.
  *
  * A forked child on one end of a socketpair plays a script: steps[0] is sent
  * at once (the greeting); after that each command line it reads is answered
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "mailspool/buf.h"
+#include "mailspool/message.h"
 
 typedef struct scripted {
 	pid_t pid;
@@ -95,7 +97,10 @@ static void sc_child(int fd, int cap, const char *const *steps)
 	_exit(0);
 }
 
-static void sc_start(scripted *sc, const char *const *steps)
+typedef void (*sc_child_fn)(int fd, int capture_fd, const char *const *steps);
+
+/* Fork `child` on one end of a socketpair; it must _exit. */
+static void sc_start_with(scripted *sc, sc_child_fn child, const char *const *steps)
 {
 	int sv[2], pv[2];
 	signal(SIGPIPE, SIG_IGN);
@@ -105,7 +110,7 @@ static void sc_start(scripted *sc, const char *const *steps)
 	if (sc->pid == 0) {
 		close(sv[0]);
 		close(pv[0]);
-		sc_child(sv[1], pv[1], steps);
+		child(sv[1], pv[1], steps);
 	}
 	close(sv[1]);
 	close(pv[1]);
@@ -113,8 +118,13 @@ static void sc_start(scripted *sc, const char *const *steps)
 	sc->capture_fd = pv[0];
 }
 
+static void sc_start(scripted *sc, const char *const *steps)
+{
+	sc_start_with(sc, sc_child, steps);
+}
+
 /* After the client closed its end: what it sent, NUL-terminated. */
-static char *sc_finish(scripted *sc, size_t *len)
+static inline char *sc_finish(scripted *sc, size_t *len)
 {
 	ms_buf b;
 	ms_buf_init(&b, 0);
@@ -128,6 +138,24 @@ static char *sc_finish(scripted *sc, size_t *len)
 		*len = ms_buf_avail(&b);
 	char *s = ms_buf_steal(&b);
 	return s;
+}
+
+/* A message from "a,b,c" recipients and a body (blen 0: strlen), scanned. */
+static inline ms_message *sc_message(const char *from, const char *rcpts, const char *body, size_t blen)
+{
+	ms_error err;
+	ms_message *m = ms_message_new(from, &err);
+	if (!m)
+		abort();
+	char buf[4096];
+	snprintf(buf, sizeof buf, "%s", rcpts);
+	for (char *save, *r = strtok_r(buf, ",", &save); r; r = strtok_r(NULL, ",", &save))
+		if (ms_message_add_rcpt(m, r, &err) != MS_OK)
+			abort();
+	if (ms_message_add_mem(m, body, blen ? blen : strlen(body), &err) != MS_OK ||
+	    ms_message_scan(m, &err) != MS_OK)
+		abort();
+	return m;
 }
 
 #endif

@@ -2,7 +2,7 @@
  * test_qmtp.c - QMTP packages, replies, and the engine against a scripted
  * spec-conformant (or misbehaving) peer.
  *
- * The peer is a forked child on a socketpair: steps[0] is sent at once;
+ * The peer is a forked child on a socketpair (scripted.h's plumbing): steps[0] is sent at once;
  * after each complete package it reads, it sends the next step verbatim (a
  * step may hold any number of reply netstrings, or garbage); a step ending
  * in "#CLOSE" closes after sending; when the steps run out it says nothing.
@@ -30,34 +30,12 @@
 #include "mailspool/message.h"
 #include "mailspool/netstring.h"
 #include "mailspool/qmtp.h"
+#include "scripted.h"
 
 static const size_t chunks[] = { 1, 2, 3, 5, 7, 0 };
 #define NCHUNKS (sizeof chunks / sizeof chunks[0])
 
 /* ---- the scripted QMTP peer ------------------------------------------- */
-
-typedef struct qpeer {
-	pid_t pid;
-	int client_fd, capture_fd;
-} qpeer;
-
-static void write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w <= 0)
-			return;
-		p += w;
-		n -= (size_t)w;
-	}
-}
-
-static int send_step(int fd, const char *step)
-{
-	const char *cl = strstr(step, "#CLOSE");
-	write_all(fd, step, cl ? (size_t)(cl - step) : strlen(step));
-	return cl != NULL;
-}
 
 /* Bytes of one complete package at the start of p[0..n), or 0. */
 static size_t package_len(const char *p, size_t n)
@@ -79,7 +57,7 @@ static void peer_child(int fd, int cap, const char *const *steps)
 	ms_buf_init(&in, 0);
 	ms_buf_init(&captured, 0);
 	size_t i = 0;
-	int closed = steps[0] && send_step(fd, steps[i++]);
+	int closed = steps[0] && sc_step(fd, steps[i++]);
 	char buf[65536];
 	while (!closed) {
 		ssize_t n = read(fd, buf, sizeof buf);
@@ -90,63 +68,19 @@ static void peer_child(int fd, int cap, const char *const *steps)
 		size_t k;
 		while (!closed && (k = package_len(ms_buf_ptr(&in), ms_buf_avail(&in))) > 0) {
 			ms_buf_consume(&in, k);
-			if (steps[i] && send_step(fd, steps[i++]))
+			if (steps[i] && sc_step(fd, steps[i++]))
 				closed = 1;
 		}
 	}
 	close(fd);
-	write_all(cap, ms_buf_ptr(&captured), ms_buf_avail(&captured));
+	sc_write_all(cap, ms_buf_ptr(&captured), ms_buf_avail(&captured));
 	close(cap);
 	_exit(0);
 }
 
-static void peer_start(qpeer *p, const char *const *steps)
-{
-	int sv[2], pv[2];
-	signal(SIGPIPE, SIG_IGN);
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0 || pipe(pv) < 0)
-		abort();
-	p->pid = fork();
-	if (p->pid == 0) {
-		close(sv[0]);
-		close(pv[0]);
-		peer_child(sv[1], pv[1], steps);
-	}
-	close(sv[1]);
-	close(pv[1]);
-	p->client_fd = sv[0];
-	p->capture_fd = pv[0];
-}
-
-static char *peer_finish(qpeer *p, size_t *len)
-{
-	ms_buf b;
-	ms_buf_init(&b, 0);
-	char buf[65536];
-	ssize_t n;
-	while ((n = read(p->capture_fd, buf, sizeof buf)) > 0)
-		ms_buf_append(&b, buf, (size_t)n);
-	close(p->capture_fd);
-	waitpid(p->pid, NULL, 0);
-	*len = ms_buf_avail(&b);
-	return ms_buf_steal(&b);
-}
-
 /* ---- helpers ----------------------------------------------------------- */
 
-static ms_message *mk(const char *from, const char *rcpts, const char *body, size_t blen)
-{
-	ms_error err;
-	ms_message *m = ms_message_new(from, &err);
-	assert_non_null(m);
-	char buf[4096];
-	snprintf(buf, sizeof buf, "%s", rcpts);
-	for (char *save, *r = strtok_r(buf, ",", &save); r; r = strtok_r(NULL, ",", &save))
-		assert_int_equal(ms_message_add_rcpt(m, r, &err), MS_OK);
-	assert_int_equal(ms_message_add_mem(m, body, blen ? blen : strlen(body), &err), MS_OK);
-	assert_int_equal(ms_message_scan(m, &err), MS_OK);
-	return m;
-}
+#define mk sc_message
 
 typedef struct session {
 	char *want;      /* the packages of the messages, built before the run */
@@ -175,10 +109,10 @@ static void fast_opts(ms_qmtp_opts *o)
 static session run(const char *const *steps, ms_qmtp_opts *o, ms_message **msgs, size_t n,
                    size_t chunk)
 {
-	qpeer p;
+	scripted p;
 	session s = { 0 };
 	ms_error err;
-	peer_start(&p, steps);
+	sc_start_with(&p, peer_child, steps);
 	o->read_chunk = chunk;
 	o->on_result = on_res;
 	o->ctx = &s;
@@ -200,7 +134,7 @@ static session run(const char *const *steps, ms_qmtp_opts *o, ms_message **msgs,
 	s.st = *ms_qmtp_get_stats(q);
 	s.failed = ms_qmtp_failed(q, &s.fatal);
 	ms_qmtp_free(q);
-	s.wire = peer_finish(&p, &s.wirelen);
+	s.wire = sc_finish(&p, &s.wirelen);
 	assert_int_equal(s.reported, (int)n); /* every message reported exactly once */
 	return s;
 }

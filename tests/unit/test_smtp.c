@@ -39,15 +39,7 @@ static void on_res(void *ctx, ms_message *m)
 
 static ms_message *mk(const char *from, const char *rcpts, const char *body)
 {
-	ms_error err;
-	ms_message *m = ms_message_new(from, &err);
-	assert_non_null(m);
-	char buf[4096];
-	snprintf(buf, sizeof buf, "%s", rcpts);
-	for (char *save, *r = strtok_r(buf, ",", &save); r; r = strtok_r(NULL, ",", &save))
-		assert_int_equal(ms_message_add_rcpt(m, r, &err), MS_OK);
-	assert_int_equal(ms_message_add_mem(m, body, strlen(body), &err), MS_OK);
-	return m;
+	return sc_message(from, rcpts, body, 0);
 }
 
 typedef struct result {
