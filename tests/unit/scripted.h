@@ -34,7 +34,7 @@ typedef struct scripted {
 	int capture_fd;
 } scripted;
 
-static void sc_write_all(int fd, const char *p, size_t n)
+static inline void sc_write_all(int fd, const char *p, size_t n)
 {
 	while (n > 0) {
 		ssize_t w = write(fd, p, n);
@@ -46,7 +46,7 @@ static void sc_write_all(int fd, const char *p, size_t n)
 }
 
 /* Send one step; returns 1 if the step closes the connection. */
-static int sc_step(int fd, const char *step)
+static inline int sc_step(int fd, const char *step)
 {
 	const char *cl = strstr(step, "#CLOSE");
 	size_t n = cl ? (size_t)(cl - step) : strlen(step);
@@ -54,7 +54,7 @@ static int sc_step(int fd, const char *step)
 	return cl != NULL;
 }
 
-static void sc_child(int fd, int cap, const char *const *steps)
+static inline void sc_child(int fd, int cap, const char *const *steps)
 {
 	ms_buf in, captured;
 	ms_buf_init(&in, 0);
@@ -100,7 +100,7 @@ static void sc_child(int fd, int cap, const char *const *steps)
 typedef void (*sc_child_fn)(int fd, int capture_fd, const char *const *steps);
 
 /* Fork `child` on one end of a socketpair; it must _exit. */
-static void sc_start_with(scripted *sc, sc_child_fn child, const char *const *steps)
+static inline void sc_start_with(scripted *sc, sc_child_fn child, const char *const *steps)
 {
 	int sv[2], pv[2];
 	signal(SIGPIPE, SIG_IGN);
@@ -118,7 +118,7 @@ static void sc_start_with(scripted *sc, sc_child_fn child, const char *const *st
 	sc->capture_fd = pv[0];
 }
 
-static void sc_start(scripted *sc, const char *const *steps)
+static inline void sc_start(scripted *sc, const char *const *steps)
 {
 	sc_start_with(sc, sc_child, steps);
 }
@@ -141,7 +141,8 @@ static inline char *sc_finish(scripted *sc, size_t *len)
 }
 
 /* A message from "a,b,c" recipients and a body (blen 0: strlen), scanned. */
-static inline ms_message *sc_message(const char *from, const char *rcpts, const char *body, size_t blen)
+static inline ms_message *sc_message(const char *from, const char *rcpts, const char *body,
+                                      size_t blen)
 {
 	ms_error err;
 	ms_message *m = ms_message_new(from, &err);
