@@ -201,3 +201,4 @@ def test_large_file_constant_memory(tmp_path):
         rc, maxrss_kib = int(out[-2]), int(out[-1])
         assert rc == 0
         assert maxrss_kib < 16 * 1024, f"{maxrss_kib} KiB resident"
+
