@@ -1,0 +1,126 @@
+/*
+ * mailspool/spool.h - the durable queue.
+ *
+ * Layout under spool_dir:
+ *     tmp/      files being written (never read by anyone else)
+ *     data/ID   message data, CRLF lines, immutable once committed
+ *     env/ID    the envelope (mailspool/envelope.h); its presence IS the
+ *               message being queued
+ *     claim/ID  a dequeuer's lease on the message
+ *     corrupt/  damaged files, moved aside and reported, never deleted
+ *     usage     the usage log: "<unix time> <purpose> <octets> <id>" lines
+ *
+ * Commit protocol (ms_spool_commit): data and envelope are written to tmp/
+ * (O_CREAT|O_EXCL|O_NOFOLLOW) and fsynced; the data is renamed into data/ and
+ * data/ fsynced; the envelope is renamed into env/ - the commit point - and
+ * env/ fsynced; only then does the call succeed.  Any failed write, fsync,
+ * close or rename fails the submission and removes what it made, so
+ * nothing half-written is ever visible; an fsync is never retried.
+ * Envelope updates replace the file the same way (tmp, fsync, rename, fsync
+ * env/).
+ *
+ * Claims work for several dequeuers on one host or several hosts sharing the
+ * directory over NFS: a claim is a token file created in tmp/ under a
+ * host-unique name and link()ed to claim/ID; success is judged by the token's
+ * link count, not link()'s return value, so a retransmitted NFS LINK cannot
+ * fool it.  A claim is a lease renewed by touching it (on NFS the server
+ * sets the time); another dequeuer breaks it only when it is older than the
+ * lease plus the clock-skew tolerance, and only while holding claim/ID.break
+ * (taken the same way), after checking again that it is the same stale file.
+ *
+ * Invariants: a message is listed iff env/ID exists; data/ID exists for
+ * every listed message; a damaged envelope or a listed message without data
+ * is moved to corrupt/ when found, never delivered or deleted.
+ */
+#ifndef MAILSPOOL_SPOOL_H
+#define MAILSPOOL_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "mailspool/conf.h"
+#include "mailspool/envelope.h"
+#include "mailspool/error.h"
+
+typedef struct ms_spool ms_spool;
+typedef struct ms_spool_tx ms_spool_tx;
+
+/* Open the spool of c (its directories are created when `create`). */
+ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *err);
+void ms_spool_close(ms_spool *sp);
+const char *ms_spool_dir(const ms_spool *sp);
+
+/* ---- submission ---- */
+
+/* Start a new message: a fresh id and a data file in tmp/. */
+ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **tx, ms_error *err);
+const char *ms_spool_tx_id(const ms_spool_tx *tx);
+/* Append data (buffered). */
+ms_status ms_spool_tx_write(ms_spool_tx *tx, const void *p, size_t n, ms_error *err);
+uint64_t ms_spool_tx_size(const ms_spool_tx *tx);
+/* Make it durable and visible; env's id and size are filled in.  The
+ * transaction is finished either way. */
+ms_status ms_spool_commit(ms_spool_tx *tx, ms_envelope *env, ms_error *err);
+/* Throw it away (nothing was visible). */
+void ms_spool_abort(ms_spool_tx *tx);
+
+/* Refuse (MS_ERR_TEMP) when the file system would keep less than
+ * min_free_space after `extra` more octets. */
+ms_status ms_spool_space_ok(ms_spool *sp, uint64_t extra, ms_error *err);
+
+/* ---- reading and updating ---- */
+
+/* Every queued id, sorted (ids sort by arrival).  Free with ms_spool_ids_free. */
+ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err);
+void ms_spool_ids_free(char **ids, size_t n);
+/* Read and check an envelope.  MS_ERR_DATA: it was damaged and has been
+ * moved to corrupt/ (err says so); MS_ERR_USAGE: no such message. */
+ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *err);
+/* Replace an envelope atomically (the caller holds the claim). */
+ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err);
+/* Open the data file for reading. */
+ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *err);
+/* Remove a message (envelope first: it stops being queued at once). */
+ms_status ms_spool_remove(ms_spool *sp, const char *id, ms_error *err);
+
+/* ---- claims ---- */
+
+typedef struct ms_claim {
+	char id[MS_ENV_ID_MAX + 1];
+	dev_t dev;
+	ino_t ino;   /* the claim file's identity: ours while claim/ID is this inode */
+} ms_claim;
+
+/* Claim id for `node` (a name unique to this dequeuer's host).  MS_OK: it is
+ * ours; MS_ERR_TEMP: someone else holds a live claim (err names them). */
+ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_claim *c,
+                         ms_error *err);
+/* Extend the lease.  MS_ERR_TEMP if the claim is no longer ours. */
+ms_status ms_spool_renew(ms_spool *sp, const ms_claim *c, ms_error *err);
+/* Is the claim still ours? */
+int ms_spool_claim_held(ms_spool *sp, const ms_claim *c);
+ms_status ms_spool_release(ms_spool *sp, const ms_claim *c, ms_error *err);
+
+/* ---- repair and accounting ---- */
+
+typedef struct ms_sweep_report {
+	size_t tmp_removed;      /* stale files in tmp/ (older than an hour) */
+	size_t orphans_removed;  /* data/ files without an envelope (a crash mid-commit) */
+	size_t claims_expired;   /* claims past lease + skew, or without a message */
+	size_t corrupt;          /* envelopes moved to corrupt/ */
+	size_t checked;          /* envelopes read and found sound */
+} ms_sweep_report;
+/* The start-up repair: what a crash left behind. */
+ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err);
+
+/* Append a usage line; purpose is a word ("spooled", "sent"). */
+ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                         ms_error *err);
+/* Sum the usage log by UTC day and purpose: fn(day "YYYY-MM-DD", purpose,
+ * events, octets) in order of day, then purpose. */
+ms_status ms_spool_usage_sum(ms_spool *sp,
+                             void (*fn)(void *ctx, const char *day, const char *purpose,
+                                        uint64_t events, uint64_t octets),
+                             void *ctx, ms_error *err);
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * mailspool/submit.h - putting a message into the spool, as sendmail does.
+ *
+ * Reads a message from a file descriptor (a file or a pipe, streamed: only
+ * the header block is held in memory), and:
+ *  - takes recipients from the arguments and, with -t, from To, Cc and Bcc
+ *    (RFC 5322 address lists: groups, display names, comments, quoted local
+ *    parts), one copy per address;
+ *  - removes every Bcc field from the stored message;
+ *  - adds From (with -F's name), Date and Message-ID when missing
+ *    (RFC 5322 3.6: both Date and From are required; Message-ID should be);
+ *  - normalises every line end to CRLF (a bare CR or LF ends a line), so the
+ *    stored data needs no further rewriting before SMTP;
+ *  - refuses, before anything is visible: an invalid envelope address
+ *    (named), no recipients, a line over 998 octets (RFC 5322 2.1.1), NUL
+ *    bytes, a message over max_message_size, a spool below min_free_space;
+ *  - commits through ms_spool_commit and logs "spooled" in the usage log.
+ *
+ * Without -i (dot_ends), a line holding only "." ends the input, as
+ * sendmail's does.  A header block that is not followed by an empty line
+ * ends at the first line that is not a header field; the empty line is
+ * inserted.
+ *
+ * Errors: MS_ERR_USAGE (an address or no recipients) and MS_ERR_DATA (the
+ * message) are the submitter's to fix; MS_ERR_TEMP (space) and MS_ERR_IO
+ * are worth trying again.  Nothing is queued in either case.
+ */
+#ifndef MAILSPOOL_SUBMIT_H
+#define MAILSPOOL_SUBMIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mailspool/conf.h"
+#include "mailspool/envelope.h"
+#include "mailspool/error.h"
+#include "mailspool/spool.h"
+
+typedef struct ms_submit_opts {
+	const char *sender;      /* envelope sender; NULL: user@hostname; "" the null sender */
+	const char *full_name;   /* -F: display name for an added From: (may be NULL) */
+	const char *user;        /* login name of the submitter (default sender, From:) */
+	uint32_t uid;
+	const char *const *rcpts;
+	size_t nrcpts;
+	int from_headers;        /* -t */
+	int dot_ends;            /* a line "." alone ends the input (sendmail without -i) */
+} ms_submit_opts;
+
+typedef struct ms_submit_result {
+	char id[MS_ENV_ID_MAX + 1];
+	uint64_t size;
+	size_t nrcpts;
+} ms_submit_result;
+
+ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int in_fd,
+                    ms_submit_result *res, ms_error *err);
+
+#endif

@@ -1,0 +1,200 @@
+/*
+ * conf.c - the configuration file (see mailspool/conf.h).
+ */
+#include "mailspool/conf.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mailspool/addr.h"
+
+#define LINE_MAX_ 8192
+
+void ms_conf_defaults(ms_conf *c)
+{
+	static const int64_t tiers[] = { 0, 1800, 4 * 3600, 8 * 3600, 16 * 3600, 24 * 3600,
+		                             48 * 3600 };
+	memset(c, 0, sizeof *c);
+	snprintf(c->spool_dir, sizeof c->spool_dir, "/var/spool/mailspool");
+	if (gethostname(c->hostname, sizeof c->hostname) != 0 ||
+	    !ms_addr_domain_ok(c->hostname, strlen(c->hostname), NULL))
+		snprintf(c->hostname, sizeof c->hostname, "localhost");
+	c->hostname[sizeof c->hostname - 1] = '\0';
+	c->max_message_size = 50u << 20;
+	c->min_free_space = 100u << 20;
+	memcpy(c->retry_tiers, tiers, sizeof tiers);
+	c->ntiers = sizeof tiers / sizeof tiers[0];
+	c->claim_lease = 300;
+	c->clock_skew = 60;
+}
+
+const char *ms_conf_path(const char *explicit_path, int *required)
+{
+	*required = 1;
+	if (explicit_path && *explicit_path)
+		return explicit_path;
+	const char *e = getenv("MAILSPOOL_CONFIG");
+	if (e && *e)
+		return e;
+	*required = 0;
+	return MS_CONF_DEFAULT_PATH;
+}
+
+int64_t ms_conf_duration(const char *s)
+{
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno || v < 0)
+		return -1;
+	int64_t mul = 1;
+	if (*end == 's')
+		end++;
+	else if (*end == 'm')
+		mul = 60, end++;
+	else if (*end == 'h')
+		mul = 3600, end++;
+	else if (*end == 'd')
+		mul = 86400, end++;
+	if (*end || v > INT64_MAX / mul / 1000)
+		return -1;
+	return v * mul;
+}
+
+uint64_t ms_conf_size(const char *s, int *ok)
+{
+	*ok = 0;
+	if (!isdigit((unsigned char)*s))
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return 0;
+	uint64_t mul = 1;
+	if (*end == 'k' || *end == 'K')
+		mul = 1024, end++;
+	else if (*end == 'M')
+		mul = 1024 * 1024, end++;
+	else if (*end == 'G')
+		mul = 1024 * 1024 * 1024, end++;
+	if (*end || v > UINT64_MAX / mul)
+		return 0;
+	*ok = 1;
+	return v * mul;
+}
+
+static char *trim(char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	size_t n = strlen(s);
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+		s[--n] = '\0';
+	return s;
+}
+
+/* Apply one key; returns NULL or what is wrong with the value. */
+static const char *apply(ms_conf *c, const char *key, char *val)
+{
+	int ok;
+	if (!strcmp(key, "spool_dir")) {
+		if (val[0] != '/' || strlen(val) >= sizeof c->spool_dir)
+			return "wants an absolute path";
+		snprintf(c->spool_dir, sizeof c->spool_dir, "%s", val);
+	} else if (!strcmp(key, "hostname")) {
+		if (!ms_addr_domain_ok(val, strlen(val), NULL) || val[0] == '[')
+			return "wants a host name";
+		snprintf(c->hostname, sizeof c->hostname, "%s", val);
+	} else if (!strcmp(key, "max_message_size")) {
+		c->max_message_size = ms_conf_size(val, &ok);
+		if (!ok)
+			return "wants a size such as 50M";
+	} else if (!strcmp(key, "min_free_space")) {
+		c->min_free_space = ms_conf_size(val, &ok);
+		if (!ok)
+			return "wants a size such as 100M";
+	} else if (!strcmp(key, "retry_tiers")) {
+		size_t n = 0;
+		int64_t prev = -1;
+		for (char *save, *t = strtok_r(val, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save)) {
+			int64_t d = ms_conf_duration(t);
+			if (d < 0)
+				return "wants durations such as 0 30m 4h";
+			if (d <= prev)
+				return "wants increasing durations";
+			if (n == MS_CONF_MAX_TIERS)
+				return "has too many tiers";
+			c->retry_tiers[n++] = prev = d;
+		}
+		if (n == 0)
+			return "wants at least one duration";
+		c->ntiers = n;
+	} else if (!strcmp(key, "claim_lease")) {
+		if ((c->claim_lease = ms_conf_duration(val)) <= 0)
+			return "wants a duration such as 5m";
+	} else if (!strcmp(key, "clock_skew")) {
+		if ((c->clock_skew = ms_conf_duration(val)) < 0)
+			return "wants a duration such as 60s";
+	} else {
+		return "is not a known key";
+	}
+	return NULL;
+}
+
+ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err)
+{
+	ms_conf_defaults(c);
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		if (!required && errno == ENOENT)
+			return MS_OK;
+		return ms_error_set(err, MS_ERR_IO, "cannot read configuration %s: %s", path,
+		                    strerror(errno));
+	}
+	snprintf(c->path, sizeof c->path, "%s", path);
+	char line[LINE_MAX_];
+	char seen[16][32];
+	size_t nseen = 0, lineno = 0;
+	ms_status st = MS_OK;
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: line too long", path, lineno);
+			break;
+		}
+		char *s = trim(line);
+		if (!*s || *s == '#')
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: want key = value", path, lineno);
+			break;
+		}
+		*eq = '\0';
+		char *key = trim(s), *val = trim(eq + 1);
+		for (size_t i = 0; i < nseen && st == MS_OK; i++)
+			if (!strcmp(seen[i], key))
+				st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %s is set twice", path, lineno,
+				                  key);
+		if (st != MS_OK)
+			break;
+		const char *why = apply(c, key, val);
+		if (why) {
+			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %.64s %s", path, lineno, key, why);
+			break;
+		}
+		if (nseen < 16)
+			snprintf(seen[nseen++], sizeof seen[0], "%s", key);
+	}
+	if (st == MS_OK && ferror(f))
+		st = ms_error_set(err, MS_ERR_IO, "cannot read configuration %s", path);
+	fclose(f);
+	return st;
+}

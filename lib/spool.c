@@ -1,0 +1,832 @@
+/*
+ * spool.c - the durable queue (see mailspool/spool.h).
+ *
+ * Every function that makes something durable follows the same rule: a
+ * failed write(), fsync(), close() or rename() is a failure of the whole
+ * operation, whatever is left is removed, and nothing is retried.  After a
+ * failed fsync the kernel may have dropped the dirty pages; retrying would
+ * only report success for data that is gone.
+ */
+#include "mailspool/spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TX_BUF (64u * 1024)
+#define STALE_TMP_SECS 3600
+#define PATH_MAX_ (MS_CONF_PATH_MAX + 64)
+
+struct ms_spool {
+	ms_conf conf;
+	char dir[MS_CONF_PATH_MAX];
+	int dfd_tmp, dfd_data, dfd_env, dfd_claim, dfd_corrupt;
+};
+
+struct ms_spool_tx {
+	ms_spool *sp;
+	char id[MS_ENV_ID_MAX + 1];
+	char dname[MS_ENV_ID_MAX + 8], ename[MS_ENV_ID_MAX + 8];
+	int fd;
+	char *buf;
+	size_t blen;
+	uint64_t size;
+	int failed;
+};
+
+static const char *const subdirs[] = { "tmp", "data", "env", "claim", "corrupt" };
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static ms_status sys_err(ms_error *err, const char *what, const char *name)
+{
+	int e = errno;
+	/* ENOSPC, EDQUOT and I/O errors are worth trying again later. */
+	return ms_error_set(err, MS_ERR_IO, "%s %s: %s", what, name, strerror(e));
+}
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* A random hex string of 2*n digits. */
+static void rand_hex(char *out, size_t n)
+{
+	unsigned char r[16];
+	if (n > sizeof r)
+		n = sizeof r;
+	if (getrandom(r, n, 0) != (ssize_t)n) {
+		/* getrandom on Linux >= 3.17 does not fail for small sizes;
+		 * fall back to time and pid so ids stay unique enough. */
+		struct timeval tv;
+		gettimeofday(&tv, NULL);
+		uint64_t x = (uint64_t)tv.tv_usec ^ ((uint64_t)getpid() << 20) ^ (uint64_t)tv.tv_sec;
+		for (size_t i = 0; i < n; i++)
+			r[i] = (unsigned char)(x >> (8 * (i % 8)));
+	}
+	for (size_t i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+/* Write a whole file in dirfd under name, durably; O_EXCL. */
+static ms_status write_file(int dfd, const char *name, const char *p, size_t n, ms_error *err)
+{
+	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return sys_err(err, "cannot create", name);
+	if (write_all(fd, p, n) < 0) {
+		sys_err(err, "cannot write", name);
+		close(fd);
+		unlinkat(dfd, name, 0);
+		return MS_ERR_IO;
+	}
+	if (fsync(fd) < 0) {
+		sys_err(err, "cannot fsync", name);
+		close(fd);
+		unlinkat(dfd, name, 0);
+		return MS_ERR_IO;
+	}
+	if (close(fd) < 0) {
+		sys_err(err, "cannot close", name);
+		unlinkat(dfd, name, 0);
+		return MS_ERR_IO;
+	}
+	return MS_OK;
+}
+
+static ms_status read_file(int dfd, const char *name, size_t cap, ms_buf *out, ms_error *err)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? ms_error_set(err, MS_ERR_USAGE, "no message %s", name)
+		                       : sys_err(err, "cannot open", name);
+	ms_buf_init(out, cap);
+	char chunk[16384];
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof chunk);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			sys_err(err, "cannot read", name);
+			close(fd);
+			return MS_ERR_IO;
+		}
+		if (r == 0)
+			break;
+		if (ms_buf_append(out, chunk, (size_t)r) != MS_OK) {
+			close(fd);
+			return ms_error_set(err, MS_ERR_DATA, "%s is larger than %zu bytes", name, cap);
+		}
+	}
+	close(fd);
+	return MS_OK;
+}
+
+/* ---- open/close --------------------------------------------------------- */
+
+ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *err)
+{
+	ms_spool *sp = calloc(1, sizeof *sp);
+	if (!sp)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	sp->conf = *c;
+	snprintf(sp->dir, sizeof sp->dir, "%s", c->spool_dir);
+	int *fds[] = { &sp->dfd_tmp, &sp->dfd_data, &sp->dfd_env, &sp->dfd_claim, &sp->dfd_corrupt };
+	for (size_t i = 0; i < 5; i++)
+		*fds[i] = -1;
+	if (create && mkdir(sp->dir, 0755) < 0 && errno != EEXIST) {
+		ms_error_set(err, MS_ERR_IO, "cannot create spool %s: %s", sp->dir, strerror(errno));
+		ms_spool_close(sp);
+		return MS_ERR_IO;
+	}
+	for (size_t i = 0; i < 5; i++) {
+		char p[PATH_MAX_];
+		snprintf(p, sizeof p, "%s/%s", sp->dir, subdirs[i]);
+		if (create && mkdir(p, 0755) < 0 && errno != EEXIST) {
+			ms_error_set(err, MS_ERR_IO, "cannot create %s: %s", p, strerror(errno));
+			ms_spool_close(sp);
+			return MS_ERR_IO;
+		}
+		*fds[i] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (*fds[i] < 0) {
+			ms_error_set(err, MS_ERR_IO, "cannot open spool directory %s: %s", p,
+			             strerror(errno));
+			ms_spool_close(sp);
+			return MS_ERR_IO;
+		}
+	}
+	*out = sp;
+	return MS_OK;
+}
+
+void ms_spool_close(ms_spool *sp)
+{
+	if (!sp)
+		return;
+	int fds[] = { sp->dfd_tmp, sp->dfd_data, sp->dfd_env, sp->dfd_claim, sp->dfd_corrupt };
+	for (size_t i = 0; i < 5; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(sp);
+}
+
+const char *ms_spool_dir(const ms_spool *sp)
+{
+	return sp->dir;
+}
+
+ms_status ms_spool_space_ok(ms_spool *sp, uint64_t extra, ms_error *err)
+{
+	struct statvfs v;
+	if (fstatvfs(sp->dfd_data, &v) < 0)
+		return ms_error_set(err, MS_ERR_IO, "cannot check free space: %s", strerror(errno));
+	uint64_t avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+	if (avail < sp->conf.min_free_space || avail - sp->conf.min_free_space < extra)
+		return ms_error_set(err, MS_ERR_TEMP,
+		                    "spool file system has %llu bytes free, below the floor of %llu "
+		                    "(min_free_space): try again later",
+		                    (unsigned long long)avail,
+		                    (unsigned long long)sp->conf.min_free_space);
+	return MS_OK;
+}
+
+/* ---- submission --------------------------------------------------------- */
+
+ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **out, ms_error *err)
+{
+	ms_spool_tx *tx = calloc(1, sizeof *tx);
+	if (!tx || !(tx->buf = malloc(TX_BUF))) {
+		free(tx);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	tx->sp = sp;
+	/* Ids sort by arrival: microseconds since the epoch in 13 hex digits,
+	 * then 64 random bits. */
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	char rnd[17];
+	rand_hex(rnd, 8);
+	snprintf(tx->id, sizeof tx->id, "%013llx%s",
+	         (unsigned long long)tv.tv_sec * 1000000ull + (unsigned long long)tv.tv_usec, rnd);
+	snprintf(tx->dname, sizeof tx->dname, "%s.d", tx->id);
+	snprintf(tx->ename, sizeof tx->ename, "%s.e", tx->id);
+	tx->fd = openat(sp->dfd_tmp, tx->dname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	                0640);
+	if (tx->fd < 0) {
+		ms_status st = sys_err(err, "cannot create spool file", tx->dname);
+		free(tx->buf);
+		free(tx);
+		return st;
+	}
+	*out = tx;
+	return MS_OK;
+}
+
+const char *ms_spool_tx_id(const ms_spool_tx *tx)
+{
+	return tx->id;
+}
+
+uint64_t ms_spool_tx_size(const ms_spool_tx *tx)
+{
+	return tx->size;
+}
+
+static ms_status tx_flush(ms_spool_tx *tx, ms_error *err)
+{
+	if (tx->blen && write_all(tx->fd, tx->buf, tx->blen) < 0) {
+		tx->failed = 1;
+		return sys_err(err, "cannot write spool file", tx->dname);
+	}
+	tx->blen = 0;
+	return MS_OK;
+}
+
+ms_status ms_spool_tx_write(ms_spool_tx *tx, const void *p, size_t n, ms_error *err)
+{
+	if (tx->failed)
+		return ms_error_set(err, MS_ERR_IO, "spool file %s already failed", tx->dname);
+	const char *s = p;
+	tx->size += n;
+	while (n > 0) {
+		if (tx->blen == TX_BUF && tx_flush(tx, err) != MS_OK)
+			return MS_ERR_IO;
+		size_t k = TX_BUF - tx->blen < n ? TX_BUF - tx->blen : n;
+		memcpy(tx->buf + tx->blen, s, k);
+		tx->blen += k;
+		s += k;
+		n -= k;
+	}
+	return MS_OK;
+}
+
+static void tx_free(ms_spool_tx *tx)
+{
+	if (tx->fd >= 0)
+		close(tx->fd);
+	free(tx->buf);
+	free(tx);
+}
+
+void ms_spool_abort(ms_spool_tx *tx)
+{
+	if (!tx)
+		return;
+	unlinkat(tx->sp->dfd_tmp, tx->dname, 0);
+	unlinkat(tx->sp->dfd_tmp, tx->ename, 0);
+	tx_free(tx);
+}
+
+ms_status ms_spool_commit(ms_spool_tx *tx, ms_envelope *env, ms_error *err)
+{
+	ms_spool *sp = tx->sp;
+	ms_status st = tx_flush(tx, err);
+	/* 1. The data, durable in tmp/. */
+	if (st == MS_OK && fsync(tx->fd) < 0)
+		st = sys_err(err, "cannot fsync spool file", tx->dname);
+	int fd = tx->fd;
+	tx->fd = -1;
+	if (close(fd) < 0 && st == MS_OK)
+		st = sys_err(err, "cannot close spool file", tx->dname);
+	if (st != MS_OK) {
+		ms_spool_abort(tx);
+		return st;
+	}
+	/* 2. The envelope, durable in tmp/. */
+	memcpy(env->id, tx->id, sizeof env->id);
+	env->size = tx->size;
+	ms_buf b;
+	ms_buf_init(&b, MS_ENV_FILE_MAX);
+	st = ms_env_serialize(env, &b, err);
+	if (st == MS_OK)
+		st = write_file(sp->dfd_tmp, tx->ename, ms_buf_ptr(&b), ms_buf_avail(&b), err);
+	ms_buf_free(&b);
+	if (st != MS_OK) {
+		ms_spool_abort(tx);
+		return st;
+	}
+	/* 3. The data into place: invisible until its envelope is there. */
+	if (renameat(sp->dfd_tmp, tx->dname, sp->dfd_data, tx->id) < 0) {
+		st = sys_err(err, "cannot move spool file", tx->dname);
+		ms_spool_abort(tx);
+		return st;
+	}
+	if (fsync(sp->dfd_data) < 0) {
+		st = sys_err(err, "cannot fsync", "data/");
+		unlinkat(sp->dfd_data, tx->id, 0);
+		ms_spool_abort(tx);
+		return st;
+	}
+	/* 4. The commit point: the envelope appears in env/. */
+	if (renameat(sp->dfd_tmp, tx->ename, sp->dfd_env, tx->id) < 0) {
+		st = sys_err(err, "cannot move envelope", tx->ename);
+		unlinkat(sp->dfd_data, tx->id, 0);
+		ms_spool_abort(tx);
+		return st;
+	}
+	if (fsync(sp->dfd_env) < 0) {
+		/* Not known to be durable: take it back rather than claim it. */
+		st = sys_err(err, "cannot fsync", "env/");
+		unlinkat(sp->dfd_env, tx->id, 0);
+		unlinkat(sp->dfd_data, tx->id, 0);
+		ms_spool_abort(tx);
+		return st;
+	}
+	tx_free(tx);
+	return MS_OK;
+}
+
+/* ---- reading and updating ----------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void ms_spool_ids_free(char **ids, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(ids[i]);
+	free(ids);
+}
+
+/* Names in a spool directory that are queue ids. */
+static ms_status list_dir(int dfd, char ***ids, size_t *n, ms_error *err)
+{
+	*ids = NULL;
+	*n = 0;
+	int fd = dup(dfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return ms_error_set(err, MS_ERR_IO, "cannot read spool: %s", strerror(errno));
+	}
+	rewinddir(d);
+	size_t cap = 0;
+	struct dirent *de;
+	ms_status st = MS_OK;
+	while ((de = readdir(d))) {
+		if (!ms_env_id_ok(de->d_name))
+			continue;
+		if (*n == cap) {
+			size_t ncap = cap ? cap * 2 : 256;
+			char **p = realloc(*ids, ncap * sizeof *p);
+			if (!p) {
+				st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+				break;
+			}
+			*ids = p;
+			cap = ncap;
+		}
+		if (!((*ids)[*n] = strdup(de->d_name))) {
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			break;
+		}
+		(*n)++;
+	}
+	closedir(d);
+	if (st != MS_OK) {
+		ms_spool_ids_free(*ids, *n);
+		*ids = NULL;
+		*n = 0;
+		return st;
+	}
+	if (*n)
+		qsort(*ids, *n, sizeof **ids, cmp_str);
+	return MS_OK;
+}
+
+ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err)
+{
+	return list_dir(sp->dfd_env, ids, n, err);
+}
+
+/* Move a damaged message aside: envelope and data go to corrupt/. */
+static void to_corrupt(ms_spool *sp, const char *id)
+{
+	char name[MS_ENV_ID_MAX + 16];
+	snprintf(name, sizeof name, "%s.env", id);
+	renameat(sp->dfd_env, id, sp->dfd_corrupt, name);
+	snprintf(name, sizeof name, "%s.data", id);
+	renameat(sp->dfd_data, id, sp->dfd_corrupt, name);
+	fsync(sp->dfd_corrupt);
+	fsync(sp->dfd_env);
+}
+
+ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *err)
+{
+	ms_env_init(e);
+	if (!ms_env_id_ok(id))
+		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
+	ms_buf b;
+	ms_status st = read_file(sp->dfd_env, id, MS_ENV_FILE_MAX, &b, err);
+	if (st == MS_OK) {
+		ms_error perr;
+		st = ms_env_parse(ms_buf_ptr(&b), ms_buf_avail(&b), e, &perr);
+		if (st == MS_OK && strcmp(e->id, id)) {
+			ms_env_free(e);
+			st = ms_error_set(&perr, MS_ERR_DATA, "damaged envelope: it names id %s", e->id);
+		}
+		struct stat ds;
+		if (st == MS_OK && (fstatat(sp->dfd_data, id, &ds, AT_SYMLINK_NOFOLLOW) < 0 ||
+		                    (uint64_t)ds.st_size != e->size)) {
+			ms_env_free(e);
+			st = ms_error_set(&perr, MS_ERR_DATA, "its data file is %s",
+			                  errno == ENOENT ? "missing" : "not the size recorded");
+		}
+		if (st != MS_OK) {
+			to_corrupt(sp, id);
+			st = ms_error_set(err, MS_ERR_DATA, "message %s moved to %s/corrupt/: %s", id,
+			                  sp->dir, perr.msg);
+		}
+	} else if (st == MS_ERR_DATA) {
+		to_corrupt(sp, id);
+	}
+	ms_buf_free(&b);
+	return st;
+}
+
+ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err)
+{
+	ms_buf b;
+	ms_buf_init(&b, MS_ENV_FILE_MAX);
+	ms_status st = ms_env_serialize(e, &b, err);
+	char tmp[MS_ENV_ID_MAX + 32], rnd[17];
+	rand_hex(rnd, 8);
+	snprintf(tmp, sizeof tmp, "%s.u%s", e->id, rnd);
+	if (st == MS_OK)
+		st = write_file(sp->dfd_tmp, tmp, ms_buf_ptr(&b), ms_buf_avail(&b), err);
+	ms_buf_free(&b);
+	if (st != MS_OK)
+		return st;
+	if (renameat(sp->dfd_tmp, tmp, sp->dfd_env, e->id) < 0) {
+		st = sys_err(err, "cannot replace envelope", e->id);
+		unlinkat(sp->dfd_tmp, tmp, 0);
+		return st;
+	}
+	if (fsync(sp->dfd_env) < 0)
+		return sys_err(err, "cannot fsync", "env/");
+	return MS_OK;
+}
+
+ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *err)
+{
+	if (!ms_env_id_ok(id))
+		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
+	*fd = openat(sp->dfd_data, id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (*fd < 0)
+		return sys_err(err, "cannot open message data", id);
+	return MS_OK;
+}
+
+ms_status ms_spool_remove(ms_spool *sp, const char *id, ms_error *err)
+{
+	if (!ms_env_id_ok(id))
+		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
+	if (unlinkat(sp->dfd_env, id, 0) < 0)
+		return errno == ENOENT ? ms_error_set(err, MS_ERR_USAGE, "no message %s", id)
+		                       : sys_err(err, "cannot remove envelope", id);
+	if (fsync(sp->dfd_env) < 0)
+		return sys_err(err, "cannot fsync", "env/");
+	if (unlinkat(sp->dfd_data, id, 0) < 0 && errno != ENOENT)
+		return sys_err(err, "cannot remove data", id);
+	return MS_OK;
+}
+
+/* ---- claims ------------------------------------------------------------- */
+
+/*
+ * The link() trick: make a token file with a unique name, link it to
+ * `name`, and judge by the token's link count.  On NFS a LINK whose reply
+ * was lost is retransmitted and fails with EEXIST although it succeeded;
+ * the link count tells the truth either way.  Returns 1 if we made `name`,
+ * 0 if it existed, -1 on error.
+ */
+static int link_claim(ms_spool *sp, const char *name, const char *node, struct stat *out,
+                      ms_error *err)
+{
+	char token[300], rnd[17], body[256];
+	rand_hex(rnd, 8);
+	snprintf(token, sizeof token, "claim.%.64s.%ld.%s", node, (long)getpid(), rnd);
+	int fd = openat(sp->dfd_tmp, token, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	                0640);
+	if (fd < 0) {
+		sys_err(err, "cannot create claim token", token);
+		return -1;
+	}
+	int n = snprintf(body, sizeof body, "%.64s %ld %lld\n", node, (long)getpid(),
+	                 (long long)now_s());
+	int ok = write_all(fd, body, (size_t)n) == 0;
+	close(fd);
+	if (!ok) {
+		sys_err(err, "cannot write claim token", token);
+		unlinkat(sp->dfd_tmp, token, 0);
+		return -1;
+	}
+	linkat(sp->dfd_tmp, token, sp->dfd_claim, name, 0); /* the result is judged below */
+	struct stat st;
+	int r = fstatat(sp->dfd_tmp, token, &st, AT_SYMLINK_NOFOLLOW);
+	unlinkat(sp->dfd_tmp, token, 0);
+	if (r < 0) {
+		sys_err(err, "cannot stat claim token", token);
+		return -1;
+	}
+	if (st.st_nlink == 2) {
+		*out = st;
+		return 1;
+	}
+	return 0;
+}
+
+static int stale(const ms_spool *sp, const struct stat *st)
+{
+	return now_s() - (int64_t)st->st_mtime > sp->conf.claim_lease + sp->conf.clock_skew;
+}
+
+/* Remove claim/name if it is still the stale file `seen`, holding
+ * claim/name.break while deciding. */
+static void break_stale(ms_spool *sp, const char *name, const char *node, const struct stat *seen)
+{
+	char brk[MS_ENV_ID_MAX + 16];
+	snprintf(brk, sizeof brk, "%s.break", name);
+	struct stat bst, cur;
+	ms_error err;
+	int got = link_claim(sp, brk, node, &bst, &err);
+	if (got == 0) {
+		/* Someone else is breaking it - or died doing so: a break
+		 * lock is only ever held for an instant, so one older than a
+		 * lease is abandoned. */
+		if (fstatat(sp->dfd_claim, brk, &bst, AT_SYMLINK_NOFOLLOW) == 0 && stale(sp, &bst))
+			unlinkat(sp->dfd_claim, brk, 0);
+		return;
+	}
+	if (got < 0)
+		return;
+	if (fstatat(sp->dfd_claim, name, &cur, AT_SYMLINK_NOFOLLOW) == 0 && cur.st_ino == seen->st_ino &&
+	    cur.st_dev == seen->st_dev && stale(sp, &cur))
+		unlinkat(sp->dfd_claim, name, 0);
+	unlinkat(sp->dfd_claim, brk, 0);
+}
+
+ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_claim *c,
+                         ms_error *err)
+{
+	if (!ms_env_id_ok(id))
+		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct stat st;
+		int got = link_claim(sp, id, node, &st, err);
+		if (got < 0)
+			return MS_ERR_IO;
+		if (got == 1) {
+			snprintf(c->id, sizeof c->id, "%s", id);
+			c->dev = st.st_dev;
+			c->ino = st.st_ino;
+			return MS_OK;
+		}
+		struct stat held;
+		if (fstatat(sp->dfd_claim, id, &held, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* released meanwhile: try again */
+		if (attempt == 0 && stale(sp, &held)) {
+			break_stale(sp, id, node, &held);
+			continue;
+		}
+		char owner[256] = "";
+		int fd = openat(sp->dfd_claim, id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			ssize_t r = read(fd, owner, sizeof owner - 1);
+			owner[r > 0 ? r : 0] = '\0';
+			owner[strcspn(owner, "\n")] = '\0';
+			close(fd);
+		}
+		return ms_error_set(err, MS_ERR_TEMP, "message %s is claimed by %s", id,
+		                    owner[0] ? owner : "another process");
+	}
+	return ms_error_set(err, MS_ERR_TEMP, "message %s is claimed by another process", id);
+}
+
+int ms_spool_claim_held(ms_spool *sp, const ms_claim *c)
+{
+	struct stat st;
+	return fstatat(sp->dfd_claim, c->id, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino == c->ino &&
+	       st.st_dev == c->dev;
+}
+
+ms_status ms_spool_renew(ms_spool *sp, const ms_claim *c, ms_error *err)
+{
+	if (!ms_spool_claim_held(sp, c))
+		return ms_error_set(err, MS_ERR_TEMP, "claim on %s was lost", c->id);
+	if (utimensat(sp->dfd_claim, c->id, NULL, AT_SYMLINK_NOFOLLOW) < 0)
+		return sys_err(err, "cannot renew claim", c->id);
+	return MS_OK;
+}
+
+ms_status ms_spool_release(ms_spool *sp, const ms_claim *c, ms_error *err)
+{
+	if (!ms_spool_claim_held(sp, c))
+		return ms_error_set(err, MS_ERR_TEMP, "claim on %s was lost", c->id);
+	if (unlinkat(sp->dfd_claim, c->id, 0) < 0)
+		return sys_err(err, "cannot release claim", c->id);
+	return MS_OK;
+}
+
+/* ---- sweep -------------------------------------------------------------- */
+
+static int exists(int dfd, const char *name)
+{
+	struct stat st;
+	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
+{
+	memset(r, 0, sizeof *r);
+	int64_t now = now_s();
+	/* tmp/: anything not touched for an hour belongs to a dead writer. */
+	int fd = dup(sp->dfd_tmp);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return ms_error_set(err, MS_ERR_IO, "cannot read tmp/: %s", strerror(errno));
+	}
+	rewinddir(d);
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		struct stat st;
+		if (de->d_name[0] == '.' ||
+		    fstatat(sp->dfd_tmp, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (now - (int64_t)st.st_mtime > STALE_TMP_SECS &&
+		    unlinkat(sp->dfd_tmp, de->d_name, 0) == 0)
+			r->tmp_removed++;
+	}
+	closedir(d);
+	/* data/ without env/: a commit that crashed between its two renames
+	 * (never reported as a success).  Young ones may be a commit in
+	 * progress right now. */
+	char **ids;
+	size_t n;
+	ms_status st = list_dir(sp->dfd_data, &ids, &n, err);
+	if (st != MS_OK)
+		return st;
+	for (size_t i = 0; i < n; i++) {
+		struct stat ds;
+		if (!exists(sp->dfd_env, ids[i]) &&
+		    fstatat(sp->dfd_data, ids[i], &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    now - (int64_t)ds.st_mtime > STALE_TMP_SECS && unlinkat(sp->dfd_data, ids[i], 0) == 0)
+			r->orphans_removed++;
+	}
+	ms_spool_ids_free(ids, n);
+	/* claim/: expired leases and claims on messages that are gone. */
+	fd = dup(sp->dfd_claim);
+	d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (d) {
+		rewinddir(d);
+		while ((de = readdir(d))) {
+			struct stat cs;
+			if (de->d_name[0] == '.' ||
+			    fstatat(sp->dfd_claim, de->d_name, &cs, AT_SYMLINK_NOFOLLOW) < 0)
+				continue;
+			char base[MS_ENV_ID_MAX + 16];
+			snprintf(base, sizeof base, "%.*s", (int)sizeof base - 1, de->d_name);
+			char *dot = strchr(base, '.');
+			if (dot)
+				*dot = '\0';
+			if ((stale(sp, &cs) || !exists(sp->dfd_env, base)) &&
+			    unlinkat(sp->dfd_claim, de->d_name, 0) == 0)
+				r->claims_expired++;
+		}
+		closedir(d);
+	}
+	/* env/: every envelope must parse and have its data. */
+	if ((st = list_dir(sp->dfd_env, &ids, &n, err)) != MS_OK)
+		return st;
+	for (size_t i = 0; i < n; i++) {
+		ms_envelope e;
+		ms_error rerr;
+		ms_status rs = ms_spool_read(sp, ids[i], &e, &rerr);
+		if (rs == MS_OK)
+			r->checked++;
+		else if (rs == MS_ERR_DATA)
+			r->corrupt++;
+		ms_env_free(&e);
+	}
+	ms_spool_ids_free(ids, n);
+	return MS_OK;
+}
+
+/* ---- usage log ---------------------------------------------------------- */
+
+ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                         ms_error *err)
+{
+	char p[PATH_MAX_], line[256];
+	snprintf(p, sizeof p, "%s/usage", sp->dir);
+	int n = snprintf(line, sizeof line, "%lld %.32s %llu %.32s\n", (long long)now_s(), purpose,
+	                 (unsigned long long)octets, id ? id : "-");
+	int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (fd < 0)
+		return sys_err(err, "cannot open", p);
+	/* One write() of one short line: O_APPEND keeps concurrent writers'
+	 * lines whole. */
+	ms_status st = write(fd, line, (size_t)n) == n ? MS_OK : sys_err(err, "cannot write", p);
+	close(fd);
+	return st;
+}
+
+typedef struct usage_row {
+	char day[11];
+	char purpose[33];
+	uint64_t events, octets;
+} usage_row;
+
+static int cmp_row(const void *a, const void *b)
+{
+	const usage_row *x = a, *y = b;
+	int c = strcmp(x->day, y->day);
+	return c ? c : strcmp(x->purpose, y->purpose);
+}
+
+ms_status ms_spool_usage_sum(ms_spool *sp,
+                             void (*fn)(void *ctx, const char *day, const char *purpose,
+                                        uint64_t events, uint64_t octets),
+                             void *ctx, ms_error *err)
+{
+	char p[PATH_MAX_];
+	snprintf(p, sizeof p, "%s/usage", sp->dir);
+	FILE *f = fopen(p, "re");
+	if (!f)
+		return errno == ENOENT ? MS_OK : sys_err(err, "cannot open", p);
+	usage_row *rows = NULL;
+	size_t n = 0, cap = 0;
+	char line[512];
+	ms_status st = MS_OK;
+	while (fgets(line, sizeof line, f)) {
+		long long t;
+		char purpose[33];
+		unsigned long long octets;
+		if (sscanf(line, "%lld %32s %llu", &t, purpose, &octets) != 3)
+			continue; /* a torn line from a crash: skip it */
+		time_t tt = (time_t)t;
+		struct tm tm;
+		char day[11];
+		if (!gmtime_r(&tt, &tm) || !strftime(day, sizeof day, "%Y-%m-%d", &tm))
+			continue;
+		size_t i = 0;
+		while (i < n && (strcmp(rows[i].day, day) || strcmp(rows[i].purpose, purpose)))
+			i++;
+		if (i == n) {
+			if (n == cap) {
+				size_t ncap = cap ? cap * 2 : 16;
+				usage_row *q = realloc(rows, ncap * sizeof *q);
+				if (!q) {
+					st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+					break;
+				}
+				rows = q;
+				cap = ncap;
+			}
+			memset(&rows[n], 0, sizeof rows[n]);
+			memcpy(rows[n].day, day, sizeof day);
+			snprintf(rows[n].purpose, sizeof rows[n].purpose, "%s", purpose);
+			n++;
+		}
+		rows[i].events++;
+		rows[i].octets += octets;
+	}
+	fclose(f);
+	if (st == MS_OK) {
+		if (n)
+			qsort(rows, n, sizeof *rows, cmp_row);
+		for (size_t i = 0; i < n; i++)
+			fn(ctx, rows[i].day, rows[i].purpose, rows[i].events, rows[i].octets);
+	}
+	free(rows);
+	return st;
+}

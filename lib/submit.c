@@ -1,0 +1,417 @@
+/*
+ * submit.c - putting a message into the spool (see mailspool/submit.h).
+ *
+ * One pass over the input: lines are read from the descriptor into a
+ * bounded line buffer (a line over 998 octets is refused there, so nothing
+ * unbounded is ever held), the header block is collected (at most
+ * MS_HDR_MAX), rewritten, and the rest streams through the CRLF normaliser
+ * into the spool file.
+ */
+#include "mailspool/submit.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailspool/addr.h"
+#include "mailspool/encode.h"
+#include "mailspool/headers.h"
+
+#define IN_BUF (64u * 1024)
+/* A line's octets before its line end; one more byte than allowed is
+ * enough to know it is too long. */
+#define LINE_CAP (MS_SMTP_LINE_MAX + 2)
+
+typedef struct input {
+	int fd;
+	char buf[IN_BUF];
+	size_t pos, len;
+	int eof;
+} input;
+
+/* Next line (through its LF, or to EOF) into line[0..*n); 0 at EOF, -1 on a
+ * read error, -2 when the line is longer than LINE_CAP (what was read of it
+ * is in line). */
+static int next_line(input *in, char *line, size_t *n)
+{
+	*n = 0;
+	for (;;) {
+		if (in->pos == in->len) {
+			if (in->eof)
+				return *n ? 1 : 0;
+			ssize_t r = read(in->fd, in->buf, sizeof in->buf);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0)
+				return -1;
+			if (r == 0) {
+				in->eof = 1;
+				continue;
+			}
+			in->pos = 0;
+			in->len = (size_t)r;
+		}
+		const char *p = in->buf + in->pos;
+		size_t avail = in->len - in->pos;
+		const char *lf = memchr(p, '\n', avail);
+		size_t take = lf ? (size_t)(lf - p) + 1 : avail;
+		/* LINE_CAP octets plus CR LF fit; anything longer is refused. */
+		if (*n + take > LINE_CAP + 2)
+			return -2;
+		memcpy(line + *n, p, take);
+		*n += take;
+		in->pos += take;
+		if (lf)
+			return 1;
+	}
+}
+
+/* Octets of text on a line, without its line end. */
+static size_t text_len(const char *line, size_t n)
+{
+	if (n && line[n - 1] == '\n')
+		n--;
+	if (n && line[n - 1] == '\r')
+		n--;
+	return n;
+}
+
+static int is_dot_line(const char *line, size_t n)
+{
+	return text_len(line, n) == 1 && line[0] == '.' && (n == 1 || line[1] == '\r' || line[1] == '\n');
+}
+
+/* A header field line: a name of printable ASCII (no space, no colon) and
+ * a colon - or a continuation line after one. */
+static int is_field_start(const char *line, size_t n)
+{
+	size_t i = 0;
+	while (i < n && line[i] > 0x20 && line[i] < 0x7f && line[i] != ':')
+		i++;
+	return i > 0 && i < n && line[i] == ':';
+}
+
+typedef struct rcpt_ctx {
+	ms_envelope *env;
+	int64_t now;
+	ms_error *err;
+	int bad;
+} rcpt_ctx;
+
+/* Add a recipient once (sendmail keeps one copy per address). */
+static int add_rcpt(void *ctx, const char *addr)
+{
+	rcpt_ctx *c = ctx;
+	char wire[MS_ADDR_MAX + 1];
+	if (ms_addr_parse(addr, strlen(addr), MS_ADDR_RECIPIENT, wire, NULL, c->err) != MS_OK) {
+		c->bad = 1;
+		return 1;
+	}
+	for (size_t i = 0; i < c->env->nrcpts; i++)
+		if (!strcmp(c->env->rcpts[i].addr, wire))
+			return 0;
+	if (ms_env_add_rcpt(c->env, wire, c->now, c->err) != MS_OK) {
+		c->bad = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Is there a field called `name` in the header block? */
+static int has_field(const char *hdr, size_t len, const char *name)
+{
+	size_t nl = strlen(name);
+	for (size_t i = 0; i < len;) {
+		if ((i == 0 || hdr[i - 1] == '\n') && len - i > nl && hdr[i + nl] == ':' &&
+		    !strncasecmp(hdr + i, name, nl))
+			return 1;
+		const char *lf = memchr(hdr + i, '\n', len - i);
+		if (!lf)
+			break;
+		i = (size_t)(lf - hdr) + 1;
+	}
+	return 0;
+}
+
+/* A display name as an RFC 5322 phrase: atoms as they are, anything else
+ * as a quoted string. */
+static ms_status put_phrase(ms_buf *b, const char *name)
+{
+	int plain = *name != '\0';
+	for (const char *p = name; *p && plain; p++)
+		plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		        (*p >= '0' && *p <= '9') || strchr(" !#$%&'*+-/=?^_`{|}~", *p);
+	if (plain)
+		return ms_buf_appendstr(b, name);
+	ms_status st = ms_buf_append(b, "\"", 1);
+	for (const char *p = name; *p && st == MS_OK; p++) {
+		if (*p == '"' || *p == '\\')
+			st = ms_buf_append(b, "\\", 1);
+		if (st == MS_OK)
+			st = ms_buf_append(b, p, 1);
+	}
+	return st == MS_OK ? ms_buf_append(b, "\"", 1) : st;
+}
+
+/* The fields RFC 5322 wants and the message lacks: From, Date, Message-ID. */
+static ms_status add_missing(ms_buf *hdr, const ms_submit_opts *o, const ms_conf *conf,
+                             const char *sender, const char *id, ms_error *err)
+{
+	const char *h = ms_buf_ptr(hdr);
+	size_t len = ms_buf_avail(hdr);
+	ms_status st = MS_OK;
+	if (!has_field(h, len, "From")) {
+		char self[MS_CONF_HOST_MAX + 80];
+		const char *addr = sender;
+		if (!*addr) {
+			snprintf(self, sizeof self, "%.64s@%s", o->user && *o->user ? o->user : "root",
+			         conf->hostname);
+			addr = self;
+		}
+		st = ms_buf_appendstr(hdr, "From: ");
+		if (st == MS_OK && o->full_name && *o->full_name) {
+			/* -F comes from a command line: no line breaks allowed. */
+			if (strpbrk(o->full_name, "\r\n"))
+				return ms_error_set(err, MS_ERR_USAGE, "full name (-F) contains a line break");
+			st = put_phrase(hdr, o->full_name);
+			if (st == MS_OK)
+				st = ms_buf_printf(hdr, " <%s>\r\n", addr);
+		} else if (st == MS_OK) {
+			st = ms_buf_printf(hdr, "%s\r\n", addr);
+		}
+	}
+	if (st == MS_OK && !has_field(ms_buf_ptr(hdr), ms_buf_avail(hdr), "Date")) {
+		char date[64];
+		time_t t = time(NULL);
+		struct tm tm;
+		localtime_r(&t, &tm);
+		strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+		st = ms_buf_printf(hdr, "Date: %s\r\n", date);
+	}
+	if (st == MS_OK && !has_field(ms_buf_ptr(hdr), ms_buf_avail(hdr), "Message-ID"))
+		st = ms_buf_printf(hdr, "Message-ID: <%s@%s>\r\n", id, conf->hostname);
+	if (st != MS_OK)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	return MS_OK;
+}
+
+typedef struct writer {
+	ms_spool_tx *tx;
+	ms_enc enc;
+	char *out;
+	uint64_t max_size;
+} writer;
+
+/* Normalise and store bytes; checks size and line length as it goes. */
+static ms_status put(writer *w, const char *p, size_t n, ms_error *err)
+{
+	size_t k = ms_enc_feed(&w->enc, p, n, w->out);
+	if (w->enc.line_len > MS_SMTP_LINE_MAX || w->enc.max_line > MS_SMTP_LINE_MAX)
+		return ms_error_set(err, MS_ERR_DATA, "a line is longer than %d octets (RFC 5322 2.1.1)",
+		                    MS_SMTP_LINE_MAX);
+	if (w->enc.has_nul)
+		return ms_error_set(err, MS_ERR_DATA, "the message contains NUL bytes");
+	if (w->max_size && w->enc.size > w->max_size)
+		return ms_error_set(err, MS_ERR_DATA,
+		                    "message larger than the limit of %llu octets (max_message_size)",
+		                    (unsigned long long)w->max_size);
+	return ms_spool_tx_write(w->tx, w->out, k, err);
+}
+
+ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int in_fd,
+                    ms_submit_result *res, ms_error *err)
+{
+	memset(res, 0, sizeof *res);
+	ms_status st = ms_spool_space_ok(sp, 0, err);
+	if (st != MS_OK)
+		return st;
+	int64_t now = (int64_t)time(NULL);
+	ms_envelope env;
+	ms_env_init(&env);
+	env.arrival = now;
+	env.uid = o->uid;
+	/* The sender. */
+	char wire[MS_ADDR_MAX + 1], defsender[MS_CONF_HOST_MAX + 80];
+	const char *sender = o->sender;
+	if (!sender) {
+		snprintf(defsender, sizeof defsender, "%.64s@%s", o->user && *o->user ? o->user : "root",
+		         conf->hostname);
+		sender = defsender;
+	}
+	if (ms_addr_parse(sender, strlen(sender), MS_ADDR_SENDER, wire, NULL, err) != MS_OK ||
+	    ms_env_set_sender(&env, wire, err) != MS_OK) {
+		ms_env_free(&env);
+		return MS_ERR_USAGE;
+	}
+	rcpt_ctx rc = { .env = &env, .now = now + conf->retry_tiers[0], .err = err };
+	for (size_t i = 0; i < o->nrcpts && !rc.bad; i++)
+		add_rcpt(&rc, o->rcpts[i]);
+	if (rc.bad) {
+		ms_env_free(&env);
+		return err ? err->status : MS_ERR_USAGE;
+	}
+
+	input *in = malloc(sizeof *in);
+	char *line = malloc(LINE_CAP + 3);
+	writer w = { .max_size = conf->max_message_size,
+		         .out = malloc(MS_ENC_MAX_OUT(LINE_CAP + 2) + MS_ENC_MAX_OUT(IN_BUF)) };
+	ms_buf hdr;
+	ms_buf_init(&hdr, MS_HDR_MAX);
+	ms_spool_tx *tx = NULL;
+	if (!in || !line || !w.out) {
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memset(in, 0, sizeof *in);
+	in->fd = in_fd;
+	ms_enc_init(&w.enc, 0);
+
+	/* 1. The header block: up to an empty line, a line that is not a
+	 * field, the "." line, or the end. */
+	size_t n = 0;
+	int r, ended = 0, blank = 0, body_first = 0;
+	while ((r = next_line(in, line, &n)) > 0) {
+		if (o->dot_ends && is_dot_line(line, n)) {
+			ended = 1;
+			break;
+		}
+		if (text_len(line, n) == 0) {
+			blank = 1;
+			break;
+		}
+		int cont = (line[0] == ' ' || line[0] == '\t') && ms_buf_avail(&hdr) > 0;
+		if (!cont && !is_field_start(line, n)) {
+			body_first = 1; /* the body starts here: keep the line */
+			break;
+		}
+		if (ms_buf_append(&hdr, line, n) != MS_OK) {
+			st = ms_error_set(err, MS_ERR_DATA, "header block longer than %u octets", MS_HDR_MAX);
+			goto out;
+		}
+	}
+	if (r == -1) {
+		st = ms_error_set(err, MS_ERR_IO, "cannot read the message: %s", strerror(errno));
+		goto out;
+	}
+	if (r == -2) {
+		st = ms_error_set(err, MS_ERR_DATA, "a line is longer than %d octets (RFC 5322 2.1.1)",
+		                  MS_SMTP_LINE_MAX);
+		goto out;
+	}
+	/* A last header line without a line end gets one. */
+	if (ms_buf_avail(&hdr) && ms_buf_ptr(&hdr)[ms_buf_avail(&hdr) - 1] != '\n' &&
+	    ms_buf_append(&hdr, "\r\n", 2) != MS_OK) {
+		st = ms_error_set(err, MS_ERR_DATA, "header block longer than %u octets", MS_HDR_MAX);
+		goto out;
+	}
+
+	/* 2. Recipients from the header, then the header rewritten. */
+	if (o->from_headers) {
+		static const char *const fields[] = { "To", "Cc", "Bcc" };
+		for (size_t i = 0; i < 3 && !rc.bad; i++)
+			if (ms_hdr_addresses(ms_buf_ptr(&hdr), ms_buf_avail(&hdr), fields[i], add_rcpt, &rc) <
+			        0 &&
+			    !rc.bad)
+				rc.bad = 1;
+		if (rc.bad) {
+			st = err ? err->status : MS_ERR_USAGE;
+			goto out;
+		}
+	}
+	if (env.nrcpts == 0) {
+		st = ms_error_set(err, MS_ERR_USAGE,
+		                  o->from_headers ? "no recipients: none given and none in To, Cc or Bcc"
+		                                  : "no recipients given");
+		goto out;
+	}
+	hdr.len = hdr.off + ms_hdr_remove(hdr.data + hdr.off, ms_buf_avail(&hdr), "Bcc");
+	if ((st = ms_spool_begin(sp, &tx, err)) != MS_OK)
+		goto out;
+	w.tx = tx;
+	if ((st = add_missing(&hdr, o, conf, env.sender, ms_spool_tx_id(tx), err)) != MS_OK)
+		goto out;
+	if ((st = put(&w, ms_buf_ptr(&hdr), ms_buf_avail(&hdr), err)) != MS_OK)
+		goto out;
+	if (!ended && (blank || body_first || !in->eof || in->pos < in->len))
+		st = put(&w, "\r\n", 2, err);
+	if (st == MS_OK && body_first)
+		st = put(&w, line, n, err);
+	if (st != MS_OK)
+		goto out;
+
+	/* 3. The body, line by line (the "." line is looked for only
+	 * without -i; otherwise whole buffers go through). */
+	while (!ended) {
+		if (o->dot_ends) {
+			r = next_line(in, line, &n);
+			if (r == 0)
+				break;
+			if (r < 0) {
+				st = r == -1 ? ms_error_set(err, MS_ERR_IO, "cannot read the message: %s",
+				                            strerror(errno))
+				             : ms_error_set(err, MS_ERR_DATA,
+				                            "a line is longer than %d octets (RFC 5322 2.1.1)",
+				                            MS_SMTP_LINE_MAX);
+				goto out;
+			}
+			if (is_dot_line(line, n))
+				break;
+			if ((st = put(&w, line, n, err)) != MS_OK)
+				goto out;
+			continue;
+		}
+		if (in->pos < in->len) {
+			st = put(&w, in->buf + in->pos, in->len - in->pos, err);
+			in->pos = in->len;
+			if (st != MS_OK)
+				goto out;
+		}
+		if (in->eof)
+			break;
+		ssize_t k = read(in->fd, in->buf, sizeof in->buf);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			st = ms_error_set(err, MS_ERR_IO, "cannot read the message: %s", strerror(errno));
+			goto out;
+		}
+		if (k == 0)
+			in->eof = 1;
+		in->pos = 0;
+		in->len = (size_t)k;
+	}
+	size_t k = ms_enc_finish(&w.enc, w.out, 0);
+	if (w.enc.max_line > MS_SMTP_LINE_MAX) {
+		st = ms_error_set(err, MS_ERR_DATA, "a line is longer than %d octets (RFC 5322 2.1.1)",
+		                  MS_SMTP_LINE_MAX);
+		goto out;
+	}
+	if ((st = ms_spool_tx_write(tx, w.out, k, err)) != MS_OK)
+		goto out;
+	/* 4. Room for it?  Then commit. */
+	if ((st = ms_spool_space_ok(sp, ms_spool_tx_size(tx), err)) != MS_OK)
+		goto out;
+	st = ms_spool_commit(tx, &env, err);
+	tx = NULL; /* finished either way */
+	if (st == MS_OK) {
+		memcpy(res->id, env.id, sizeof res->id);
+		res->size = env.size;
+		res->nrcpts = env.nrcpts;
+		/* The message is safe; a usage line that cannot be written does
+		 * not undo that. */
+		ms_spool_usage(sp, "spooled", env.size, env.id, NULL);
+	}
+out:
+	if (tx)
+		ms_spool_abort(tx);
+	ms_buf_free(&hdr);
+	ms_env_free(&env);
+	free(w.out);
+	free(line);
+	free(in);
+	return st;
+}
