@@ -46,9 +46,11 @@ $(BUILD)/libmailspool.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/mailspool: cmd/mailspool.c $(BUILD)/libmailspool.a
+CMD_SRC  = $(wildcard cmd/*.c)
+
+$(BUILD)/mailspool: $(CMD_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libmailspool.a $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/scripted.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)

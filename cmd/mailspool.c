@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "mailspool/client.h"
 #include "mailspool/headers.h"
 #include "mailspool/io.h"
@@ -24,10 +25,7 @@
 #include "mailspool/smtp.h"
 #include "mailspool/transcript.h"
 
-enum { EX_OK_ = 0, EX_USAGE_ = 64, EX_DATAERR_ = 65, EX_NOINPUT_ = 66, EX_UNAVAILABLE_ = 69,
-       EX_SOFTWARE_ = 70, EX_CANTCREAT_ = 73, EX_TEMPFAIL_ = 75 };
-
-static const char *progname = "mailspool";
+const char *progname = "mailspool";
 
 static void usage_main(FILE *f)
 {
@@ -35,16 +33,30 @@ static void usage_main(FILE *f)
 	        "usage: %s COMMAND [OPTIONS]\n"
 	        "\n"
 	        "Commands:\n"
-	        "  send     send messages to one SMTP or QMTP server over one connection\n"
+	        "  send     with --via: send messages to one SMTP or QMTP server over one\n"
+	        "           connection; without: put them in the spool\n"
+	        "  queue    list the spool (as mailq)\n"
+	        "  show     one queued message: envelope, attempts, headers\n"
+	        "  hold     keep queued messages from being delivered\n"
+	        "  release  undo hold\n"
+	        "  delete   remove queued messages\n"
+	        "  flush    make queued messages (all, or those named) due now\n"
+	        "  stats    the usage log summed by day and purpose\n"
+	        "  sweep    repair what a crash left in the spool\n"
 	        "\n"
+	        "Run as sendmail (or '%s sendmail ...') it takes sendmail's options;\n"
+	        "run as mailq it lists the queue.  Every command takes -C FILE for\n"
+	        "the configuration (else $MAILSPOOL_CONFIG, else %s).\n"
 	        "Run '%s COMMAND --help' for the options of a command.\n",
-	        progname, progname);
+	        progname, progname, MS_CONF_DEFAULT_PATH, progname);
 }
 
 static void usage_send(FILE *f)
 {
 	fprintf(f,
 	        "usage: %s send --via URL [OPTIONS] [FILE...]\n"
+	        "       %s send [-C FILE] [-f SENDER] [-F NAME] [--to RCPT]... [-t] [--json] [-q]\n"
+	        "               [FILE...]        (no --via: queue them in the spool)\n"
 	        "\n"
 	        "Send each FILE (standard input when none) as one message, all over one\n"
 	        "connection.  SMTP with PIPELINING sends each message's MAIL, RCPTs and DATA\n"
@@ -100,8 +112,9 @@ static void usage_send(FILE *f)
 	        "\n"
 	        "Exit status: 0 every recipient delivered; 75 some temporary failure (try\n"
 	        "again later); 69 permanent failures; 65 a message or address was unusable;\n"
-	        "64 usage error.\n",
-	        progname);
+	        "64 usage error.  Queued: 0 all queued; 65 an address or message was\n"
+	        "refused (nothing of it queued); 75 try again (disk, space, I/O).\n",
+	        progname, progname);
 }
 
 /* ---- per-run state ------------------------------------------------------ */
@@ -383,10 +396,54 @@ static int parse_seconds(const char *s, int *ms)
 	return 0;
 }
 
+/* send without --via: each file (or stdin) queued as one message. */
+static int queue_files(const send_opts *so, const char *confp, const char *full_name, int nfiles,
+                       char **files, int json, int quiet)
+{
+	if (!so->nrcpts && !so->from_headers) {
+		fprintf(stderr, "%s send: no recipients: give --to RCPT or -t\n", progname);
+		return EX_USAGE_;
+	}
+	ms_conf conf;
+	ms_spool *sp;
+	int rc = cli_open_spool(confp, &conf, &sp, 1);
+	if (rc)
+		return rc;
+	ms_submit_opts o = { .sender = so->sender, .full_name = full_name, .user = cli_user(),
+		                 .uid = (uint32_t)getuid(), .rcpts = so->rcpts, .nrcpts = so->nrcpts,
+		                 .from_headers = so->from_headers };
+	char *stdin_only[] = { "-" };
+	if (nfiles == 0) {
+		files = stdin_only;
+		nfiles = 1;
+	}
+	if (json)
+		printf("{\"queued\":[");
+	int worst = EX_OK_, first = 1;
+	for (int i = 0; i < nfiles; i++) {
+		int fd = strcmp(files[i], "-") ? open(files[i], O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+		if (fd < 0) {
+			fprintf(stderr, "%s send: %s: %s\n", progname, files[i], strerror(errno));
+			worst = worst == EX_TEMPFAIL_ ? worst : EX_NOINPUT_;
+			continue;
+		}
+		int r = cli_submit(sp, &conf, &o, fd, files[i], quiet, json ? stdout : NULL, &first);
+		if (fd != STDIN_FILENO)
+			close(fd);
+		if (r == EX_TEMPFAIL_ || (r && worst == EX_OK_))
+			worst = r;
+	}
+	if (json)
+		printf("]}\n");
+	ms_spool_close(sp);
+	return worst;
+}
+
 static int cmd_send(int argc, char **argv)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION };
+	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
 		{ "from", required_argument, NULL, 'f' },
@@ -404,6 +461,8 @@ static int cmd_send(int argc, char **argv)
 		{ "qmtp-replies", required_argument, NULL, O_QREPLIES },
 		{ "qmtp-encoding", required_argument, NULL, O_QENC },
 		{ "max-session", required_argument, NULL, O_MAXSESSION },
+		{ "config", required_argument, NULL, 'C' },
+		{ "full-name", required_argument, NULL, 'F' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -424,8 +483,12 @@ static int cmd_send(int argc, char **argv)
 		return EX_SOFTWARE_;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "f:tqh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:tqhC:F:", lo, NULL)) != -1) {
+		if (c == O_TRANSCRIPT || c == O_TBODIES || c == O_TIMEOUT || c == O_CTIMEOUT)
+			via_only = argv[optind - 1];
 		switch (c) {
+		case 'C': confp = optarg; break;
+		case 'F': full_name = optarg; break;
 		case O_VIA: via = optarg; break;
 		case 'f': so.sender = optarg; break;
 		case O_TO: so.rcpts[so.nrcpts++] = optarg; break;
@@ -509,8 +572,16 @@ static int cmd_send(int argc, char **argv)
 	}
 	qo->connect_timeout_ms = o.timeouts.connect;
 	if (!via) {
-		fprintf(stderr, "%s send: --via smtp://HOST[:PORT] or qmtp://HOST[:PORT] is required\n",
-		        progname);
+		const char *bad = smtp_only ? smtp_only : qmtp_only ? qmtp_only : via_only;
+		if (bad || R.json < 0) {
+			fprintf(stderr, "%s send: %s applies to --via only\n", progname, bad);
+			return EX_USAGE_;
+		}
+		return queue_files(&so, confp, full_name, argc - optind, argv + optind, R.json, R.quiet);
+	}
+	if (confp || full_name) {
+		fprintf(stderr, "%s send: %s applies to queueing (no --via) only\n", progname,
+		        confp ? "-C" : "-F");
 		return EX_USAGE_;
 	}
 	ms_route route;
@@ -670,6 +741,16 @@ static int cmd_send(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	const char *base = strrchr(argv[0], '/');
+	base = base ? base + 1 : argv[0];
+	if (!strcmp(base, "sendmail")) {
+		progname = "sendmail";
+		return cmd_sendmail(argc, argv);
+	}
+	if (!strcmp(base, "mailq")) {
+		progname = "mailq";
+		return cmd_mailq(argc, argv);
+	}
 	if (argc < 2) {
 		usage_main(stderr);
 		return EX_USAGE_;
@@ -678,8 +759,16 @@ int main(int argc, char **argv)
 		usage_main(stdout);
 		return EX_OK_;
 	}
-	if (!strcmp(argv[1], "send"))
-		return cmd_send(argc - 1, argv + 1);
+	static const struct {
+		const char *name;
+		int (*fn)(int, char **);
+	} cmds[] = { { "send", cmd_send },       { "queue", cmd_queue },     { "show", cmd_show },
+		         { "hold", cmd_hold },       { "release", cmd_hold },    { "delete", cmd_hold },
+		         { "flush", cmd_hold },      { "stats", cmd_stats },     { "sweep", cmd_sweep },
+		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq } };
+	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+		if (!strcmp(argv[1], cmds[i].name))
+			return cmds[i].fn(argc - 1, argv + 1);
 	fprintf(stderr, "%s: unknown command \"%s\"\n", progname, argv[1]);
 	usage_main(stderr);
 	return EX_USAGE_;

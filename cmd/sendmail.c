@@ -1,0 +1,165 @@
+/*
+ * sendmail.c - the program run as `sendmail` or `mailq`.
+ *
+ * The command line of the traditional sendmail, as Postfix accepts it, so
+ * that cron, git send-email, mutt, PHP's mail() and every other program that
+ * pipes a message into /usr/sbin/sendmail work unchanged:
+ *
+ *     cron       sendmail -FCronDaemon -i -B8BITMIME -oem USER
+ *     git        sendmail -i -f FROM RCPT...
+ *     mutt       sendmail -oem -oi -f FROM -- RCPT...
+ *     PHP        sendmail -t -i [-fFROM]
+ *
+ * Options are read up to the first argument that is not one (or "--"); the
+ * rest are recipients.  Options may carry their value attached (-fFROM) or as
+ * the next argument (-f FROM).  Historical options that change nothing here
+ * are accepted and ignored, as Postfix does; options for modes we do not
+ * have (-bs, -bd, -bv, ...) are refused with exit 64.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static int usage_sendmail(void)
+{
+	fprintf(stderr,
+	        "usage: %s [-t] [-i|-oi] [-f SENDER] [-F NAME] [-C FILE] [-odq|-odi|-odb] [-v] "
+	        "[--] [RECIPIENT...] < message\n"
+	        "       %s -bp          list the queue (as mailq)\n"
+	        "       %s -q           make every queued message due now\n",
+	        progname, progname, progname);
+	return EX_USAGE_;
+}
+
+/* The value of an option: attached (-fFROM) or the next argument. */
+static const char *value(int argc, char **argv, int *i, const char *attached, int *bad)
+{
+	if (*attached)
+		return attached;
+	if (*i + 1 < argc)
+		return argv[++*i];
+	*bad = 1;
+	return NULL;
+}
+
+int cmd_sendmail(int argc, char **argv)
+{
+	ms_submit_opts o = { 0 };
+	const char *confp = NULL;
+	int list = 0, flush = 0, verbose = 0, bad = 0, i;
+	o.dot_ends = 1;
+	for (i = 1; i < argc && !bad; i++) {
+		const char *a = argv[i];
+		if (a[0] != '-' || !a[1])
+			break;
+		if (!strcmp(a, "--")) {
+			i++;
+			break;
+		}
+		char opt = a[1];
+		const char *rest = a + 2;
+		switch (opt) {
+		case 't': o.from_headers = 1; break;
+		case 'i': o.dot_ends = 0; break;
+		case 'v': verbose = 1; break;
+		case 'f':
+		case 'r': o.sender = value(argc, argv, &i, rest, &bad); break;
+		case 'F': o.full_name = value(argc, argv, &i, rest, &bad); break;
+		case 'C': confp = value(argc, argv, &i, rest, &bad); break;
+		/* Body type, DSN notify, return, envelope id, hop count, label,
+		 * log file: accepted, ignored. */
+		case 'B': case 'N': case 'R': case 'V': case 'h': case 'L': case 'X':
+			value(argc, argv, &i, rest, &bad);
+			break;
+		case 'o':
+			if (!*rest) { /* "-o x value" */
+				value(argc, argv, &i, rest, &bad);
+				break;
+			}
+			if (!strcmp(rest, "i"))
+				o.dot_ends = 0;
+			else if (rest[0] == 'd' && rest[1] && strchr("qibd", rest[1]) && !rest[2])
+				; /* -odq/-odi/-odb/-odd: the daemon (issue 5) delivers; queued here */
+			else if (rest[0] == 'd') {
+				fprintf(stderr, "%s: unknown delivery mode %s\n", progname, a);
+				return EX_USAGE_;
+			}
+			/* -oem, -om, -o7, -o8, -oA..., -oQ...: historical, ignored */
+			break;
+		case 'q': flush = 1; break; /* -q, -q30m, -qR...: flush once */
+		case 'b':
+			if (!strcmp(rest, "p"))
+				list = 1;
+			else if (!strcmp(rest, "m"))
+				; /* read mail from stdin: the default */
+			else if (!strcmp(rest, "i")) {
+				printf("%s: there is no aliases database to rebuild\n", progname);
+				return EX_OK_;
+			} else {
+				fprintf(stderr, "%s: -b%s is not supported\n", progname, rest);
+				return EX_USAGE_;
+			}
+			break;
+		case 'I':
+			printf("%s: there is no aliases database to rebuild\n", progname);
+			return EX_OK_;
+		case 'G': case 'U': case 'm': case 'n': case 'x': case 'c': case 'e':
+			break; /* historical flags without effect here */
+		default:
+			fprintf(stderr, "%s: unknown option %s\n", progname, a);
+			return usage_sendmail();
+		}
+	}
+	if (bad) {
+		fprintf(stderr, "%s: option %s needs a value\n", progname, argv[i - 1]);
+		return usage_sendmail();
+	}
+	ms_conf conf;
+	ms_spool *sp;
+	int r = cli_open_spool(confp, &conf, &sp, 1);
+	if (r)
+		return r;
+	if (list) {
+		r = cli_list_queue(sp, 0);
+		ms_spool_close(sp);
+		return r;
+	}
+	if (flush) {
+		ms_spool_close(sp);
+		char *fargv[] = { "flush", "-C", (char *)(confp ? confp : ""), NULL };
+		return cmd_hold(confp ? 3 : 1, fargv);
+	}
+	o.rcpts = (const char *const *)(argv + i);
+	o.nrcpts = (size_t)(argc - i);
+	if (!o.nrcpts && !o.from_headers) {
+		fprintf(stderr, "%s: no recipients: give them as arguments or use -t\n", progname);
+		ms_spool_close(sp);
+		return EX_USAGE_;
+	}
+	o.user = cli_user();
+	o.uid = (uint32_t)getuid();
+	r = cli_submit(sp, &conf, &o, 0, NULL, !verbose, NULL, NULL);
+	ms_spool_close(sp);
+	return r;
+}
+
+int cmd_mailq(int argc, char **argv)
+{
+	const char *confp = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strncmp(argv[i], "-C", 2))
+			confp = argv[i][2] ? argv[i] + 2 : i + 1 < argc ? argv[++i] : NULL;
+		/* -v, -Ac, -q...: accepted, the listing is the same */
+	}
+	ms_conf conf;
+	ms_spool *sp;
+	int r = cli_open_spool(confp, &conf, &sp, 1);
+	if (r)
+		return r;
+	r = cli_list_queue(sp, 0);
+	ms_spool_close(sp);
+	return r;
+}
