@@ -120,11 +120,11 @@ static ms_status write_file(int dfd, const char *name, const char *p, size_t n, 
 
 static ms_status read_file(int dfd, const char *name, size_t cap, ms_buf *out, ms_error *err)
 {
+	ms_buf_init(out, cap);
 	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? ms_error_set(err, MS_ERR_USAGE, "no message %s", name)
 		                       : sys_err(err, "cannot open", name);
-	ms_buf_init(out, cap);
 	char chunk[16384];
 	for (;;) {
 		ssize_t r = read(fd, chunk, sizeof chunk);

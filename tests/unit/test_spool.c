@@ -1,0 +1,373 @@
+/*
+ * test_spool.c - the spool: commit, read, update, remove, damage handling,
+ * the sweep, and claims contended by two and then eight processes.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailspool/spool.h"
+#include "mailspool/submit.h"
+
+static char root[64];
+
+static void fresh_spool(ms_conf *c, ms_spool **sp)
+{
+	snprintf(root, sizeof root, "/tmp/test_spool.XXXXXX");
+	assert_non_null(mkdtemp(root));
+	ms_conf_defaults(c);
+	snprintf(c->spool_dir, sizeof c->spool_dir, "%s/spool", root);
+	c->min_free_space = 0;
+	c->claim_lease = 1;
+	c->clock_skew = 0;
+	ms_error err;
+	assert_int_equal(ms_spool_open(c, 1, sp, &err), MS_OK);
+}
+
+static void rm_spool(ms_spool *sp)
+{
+	ms_spool_close(sp);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+	assert_int_equal(system(cmd), 0);
+}
+
+static size_t count_dir(const char *sub)
+{
+	char p[256];
+	snprintf(p, sizeof p, "%s/spool/%s", root, sub);
+	DIR *d = opendir(p);
+	size_t n = 0;
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		n += de->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* Queue a message through ms_submit from a string. */
+static void queue_one(ms_spool *sp, const ms_conf *c, const char *msg, char *id)
+{
+	int pv[2];
+	assert_int_equal(pipe(pv), 0);
+	assert_int_equal(write(pv[1], msg, strlen(msg)), (ssize_t)strlen(msg));
+	close(pv[1]);
+	const char *rcpts[] = { "a@example.test", "b@example.test" };
+	ms_submit_opts o = { .sender = "s@example.test", .user = "tester", .rcpts = rcpts,
+		                 .nrcpts = 2 };
+	ms_submit_result res;
+	ms_error err;
+	if (ms_submit(sp, c, &o, pv[0], &res, &err) != MS_OK)
+		fail_msg("submit: %s", err.msg);
+	close(pv[0]);
+	if (id)
+		memcpy(id, res.id, sizeof res.id);
+}
+
+static void test_commit_read_update_remove(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	char id[MS_ENV_ID_MAX + 1];
+	queue_one(sp, &c, "Subject: x\n\nbody\n", id);
+	char **ids;
+	size_t n;
+	ms_error err;
+	assert_int_equal(ms_spool_list(sp, &ids, &n, &err), MS_OK);
+	assert_int_equal(n, 1);
+	assert_string_equal(ids[0], id);
+	ms_spool_ids_free(ids, n);
+	ms_envelope e;
+	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_OK);
+	assert_string_equal(e.sender, "s@example.test");
+	assert_int_equal(e.nrcpts, 2);
+	/* The data: CRLF lines, with the added fields. */
+	int fd;
+	assert_int_equal(ms_spool_open_data(sp, id, &fd, &err), MS_OK);
+	char buf[1024];
+	ssize_t k = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	assert_true(k > 0);
+	buf[k] = '\0';
+	assert_int_equal((uint64_t)k, e.size);
+	assert_non_null(strstr(buf, "Subject: x\r\nFrom: s@example.test\r\nDate: "));
+	assert_non_null(strstr(buf, "\r\nMessage-ID: <"));
+	assert_non_null(strstr(buf, "\r\n\r\nbody\r\n"));
+	/* Update and read back. */
+	e.flags |= MS_ENV_HOLD;
+	assert_int_equal(ms_env_record_attempt(&e.rcpts[1], 77, 451, "4.3.0", "later", &err), MS_OK);
+	assert_int_equal(ms_spool_update(sp, &e, &err), MS_OK);
+	ms_env_free(&e);
+	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_OK);
+	assert_true(e.flags & MS_ENV_HOLD);
+	assert_string_equal(e.rcpts[1].text, "later");
+	ms_env_free(&e);
+	assert_int_equal(count_dir("tmp"), 0);
+	assert_int_equal(ms_spool_remove(sp, id, &err), MS_OK);
+	assert_int_equal(count_dir("env") + count_dir("data"), 0);
+	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_ERR_USAGE);
+	rm_spool(sp);
+}
+
+/* A committed envelope cut short at every offset goes to corrupt/, with its
+ * data, and is never read as a message. */
+static void test_truncation_moves_to_corrupt(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	char id[MS_ENV_ID_MAX + 1], path[256], save[8192];
+	queue_one(sp, &c, "Subject: y\n\nbody\n", id);
+	snprintf(path, sizeof path, "%s/spool/env/%s", root, id);
+	int fd = open(path, O_RDONLY);
+	ssize_t len = read(fd, save, sizeof save);
+	close(fd);
+	assert_true(len > 0);
+	char dpath[256], cpath[256], cdpath[256];
+	snprintf(dpath, sizeof dpath, "%s/spool/data/%s", root, id);
+	snprintf(cpath, sizeof cpath, "%s/spool/corrupt/%s.env", root, id);
+	snprintf(cdpath, sizeof cdpath, "%s/spool/corrupt/%s.data", root, id);
+	for (ssize_t cut = 0; cut < len; cut++) {
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+		assert_int_equal(write(fd, save, (size_t)cut), cut);
+		close(fd);
+		ms_envelope e;
+		ms_error err;
+		if (ms_spool_read(sp, id, &e, &err) != MS_ERR_DATA)
+			fail_msg("envelope cut at %zd of %zd was read", cut, len);
+		assert_non_null(strstr(err.msg, "corrupt"));
+		struct stat st;
+		assert_int_equal(stat(path, &st), -1); /* no longer queued */
+		assert_int_equal(stat(cpath, &st), 0);
+		/* Put the data back for the next round. */
+		assert_int_equal(rename(cdpath, dpath), 0);
+		unlink(cpath);
+	}
+	/* Data missing or of the wrong size: damaged too. */
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+	assert_int_equal(write(fd, save, (size_t)len), len);
+	close(fd);
+	fd = open(dpath, O_WRONLY | O_APPEND);
+	assert_int_equal(write(fd, "x", 1), 1);
+	close(fd);
+	ms_envelope e;
+	ms_error err;
+	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_ERR_DATA);
+	assert_int_equal(count_dir("corrupt"), 2);
+	rm_spool(sp);
+}
+
+static void test_sweep(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	char id[MS_ENV_ID_MAX + 1], p[256];
+	queue_one(sp, &c, "Subject: z\n\nbody\n", id);
+	/* What a crash leaves: an old tmp file, an old orphaned data file, a
+	 * young one (a commit in progress: kept), an expired claim, a claim on
+	 * nothing. */
+	struct timespec old[2] = { { time(NULL) - 7200, 0 }, { time(NULL) - 7200, 0 } };
+	const char *files[] = { "tmp/deadbeef.d", "data/00000orphan", "data/00000young",
+		                    "claim/00000gone" };
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(p, sizeof p, "%s/spool/%s", root, files[i]);
+		int fd = open(p, O_WRONLY | O_CREAT, 0640);
+		close(fd);
+		if (i < 2)
+			utimensat(AT_FDCWD, p, old, 0);
+	}
+	ms_claim cl;
+	ms_error err;
+	assert_int_equal(ms_spool_claim(sp, id, "dead-node", &cl, &err), MS_OK);
+	sleep(2); /* lease 1 s, skew 0 */
+	ms_sweep_report r;
+	assert_int_equal(ms_spool_sweep(sp, &r, &err), MS_OK);
+	assert_int_equal(r.tmp_removed, 1);
+	assert_int_equal(r.orphans_removed, 1);
+	assert_int_equal(r.claims_expired, 2);
+	assert_int_equal(r.checked, 1);
+	assert_int_equal(r.corrupt, 0);
+	assert_int_equal(count_dir("data"), 2); /* the message's and the young orphan */
+	rm_spool(sp);
+}
+
+/* N processes claim every message of a spool at once: each is claimed by
+ * exactly one of them. */
+static void contend(int procs, int msgs)
+{
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	c.claim_lease = 300; /* nobody breaks anybody here */
+	char (*ids)[MS_ENV_ID_MAX + 1] = calloc((size_t)msgs, sizeof *ids);
+	for (int i = 0; i < msgs; i++)
+		queue_one(sp, &c, "Subject: c\n\nbody\n", ids[i]);
+	int *owner = mmap(NULL, (size_t)msgs * sizeof *owner, PROT_READ | PROT_WRITE,
+	                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int *wins = mmap(NULL, (size_t)msgs * sizeof *wins, PROT_READ | PROT_WRITE,
+	                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	memset(wins, 0, (size_t)msgs * sizeof *wins);
+	for (int p = 0; p < procs; p++) {
+		if (fork() == 0) {
+			ms_spool *mine;
+			ms_error err;
+			if (ms_spool_open(&c, 0, &mine, &err) != MS_OK)
+				_exit(2);
+			char node[32];
+			snprintf(node, sizeof node, "node%d", p);
+			/* Start at different places so they collide everywhere. */
+			for (int k = 0; k < msgs; k++) {
+				int i = (k + p * msgs / procs) % msgs;
+				ms_claim cl;
+				if (ms_spool_claim(mine, ids[i], node, &cl, &err) == MS_OK) {
+					__atomic_add_fetch(&wins[i], 1, __ATOMIC_SEQ_CST);
+					owner[i] = p;
+				}
+			}
+			ms_spool_close(mine);
+			_exit(0);
+		}
+	}
+	int status;
+	while (wait(&status) > 0)
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	for (int i = 0; i < msgs; i++)
+		if (wins[i] != 1)
+			fail_msg("message %d claimed %d times by %d processes", i, wins[i], procs);
+	munmap(owner, (size_t)msgs * sizeof *owner);
+	munmap(wins, (size_t)msgs * sizeof *wins);
+	free(ids);
+	rm_spool(sp);
+}
+
+static void test_two_claimants(void **state)
+{
+	(void)state;
+	contend(2, 200);
+}
+
+static void test_eight_claimants(void **state)
+{
+	(void)state;
+	contend(8, 200);
+}
+
+/* A claimant killed while holding a claim: nobody may take it during the
+ * lease; after lease + skew another takes it over; the dead one's claim is
+ * no longer its own. */
+static void test_takeover_after_lease(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	c.claim_lease = 2;
+	c.clock_skew = 1;
+	ms_spool_close(sp);
+	ms_error err;
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	char id[MS_ENV_ID_MAX + 1];
+	queue_one(sp, &c, "Subject: k\n\nbody\n", id);
+	pid_t pid = fork();
+	if (pid == 0) {
+		ms_claim cl;
+		if (ms_spool_claim(sp, id, "doomed", &cl, NULL) != MS_OK)
+			_exit(1);
+		kill(getpid(), SIGKILL);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status));
+	time_t t0 = time(NULL);
+	ms_claim mine;
+	assert_int_equal(ms_spool_claim(sp, id, "survivor", &mine, &err), MS_ERR_TEMP);
+	assert_non_null(strstr(err.msg, "doomed"));
+	while (ms_spool_claim(sp, id, "survivor", &mine, &err) != MS_OK) {
+		assert_int_equal(err.status, MS_ERR_TEMP);
+		assert_true(time(NULL) - t0 < 10);
+		usleep(200000);
+	}
+	assert_true(time(NULL) - t0 >= 2); /* not before the lease (plus skew) ran out */
+	assert_true(ms_spool_claim_held(sp, &mine));
+	assert_int_equal(ms_spool_renew(sp, &mine, &err), MS_OK);
+	assert_int_equal(ms_spool_release(sp, &mine, &err), MS_OK);
+	assert_false(ms_spool_claim_held(sp, &mine));
+	assert_int_equal(ms_spool_release(sp, &mine, &err), MS_ERR_TEMP);
+	rm_spool(sp);
+}
+
+/* Refusals leave nothing behind. */
+static void test_refusals_leave_nothing(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	c.max_message_size = 100;
+	static const char *const msgs[] = {
+		"Subject: big\n\n" "0123456789012345678901234567890123456789012345678901234567890123456789"
+		"0123456789012345678901234567890123456789\n",
+		"Subject: nul\n\nA\0B\n",
+	};
+	for (size_t i = 0; i < 2; i++) {
+		int pv[2];
+		assert_int_equal(pipe(pv), 0);
+		size_t len = i == 1 ? 19 : strlen(msgs[i]);
+		assert_int_equal(write(pv[1], msgs[i], len), (ssize_t)len);
+		close(pv[1]);
+		const char *rcpts[] = { "a@example.test" };
+		ms_submit_opts o = { .sender = "s@example.test", .rcpts = rcpts, .nrcpts = 1 };
+		ms_submit_result res;
+		ms_error err;
+		assert_int_equal(ms_submit(sp, &c, &o, pv[0], &res, &err), MS_ERR_DATA);
+		close(pv[0]);
+	}
+	c.max_message_size = 0;
+	const char *bad[] = { "a@b>\r\nRCPT TO:<c@d" };
+	ms_submit_opts o = { .sender = "s@example.test", .rcpts = bad, .nrcpts = 1 };
+	ms_submit_result res;
+	ms_error err;
+	assert_int_equal(ms_submit(sp, &c, &o, 0, &res, &err), MS_ERR_USAGE);
+	c.min_free_space = UINT64_MAX / 2;
+	ms_spool_close(sp);
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	const char *good[] = { "a@example.test" };
+	o.rcpts = good;
+	assert_int_equal(ms_submit(sp, &c, &o, 0, &res, &err), MS_ERR_TEMP);
+	assert_non_null(strstr(err.msg, "min_free_space"));
+	assert_int_equal(count_dir("tmp") + count_dir("data") + count_dir("env"), 0);
+	rm_spool(sp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_commit_read_update_remove),
+		cmocka_unit_test(test_truncation_moves_to_corrupt),
+		cmocka_unit_test(test_sweep),
+		cmocka_unit_test(test_two_claimants),
+		cmocka_unit_test(test_eight_claimants),
+		cmocka_unit_test(test_takeover_after_lease),
+		cmocka_unit_test(test_refusals_leave_nothing),
+	};
+	return cmocka_run_group_tests_name("spool", tests, NULL, NULL);
+}
