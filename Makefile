@@ -60,6 +60,11 @@ $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+# LD_PRELOAD fault injection for the crash tests (tests/crash/).
+$(BUILD)/tests/faultinject.so: tests/crash/faultinject.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -fPIC -shared -o $@ $< -ldl
+
 # Fuzz harnesses replayed over their stored corpus without libFuzzer.
 $(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c fuzz/standalone.c $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
@@ -91,8 +96,9 @@ asan:
 	@set -e; for f in $(FUZZERS); do echo "== asan corpus $$f"; \
 		ASAN_OPTIONS=detect_leaks=1 build-asan/fuzz/replay_$$f fuzz/corpus/$$f/*; done
 
-integration: all
-	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) $(PYTHON) -m pytest -q -p no:cacheprovider integration hostile
+integration: all $(BUILD)/tests/faultinject.so
+	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) MS_FAULTINJECT=$(abspath $(BUILD)/tests/faultinject.so) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider integration hostile crash
 
 check: deps
 	$(MAKE) EXTRA_CFLAGS=-Werror all unit fuzz-replay

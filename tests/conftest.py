@@ -60,3 +60,55 @@ def write_msg(tmp_path):
         return p
 
     return make
+
+
+class Spool:
+    """A private spool: its own mailspool.conf (via MAILSPOOL_CONFIG), and
+    `sendmail`/`mailq` links to the binary, as a system would install them."""
+
+    def __init__(self, root, extra_conf=""):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.dir = os.path.join(root, "spool")
+        self.conf = os.path.join(root, "mailspool.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"# test spool\nspool_dir = {self.dir}\nhostname = host.example.test\n"
+                    f"min_free_space = 0\n{extra_conf}")
+        self.bin = os.path.join(root, "bin")
+        os.makedirs(self.bin)
+        for name in ("sendmail", "mailq"):
+            os.symlink(os.path.abspath(BIN), os.path.join(self.bin, name))
+        self.sendmail = os.path.join(self.bin, "sendmail")
+        self.mailq = os.path.join(self.bin, "mailq")
+        self.env = dict(os.environ, MAILSPOOL_CONFIG=self.conf)
+
+    def run(self, argv, stdin=b"", env=None, timeout=60):
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        p = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                           env=dict(self.env, **(env or {})))
+        return p
+
+    def ms(self, *args, stdin=b"", env=None):
+        return self.run([BIN] + list(args), stdin=stdin, env=env)
+
+    def queue(self):
+        """The queue as `mailspool queue --json` shows it."""
+        p = self.ms("queue", "--json")
+        assert p.returncode in (0, 75), p.stderr
+        return json.loads(p.stdout)["messages"]
+
+    def data(self, qid):
+        with open(os.path.join(self.dir, "data", qid), "rb") as f:
+            return f.read()
+
+    def listdir(self, sub):
+        try:
+            return sorted(os.listdir(os.path.join(self.dir, sub)))
+        except FileNotFoundError:
+            return []
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(str(tmp_path))
