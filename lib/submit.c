@@ -95,8 +95,19 @@ static int is_field_start(const char *line, size_t n)
 	return i > 0 && i < n && line[i] == ':';
 }
 
+/* A bare local name ("root", as cron gives it) gets @hostname, as
+ * sendmail and Postfix qualify it with the local domain. */
+static const char *qualify(const char *addr, const char *host, char *buf, size_t n)
+{
+	if (!*addr || strchr(addr, '@') || strlen(addr) > MS_ADDR_LOCAL_MAX)
+		return addr;
+	snprintf(buf, n, "%s@%s", addr, host);
+	return buf;
+}
+
 typedef struct rcpt_ctx {
 	ms_envelope *env;
+	const char *host;
 	int64_t now;
 	ms_error *err;
 	int bad;
@@ -106,7 +117,8 @@ typedef struct rcpt_ctx {
 static int add_rcpt(void *ctx, const char *addr)
 {
 	rcpt_ctx *c = ctx;
-	char wire[MS_ADDR_MAX + 1];
+	char wire[MS_ADDR_MAX + 1], full[MS_ADDR_LOCAL_MAX + MS_CONF_HOST_MAX + 2];
+	addr = qualify(addr, c->host, full, sizeof full);
 	if (ms_addr_parse(addr, strlen(addr), MS_ADDR_RECIPIENT, wire, NULL, c->err) != MS_OK) {
 		c->bad = 1;
 		return 1;
@@ -242,12 +254,14 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 		         conf->hostname);
 		sender = defsender;
 	}
+	char qsender[MS_ADDR_LOCAL_MAX + MS_CONF_HOST_MAX + 2];
+	sender = qualify(sender, conf->hostname, qsender, sizeof qsender);
 	if (ms_addr_parse(sender, strlen(sender), MS_ADDR_SENDER, wire, NULL, err) != MS_OK ||
 	    ms_env_set_sender(&env, wire, err) != MS_OK) {
 		ms_env_free(&env);
 		return MS_ERR_USAGE;
 	}
-	rcpt_ctx rc = { .env = &env, .now = now + conf->retry_tiers[0], .err = err };
+	rcpt_ctx rc = { .env = &env, .host = conf->hostname, .now = now + conf->retry_tiers[0], .err = err };
 	for (size_t i = 0; i < o->nrcpts && !rc.bad; i++)
 		add_rcpt(&rc, o->rcpts[i]);
 	if (rc.bad) {
