@@ -30,7 +30,7 @@ LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN = $(BUILD)/bench/latproxy
-FUZZERS  = reply addr encode headers qmtp
+FUZZERS  = reply addr encode headers qmtp envelope
 REPLAY_BIN = $(FUZZERS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_SECONDS ?= 60
 
@@ -110,14 +110,21 @@ demo: deps all $(BENCH_BIN)
 
 bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/spool_bench.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mailspool \
-		$(DESTDIR)$(PREFIX)/share/man/man1
+		$(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+		$(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/mailspool
 	install -m 755 $(BUILD)/mailspool $(DESTDIR)$(PREFIX)/bin/mailspool
 	install -m 644 $(BUILD)/libmailspool.a $(DESTDIR)$(PREFIX)/lib/libmailspool.a
 	install -m 644 include/mailspool/*.h $(DESTDIR)$(PREFIX)/include/mailspool/
 	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
+	install -m 644 man/mailspool.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailspool.conf.5
+	install -m 644 man/sendmail.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailspool-sendmail.8
+	# sendmail and mailq names, to be linked from /usr/sbin by the administrator
+	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/sendmail
+	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/mailq
 
 clean:
 	rm -rf build build-asan build-fuzz

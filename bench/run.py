@@ -414,6 +414,12 @@ def write_results(path, rows, n, rss_kib, rss_secs, direct):
               "encoding.  mailfront answers once per package, so the route says "
               "`?replies=package`.  Its RT/msg is the same proxy count as for SMTP.",
               "- Timings are not pass/fail tests; they vary with the machine and its load.", ""]
+    # The spool section is bench/spool_bench.py's: keep it.
+    old = open(path).read() if os.path.exists(path) else ""
+    i = old.find("## Spool (issue 4)")
+    if i >= 0:
+        j = old.find("\n## ", i + 1)
+        lines += [old[i:j + 1] if j >= 0 else old[i:]]
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {path}")
