@@ -16,6 +16,7 @@
  * are accepted and ignored, as Postfix does; options for modes we do not
  * have (-bs, -bd, -bv, ...) are refused with exit 64.
  */
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,12 @@ static const char *value(int argc, char **argv, int *i, const char *attached, in
 
 int cmd_sendmail(int argc, char **argv)
 {
+	/* sendmail runs once per message (cron, PHP): it needs SHA-256 for
+	 * envelopes and nothing else of OpenSSL, so skip reading openssl.cnf
+	 * and registering every cipher - a third of its CPU time. */
+	OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ADD_ALL_CIPHERS |
+	                        OPENSSL_INIT_NO_ADD_ALL_DIGESTS,
+	                    NULL);
 	ms_submit_opts o = { 0 };
 	const char *confp = NULL;
 	int list = 0, flush = 0, verbose = 0, bad = 0, i;
