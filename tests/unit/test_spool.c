@@ -358,6 +358,66 @@ static void test_refusals_leave_nothing(void **state)
 	rm_spool(sp);
 }
 
+/* Header rewriting: Bcc removed with its continuation lines, fields that
+ * exist are kept once, missing ones added; -F names quoted as a phrase. */
+static void test_header_rewriting(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	snprintf(c.hostname, sizeof c.hostname, "h.example.test");
+	static const struct {
+		const char *in, *full_name;
+		const char *want_has[4], *want_not[3];
+	} cases[] = {
+		{ "From: a@b.test\r\nBcc: x@y.test,\r\n\tz@y.test\r\nSubject: s\r\n\r\nbody\r\n", NULL,
+		  { "From: a@b.test\r\nSubject: s\r\nDate: ", "\r\n\r\nbody\r\n", NULL },
+		  { "Bcc", "z@y.test", NULL } },
+		{ "Subject: t\nMessage-ID: <keep@x>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\nb\n",
+		  "Smith, John \"JS\"",
+		  { "Message-ID: <keep@x>\r\n", "From: \"Smith, John \\\"JS\\\"\" <s@example.test>\r\n",
+		    "Date: Mon, 1 Jan 2024", NULL },
+		  { "Message-ID: <0", NULL } },
+		{ "bcc: lower@case.test\nSUBJECT: x\n\n", "Plain Name",
+		  { "From: Plain Name <s@example.test>\r\n", "SUBJECT: x\r\n", NULL },
+		  { "lower@case", NULL } },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int pv[2];
+		assert_int_equal(pipe(pv), 0);
+		assert_int_equal(write(pv[1], cases[i].in, strlen(cases[i].in)),
+		                 (ssize_t)strlen(cases[i].in));
+		close(pv[1]);
+		const char *rcpts[] = { "r@example.test" };
+		ms_submit_opts o = { .sender = "s@example.test", .full_name = cases[i].full_name,
+			                 .rcpts = rcpts, .nrcpts = 1, .from_headers = 1 };
+		ms_submit_result res;
+		ms_error err;
+		if (ms_submit(sp, &c, &o, pv[0], &res, &err) != MS_OK)
+			fail_msg("case %zu: %s", i, err.msg);
+		close(pv[0]);
+		int fd;
+		assert_int_equal(ms_spool_open_data(sp, res.id, &fd, &err), MS_OK);
+		char buf[2048];
+		ssize_t k = read(fd, buf, sizeof buf - 1);
+		close(fd);
+		buf[k > 0 ? k : 0] = '\0';
+		for (size_t j = 0; cases[i].want_has[j]; j++)
+			if (!strstr(buf, cases[i].want_has[j]))
+				fail_msg("case %zu lacks \"%s\":\n%s", i, cases[i].want_has[j], buf);
+		for (size_t j = 0; cases[i].want_not[j]; j++)
+			if (strstr(buf, cases[i].want_not[j]))
+				fail_msg("case %zu has \"%s\":\n%s", i, cases[i].want_not[j], buf);
+		/* Bcc recipients are still recipients. */
+		ms_envelope e;
+		assert_int_equal(ms_spool_read(sp, res.id, &e, &err), MS_OK);
+		assert_true(e.nrcpts >= 1);
+		ms_env_free(&e);
+	}
+	rm_spool(sp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -368,6 +428,7 @@ int main(void)
 		cmocka_unit_test(test_eight_claimants),
 		cmocka_unit_test(test_takeover_after_lease),
 		cmocka_unit_test(test_refusals_leave_nothing),
+		cmocka_unit_test(test_header_rewriting),
 	};
 	return cmocka_run_group_tests_name("spool", tests, NULL, NULL);
 }
