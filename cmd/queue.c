@@ -278,16 +278,26 @@ static int common_opts(int argc, char **argv, const char *usage, const char **co
 	return -1;
 }
 
-int cmd_queue(int argc, char **argv)
+/* Options, configuration and spool: -1 when the command may go on (the
+ * spool is open), else the exit code. */
+static int begin(int argc, char **argv, const char *usage, int *json, ms_conf *conf,
+                 ms_spool **sp)
 {
 	const char *confp = NULL;
-	int json = 0;
-	int r = common_opts(argc, argv, "queue [-C FILE] [--json]", &confp, &json);
+	int r = common_opts(argc, argv, usage, &confp, json);
 	if (r >= 0)
 		return r;
+	r = cli_open_spool(confp, conf, sp, 1);
+	return r ? r : -1;
+}
+
+int cmd_queue(int argc, char **argv)
+{
+	int json = 0;
 	ms_conf conf;
 	ms_spool *sp;
-	if ((r = cli_open_spool(confp, &conf, &sp, 1)))
+	int r = begin(argc, argv, "queue [-C FILE] [--json]", &json, &conf, &sp);
+	if (r >= 0)
 		return r;
 	r = cli_list_queue(sp, json);
 	ms_spool_close(sp);
@@ -296,19 +306,17 @@ int cmd_queue(int argc, char **argv)
 
 int cmd_show(int argc, char **argv)
 {
-	const char *confp = NULL;
 	int json = 0;
-	int r = common_opts(argc, argv, "show [-C FILE] [--json] ID", &confp, &json);
+	ms_conf conf;
+	ms_spool *sp;
+	int r = begin(argc, argv, "show [-C FILE] [--json] ID", &json, &conf, &sp);
 	if (r >= 0)
 		return r;
 	if (optind + 1 != argc) {
 		fprintf(stderr, "usage: %s show [-C FILE] [--json] ID\n", progname);
+		ms_spool_close(sp);
 		return EX_USAGE_;
 	}
-	ms_conf conf;
-	ms_spool *sp;
-	if ((r = cli_open_spool(confp, &conf, &sp, 1)))
-		return r;
 	const char *id = argv[optind];
 	ms_envelope e;
 	ms_error err;
@@ -481,14 +489,11 @@ static void stats_row(void *ctx, const char *day, const char *purpose, uint64_t 
 
 int cmd_stats(int argc, char **argv)
 {
-	const char *confp = NULL;
 	int json = 0;
-	int r = common_opts(argc, argv, "stats [-C FILE] [--json]", &confp, &json);
-	if (r >= 0)
-		return r;
 	ms_conf conf;
 	ms_spool *sp;
-	if ((r = cli_open_spool(confp, &conf, &sp, 1)))
+	int r = begin(argc, argv, "stats [-C FILE] [--json]", &json, &conf, &sp);
+	if (r >= 0)
 		return r;
 	stats_ctx s = { json, 1 };
 	if (json)
@@ -507,14 +512,11 @@ int cmd_stats(int argc, char **argv)
 
 int cmd_sweep(int argc, char **argv)
 {
-	const char *confp = NULL;
 	int json = 0;
-	int r = common_opts(argc, argv, "sweep [-C FILE] [--json]", &confp, &json);
-	if (r >= 0)
-		return r;
 	ms_conf conf;
 	ms_spool *sp;
-	if ((r = cli_open_spool(confp, &conf, &sp, 1)))
+	int r = begin(argc, argv, "sweep [-C FILE] [--json]", &json, &conf, &sp);
+	if (r >= 0)
 		return r;
 	ms_sweep_report rep;
 	ms_error err;
