@@ -153,6 +153,14 @@ ms_status ms_io_pump(ms_io *io, int64_t deadline, ms_error *err)
 {
 	int progress = 0;
 	ms_status st;
+	/* Decoded bytes waiting inside the transport: take them first, poll
+	 * would not wake up for them. */
+	if (!io->eof && io->tr.pending && io->tr.pending(io->tr.ctx) > 0) {
+		if ((st = do_read(io, &progress, err)) != MS_OK)
+			return st;
+		if (progress)
+			return MS_OK;
+	}
 	/* Write first without asking poll: the socket is writable far more
 	 * often than not, and this saves a system call per group. */
 	if (ms_buf_avail(&io->out) > 0 && !io->eof) {

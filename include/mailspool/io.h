@@ -37,6 +37,9 @@ typedef struct ms_transport {
 	ssize_t (*read)(void *ctx, void *buf, size_t n);
 	ssize_t (*write)(void *ctx, const void *buf, size_t n);
 	void (*close)(void *ctx);
+	/* Bytes already read from the socket and decoded but not yet handed
+	 * out (TLS records): poll() cannot see them.  May be NULL. */
+	size_t (*pending)(void *ctx);
 	void *ctx;
 } ms_transport;
 

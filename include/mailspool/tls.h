@@ -1,0 +1,61 @@
+/*
+ * mailspool/tls.h - TLS for a connection, with OpenSSL.
+ *
+ * RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 6125 (host name
+ * checks).  PROTOCOL-RULES R38-R42.
+ *
+ * ms_tls_handshake() runs a client handshake on an ms_io's socket (non-
+ * blocking, bounded by a deadline) and, on success, swaps the io's
+ * transport for one that encrypts: the protocol engines above never know.
+ *
+ * Policies (per route, as Postfix's smtp_tls_security_level):
+ *   none     no TLS
+ *   may      TLS when offered; certificate not checked; a failed handshake
+ *            falls back to plain text on a new connection
+ *   encrypt  TLS required; certificate not checked
+ *   verify   TLS required; chain checked against the system CA store (or a
+ *            CA file) and the server's name against the certificate
+ *
+ * Invariants: TLS 1.2 or later; the io's input buffer must be empty when the
+ * handshake starts (bytes that arrived before it would be read as if they
+ * came inside TLS: response injection, R39) - the caller checks, this
+ * refuses too.
+ */
+#ifndef MAILSPOOL_TLS_H
+#define MAILSPOOL_TLS_H
+
+#include <stdint.h>
+#include "mailspool/error.h"
+#include "mailspool/io.h"
+
+typedef enum ms_tls_policy {
+	MS_TLS_NONE = 0,
+	MS_TLS_MAY,
+	MS_TLS_ENCRYPT,
+	MS_TLS_VERIFY
+} ms_tls_policy;
+
+typedef struct ms_tls_info {
+	char protocol[32];     /* "TLSv1.3" */
+	char cipher[64];
+	char peer_subject[256];
+	char peer_issuer[256];
+	int verified;          /* chain and name checked and good */
+	char verify_error[128];
+} ms_tls_info;
+
+/*
+ * Handshake on io's socket.  `name` is the server's name to check (a DNS
+ * name or an IP address; with `verify`); `ca_file` replaces the system CA
+ * store when set.  MS_ERR_TEMP with a sentence on any failure, including a
+ * certificate that does not verify.
+ */
+ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
+                           const char *ca_file, int64_t deadline, ms_tls_info *info,
+                           ms_error *err);
+
+const char *ms_tls_policy_name(ms_tls_policy p);
+/* "none", "may", "encrypt", "verify" -> policy; -1 if unknown. */
+int ms_tls_policy_parse(const char *s, ms_tls_policy *p);
+
+#endif
