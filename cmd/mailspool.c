@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <openssl/crypto.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -396,6 +397,57 @@ static int parse_seconds(const char *s, int *ms)
 	return 0;
 }
 
+/* A password file: its first line.  Refused when others may read it. */
+static int read_secret_file(const char *path, char *out, size_t n, ms_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ms_error_set(err, MS_ERR_USAGE, "cannot read password file %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		ms_error_set(err, MS_ERR_USAGE,
+		             "password file %s is accessible to group or others (mode %03o): refused; "
+		             "chmod 600 it",
+		             path, (unsigned)(st.st_mode & 0777));
+		close(fd);
+		return -1;
+	}
+	ssize_t k = read(fd, out, n - 1);
+	close(fd);
+	if (k < 0) {
+		ms_error_set(err, MS_ERR_USAGE, "cannot read password file %s", path);
+		return -1;
+	}
+	out[k] = '\0';
+	out[strcspn(out, "\r\n")] = '\0';
+	return 0;
+}
+
+/* msmtp's passwordeval: the first line a command prints. */
+static int read_secret_command(const char *cmd, char *out, size_t n, ms_error *err)
+{
+	FILE *p = popen(cmd, "r");
+	if (!p) {
+		ms_error_set(err, MS_ERR_USAGE, "cannot run \"%.100s\"", cmd);
+		return -1;
+	}
+	if (!fgets(out, (int)n, p))
+		out[0] = '\0';
+	while (getc(p) != EOF)
+		;
+	int rc = pclose(p);
+	out[strcspn(out, "\r\n")] = '\0';
+	if (rc != 0 || !out[0]) {
+		ms_error_set(err, MS_ERR_USAGE, "\"%.100s\" failed or printed nothing", cmd);
+		return -1;
+	}
+	return 0;
+}
+
 /* send without --via: each file (or stdin) queued as one message. */
 static int queue_files(const send_opts *so, const char *confp, const char *full_name, int nfiles,
                        char **files, int json, int quiet)
@@ -442,7 +494,9 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 static int cmd_send(int argc, char **argv)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
-	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION };
+	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
+	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN };
+	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
 	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
@@ -461,6 +515,15 @@ static int cmd_send(int argc, char **argv)
 		{ "qmtp-replies", required_argument, NULL, O_QREPLIES },
 		{ "qmtp-encoding", required_argument, NULL, O_QENC },
 		{ "max-session", required_argument, NULL, O_MAXSESSION },
+		{ "tls", required_argument, NULL, O_TLS },
+		{ "tls-ca-file", required_argument, NULL, O_TLSCA },
+		{ "tls-name", required_argument, NULL, O_TLSNAME },
+		{ "user", required_argument, NULL, O_USER },
+		{ "password-file", required_argument, NULL, O_PWFILE },
+		{ "password-eval", required_argument, NULL, O_PWEVAL },
+		{ "oauth-token-eval", required_argument, NULL, O_OAUTH },
+		{ "auth-mechs", required_argument, NULL, O_MECHS },
+		{ "auth-plaintext", no_argument, NULL, O_AUTHPLAIN },
 		{ "config", required_argument, NULL, 'C' },
 		{ "full-name", required_argument, NULL, 'F' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -534,6 +597,15 @@ static int cmd_send(int argc, char **argv)
 			}
 			qmtp_only = "--qmtp-encoding";
 			break;
+		case O_TLS: tls_arg = optarg; smtp_only = "--tls"; break;
+		case O_TLSCA: o.tls_ca_file = optarg; smtp_only = "--tls-ca-file"; break;
+		case O_TLSNAME: o.tls_name = optarg; smtp_only = "--tls-name"; break;
+		case O_USER: o.auth_user = optarg; smtp_only = "--user"; break;
+		case O_PWFILE: pwfile = optarg; smtp_only = "--password-file"; break;
+		case O_PWEVAL: pweval = optarg; smtp_only = "--password-eval"; break;
+		case O_OAUTH: oauth = optarg; smtp_only = "--oauth-token-eval"; break;
+		case O_MECHS: o.auth_mechs = optarg; smtp_only = "--auth-mechs"; break;
+		case O_AUTHPLAIN: o.auth_plaintext = 1; smtp_only = "--auth-plaintext"; break;
 		case O_MAXSESSION:
 			if (parse_seconds(optarg, &qo->max_session_ms) < 0) {
 				fprintf(stderr, "%s send: bad --max-session \"%s\"\n", progname, optarg);
@@ -601,6 +673,52 @@ static int cmd_send(int argc, char **argv)
 	if (qreplies)
 		route.qmtp_replies = !strcmp(qreplies, "package") ? MS_QMTP_PER_PACKAGE
 		                                                  : MS_QMTP_PER_RECIPIENT;
+	/* TLS and credentials.  A relay we log in to defaults to `verify`
+	 * (its certificate checked); a plain server to `may`. */
+	char secret[4096] = "";
+	if (!o.auth_user && route.user[0])
+		o.auth_user = route.user;
+	if ((pwfile != NULL) + (pweval != NULL) + (oauth != NULL) > 1) {
+		fprintf(stderr, "%s send: give one of --password-file, --password-eval, "
+		                "--oauth-token-eval\n", progname);
+		return EX_USAGE_;
+	}
+	if ((pwfile || pweval || oauth) && !o.auth_user) {
+		fprintf(stderr, "%s send: a password needs a user: --user NAME or smtp://NAME@host\n",
+		        progname);
+		return EX_USAGE_;
+	}
+	if (o.auth_user && !(pwfile || pweval || oauth)) {
+		fprintf(stderr, "%s send: user %s needs --password-file, --password-eval or "
+		                "--oauth-token-eval\n", progname, o.auth_user);
+		return EX_USAGE_;
+	}
+	if (pwfile || pweval || oauth) {
+		ms_error perr;
+		if ((pwfile ? read_secret_file(pwfile, secret, sizeof secret, &perr)
+		            : read_secret_command(pweval ? pweval : oauth, secret, sizeof secret, &perr)) < 0) {
+			fprintf(stderr, "%s send: %s\n", progname, perr.msg);
+			return EX_USAGE_;
+		}
+		o.auth_secret = secret;
+		if (oauth)
+			o.auth_mechs = "XOAUTH2";
+	}
+	o.tls = o.auth_user ? MS_TLS_VERIFY : MS_TLS_MAY;
+	if (tls_arg && ms_tls_policy_parse(tls_arg, &o.tls) < 0) {
+		fprintf(stderr, "%s send: --tls wants none, may, encrypt or verify\n", progname);
+		return EX_USAGE_;
+	}
+	if (route.implicit_tls) {
+		/* TLS from the first byte: only encrypt or verify make sense. */
+		if (tls_arg && o.tls < MS_TLS_ENCRYPT) {
+			fprintf(stderr, "%s send: smtps:// is TLS from the first byte: --tls %s makes no "
+			                "sense\n", progname, tls_arg);
+			return EX_USAGE_;
+		}
+		if (!tls_arg)
+			o.tls = MS_TLS_VERIFY;
+	}
 	if (!so.sender) {
 		if (default_sender(defsender, sizeof defsender) < 0) {
 			fprintf(stderr, "%s send: cannot make a default sender; use -f\n", progname);
@@ -677,6 +795,23 @@ static int cmd_send(int argc, char **argv)
 	double rtpm = R.nmsg ? (double)st->round_trips / (double)R.nmsg : 0;
 	ms_error ferr;
 	int failed_session = ms_client_failed(s, &ferr);
+	const ms_tls_info *tlsi = ms_client_tls(s);
+	const char *authm = ms_client_auth_mech(s);
+	ms_buf tlsj;
+	ms_buf_init(&tlsj, 0);
+	char authj[64];
+	snprintf(authj, sizeof authj, authm ? "\"%s\"" : "null", authm ? authm : "");
+	if (tlsi) {
+		ms_buf_appendstr(&tlsj, "{\"protocol\":");
+		ms_json_string(&tlsj, tlsi->protocol, strlen(tlsi->protocol));
+		ms_buf_appendstr(&tlsj, ",\"cipher\":");
+		ms_json_string(&tlsj, tlsi->cipher, strlen(tlsi->cipher));
+		ms_buf_appendstr(&tlsj, ",\"peer\":");
+		ms_json_string(&tlsj, tlsi->peer_subject, strlen(tlsi->peer_subject));
+		ms_buf_printf(&tlsj, ",\"verified\":%s}", tlsi->verified ? "true" : "false");
+	} else {
+		ms_buf_appendstr(&tlsj, "null");
+	}
 	if (R.json) {
 		printf("{\"protocol\":\"%s\",\"server\":", ms_proto_name(route.proto));
 		ms_buf srv;
@@ -687,13 +822,13 @@ static int cmd_send(int argc, char **argv)
 		       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
 		       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
 		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"connections\":%llu,\"bytes_sent\":%llu,"
-		       "\"writes\":%llu,\"pipelining\":%s,\"session_error\":",
+		       "\"writes\":%llu,\"pipelining\":%s,\"tls\":%s,\"auth\":%s,\"session_error\":",
 		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
 		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
 		       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
 		       (unsigned long long)st->connections,
 		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
-		       st->pipelining ? "true" : "false");
+		       st->pipelining ? "true" : "false", ms_buf_ptr(&tlsj), authj);
 		ms_buf_reset(&srv);
 		if (failed_session)
 			ms_json_string(&srv, ferr.msg, strlen(ferr.msg));
@@ -707,7 +842,15 @@ static int cmd_send(int argc, char **argv)
 		       "trips/message)\n",
 		       R.nmsg, R.nmsg == 1 ? "" : "s", R.delivered, R.deferred, R.failed,
 		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate, rtpm);
+		if (tlsi || authm)
+			printf("%s%s%s%s%s%s\n", tlsi ? "TLS " : "", tlsi ? tlsi->protocol : "",
+			       tlsi ? (tlsi->verified ? ", certificate verified" : ", certificate not checked")
+			            : "",
+			       tlsi && authm ? "; " : "", authm ? "authenticated with " : "",
+			       authm ? authm : "");
 	}
+	OPENSSL_cleanse(secret, sizeof secret);
+	ms_buf_free(&tlsj);
 	if (tx) {
 		ms_buf tb;
 		ms_buf_init(&tb, 0);

@@ -31,7 +31,12 @@ ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *e
 		qo.replies = r->qmtp_replies;
 		c->qmtp = ms_qmtp_new(&qo, err);
 	} else {
-		c->smtp = ms_smtp_new(&o->smtp, err);
+		ms_smtp_opts so = o->smtp;
+		if (r->implicit_tls)
+			so.implicit_tls = 1;
+		if (r->user[0] && !so.auth_user)
+			so.auth_user = c->route.user;
+		c->smtp = ms_smtp_new(&so, err);
 		c->smtp_pipelining_allowed = o->smtp.pipelining == MS_PIPELINING_AUTO;
 	}
 	if (!c->qmtp && !c->smtp) {
@@ -96,6 +101,16 @@ ms_client_stats ms_client_get_stats(const ms_client *c)
 int ms_client_failed(const ms_client *c, ms_error *err)
 {
 	return c->qmtp ? ms_qmtp_failed(c->qmtp, err) : ms_smtp_failed(c->smtp, err);
+}
+
+const ms_tls_info *ms_client_tls(const ms_client *c)
+{
+	return c->smtp ? ms_smtp_tls(c->smtp) : NULL;
+}
+
+const char *ms_client_auth_mech(const ms_client *c)
+{
+	return c->smtp ? ms_smtp_auth_mech(c->smtp) : NULL;
 }
 
 const ms_route *ms_client_route(const ms_client *c)

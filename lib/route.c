@@ -3,6 +3,7 @@
  */
 #include "mailspool/route.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,17 +41,49 @@ ms_status ms_route_parse(const char *url, ms_route *r, ms_error *err)
 	if (!strncmp(url, "smtp://", 7)) {
 		r->proto = MS_PROTO_SMTP;
 		defport = "25";
+	} else if (!strncmp(url, "smtps://", 8)) {
+		r->proto = MS_PROTO_SMTP;
+		r->implicit_tls = 1;
+		defport = "465";
 	} else if (!strncmp(url, "qmtp://", 7)) {
 		r->proto = MS_PROTO_QMTP;
 		defport = MS_QMTP_PORT;
 	} else {
 		return ms_error_set(err, MS_ERR_USAGE,
-		                    "route \"%.200s\": want smtp://HOST[:PORT] or qmtp://HOST[:PORT]",
+		                    "route \"%.200s\": want smtp://HOST[:PORT], smtps://HOST[:PORT] or "
+		                    "qmtp://HOST[:PORT]",
 		                    url);
 	}
-	p = url + 7;
+	p = url + (r->implicit_tls ? 8 : 7);
 	const char *query = strchr(p, '?');
 	size_t authority = query ? (size_t)(query - p) : strlen(p);
+	const char *at = memchr(p, '@', authority);
+	if (at) {
+		if (r->proto == MS_PROTO_QMTP)
+			return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": QMTP has no AUTH user", url);
+		size_t k = 0;
+		for (const char *u = p; u < at; u++) {
+			if (*u == ':')
+				return ms_error_set(err, MS_ERR_USAGE,
+				                    "route \"%.200s\": no password in a URL; use a password file",
+				                    url);
+			char ch = *u;
+			if (ch == '%' && at - u > 2 && isxdigit((unsigned char)u[1]) &&
+			    isxdigit((unsigned char)u[2])) {
+				char hex[3] = { u[1], u[2], 0 };
+				ch = (char)strtol(hex, NULL, 16);
+				u += 2;
+			}
+			if ((unsigned char)ch < 0x20 || ch == 0x7f || k + 1 >= sizeof r->user)
+				return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": bad user name", url);
+			r->user[k++] = ch;
+		}
+		r->user[k] = '\0';
+		if (!k)
+			return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": empty user name", url);
+		authority -= (size_t)(at + 1 - p);
+		p = at + 1;
+	}
 	if (authority && p[authority - 1] == '/')
 		authority--; /* smtp://host/ */
 	const char *stop = p + authority, *hend, *colon = NULL;
@@ -69,7 +102,7 @@ ms_status ms_route_parse(const char *url, ms_route *r, ms_error *err)
 		hend = colon ? colon : stop;
 	}
 	size_t hl = (size_t)(hend - p);
-	if (hl == 0 || hl > MS_ROUTE_HOST_MAX || memchr(p, '/', hl) || memchr(p, '@', hl))
+	if (hl == 0 || hl > MS_ROUTE_HOST_MAX || memchr(p, '/', hl))
 		return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": bad host", url);
 	memcpy(r->host, p, hl);
 	r->host[hl] = '\0';

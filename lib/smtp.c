@@ -25,6 +25,7 @@
 #include "mailspool/smtp.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,16 +34,18 @@
 
 #include "mailspool/io.h"
 #include "mailspool/reply.h"
+#include "mailspool/sasl.h"
 
 #define OUT_HIGH_WATER (256u * 1024)
 #define BODY_CHUNK (64u * 1024)
 #define EHLO_NAME_MAX 255
 
 typedef enum ex_kind { EX_GREETING, EX_EHLO, EX_HELO, EX_RSET, EX_MAIL, EX_RCPT, EX_DATA,
-                       EX_DOT, EX_QUIT } ex_kind;
+                       EX_DOT, EX_QUIT, EX_STARTTLS, EX_AUTH } ex_kind;
 
 static const char *const ex_name[] = { "greeting", "EHLO", "HELO", "RSET", "MAIL FROM",
-                                       "RCPT TO", "DATA", "end of data", "QUIT" };
+                                       "RCPT TO", "DATA", "end of data", "QUIT", "STARTTLS",
+                                       "AUTH" };
 
 typedef enum txn_phase { TX_ENVELOPE, TX_BODY, TX_DOT } txn_phase;
 
@@ -70,7 +73,8 @@ typedef struct expect {
 	uint64_t end_off;  /* output offset just past this command */
 } expect;
 
-typedef enum sess_state { S_NEW, S_GREETING, S_EHLO, S_READY, S_CLOSED } sess_state;
+typedef enum sess_state { S_NEW, S_GREETING, S_EHLO, S_STARTTLS, S_AUTH, S_READY,
+                          S_CLOSED } sess_state;
 
 struct ms_smtp {
 	ms_smtp_opts o;
@@ -101,6 +105,15 @@ struct ms_smtp {
 	int broken;
 	ms_error fatal;
 	ms_smtp_stats st;
+	/* TLS and AUTH */
+	char peer[256];         /* the host connected to: the name TLS checks by default */
+	int tls_active;
+	int tls_skip;           /* policy may, after a refused or failed STARTTLS */
+	int tls_handshake_failed;
+	ms_tls_info tls;
+	ms_sasl *sasl;
+	int authenticated;
+	char auth_cancel[MS_ERROR_MSG_MAX]; /* why we answered a challenge with "*" */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -117,6 +130,7 @@ static int timeout_for(const ms_smtp *s, ex_kind k)
 	case EX_DATA: return t->data;
 	case EX_DOT: return t->dot;
 	case EX_QUIT: return t->quit;
+	case EX_STARTTLS: case EX_AUTH: return t->ehlo;
 	}
 	return t->mail;
 }
@@ -673,6 +687,204 @@ static void session_ready(ms_smtp *s)
 		                          : "server does not offer PIPELINING: lock-step");
 }
 
+/* ---- TLS and AUTH, between EHLO and the first MAIL ----------------------- */
+
+/* A command whose text must not reach the transcript (credentials). */
+static ms_status send_secret(ms_smtp *s, const char *shown, const char *line)
+{
+	ms_transcript_add(s->o.transcript, MS_TX_SENT, shown, strlen(shown));
+	if (ms_io_queue(&s->io, line, strlen(line), &s->fatal) != MS_OK ||
+	    ms_io_queue(&s->io, "\r\n", 2, &s->fatal) != MS_OK)
+		return MS_ERR_NOMEM;
+	return MS_OK;
+}
+
+static int start_auth(ms_smtp *s)
+{
+	char why[MS_ERROR_MSG_MAX];
+	if (!s->tls_active && !s->o.auth_plaintext) {
+		fail_with(s, MS_ERR_TEMP,
+		          "refusing to send credentials over a connection without TLS (policy allows "
+		          "plain text; require TLS or allow plaintext AUTH explicitly)",
+		          0, "4.7.0");
+		return 1;
+	}
+	if (!(s->caps.flags & MS_CAP_AUTH)) {
+		fail_with(s, MS_ERR_TEMP, "the server does not offer AUTH", 0, "4.7.0");
+		return 1;
+	}
+	const char *allowed = s->o.auth_mechs ? s->o.auth_mechs : MS_SASL_DEFAULT_MECHS;
+	const char *m = ms_sasl_choose(s->caps.auth, allowed);
+	if (!m) {
+		snprintf(why, sizeof why, "no AUTH mechanism in common (server offers \"%.100s\", we "
+		                          "allow \"%.100s\")",
+		         s->caps.auth, allowed);
+		fail_with(s, MS_ERR_TEMP, why, 0, "4.7.0");
+		return 1;
+	}
+	ms_error err;
+	char *ir = NULL;
+	if (!(s->sasl = ms_sasl_new(m, s->o.auth_user, s->o.auth_secret, &err)) ||
+	    ms_sasl_initial(s->sasl, &ir, &err) != MS_OK) {
+		fail_with(s, err.status, err.msg, 0, "4.7.0");
+		return 1;
+	}
+	size_t ll = strlen(m) + (ir ? strlen(ir) : 0) + 8;
+	char shown[64], *line = malloc(ll);
+	if (!line) {
+		free(ir);
+		fail_all(s, MS_ERR_NOMEM, "out of memory");
+		return 1;
+	}
+	snprintf(shown, sizeof shown, ir ? "AUTH %s [initial response redacted]" : "AUTH %s", m);
+	snprintf(line, ll, ir ? "AUTH %s %s" : "AUTH %s", m, ir ? ir : "");
+	ms_status st = send_secret(s, shown, line);
+	if (ir)
+		OPENSSL_cleanse(ir, strlen(ir));
+	OPENSSL_cleanse(line, strlen(line));
+	free(ir);
+	free(line);
+	s->state = S_AUTH;
+	if (st != MS_OK || push_expect(s, EX_AUTH, NULL, 0) != MS_OK) {
+		fail_all(s, MS_ERR_NOMEM, "out of memory");
+		return 1;
+	}
+	return 0;
+}
+
+/* What follows a successful EHLO: STARTTLS, AUTH, or mail. */
+static int after_ehlo(ms_smtp *s)
+{
+	if (!s->tls_active && s->o.tls != MS_TLS_NONE && !s->tls_skip) {
+		if (s->caps.flags & MS_CAP_STARTTLS) {
+			/* R38: STARTTLS goes alone and ends its group. */
+			s->state = S_STARTTLS;
+			if (send_line(s, "STARTTLS") != MS_OK || push_expect(s, EX_STARTTLS, NULL, 0) != MS_OK) {
+				fail_all(s, MS_ERR_NOMEM, "out of memory");
+				return 1;
+			}
+			return 0;
+		}
+		if (s->o.tls >= MS_TLS_ENCRYPT) {
+			char why[128];
+			snprintf(why, sizeof why,
+			         "TLS is required (policy %s) but the server does not offer STARTTLS",
+			         ms_tls_policy_name(s->o.tls));
+			fail_with(s, MS_ERR_TEMP, why, 0, "4.7.0");
+			return 1;
+		}
+		note(s, MS_TX_NOTE, "the server does not offer STARTTLS: continuing without TLS (policy may)");
+	}
+	if (s->o.auth_user && !s->authenticated)
+		return start_auth(s);
+	session_ready(s);
+	return 0;
+}
+
+static int on_starttls(ms_smtp *s, const ms_reply *r)
+{
+	char why[MS_ERROR_MSG_MAX];
+	if (ms_reply_class(r->code) != 2) {
+		if (s->o.tls == MS_TLS_MAY) {
+			snprintf(why, sizeof why, "STARTTLS refused (%d %.200s): continuing without TLS "
+			                          "(policy may)",
+			         r->code, r->text);
+			note(s, MS_TX_NOTE, why);
+			s->tls_skip = 1;
+			return after_ehlo(s);
+		}
+		snprintf(why, sizeof why, "STARTTLS refused (%d %.200s) and TLS is required (policy %s)",
+		         r->code, r->text, ms_tls_policy_name(s->o.tls));
+		fail_with(s, MS_ERR_TEMP, why, r->code, r->enh[0] ? r->enh : "4.7.0");
+		return 1;
+	}
+	/* R39: anything after the 220 and before the handshake was not said by
+	 * the TLS peer: an injection attempt.  Abort, never discard. */
+	if (ms_buf_avail(&s->io.in) > 0) {
+		fail_all(s, MS_ERR_PROTOCOL,
+		         "bytes arrived after the 220 to STARTTLS, before the TLS handshake: response "
+		         "injection; connection aborted");
+		return 1;
+	}
+	ms_error err;
+	const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
+	if (ms_tls_handshake(&s->io, s->o.tls, name, s->o.tls_ca_file,
+	                     ms_now_ms() + s->o.timeouts.ehlo, &s->tls, &err) != MS_OK) {
+		s->tls_handshake_failed = 1;
+		fail_with(s, err.status == MS_ERR_USAGE ? MS_ERR_USAGE : MS_ERR_TEMP, err.msg, 0, "4.7.5");
+		return 1;
+	}
+	s->tls_active = 1;
+	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "TLS: %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s",
+	                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
+	                   s->tls.verified ? "certificate verified" : "certificate not checked");
+	/* R38/R40: forget everything learnt before TLS; EHLO again. */
+	memset(&s->caps, 0, sizeof s->caps);
+	s->state = S_EHLO;
+	char line[EHLO_NAME_MAX + 8];
+	snprintf(line, sizeof line, "EHLO %s", s->helo);
+	if (send_line(s, line) != MS_OK || push_expect(s, EX_EHLO, NULL, 0) != MS_OK) {
+		fail_all(s, MS_ERR_NOMEM, "out of memory");
+		return 1;
+	}
+	return 0;
+}
+
+static int on_auth(ms_smtp *s, const ms_reply *r)
+{
+	char why[MS_ERROR_MSG_MAX];
+	int cls = ms_reply_class(r->code);
+	ms_error err;
+	if (cls == 3) {
+		char *resp = NULL;
+		const char *line;
+		if (s->auth_cancel[0]) {
+			fail_all(s, MS_ERR_PROTOCOL, s->auth_cancel);
+			return 1;
+		}
+		if (ms_sasl_step(s->sasl, r->text, &resp, &err) != MS_OK) {
+			/* RFC 4954 4: cancel with "*"; the server answers 501. */
+			snprintf(s->auth_cancel, sizeof s->auth_cancel, "AUTH %s: %.400s",
+			         ms_sasl_mech(s->sasl), err.msg);
+			line = "*";
+		} else {
+			line = resp;
+		}
+		ms_status st = send_secret(s, line[0] == '*' ? "*" : "[AUTH response redacted]", line);
+		if (resp) {
+			OPENSSL_cleanse(resp, strlen(resp));
+			free(resp);
+		}
+		if (st != MS_OK || push_expect(s, EX_AUTH, NULL, 0) != MS_OK) {
+			fail_all(s, MS_ERR_NOMEM, "out of memory");
+			return 1;
+		}
+		return 0;
+	}
+	if (s->auth_cancel[0]) {
+		fail_all(s, MS_ERR_PROTOCOL, s->auth_cancel);
+		return 1;
+	}
+	if (cls == 2) {
+		if (ms_sasl_finish(s->sasl, r->text, &err) != MS_OK) {
+			fail_all(s, MS_ERR_PROTOCOL, err.msg);
+			return 1;
+		}
+		s->authenticated = 1;
+		ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "authenticated with %s",
+		                   ms_sasl_mech(s->sasl));
+		session_ready(s);
+		return 0;
+	}
+	const char *what = r->code == 535   ? "authentication failed (wrong credentials?)"
+	                   : r->code == 538 ? "the server requires encryption for this mechanism"
+	                   : r->code == 534 ? "the server finds this mechanism too weak"
+	                                    : "AUTH refused";
+	snprintf(why, sizeof why, "%s: %d %.300s", what, r->code, r->text);
+	fail_with(s, cls == 5 ? MS_ERR_PERM : MS_ERR_TEMP, why, r->code, r->enh[0] ? r->enh : "4.7.0");
+	return 1;
+}
+
 /* A recipient's RCPT reply.  "Too many recipients" goes again later (R12). */
 static void on_rcpt(txn *t, size_t ri, const ms_reply *r)
 {
@@ -847,7 +1059,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		return 1;
 	}
 	/* DATA is answered by 354 or a refusal; nothing else by 3xx. */
-	if ((cls == 3) != (kind == EX_DATA) && !(kind == EX_DATA && cls >= 4)) {
+	if ((cls == 3 && kind != EX_DATA && kind != EX_AUTH) || (kind == EX_DATA && cls == 2)) {
 		snprintf(why, sizeof why, "protocol error: unexpected %d reply to %s", r->code,
 		         ex_name[kind]);
 		fail_all(s, MS_ERR_PROTOCOL, why);
@@ -878,8 +1090,9 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 	case EX_EHLO:
 		if (cls == 2) {
 			parse_ehlo(s, r);
-			session_ready(s);
-		} else if (cls == 5) {
+			if (after_ehlo(s))
+				return 1;
+		} else if (cls == 5 && !s->tls_active) {
 			/* R8: EHLO not understood: HELO, no extensions. */
 			char line[EHLO_NAME_MAX + 8];
 			note(s, MS_TX_NOTE, "EHLO refused: falling back to HELO");
@@ -929,6 +1142,14 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		break;
 	case EX_QUIT:
 		s->quit_done = 1;
+		break;
+	case EX_STARTTLS:
+		if (on_starttls(s, r))
+			return 1;
+		break;
+	case EX_AUTH:
+		if (on_auth(s, r))
+			return 1;
 		break;
 	}
 	report_done(s);
@@ -1093,6 +1314,7 @@ void ms_smtp_opts_default(ms_smtp_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->cross_message = 1;
+	o->tls = MS_TLS_MAY;
 	o->max_rcpts = 100;
 	o->window = 64;
 	/* RFC 5321 4.5.3.2 minimums; connect and quit are our own. */
@@ -1147,6 +1369,7 @@ void ms_smtp_free(ms_smtp *s)
 	if (s->have_io)
 		ms_io_close(&s->io);
 	ms_reply_reader_free(&s->rr);
+	ms_sasl_free(s->sasl);
 	free(s->fifo);
 	free(s->msgs);
 	free(s->greeting);
@@ -1166,6 +1389,25 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
 	s->io.read_chunk = s->o.read_chunk;
 	s->io.on_write = on_write;
 	s->io.on_write_ctx = s;
+	if (s->o.implicit_tls) {
+		/* RFC 8314: TLS from the first byte; the greeting comes inside. */
+		const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
+		ms_tls_policy p = s->o.tls == MS_TLS_VERIFY ? MS_TLS_VERIFY : MS_TLS_ENCRYPT;
+		ms_error terr;
+		if (ms_tls_handshake(&s->io, p, name, s->o.tls_ca_file,
+		                     ms_now_ms() + s->o.timeouts.greeting, &s->tls, &terr) != MS_OK) {
+			s->broken = 1;
+			ms_error_set(&s->fatal, terr.status == MS_ERR_USAGE ? MS_ERR_USAGE : MS_ERR_TEMP,
+			             "%s", terr.msg);
+			note(s, MS_TX_ERROR, s->fatal.msg);
+			return ms_error_set(err, s->fatal.status, "%s", s->fatal.msg);
+		}
+		s->tls_active = 1;
+		ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
+		                   "TLS (implicit): %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s",
+		                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
+		                   s->tls.verified ? "certificate verified" : "certificate not checked");
+	}
 	s->state = S_GREETING;
 	s->wrote = 1; /* connecting is a send: the greeting is the first round trip */
 	push_expect(s, EX_GREETING, NULL, 0);
@@ -1175,7 +1417,47 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
 	return MS_OK;
 }
 
+/* Back to a fresh, unconnected session (nothing may have been submitted). */
+static void reset_session(ms_smtp *s)
+{
+	if (s->have_io)
+		ms_io_close(&s->io);
+	s->have_io = 0;
+	s->broken = 0;
+	memset(&s->fatal, 0, sizeof s->fatal);
+	memset(&s->caps, 0, sizeof s->caps);
+	s->state = S_NEW;
+	s->flen = s->fhead = 0;
+	free(s->greeting);
+	s->greeting = NULL;
+	ms_reply_reader_free(&s->rr);
+	ms_reply_reader_init(&s->rr);
+	s->tls_active = s->tls_handshake_failed = 0;
+	memset(&s->tls, 0, sizeof s->tls);
+}
+
+static ms_status connect_once(ms_smtp *s, const char *host, const char *port, ms_error *err);
+
 ms_status ms_smtp_connect(ms_smtp *s, const char *host, const char *port, ms_error *err)
+{
+	snprintf(s->peer, sizeof s->peer, "%s", host);
+	ms_status st = connect_once(s, host, port, err);
+	/* R41: after a failed handshake the connection is unusable; under
+	 * `may` plain text is tried again, on a new connection. */
+	if (st != MS_OK && s->tls_handshake_failed && s->o.tls == MS_TLS_MAY && !s->o.implicit_tls &&
+	    s->mlen == 0) {
+		ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
+		                   "TLS handshake failed (%s): trying again without TLS on a new "
+		                   "connection (policy may)",
+		                   s->fatal.msg);
+		reset_session(s);
+		s->tls_skip = 1;
+		st = connect_once(s, host, port, err);
+	}
+	return st;
+}
+
+static ms_status connect_once(ms_smtp *s, const char *host, const char *port, ms_error *err)
 {
 	int fd;
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "connecting to %s port %s", host, port);
@@ -1283,6 +1565,11 @@ ms_status ms_smtp_quit(ms_smtp *s, ms_error *err)
 const ms_smtp_caps *ms_smtp_get_caps(const ms_smtp *s) { return &s->caps; }
 const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s) { return &s->st; }
 const char *ms_smtp_greeting(const ms_smtp *s) { return s->greeting ? s->greeting : ""; }
+const ms_tls_info *ms_smtp_tls(const ms_smtp *s) { return s->tls_active ? &s->tls : NULL; }
+const char *ms_smtp_auth_mech(const ms_smtp *s)
+{
+	return s->authenticated && s->sasl ? ms_sasl_mech(s->sasl) : NULL;
+}
 
 int ms_smtp_failed(const ms_smtp *s, ms_error *err)
 {

@@ -47,5 +47,8 @@ ms_status ms_client_close(ms_client *c, ms_error *err);
 ms_client_stats ms_client_get_stats(const ms_client *c);
 int ms_client_failed(const ms_client *c, ms_error *err);
 const ms_route *ms_client_route(const ms_client *c);
+/* SMTP only: the TLS session (NULL if plain) and the AUTH mechanism used. */
+const ms_tls_info *ms_client_tls(const ms_client *c);
+const char *ms_client_auth_mech(const ms_client *c);
 
 #endif

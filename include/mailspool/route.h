@@ -1,8 +1,13 @@
 /*
  * mailspool/route.h - where a session goes and how it speaks, as a URL.
  *
- *     smtp://HOST[:PORT]                        SMTP, port 25 by default
+ *     smtp://[USER@]HOST[:PORT]                 SMTP, port 25 by default
+ *     smtps://[USER@]HOST[:PORT]                SMTP in TLS from the first byte
+ *                                               (RFC 8314), port 465 by default
  *     qmtp://HOST[:PORT][?replies=package]      QMTP, port 209 by default
+ *
+ * USER (percent-encoded, so user%40example.org) is the AUTH user name; a
+ * password never goes in a URL.
  *
  * HOST is a name, an IPv4 address or a bracketed IPv6 literal ([::1]).
  * `replies=package` marks a QMTP server that answers once per package
@@ -27,6 +32,8 @@ typedef struct ms_route {
 	char host[MS_ROUTE_HOST_MAX + 1];
 	char port[6];
 	ms_qmtp_replies qmtp_replies;
+	int implicit_tls;          /* smtps:// */
+	char user[256];            /* AUTH user from the URL, "" if none */
 } ms_route;
 
 /* Parse a route URL; MS_ERR_USAGE with a sentence naming the problem. */

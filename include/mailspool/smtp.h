@@ -37,6 +37,7 @@
 #include <stdint.h>
 #include "mailspool/error.h"
 #include "mailspool/message.h"
+#include "mailspool/tls.h"
 #include "mailspool/transcript.h"
 
 enum ms_smtp_cap {
@@ -84,6 +85,16 @@ typedef struct ms_smtp_opts {
 	ms_smtp_result_fn on_result; /* called once per message when final */
 	void *ctx;
 	size_t read_chunk;      /* cap bytes per read (tests: 1 splits replies at every byte) */
+	/* TLS (RFC 3207 STARTTLS, RFC 8314 implicit TLS; R38-R42) */
+	ms_tls_policy tls;      /* default MS_TLS_MAY: STARTTLS when offered */
+	int implicit_tls;       /* TLS from the first byte (smtps://, port 465) */
+	const char *tls_name;   /* the name the certificate must carry; default: the host */
+	const char *tls_ca_file; /* CAs for `verify`; default: the system store */
+	/* AUTH (RFC 4954; R37) */
+	const char *auth_user;  /* NULL: no AUTH */
+	const char *auth_secret; /* password, or the OAuth token for XOAUTH2 */
+	const char *auth_mechs; /* allowed, strongest first; default MS_SASL_DEFAULT_MECHS */
+	int auth_plaintext;     /* allow credentials without TLS (off: never sent in clear) */
 } ms_smtp_opts;
 
 typedef struct ms_smtp_stats {
@@ -130,6 +141,10 @@ ms_status ms_smtp_quit(ms_smtp *s, ms_error *err);
 
 const ms_smtp_caps *ms_smtp_get_caps(const ms_smtp *s);
 const ms_smtp_stats *ms_smtp_get_stats(const ms_smtp *s);
+/* The TLS session's parameters, or NULL when the connection is plain. */
+const ms_tls_info *ms_smtp_tls(const ms_smtp *s);
+/* The SASL mechanism that authenticated the session, or NULL. */
+const char *ms_smtp_auth_mech(const ms_smtp *s);
 /* The greeting's text, or "" before it arrived. */
 const char *ms_smtp_greeting(const ms_smtp *s);
 /* Did the session break (closed, timed out, protocol error)? Why, in err. */

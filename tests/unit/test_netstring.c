@@ -122,6 +122,8 @@ static const rcase routes[] = {
 	{ "smtp://[::1]:2525", 1, MS_PROTO_SMTP, "::1", "2525", 0 },
 	{ "smtp://[::1]", 1, MS_PROTO_SMTP, "::1", "25", 0 },
 	{ "smtp://host/", 1, MS_PROTO_SMTP, "host", "25", 0 },
+	{ "smtp://me%40example.org@relay.test:587", 1, MS_PROTO_SMTP, "relay.test", "587", 0 },
+	{ "smtps://relay.test", 1, MS_PROTO_SMTP, "relay.test", "465", 0 },
 	{ "qmtp://mx.example", 1, MS_PROTO_QMTP, "mx.example", "209", MS_QMTP_PER_RECIPIENT },
 	{ "qmtp://h:2209?replies=package", 1, MS_PROTO_QMTP, "h", "2209", MS_QMTP_PER_PACKAGE },
 	{ "qmtp://h?replies=recipient", 1, MS_PROTO_QMTP, "h", "209", MS_QMTP_PER_RECIPIENT },
@@ -135,7 +137,9 @@ static const rcase routes[] = {
 	{ "smtp://h:25x", 0, 0, NULL, NULL, 0 },
 	{ "smtp://[::1", 0, 0, NULL, NULL, 0 },
 	{ "smtp://[::1]x", 0, 0, NULL, NULL, 0 },
-	{ "smtp://user@h", 0, 0, NULL, NULL, 0 },
+	{ "smtp://user:secret@h", 0, 0, NULL, NULL, 0 },      /* no passwords in URLs */
+	{ "qmtp://user@h", 0, 0, NULL, NULL, 0 },
+	{ "smtp://@h", 0, 0, NULL, NULL, 0 },
 	{ "smtp://h\r\n:25", 0, 0, NULL, NULL, 0 },
 	{ "smtp://h x", 0, 0, NULL, NULL, 0 },
 };
