@@ -137,6 +137,7 @@ scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 smtp unix - - n - - smtp
 relay unix - - n - - smtp
+tlsmgr unix - - n 1000? 1 tlsmgr
 """
 
 POSTFIX_MAIN = """\
@@ -167,11 +168,19 @@ smtpd_banner = $myhostname ESMTP throwaway
 class Postfix:
     """A throwaway Postfix instance listening on 127.0.0.1:port."""
 
-    def __init__(self, extra_main=""):
+    def __init__(self, extra_main="", tls=None, wrapper=False):
+        """tls=(cert, key): offer STARTTLS on port; wrapper=True also
+        listens on tls_port with TLS from the first byte (smtps)."""
         self.dir = tempfile.mkdtemp(prefix="ms-postfix-")
         os.chmod(self.dir, 0o755)  # the postfix user must reach data/
         self.port = free_port()
+        self.tls_port = free_port()
         self.extra_main = extra_main
+        if tls:
+            self.extra_main += (f"smtpd_tls_cert_file = {tls[0]}\nsmtpd_tls_key_file = {tls[1]}\n"
+                                "smtpd_tls_security_level = may\n"
+                                "smtpd_tls_loglevel = 1\n")
+        self.wrapper = wrapper
 
     def __enter__(self):
         d = self.dir
@@ -182,6 +191,9 @@ class Postfix:
             f.write(POSTFIX_MAIN.format(d=d, size=SIZE_LIMIT) + self.extra_main)
         with open(os.path.join(d, "etc/master.cf"), "w") as f:
             f.write(POSTFIX_MASTER.format(port=self.port))
+            if self.wrapper:
+                f.write(f"127.0.0.1:{self.tls_port} inet n - n - - smtpd "
+                        "-o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt\n")
         with open(os.path.join(d, "etc/rcpt_access"), "w") as f:
             f.write(f"{REJECT} REJECT 5.1.1 no such user\n"
                     f"{LATER} DEFER_IF_PERMIT 4.2.0 try later\n")
