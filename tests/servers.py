@@ -258,11 +258,31 @@ begin transports
 """
 
 
-class Exim(Daemon):
-    """Exim 4, queue-only, on 127.0.0.1:port."""
+EXIM_AUTH = """
+begin authenticators
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${if and {{eq{$auth2}{@USER@}}{eq{$auth3}{@PASSWORD@}}}}
+  server_set_id = $auth2
+login:
+  driver = plaintext
+  public_name = LOGIN
+  server_prompts = Username:: : Password::
+  server_condition = ${if and {{eq{$auth1}{@USER@}}{eq{$auth2}{@PASSWORD@}}}}
+  server_set_id = $auth1
+"""
 
-    def __init__(self):
+
+class Exim(Daemon):
+    """Exim 4, queue-only, on 127.0.0.1:port.  tls=(cert, key) offers
+    STARTTLS; auth=(user, password) offers AUTH PLAIN and LOGIN (Exim's
+    plaintext authenticator) - only inside TLS unless auth_in_clear."""
+
+    def __init__(self, tls=None, auth=None, auth_in_clear=False):
         super().__init__("ms-exim-", 0o755)  # Exim's own user must reach spool/
+        self.tls, self.auth, self.auth_in_clear = tls, auth, auth_in_clear
 
     def __enter__(self):
         d = self.dir
@@ -271,8 +291,18 @@ class Exim(Daemon):
         for sub in ("spool", "log"):
             shutil.chown(os.path.join(d, sub), "Debian-exim", "Debian-exim")
         self.conf = os.path.join(d, "exim.conf")
+        conf = EXIM_CONF.format(d=d, size=SIZE_LIMIT)
+        if self.tls:
+            conf = conf.replace("tls_advertise_hosts =\n",
+                                f"tls_advertise_hosts = *\ntls_certificate = {self.tls[0]}\n"
+                                f"tls_privatekey = {self.tls[1]}\n")
+        if self.auth:
+            adv = "*" if self.auth_in_clear else "${if eq{$tls_in_cipher}{}{}{*}}"
+            conf = conf.replace("acl_smtp_rcpt = acl_rcpt\n",
+                                f"acl_smtp_rcpt = acl_rcpt\nauth_advertise_hosts = {adv}\n")
+            conf += EXIM_AUTH.replace("@USER@", self.auth[0]).replace("@PASSWORD@", self.auth[1])
         with open(self.conf, "w") as f:
-            f.write(EXIM_CONF.format(d=d, size=SIZE_LIMIT))
+            f.write(conf)
         return self.start([EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port), "-odq"])
 
     def messages(self):
@@ -326,9 +356,12 @@ class OpenSMTPD(Daemon):
 class Aiosmtpd:
     """In-process aiosmtpd that records exact message bytes in order."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, auth_methods=None, **kwargs):
+        """auth_methods: {"SCRAM-SHA-256": async fn(server, args)} - SASL
+        mechanisms aiosmtpd should offer, as its handler's auth_ hooks."""
         self.port = free_port()
         self.kwargs = kwargs
+        self.auth_methods = auth_methods or {}
         self.envelopes = []
         self.sessions = 0
         self.lock = threading.Lock()
@@ -354,7 +387,11 @@ class Aiosmtpd:
 
         kw = dict(hostname="127.0.0.1", port=self.port, decode_data=False)
         kw.update(self.kwargs)
-        self.controller = Controller(Handler(), **kw)
+        handler = Handler()
+        for name, fn in self.auth_methods.items():
+            # aiosmtpd maps auth_X__Y to mechanism X-Y.
+            setattr(handler, "auth_" + name.replace("-", "__"), fn)
+        self.controller = Controller(handler, **kw)
         self.controller.start()
         return self
 

@@ -2,7 +2,9 @@
 test CA, a server certificate it signed (mail.example.test and 127.0.0.1),
 one for another name, and a self-signed one."""
 import os
+import shutil
 import subprocess
+import tempfile
 
 
 def _run(*args):
@@ -10,9 +12,10 @@ def _run(*args):
 
 
 class Certs:
-    def __init__(self, d):
-        self.dir = d
-        os.makedirs(d, exist_ok=True)
+    def __init__(self):
+        # Not under pytest's private tmp: Exim reads them as Debian-exim.
+        d = self.dir = tempfile.mkdtemp(prefix="ms-certs-")
+        os.chmod(d, 0o755)
         p = lambda n: os.path.join(d, n)  # noqa: E731
         self.ca, self.ca_key = p("ca.pem"), p("ca.key")
         _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.ca_key, "-out",
@@ -25,6 +28,9 @@ class Certs:
              "-addext", "subjectAltName=DNS:mail.example.test,IP:127.0.0.1")
         for f in os.listdir(d):
             os.chmod(os.path.join(d, f), 0o644)  # the servers' own users read them
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _signed(self, name, cn, san):
         p = lambda n: os.path.join(self.dir, n)  # noqa: E731

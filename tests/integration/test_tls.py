@@ -14,8 +14,10 @@ NAME = "mail.example.test"
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(str(tmp_path_factory.mktemp("certs")))
+def certs():
+    c = Certs()  # in a directory the servers' own users can read
+    yield c
+    c.remove()
 
 
 def send_to(send, url, write_msg, *args):
