@@ -83,6 +83,14 @@ class Conn:
             else:
                 self.send("500 5.5.1 what?\r\n")
 
+    def starttls(self, cert, key):
+        """Switch to TLS, server side, after sending our 220."""
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.sock = ctx.wrap_socket(self.sock, server_side=True)
+        self.buf = b""
+
     # ---- QMTP ----------------------------------------------------------
 
     def _fill(self, n):
