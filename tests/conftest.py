@@ -112,3 +112,12 @@ class Spool:
 @pytest.fixture
 def spool(tmp_path):
     return Spool(str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def certs():
+    """A test CA and certificates (tests/tlsutil.py), once per run."""
+    from tlsutil import Certs
+    c = Certs()
+    yield c
+    c.remove()

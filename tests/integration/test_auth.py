@@ -13,18 +13,10 @@ import ssl
 import pytest
 
 from servers import Aiosmtpd, Exim
-from tlsutil import Certs
 
 USER, PASSWORD, TOKEN = "mailuser", "c0rrect horse", "ya29.token-for-test"
 MSG = "From: a@example.test\r\nSubject: auth\r\n\r\nauthenticated\r\n"
 NAME = "mail.example.test"
-
-
-@pytest.fixture(scope="module")
-def certs():
-    c = Certs()  # in a directory the servers' own users can read
-    yield c
-    c.remove()
 
 
 @pytest.fixture

@@ -7,17 +7,9 @@ import json
 import pytest
 
 from servers import Postfix, SmtpSink
-from tlsutil import Certs
 
 MSG = "From: a@example.test\r\nSubject: tls\r\n\r\nover TLS\r\n"
 NAME = "mail.example.test"
-
-
-@pytest.fixture(scope="module")
-def certs():
-    c = Certs()  # in a directory the servers' own users can read
-    yield c
-    c.remove()
 
 
 def send_to(send, url, write_msg, *args):
