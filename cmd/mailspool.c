@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "mailspool/client.h"
 #include "mailspool/headers.h"
+#include "mailspool/relay.h"
 #include "mailspool/io.h"
 #include "mailspool/message.h"
 #include "mailspool/smtp.h"
@@ -397,57 +398,6 @@ static int parse_seconds(const char *s, int *ms)
 	return 0;
 }
 
-/* A password file: its first line.  Refused when others may read it. */
-static int read_secret_file(const char *path, char *out, size_t n, ms_error *err)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		ms_error_set(err, MS_ERR_USAGE, "cannot read password file %s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		ms_error_set(err, MS_ERR_USAGE,
-		             "password file %s is accessible to group or others (mode %03o): refused; "
-		             "chmod 600 it",
-		             path, (unsigned)(st.st_mode & 0777));
-		close(fd);
-		return -1;
-	}
-	ssize_t k = read(fd, out, n - 1);
-	close(fd);
-	if (k < 0) {
-		ms_error_set(err, MS_ERR_USAGE, "cannot read password file %s", path);
-		return -1;
-	}
-	out[k] = '\0';
-	out[strcspn(out, "\r\n")] = '\0';
-	return 0;
-}
-
-/* msmtp's passwordeval: the first line a command prints. */
-static int read_secret_command(const char *cmd, char *out, size_t n, ms_error *err)
-{
-	FILE *p = popen(cmd, "r");
-	if (!p) {
-		ms_error_set(err, MS_ERR_USAGE, "cannot run \"%.100s\"", cmd);
-		return -1;
-	}
-	if (!fgets(out, (int)n, p))
-		out[0] = '\0';
-	while (getc(p) != EOF)
-		;
-	int rc = pclose(p);
-	out[strcspn(out, "\r\n")] = '\0';
-	if (rc != 0 || !out[0]) {
-		ms_error_set(err, MS_ERR_USAGE, "\"%.100s\" failed or printed nothing", cmd);
-		return -1;
-	}
-	return 0;
-}
-
 /* send without --via: each file (or stdin) queued as one message. */
 static int queue_files(const send_opts *so, const char *confp, const char *full_name, int nfiles,
                        char **files, int json, int quiet)
@@ -651,10 +601,22 @@ static int cmd_send(int argc, char **argv)
 		}
 		return queue_files(&so, confp, full_name, argc - optind, argv + optind, R.json, R.quiet);
 	}
-	if (confp || full_name) {
-		fprintf(stderr, "%s send: %s applies to queueing (no --via) only\n", progname,
-		        confp ? "-C" : "-F");
+	/* --via relay: the relays the configuration names for this sender,
+	 * each with its own TLS and credentials, in failover order. */
+	int use_relays = !strcmp(via, "relay");
+	ms_conf *rconf = NULL;
+	if ((confp && !use_relays) || full_name) {
+		fprintf(stderr, "%s send: %s applies to queueing (no --via) or --via relay only\n",
+		        progname, full_name ? "-F" : "-C");
 		return EX_USAGE_;
+	}
+	if (use_relays) {
+		if (smtp_only || qmtp_only) {
+			fprintf(stderr, "%s send: with --via relay, %s is set per relay in the "
+			                "configuration\n", progname, smtp_only ? smtp_only : qmtp_only);
+			return EX_USAGE_;
+		}
+		via = "smtp://relay"; /* parsed below only for its defaults */
 	}
 	ms_route route;
 	ms_error err;
@@ -695,8 +657,9 @@ static int cmd_send(int argc, char **argv)
 	}
 	if (pwfile || pweval || oauth) {
 		ms_error perr;
-		if ((pwfile ? read_secret_file(pwfile, secret, sizeof secret, &perr)
-		            : read_secret_command(pweval ? pweval : oauth, secret, sizeof secret, &perr)) < 0) {
+		if ((pwfile ? ms_secret_file(pwfile, secret, sizeof secret, &perr)
+		            : ms_secret_command(pweval ? pweval : oauth, secret, sizeof secret, &perr)) !=
+		    MS_OK) {
 			fprintf(stderr, "%s send: %s\n", progname, perr.msg);
 			return EX_USAGE_;
 		}
@@ -761,14 +724,35 @@ static int cmd_send(int argc, char **argv)
 	}
 	if (rl.rlim_cur != RLIM_INFINITY && qo->window + 64 > rl.rlim_cur)
 		qo->window = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64 : 64;
-	ms_client *s = ms_client_new(&route, &co, &err);
-	if (!s) {
+	const ms_conf_relay *relays[MS_CONF_MAX_RELAYS];
+	size_t nrelays = 0;
+	ms_message **held = NULL; /* --via relay: all messages, sent at the end */
+	if (use_relays) {
+		int required;
+		const char *cpath = ms_conf_path(confp, &required);
+		rconf = malloc(sizeof *rconf);
+		if (!rconf || ms_conf_load(rconf, cpath, required, &err) != MS_OK) {
+			fprintf(stderr, "%s send: %s\n", progname, rconf ? err.msg : "out of memory");
+			free(rconf);
+			return EX_USAGE_;
+		}
+		nrelays = ms_conf_relays_for(rconf, so.sender, relays, MS_CONF_MAX_RELAYS);
+		if (!nrelays) {
+			fprintf(stderr, "%s send: no relay in %s for sender %s (relays, sender_relays)\n",
+			        progname, rconf->path[0] ? rconf->path : "the configuration", so.sender);
+			free(rconf);
+			return EX_USAGE_;
+		}
+		held = calloc(nfiles, sizeof *held);
+	}
+	ms_client *s = use_relays ? NULL : ms_client_new(&route, &co, &err);
+	if (!s && !use_relays) {
 		fprintf(stderr, "%s send: %s\n", progname, err.msg);
 		return EX_USAGE_;
 	}
 	int64_t t0 = ms_now_ms();
 	ms_error cerr;
-	ms_status cst = ms_client_connect(s, &cerr);
+	ms_status cst = use_relays ? MS_OK : ms_client_connect(s, &cerr);
 	if (cst != MS_OK)
 		fprintf(stderr, "%s send: %s\n", progname, cerr.msg);
 	int bad_input = 0;
@@ -779,6 +763,10 @@ static int cmd_send(int argc, char **argv)
 			bad_input = err.status == MS_ERR_IO ? EX_NOINPUT_ : EX_DATAERR_;
 			continue;
 		}
+		if (use_relays) {
+			held[R.nmsg++] = m;
+			continue;
+		}
 		R.nmsg++;
 		ms_error serr;
 		if (ms_client_submit(s, m, &serr) != MS_OK && serr.status == MS_ERR_USAGE) {
@@ -787,16 +775,36 @@ static int cmd_send(int argc, char **argv)
 		}
 	}
 	ms_error qerr;
-	ms_client_close(s, &qerr);
+	ms_client_stats cs = { 0 };
+	ms_error ferr = { 0 };
+	int failed_session = 0;
+	const ms_tls_info *tlsi = NULL;
+	const char *authm = NULL;
+	if (use_relays) {
+		ms_relay_report rep;
+		if (ms_relay_send(relays, nrelays, &o, held, R.nmsg, &rep, &qerr) != MS_OK)
+			fprintf(stderr, "%s send: %s\n", progname, qerr.msg);
+		cs.round_trips = rep.round_trips;
+		cs.bytes_out = rep.bytes_out;
+		cs.writes = rep.writes;
+		cs.connections = rep.tried;
+		cs.messages = R.nmsg;
+		cs.pipelining = 1;
+		if ((failed_session = rep.errors[0] != '\0'))
+			snprintf(ferr.msg, sizeof ferr.msg, "%s", rep.errors);
+		free(held);
+		free(rconf);
+	} else {
+		ms_client_close(s, &qerr);
+		cs = ms_client_get_stats(s);
+		failed_session = ms_client_failed(s, &ferr);
+		tlsi = ms_client_tls(s);
+		authm = ms_client_auth_mech(s);
+	}
 	double secs = (double)(ms_now_ms() - t0) / 1000.0;
-	ms_client_stats cs = ms_client_get_stats(s);
 	const ms_client_stats *st = &cs;
 	double rate = secs > 0 ? (double)R.nmsg / secs : 0;
 	double rtpm = R.nmsg ? (double)st->round_trips / (double)R.nmsg : 0;
-	ms_error ferr;
-	int failed_session = ms_client_failed(s, &ferr);
-	const ms_tls_info *tlsi = ms_client_tls(s);
-	const char *authm = ms_client_auth_mech(s);
 	ms_buf tlsj;
 	ms_buf_init(&tlsj, 0);
 	char authj[64];

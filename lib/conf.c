@@ -8,9 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/route.h"
+#include "mailspool/tls.h"
 
 #define LINE_MAX_ 8192
 
@@ -100,10 +103,106 @@ static char *trim(char *s)
 	return s;
 }
 
+static ms_conf_relay *relay_named(ms_conf *c, const char *name, size_t n, int create)
+{
+	for (size_t i = 0; i < c->nrelays; i++)
+		if (strlen(c->relays[i].name) == n && !strncmp(c->relays[i].name, name, n))
+			return &c->relays[i];
+	if (!create || c->nrelays == MS_CONF_MAX_RELAYS || n == 0 || n >= sizeof c->relays[0].name)
+		return NULL;
+	ms_conf_relay *r = &c->relays[c->nrelays++];
+	memset(r, 0, sizeof *r);
+	memcpy(r->name, name, n);
+	r->tls = -1;
+	return r;
+}
+
+static int set_str(char *dst, size_t n, const char *val)
+{
+	if (strlen(val) >= n)
+		return -1;
+	snprintf(dst, n, "%s", val);
+	return 0;
+}
+
+/* relay.NAME.FIELD = value */
+static const char *apply_relay(ms_conf *c, const char *key, const char *val)
+{
+	const char *name = key + 6, *dot = strchr(name, '.');
+	if (!dot)
+		return "wants relay.NAME.FIELD";
+	ms_conf_relay *r = relay_named(c, name, (size_t)(dot - name), 1);
+	if (!r)
+		return "names too many relays, or a bad name";
+	const char *f = dot + 1;
+	if (!strcmp(f, "url")) {
+		ms_route rt;
+		if (ms_route_parse(val, &rt, NULL) != MS_OK)
+			return "wants a route URL such as smtp://user@host:587";
+		return set_str(r->url, sizeof r->url, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(f, "tls")) {
+		ms_tls_policy p;
+		if (ms_tls_policy_parse(val, &p) < 0)
+			return "wants none, may, encrypt or verify";
+		r->tls = (int)p;
+		return NULL;
+	}
+	if (!strcmp(f, "auth_plaintext")) {
+		if (strcmp(val, "yes") && strcmp(val, "no"))
+			return "wants yes or no";
+		r->auth_plaintext = !strcmp(val, "yes");
+		return NULL;
+	}
+	struct {
+		const char *name;
+		char *dst;
+		size_t n;
+	} strs[] = { { "tls_ca_file", r->tls_ca_file, sizeof r->tls_ca_file },
+		         { "tls_name", r->tls_name, sizeof r->tls_name },
+		         { "password_file", r->password_file, sizeof r->password_file },
+		         { "password_eval", r->password_eval, sizeof r->password_eval },
+		         { "oauth_token_eval", r->oauth_token_eval, sizeof r->oauth_token_eval },
+		         { "auth_mechs", r->auth_mechs, sizeof r->auth_mechs } };
+	for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+		if (!strcmp(f, strs[i].name))
+			return set_str(strs[i].dst, strs[i].n, val) ? "is too long" : NULL;
+	return "is not a known relay field";
+}
+
+/* A list of relay names into indexes (names may be defined later: they are
+ * created here and checked for a url at the end). */
+static const char *relay_list(ms_conf *c, char *val, int *out, size_t *n)
+{
+	*n = 0;
+	for (char *save, *t = strtok_r(val, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save)) {
+		ms_conf_relay *r = relay_named(c, t, strlen(t), 1);
+		if (!r || *n == MS_CONF_MAX_RELAYS)
+			return "names too many relays";
+		out[(*n)++] = (int)(r - c->relays);
+	}
+	return *n ? NULL : "wants relay names";
+}
+
 /* Apply one key; returns NULL or what is wrong with the value. */
 static const char *apply(ms_conf *c, const char *key, char *val)
 {
 	int ok;
+	if (!strncmp(key, "relay.", 6))
+		return apply_relay(c, key, val);
+	if (!strcmp(key, "relays"))
+		return relay_list(c, val, c->default_relays, &c->ndefault_relays);
+	if (!strncmp(key, "sender_relays.", 14)) {
+		if (c->nsender_relays == MS_CONF_MAX_SENDER_RELAYS)
+			return "has too many entries";
+		ms_conf_sender_relays *s = &c->sender_relays[c->nsender_relays];
+		if (set_str(s->key, sizeof s->key, key + 14) || !s->key[0])
+			return "wants sender_relays.ADDRESS or sender_relays.DOMAIN";
+		const char *why = relay_list(c, val, s->relays, &s->n);
+		if (!why)
+			c->nsender_relays++;
+		return why;
+	}
 	if (!strcmp(key, "spool_dir")) {
 		if (val[0] != '/' || strlen(val) >= sizeof c->spool_dir)
 			return "wants an absolute path";
@@ -160,8 +259,13 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 	}
 	snprintf(c->path, sizeof c->path, "%s", path);
 	char line[LINE_MAX_];
-	char seen[16][32];
+	enum { SEEN_MAX = 256, KEY_MAX = 280 };
+	char (*seen)[KEY_MAX] = malloc(SEEN_MAX * sizeof *seen);
 	size_t nseen = 0, lineno = 0;
+	if (!seen) {
+		fclose(f);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
 	ms_status st = MS_OK;
 	while (fgets(line, sizeof line, f)) {
 		lineno++;
@@ -190,11 +294,34 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %.64s %s", path, lineno, key, why);
 			break;
 		}
-		if (nseen < 16)
-			snprintf(seen[nseen++], sizeof seen[0], "%s", key);
+		if (nseen < SEEN_MAX)
+			snprintf(seen[nseen++], KEY_MAX, "%s", key);
 	}
+	for (size_t i = 0; st == MS_OK && i < c->nrelays; i++)
+		if (!c->relays[i].url[0])
+			st = ms_error_set(err, MS_ERR_USAGE, "%s: relay %s is named but has no relay.%s.url",
+			                  path, c->relays[i].name, c->relays[i].name);
+	free(seen);
 	if (st == MS_OK && ferror(f))
 		st = ms_error_set(err, MS_ERR_IO, "cannot read configuration %s", path);
 	fclose(f);
 	return st;
+}
+
+size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_relay **out,
+                          size_t max)
+{
+	const ms_conf_sender_relays *hit = NULL;
+	const char *at = strrchr(sender, '@');
+	for (size_t i = 0; i < c->nsender_relays && !hit; i++)
+		if (!strcasecmp(c->sender_relays[i].key, sender))
+			hit = &c->sender_relays[i];
+	for (size_t i = 0; i < c->nsender_relays && !hit && at; i++)
+		if (!strcasecmp(c->sender_relays[i].key, at + 1))
+			hit = &c->sender_relays[i];
+	const int *idx = hit ? hit->relays : c->default_relays;
+	size_t n = hit ? hit->n : c->ndefault_relays, k = 0;
+	for (size_t i = 0; i < n && k < max; i++)
+		out[k++] = &c->relays[idx[i]];
+	return k;
 }

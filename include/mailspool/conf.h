@@ -11,6 +11,16 @@
  * unknown key, a repeated key or a bad value is an error naming the file
  * and line: a typo must not silently fall back to a default.
  *
+ * Relays (smarthosts) are named and described by dotted keys:
+ *
+ *     relay.main.url = smtp://me%40example.org@smtp.example.org:587
+ *     relay.main.password_file = /etc/mailspool/main.pw
+ *     relay.backup.url = smtps://backup.example.net
+ *     relay.backup.password_eval = pass show mail/backup
+ *     relays = main backup                    # the default, in failover order
+ *     sender_relays.example.net = backup      # by sender domain
+ *     sender_relays.boss@example.org = main   # or by whole address
+ *
  * Which file: ms_conf_path() - the -C argument, else $MAILSPOOL_CONFIG,
  * else MS_CONF_DEFAULT_PATH.  A missing default file means all defaults; a
  * missing file that was asked for is an error.
@@ -26,6 +36,30 @@
 #define MS_CONF_MAX_TIERS 32
 #define MS_CONF_PATH_MAX 4096
 #define MS_CONF_HOST_MAX 255
+#define MS_CONF_MAX_RELAYS 16
+#define MS_CONF_MAX_SENDER_RELAYS 64
+#define MS_CONF_VALUE_MAX 512
+
+/* One relay: how to reach it, how to secure and log in to it. */
+typedef struct ms_conf_relay {
+	char name[64];
+	char url[MS_CONF_VALUE_MAX];            /* relay.N.url (required) */
+	int tls;                                /* relay.N.tls; -1: verify (relays' default) */
+	char tls_ca_file[MS_CONF_VALUE_MAX];    /* relay.N.tls_ca_file */
+	char tls_name[256];                     /* relay.N.tls_name */
+	char password_file[MS_CONF_VALUE_MAX];  /* relay.N.password_file */
+	char password_eval[MS_CONF_VALUE_MAX];  /* relay.N.password_eval (a command) */
+	char oauth_token_eval[MS_CONF_VALUE_MAX]; /* relay.N.oauth_token_eval (XOAUTH2) */
+	char auth_mechs[128];                   /* relay.N.auth_mechs */
+	int auth_plaintext;                     /* relay.N.auth_plaintext = yes */
+} ms_conf_relay;
+
+/* sender_relays.KEY = NAME...: KEY is an address or a domain. */
+typedef struct ms_conf_sender_relays {
+	char key[256];
+	int relays[MS_CONF_MAX_RELAYS]; /* indexes into ms_conf.relays */
+	size_t n;
+} ms_conf_sender_relays;
 
 typedef struct ms_conf {
 	char path[MS_CONF_PATH_MAX];       /* the file read, "" when defaults only */
@@ -37,6 +71,12 @@ typedef struct ms_conf {
 	size_t ntiers;                     /* (0 30m 4h 8h 16h 24h 48h) */
 	int64_t claim_lease;               /* claim_lease (300 s) */
 	int64_t clock_skew;                /* clock_skew (60 s) tolerated between hosts */
+	ms_conf_relay relays[MS_CONF_MAX_RELAYS]; /* relay.NAME.* */
+	size_t nrelays;
+	int default_relays[MS_CONF_MAX_RELAYS];  /* relays = NAME... */
+	size_t ndefault_relays;
+	ms_conf_sender_relays sender_relays[MS_CONF_MAX_SENDER_RELAYS];
+	size_t nsender_relays;
 } ms_conf;
 
 void ms_conf_defaults(ms_conf *c);
@@ -46,6 +86,12 @@ const char *ms_conf_path(const char *explicit_path, int *required);
 /* Defaults, then the file.  MS_ERR_USAGE names file:line for a bad line;
  * MS_ERR_IO when a required file cannot be read. */
 ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err);
+/* The relays for mail from `sender`, in failover order: those of its
+ * address in sender_relays, else of its domain, else `relays`.  Returns
+ * how many were written to out (0: none configured). */
+size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_relay **out,
+                          size_t max);
+
 /* "30m", "4h", "2d", "90" (seconds) -> seconds; -1 if malformed. */
 int64_t ms_conf_duration(const char *s);
 /* "50M", "100k", "1G", "1234" -> bytes; returns 0 and sets *ok = 0 if malformed. */
