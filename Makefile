@@ -111,6 +111,7 @@ demo: deps all $(BENCH_BIN)
 bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
 	$(PYTHON) bench/spool_bench.py
+	$(PYTHON) bench/tls_bench.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mailspool \

@@ -414,12 +414,14 @@ def write_results(path, rows, n, rss_kib, rss_secs, direct):
               "encoding.  mailfront answers once per package, so the route says "
               "`?replies=package`.  Its RT/msg is the same proxy count as for SMTP.",
               "- Timings are not pass/fail tests; they vary with the machine and its load.", ""]
-    # The spool section is bench/spool_bench.py's: keep it.
+    # The spool and TLS sections are bench/spool_bench.py's and
+    # bench/tls_bench.py's: keep them.
     old = open(path).read() if os.path.exists(path) else ""
-    i = old.find("## Spool (issue 4)")
-    if i >= 0:
-        j = old.find("\n## ", i + 1)
-        lines += [old[i:j + 1] if j >= 0 else old[i:]]
+    for mark in ("## Spool (issue 4)", "## TLS and AUTH (issue 6)"):
+        i = old.find(mark)
+        if i >= 0:
+            j = old.find("\n## ", i + 1)
+            lines += [old[i:j + 1] if j >= 0 else old[i:]]
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {path}")

@@ -125,11 +125,11 @@ def big_queue(n, tmp):
     return out
 
 
-def write_section(path, lines):
+def write_section(path, lines, mark=MARK):
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    i = text.find(MARK)
+    i = text.find(mark)
     if i >= 0:
-        j = text.find("\n## ", i + len(MARK))
+        j = text.find("\n## ", i + len(mark))
         text = text[:i] + (text[j + 1:] if j >= 0 else "")
     text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
     with open(path, "w") as f:
