@@ -63,6 +63,15 @@ long ms_b64_decode(const char *s, unsigned char *out, size_t cap)
 		return -1;
 	if (n == 0)
 		return 0;
+	/* The bits the padding leaves over must be zero: one spelling per
+	 * byte string (RFC 4648 3.5). */
+	if (pad) {
+		static const char alpha[] =
+			"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+		long v = (long)(strchr(alpha, s[n - pad - 1]) - alpha);
+		if (v & (pad == 1 ? 0x3 : 0xF))
+			return -1;
+	}
 	int k = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
 	return k < 0 ? -1 : (long)(k - (long)pad);
 }

@@ -107,6 +107,8 @@ static void test_b64_and_choice(void **state)
 	assert_int_equal(ms_b64_decode("Y=Q=", out, sizeof out), -1);
 	assert_int_equal(ms_b64_decode("YW\nJj", out, sizeof out), -1);
 	assert_int_equal(ms_b64_decode("YW*j", out, sizeof out), -1);
+	assert_int_equal(ms_b64_decode("YR==", out, sizeof out), -1); /* stray bits */
+	assert_int_equal(ms_b64_decode("YWJ=", out, sizeof out), -1);
 	assert_string_equal(ms_sasl_choose("LOGIN PLAIN SCRAM-SHA-256", MS_SASL_DEFAULT_MECHS),
 	                    "SCRAM-SHA-256");
 	assert_string_equal(ms_sasl_choose("login plain", MS_SASL_DEFAULT_MECHS), "PLAIN");
