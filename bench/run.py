@@ -169,10 +169,11 @@ def run_smtp_source(link, n):
     return dt
 
 
-def run_postfix(link, files, one_connection):
+def run_postfix(link, files, one_connection, more=""):
+    """Postfix relaying through `link`; `more` adds main.cf lines (TLS, SASL)."""
     extra = (f"relayhost = [127.0.0.1]:{link.port}\n"
              "header_checks = static:HOLD\n"
-             "smtp_dns_support_level = disabled\n")
+             "smtp_dns_support_level = disabled\n") + more
     if one_connection:
         extra += "smtp_destination_concurrency_limit = 1\n"
     with servers.Postfix(extra_main=extra) as pf:

@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)
 import servers  # noqa: E402
 from tlsutil import Certs  # noqa: E402
 from spool_bench import write_section  # noqa: E402
+import run  # noqa: E402
 from run import make_messages  # noqa: E402
 
 MAILSPOOL = os.path.join(ROOT, "build", "mailspool")
@@ -91,34 +92,13 @@ def run_msmtp(px, files, certs, pwfile):
 
 
 def run_postfix(px, files, certs, one_connection):
-    extra = (f"relayhost = [127.0.0.1]:{px.port}\nheader_checks = static:HOLD\n"
-             "smtp_dns_support_level = disabled\nsmtp_tls_security_level = secure\n"
-             f"smtp_tls_CAfile = {certs.ca}\nsmtp_tls_secure_cert_match = mail.example.test\n"
-             "smtp_sasl_auth_enable = yes\n"
-             f"smtp_sasl_password_maps = static:{USER}:{PASSWORD}\n"
-             "smtp_sasl_security_options = noanonymous\n"
-             "smtp_sasl_tls_security_options = noanonymous\n")
-    if one_connection:
-        extra += "smtp_destination_concurrency_limit = 1\n"
-    with servers.Postfix(extra_main=extra) as pf:
-        for f in files:
-            with open(f, "rb") as fh:
-                subprocess.run(["sendmail", "-C", pf.conf, "-f", FROM, TO], stdin=fh, check=True)
-        deadline = time.monotonic() + 120
-        while len(pf.queue()) < len(files):
-            if time.monotonic() > deadline:
-                raise RuntimeError("postfix did not queue")
-            time.sleep(0.1)
-        px.reset()
-        t0 = time.monotonic()
-        subprocess.run(["postsuper", "-c", pf.conf, "-H", "ALL"], check=True, capture_output=True)
-        subprocess.run(["postqueue", "-c", pf.conf, "-f"], check=True, capture_output=True)
-        while pf.queue():
-            if time.monotonic() - t0 > 1800:
-                raise RuntimeError("postfix did not deliver: " +
-                                   open(os.path.join(pf.dir, "maillog")).read()[-800:])
-            time.sleep(0.05)
-        return time.monotonic() - t0
+    more = ("smtp_tls_security_level = secure\n"
+            f"smtp_tls_CAfile = {certs.ca}\nsmtp_tls_secure_cert_match = mail.example.test\n"
+            "smtp_sasl_auth_enable = yes\n"
+            f"smtp_sasl_password_maps = static:{USER}:{PASSWORD}\n"
+            "smtp_sasl_security_options = noanonymous\n"
+            "smtp_sasl_tls_security_options = noanonymous\n")
+    return run.run_postfix(px, files, one_connection, more)
 
 
 def main():

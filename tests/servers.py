@@ -243,6 +243,7 @@ host_lookup =
 rfc1413_hosts =
 message_size_limit = {size}
 queue_only = true
+smtp_accept_max = 0
 keep_environment =
 tls_advertise_hosts =
 acl_smtp_rcpt = acl_rcpt
