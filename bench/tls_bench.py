@@ -123,7 +123,7 @@ def main():
                  lambda px, k: run_msmtp(px, files[:k], certs, pwfile)),
                 ("Postfix relay, TLS + SASL (default concurrency)", a.messages,
                  lambda px, k: run_postfix(px, files[:k], certs, False)),
-                ("Postfix relay, TLS + SASL (one connection)", max(20, a.messages // 10),
+                ("Postfix relay, TLS + SASL (concurrency 1)", max(20, a.messages // 10),
                  lambda px, k: run_postfix(px, files[:k], certs, True))]
         with servers.Exim(tls=certs.good, auth=(USER, PASSWORD)) as ex:
             px = Proxy(ex.port, a.rtt)
@@ -158,7 +158,13 @@ def main():
               "(or Dovecot), and the throwaway Postfix instance did not read the sasldb "
               "configuration we gave it (cyrus_sasl_config_path), so Exim's plaintext "
               "authenticator serves AUTH here.  Postfix still appears as the relay peer "
-              "(its smtp client with TLS and SASL).", ""]
+              "(its smtp client with TLS and SASL).",
+              "",
+              "Postfix opens a new connection, TLS handshake and login for every message here "
+              "(smtp_tls_connection_reuse is off by default), hence its 8 round trips per "
+              "message at any concurrency; with its default concurrency (about 20 parallel "
+              "connections) it still moves more messages per second than one connection can "
+              "at 100 ms.  msmtp pays the same 9 round trips per message, one process each.", ""]
     write_section(a.out, lines, MARK)
     print(f"wrote {a.out}")
 
