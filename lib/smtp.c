@@ -1112,7 +1112,10 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			return 1;
 		}
 		memset(&s->caps, 0, sizeof s->caps);
-		session_ready(s);
+		/* No extensions: no STARTTLS and no AUTH either, which the
+		 * policy and the credentials must still be asked about. */
+		if (after_ehlo(s))
+			return 1;
 		break;
 	case EX_RSET:
 		if (cls != 2) {
