@@ -137,6 +137,11 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 	SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_options(c->ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	int verify = policy == MS_TLS_VERIFY;
+	if (verify && (!name || !*name)) {
+		tls_close(c);
+		return ms_error_set(err, MS_ERR_USAGE,
+		                    "TLS verify needs the server's name to check the certificate against");
+	}
 	if (verify) {
 		int ok = ca_file && *ca_file ? SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL)
 		                             : SSL_CTX_set_default_verify_paths(c->ctx);
