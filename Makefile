@@ -3,6 +3,7 @@
 #   make            library and programs (build/)
 #   make check      install missing deps, build with -Werror, unit tests (also
 #                   under ASan/UBSan), integration and hostile-server tests
+#                   (with the program also built with ASan/UBSan), crash tests
 #   make demo       a real Postfix smtp-sink on 127.0.0.1, a batch through mailspool
 #   make bench      latency-proxy benchmark against peers (bench/RESULTS.md)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -34,7 +35,7 @@ FUZZERS  = reply addr encode headers qmtp envelope sasl
 REPLAY_BIN = $(FUZZERS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all check unit integration asan demo bench install clean deps fuzz fuzz-replay
+.PHONY: all check unit integration integration-asan asan demo bench install clean deps fuzz fuzz-replay
 
 all: $(BUILD)/libmailspool.a $(BUILD)/mailspool
 
@@ -100,9 +101,15 @@ integration: all $(BUILD)/tests/faultinject.so
 	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) MS_FAULTINJECT=$(abspath $(BUILD)/tests/faultinject.so) \
 		$(PYTHON) -m pytest -q -p no:cacheprovider integration hostile crash
 
+# The program itself under ASan/UBSan with leak detection, against the
+# same servers (the crash tests preload their own library: not with ASan).
+integration-asan: asan
+	cd tests && MAILSPOOL_BIN=$(abspath build-asan/mailspool) ASAN_OPTIONS=detect_leaks=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider integration hostile
+
 check: deps
 	$(MAKE) EXTRA_CFLAGS=-Werror all unit fuzz-replay
-	$(MAKE) asan
+	$(MAKE) integration-asan
 	$(MAKE) EXTRA_CFLAGS=-Werror integration
 
 demo: deps all $(BENCH_BIN)

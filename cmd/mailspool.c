@@ -457,7 +457,9 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 	return worst;
 }
 
-static int cmd_send(int argc, char **argv)
+/* The send command; `rcpts` has room for every argument (the --to
+ * values) and belongs to the caller, so that every return frees it. */
+static int send_with(int argc, char **argv, const char **rcpts)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
@@ -507,9 +509,7 @@ static int cmd_send(int argc, char **argv)
 	char defsender[MS_ADDR_MAX + 1];
 	run R = { .first_json = 1 };
 	ms_buf_init(&R.out, 0);
-	so.rcpts = calloc((size_t)argc, sizeof *so.rcpts);
-	if (!so.rcpts)
-		return EX_SOFTWARE_;
+	so.rcpts = rcpts;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "f:tqhC:F:", lo, NULL)) != -1) {
@@ -895,7 +895,6 @@ static int cmd_send(int argc, char **argv)
 	}
 	ms_client_free(s);
 	ms_buf_free(&R.out);
-	free(so.rcpts);
 	fflush(stdout);
 	if (R.deferred)
 		return EX_TEMPFAIL_;
@@ -904,6 +903,16 @@ static int cmd_send(int argc, char **argv)
 	if (R.failed)
 		return R.local_failed == R.failed ? EX_DATAERR_ : EX_UNAVAILABLE_;
 	return EX_OK_;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+	const char **rcpts = calloc((size_t)argc, sizeof *rcpts);
+	if (!rcpts)
+		return EX_SOFTWARE_;
+	int rc = send_with(argc, argv, rcpts);
+	free(rcpts);
+	return rc;
 }
 
 int main(int argc, char **argv)
