@@ -48,6 +48,8 @@ typedef struct pkg {
 	uint64_t body_left; /* data octets still to read */
 	uint64_t end_off;   /* output offset just past its last byte */
 	int64_t sent_ms;    /* when its last byte was written; 0 = not yet */
+	ms_buf env;         /* its sender and recipient netstrings, built at start */
+	size_t env_sender;  /* octets of the sender netstring in env */
 	ms_reader rd;
 	EVP_MD_CTX *sha;
 	struct pkg *next;
@@ -98,42 +100,27 @@ char ms_qmtp_encoding_byte(const ms_message *m, ms_qmtp_encoding enc)
 	return m->stats.crlf > 0 ? '\015' : '\012';
 }
 
-/* The sender and recipients as qmail carries them: unquoted (Q2). */
+/* netstring(sender) netstring(netstring(rcpt)...), addresses unquoted as
+ * qmail carries them (Q2); *sender_len is the first netstring's length. */
 static ms_status append_envelope(ms_buf *out, const ms_message *m, const size_t *idx,
-                                 size_t n)
+                                 size_t n, size_t *sender_len)
 {
 	char a[MS_ADDR_MAX + 1];
 	ms_addr_unquote(m->sender, a);
+	size_t before = ms_buf_avail(out);
 	ms_status st = ms_ns_append(out, a, strlen(a));
-	uint64_t inner = 0;
-	for (size_t i = 0; i < n; i++) {
-		ms_addr_unquote(m->rcpts[idx[i]].addr, a);
-		inner += ms_ns_size(strlen(a));
-	}
-	char pre[MS_NS_PREFIX_MAX];
-	size_t k = ms_ns_prefix(pre, inner);
-	if (st == MS_OK)
-		st = ms_buf_append(out, pre, k);
+	if (sender_len)
+		*sender_len = ms_buf_avail(out) - before;
+	ms_buf inner;
+	ms_buf_init(&inner, 0);
 	for (size_t i = 0; i < n && st == MS_OK; i++) {
 		ms_addr_unquote(m->rcpts[idx[i]].addr, a);
-		st = ms_ns_append(out, a, strlen(a));
+		st = ms_ns_append(&inner, a, strlen(a));
 	}
 	if (st == MS_OK)
-		st = ms_buf_append(out, ",", 1);
+		st = ms_ns_append(out, ms_buf_ptr(&inner), ms_buf_avail(&inner));
+	ms_buf_free(&inner);
 	return st;
-}
-
-static uint64_t envelope_size(const ms_message *m, const size_t *idx, size_t n)
-{
-	char a[MS_ADDR_MAX + 1];
-	ms_addr_unquote(m->sender, a);
-	uint64_t inner = 0;
-	for (size_t i = 0; i < n; i++) {
-		ms_addr_unquote(m->rcpts[idx[i]].addr, a);
-		inner += ms_ns_size(strlen(a));
-	}
-	ms_addr_unquote(m->sender, a);
-	return ms_ns_size(strlen(a)) + ms_ns_size(inner);
 }
 
 /* Indices of the recipients a package of m carries; *n may be 0. */
@@ -153,7 +140,12 @@ uint64_t ms_qmtp_package_size(const ms_message *m)
 {
 	size_t n;
 	size_t *idx = wanted_rcpts(m, &n);
-	uint64_t size = ms_ns_size(m->stats.raw + 1) + (idx ? envelope_size(m, idx, n) : 0);
+	ms_buf env;
+	ms_buf_init(&env, 0);
+	uint64_t size = ms_ns_size(m->stats.raw + 1);
+	if (idx && append_envelope(&env, m, idx, n, NULL) == MS_OK)
+		size += ms_buf_avail(&env);
+	ms_buf_free(&env);
 	free(idx);
 	return size;
 }
@@ -184,8 +176,9 @@ ms_status ms_qmtp_package(const ms_message *m, ms_qmtp_encoding enc, ms_buf *out
 	}
 	size_t n;
 	size_t *idx = wanted_rcpts(m, &n);
-	ms_status st = idx && ms_buf_append(out, ",", 1) == MS_OK ? append_envelope(out, m, idx, n)
-	                                                          : MS_ERR_NOMEM;
+	ms_status st = idx && ms_buf_append(out, ",", 1) == MS_OK
+	                   ? append_envelope(out, m, idx, n, NULL)
+	                   : MS_ERR_NOMEM;
 	free(idx);
 	if (st != MS_OK)
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
@@ -264,6 +257,7 @@ static uint64_t out_offset(const ms_qmtp *q)
 
 static void pkg_free(pkg *p)
 {
+	ms_buf_free(&p->env);
 	if (p->sha)
 		EVP_MD_CTX_free(p->sha);
 	free(p->idx);
@@ -389,8 +383,12 @@ static ms_status start_package(ms_qmtp *q, pkg *p)
 	pre[k++] = p->enc;
 	p->started = 1;
 	p->body_left = p->m->stats.raw;
-	p->end_off = out_offset(q) + ms_ns_size(p->m->stats.raw + 1) +
-	             envelope_size(p->m, p->idx, p->n);
+	/* The envelope is built once: its length goes into end_off now, its
+	 * bytes behind the data later. */
+	ms_buf_init(&p->env, 0);
+	if (append_envelope(&p->env, p->m, p->idx, p->n, &p->env_sender) != MS_OK)
+		return ms_error_set(&q->fatal, MS_ERR_NOMEM, "out of memory");
+	p->end_off = out_offset(q) + ms_ns_size(p->m->stats.raw + 1) + ms_buf_avail(&p->env);
 	ms_reader_init(&p->rd, p->m);
 	q->seq++;
 	q->conn_started++;
@@ -409,13 +407,6 @@ static ms_status start_package(ms_qmtp *q, pkg *p)
 
 static ms_status finish_package(ms_qmtp *q, pkg *p)
 {
-	ms_buf env;
-	ms_buf_init(&env, 0);
-	if (ms_buf_append(&env, ",", 1) != MS_OK ||
-	    append_envelope(&env, p->m, p->idx, p->n) != MS_OK) {
-		ms_buf_free(&env);
-		return ms_error_set(&q->fatal, MS_ERR_NOMEM, "out of memory");
-	}
 	if (q->o.transcript) {
 		if (!ms_transcript_full_bodies(q->o.transcript)) {
 			unsigned char md[EVP_MAX_MD_SIZE];
@@ -437,17 +428,16 @@ static ms_status finish_package(ms_qmtp *q, pkg *p)
 			ms_transcript_add(q->o.transcript, MS_TX_SENT, ",", 1);
 		}
 		/* Sender and recipients, as the netstrings on the wire. */
-		const char *e = ms_buf_ptr(&env) + 1;
-		size_t el = ms_buf_avail(&env) - 1, sl = 0;
-		const char *pl;
-		size_t plen;
-		if (ms_ns_parse(e, el, el, &pl, &plen, &sl, NULL) == MS_NS_OK) {
-			ms_transcript_add(q->o.transcript, MS_TX_SENT, e, sl);
-			ms_transcript_add(q->o.transcript, MS_TX_SENT, e + sl, el - sl);
-		}
+		const char *e = ms_buf_ptr(&p->env);
+		ms_transcript_add(q->o.transcript, MS_TX_SENT, e, p->env_sender);
+		ms_transcript_add(q->o.transcript, MS_TX_SENT, e + p->env_sender,
+		                  ms_buf_avail(&p->env) - p->env_sender);
 	}
-	ms_status st = ms_io_queue(&q->io, ms_buf_ptr(&env), ms_buf_avail(&env), &q->fatal);
-	ms_buf_free(&env);
+	/* "," closes the message netstring; the envelope follows. */
+	ms_status st = ms_io_queue(&q->io, ",", 1, &q->fatal);
+	if (st == MS_OK)
+		st = ms_io_queue(&q->io, ms_buf_ptr(&p->env), ms_buf_avail(&p->env), &q->fatal);
+	ms_buf_free(&p->env);
 	if (st != MS_OK)
 		return st;
 	if (out_offset(q) != p->end_off)
