@@ -374,19 +374,27 @@ void ms_spool_ids_free(char **ids, size_t n)
 	free(ids);
 }
 
+/* A stream over one of the spool's open directories, from its start (the
+ * descriptor itself stays ours). */
+static DIR *open_dir(int dfd)
+{
+	int fd = dup(dfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d && fd >= 0)
+		close(fd);
+	if (d)
+		rewinddir(d);
+	return d;
+}
+
 /* Names in a spool directory that are queue ids. */
 static ms_status list_dir(int dfd, char ***ids, size_t *n, ms_error *err)
 {
 	*ids = NULL;
 	*n = 0;
-	int fd = dup(dfd);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	DIR *d = open_dir(dfd);
+	if (!d)
 		return ms_error_set(err, MS_ERR_IO, "cannot read spool: %s", strerror(errno));
-	}
-	rewinddir(d);
 	size_t cap = 0;
 	struct dirent *de;
 	ms_status st = MS_OK;
@@ -668,14 +676,9 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 	memset(r, 0, sizeof *r);
 	int64_t now = now_s();
 	/* tmp/: anything not touched for an hour belongs to a dead writer. */
-	int fd = dup(sp->dfd_tmp);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	DIR *d = open_dir(sp->dfd_tmp);
+	if (!d)
 		return ms_error_set(err, MS_ERR_IO, "cannot read tmp/: %s", strerror(errno));
-	}
-	rewinddir(d);
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		struct stat st;
@@ -704,10 +707,7 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 	}
 	ms_spool_ids_free(ids, n);
 	/* claim/: expired leases and claims on messages that are gone. */
-	fd = dup(sp->dfd_claim);
-	d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (d) {
-		rewinddir(d);
+	if ((d = open_dir(sp->dfd_claim))) {
 		while ((de = readdir(d))) {
 			struct stat cs;
 			if (de->d_name[0] == '.' ||
