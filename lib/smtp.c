@@ -752,6 +752,37 @@ static int start_auth(ms_smtp *s)
 	return 0;
 }
 
+static int send_ehlo(ms_smtp *s)
+{
+	char line[EHLO_NAME_MAX + 8];
+	snprintf(line, sizeof line, "EHLO %s", s->helo);
+	s->state = S_EHLO;
+	if (send_line(s, line) != MS_OK || push_expect(s, EX_EHLO, NULL, 0) != MS_OK) {
+		fail_all(s, MS_ERR_NOMEM, "out of memory");
+		return 1;
+	}
+	return 0;
+}
+
+/* The TLS handshake on the session's socket (after the 220 to STARTTLS,
+ * or first thing for implicit TLS), with the name the certificate must
+ * carry, and its parameters in the transcript. */
+static ms_status start_tls(ms_smtp *s, ms_tls_policy policy, int timeout_ms, const char *how,
+                           ms_error *err)
+{
+	const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
+	ms_status st = ms_tls_handshake(&s->io, policy, name, s->o.tls_ca_file,
+	                                ms_now_ms() + timeout_ms, &s->tls, err);
+	if (st != MS_OK)
+		return st;
+	s->tls_active = 1;
+	ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
+	                   "TLS%s: %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s", how,
+	                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
+	                   s->tls.verified ? "certificate verified" : "certificate not checked");
+	return MS_OK;
+}
+
 /* What follows a successful EHLO: STARTTLS, AUTH, or mail. */
 static int after_ehlo(ms_smtp *s)
 {
@@ -807,27 +838,14 @@ static int on_starttls(ms_smtp *s, const ms_reply *r)
 		return 1;
 	}
 	ms_error err;
-	const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
-	if (ms_tls_handshake(&s->io, s->o.tls, name, s->o.tls_ca_file,
-	                     ms_now_ms() + s->o.timeouts.ehlo, &s->tls, &err) != MS_OK) {
+	if (start_tls(s, s->o.tls, s->o.timeouts.ehlo, "", &err) != MS_OK) {
 		s->tls_handshake_failed = 1;
 		fail_with(s, err.status == MS_ERR_USAGE ? MS_ERR_USAGE : MS_ERR_TEMP, err.msg, 0, "4.7.5");
 		return 1;
 	}
-	s->tls_active = 1;
-	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "TLS: %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s",
-	                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
-	                   s->tls.verified ? "certificate verified" : "certificate not checked");
 	/* R38/R40: forget everything learnt before TLS; EHLO again. */
 	memset(&s->caps, 0, sizeof s->caps);
-	s->state = S_EHLO;
-	char line[EHLO_NAME_MAX + 8];
-	snprintf(line, sizeof line, "EHLO %s", s->helo);
-	if (send_line(s, line) != MS_OK || push_expect(s, EX_EHLO, NULL, 0) != MS_OK) {
-		fail_all(s, MS_ERR_NOMEM, "out of memory");
-		return 1;
-	}
-	return 0;
+	return send_ehlo(s);
 }
 
 static int on_auth(ms_smtp *s, const ms_reply *r)
@@ -1079,13 +1097,8 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			fail_all(s, MS_ERR_TEMP, why);
 			return 1;
 		}
-		s->state = S_EHLO;
-		{
-			char line[EHLO_NAME_MAX + 8];
-			snprintf(line, sizeof line, "EHLO %s", s->helo);
-			if (send_line(s, line) != MS_OK || push_expect(s, EX_EHLO, NULL, 0) != MS_OK)
-				return 1;
-		}
+		if (send_ehlo(s))
+			return 1;
 		break;
 	case EX_EHLO:
 		if (cls == 2) {
@@ -1394,22 +1407,15 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
 	s->io.on_write_ctx = s;
 	if (s->o.implicit_tls) {
 		/* RFC 8314: TLS from the first byte; the greeting comes inside. */
-		const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
 		ms_tls_policy p = s->o.tls == MS_TLS_VERIFY ? MS_TLS_VERIFY : MS_TLS_ENCRYPT;
 		ms_error terr;
-		if (ms_tls_handshake(&s->io, p, name, s->o.tls_ca_file,
-		                     ms_now_ms() + s->o.timeouts.greeting, &s->tls, &terr) != MS_OK) {
+		if (start_tls(s, p, s->o.timeouts.greeting, " (implicit)", &terr) != MS_OK) {
 			s->broken = 1;
 			ms_error_set(&s->fatal, terr.status == MS_ERR_USAGE ? MS_ERR_USAGE : MS_ERR_TEMP,
 			             "%s", terr.msg);
 			note(s, MS_TX_ERROR, s->fatal.msg);
 			return ms_error_set(err, s->fatal.status, "%s", s->fatal.msg);
 		}
-		s->tls_active = 1;
-		ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
-		                   "TLS (implicit): %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s",
-		                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
-		                   s->tls.verified ? "certificate verified" : "certificate not checked");
 	}
 	s->state = S_GREETING;
 	s->wrote = 1; /* connecting is a send: the greeting is the first round trip */
