@@ -10,7 +10,6 @@
 #include <getopt.h>
 #include <openssl/crypto.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -395,12 +394,9 @@ fail:
 
 static int default_sender(char *buf, size_t n)
 {
-	struct passwd *pw = getpwuid(getuid());
 	char host[256];
-	if (gethostname(host, sizeof host) != 0)
-		snprintf(host, sizeof host, "localhost");
-	host[sizeof host - 1] = '\0';
-	return snprintf(buf, n, "%s@%s", pw ? pw->pw_name : "root", host) >= (int)n ? -1 : 0;
+	ms_addr_hostname(host, sizeof host);
+	return snprintf(buf, n, "%s@%s", cli_user(), host) >= (int)n ? -1 : 0;
 }
 
 static int parse_seconds(const char *s, int *ms)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static int is_atext(unsigned char c)
 {
@@ -256,4 +257,12 @@ void ms_addr_unquote(const char *wire, char *out)
 	if (wire[i] == '"')
 		i++;
 	snprintf(out + o, MS_ADDR_MAX + 1 - o, "%s", wire + i);
+}
+
+void ms_addr_hostname(char *out, size_t n)
+{
+	int ok = gethostname(out, n) == 0;
+	out[n - 1] = '\0'; /* gethostname need not terminate a truncated name */
+	if (!ok || !ms_addr_domain_ok(out, strlen(out), NULL))
+		snprintf(out, n, "localhost");
 }

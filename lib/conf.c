@@ -23,10 +23,7 @@ void ms_conf_defaults(ms_conf *c)
 		                             48 * 3600 };
 	memset(c, 0, sizeof *c);
 	snprintf(c->spool_dir, sizeof c->spool_dir, "/var/spool/mailspool");
-	if (gethostname(c->hostname, sizeof c->hostname) != 0 ||
-	    !ms_addr_domain_ok(c->hostname, strlen(c->hostname), NULL))
-		snprintf(c->hostname, sizeof c->hostname, "localhost");
-	c->hostname[sizeof c->hostname - 1] = '\0';
+	ms_addr_hostname(c->hostname, sizeof c->hostname);
 	c->max_message_size = 50u << 20;
 	c->min_free_space = 100u << 20;
 	memcpy(c->retry_tiers, tiers, sizeof tiers);

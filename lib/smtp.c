@@ -1356,9 +1356,7 @@ ms_smtp *ms_smtp_new(const ms_smtp_opts *o, ms_error *err)
 	const char *helo = o->helo;
 	char host[EHLO_NAME_MAX + 1];
 	if (!helo || !*helo) {
-		if (gethostname(host, sizeof host) != 0 || !ms_addr_domain_ok(host, strlen(host), NULL))
-			snprintf(host, sizeof host, "localhost");
-		host[sizeof host - 1] = '\0';
+		ms_addr_hostname(host, sizeof host);
 		helo = host;
 	}
 	if (!ms_addr_domain_ok(helo, strlen(helo), NULL)) {

@@ -45,6 +45,10 @@ ms_status ms_addr_parse(const char *in, size_t len, ms_addr_role role, char *out
  */
 void ms_addr_unquote(const char *wire, char *out);
 
+/* This host's name when it is a valid domain, else "localhost" (for EHLO,
+ * default senders, Message-IDs). */
+void ms_addr_hostname(char *out, size_t n);
+
 /* Check a domain or address literal (also used for the EHLO name). */
 int ms_addr_domain_ok(const char *d, size_t len, unsigned *flags);
 
