@@ -24,7 +24,7 @@ WARN     = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-proto
 CSTD     = -std=c11 -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -MMD -MP
-LDLIBS   = -lssl -lcrypto
+LDLIBS   = -lssl -lcrypto -lcares
 
 LIB_SRC  = $(wildcard lib/*.c)
 LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)

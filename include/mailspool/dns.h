@@ -1,0 +1,68 @@
+/*
+ * mailspool/dns.h - where mail for a domain goes: MX, implicit MX, null MX,
+ * address literals (RFC 5321 5.1, RFC 7505), resolved with c-ares.
+ *
+ * ms_dns_targets() turns a recipient domain into an ordered list of
+ * addresses to try, each with the name it was reached by (for TLS and the
+ * log):
+ *  - `[192.0.2.1]` and `[IPv6:2001:db8::1]` go to that address only (M5);
+ *  - MX records are sorted by preference, equal preferences shuffled (M2);
+ *    a CNAME is followed by the resolver (M1); the addresses of each host
+ *    follow in the resolver's order; the list is capped (address_limit);
+ *  - if this host is one of the MX hosts, records at or above its own
+ *    preference are dropped, and nothing left is an error (M3);
+ *  - no MX records (NODATA): the domain's own A/AAAA, the implicit MX (M1);
+ *  - MX records present but none with an address: an error, never a
+ *    fallback to the domain's A (M1);
+ *  - a lone `MX 0 .` is a null MX: permanent failure 556 5.1.10 (M4);
+ *  - NXDOMAIN is permanent (MS_ERR_PERM); SERVFAIL, REFUSED and timeouts are
+ *    temporary (MS_ERR_TEMP).
+ *
+ * All queries of one lookup (the MX query, then every MX host's A and AAAA
+ * at once) run concurrently on one c-ares channel under one deadline, so a
+ * slow name server costs this lookup its timeout and nothing else; the
+ * daemon runs each destination's lookup in that destination's worker.
+ *
+ * Invariants: every target's address is a numeric IPv4/IPv6 string; the
+ * list never holds more than address_limit entries; on an error `err` says
+ * which domain and why, with the enhanced status code in targets->enh.
+ */
+#ifndef MAILSPOOL_DNS_H
+#define MAILSPOOL_DNS_H
+
+#include <stddef.h>
+#include "mailspool/error.h"
+
+#define MS_DNS_MAX_TARGETS 32
+#define MS_DNS_NAME_MAX 255
+
+typedef struct ms_dns_target {
+	char name[MS_DNS_NAME_MAX + 1]; /* the MX host (or the domain, or the literal) */
+	char addr[46];                  /* numeric address */
+	int pref;                       /* MX preference (0 for implicit MX and literals) */
+} ms_dns_target;
+
+typedef struct ms_dns_targets {
+	ms_dns_target t[MS_DNS_MAX_TARGETS];
+	size_t n;
+	int implicit;    /* no MX records: the domain's own addresses */
+	int code;        /* on failure: the SMTP-style code to report (556, 550, 451) */
+	char enh[16];    /* on failure: the enhanced status code */
+} ms_dns_targets;
+
+typedef struct ms_dns_opts {
+	const char *servers;   /* "127.0.0.1:5353,..." (c-ares CSV); NULL: resolv.conf */
+	int timeout_ms;        /* the whole lookup's deadline (default 30000) */
+	size_t address_limit;  /* cap on targets (default 5, Postfix smtp_mx_address_limit) */
+	const char *myname;    /* this host's name, for M3; NULL: not checked */
+} ms_dns_opts;
+
+void ms_dns_opts_default(ms_dns_opts *o);
+
+/* Resolve `domain` (a recipient's domain part) into targets.  MS_OK with
+ * at least one target, or MS_ERR_PERM / MS_ERR_TEMP (targets->code and enh
+ * set) / MS_ERR_USAGE (the resolver could not be set up). */
+ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_targets *out,
+                             ms_error *err);
+
+#endif

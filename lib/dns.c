@@ -1,0 +1,365 @@
+/*
+ * dns.c - MX, implicit MX, null MX and address literals with c-ares (see
+ * mailspool/dns.h; RFC 5321 5.1, RFC 7505; PROTOCOL-RULES M1-M5).
+ *
+ * One lookup = one c-ares channel driven by poll() under one deadline:
+ * first the MX query, then A and AAAA of every MX host at once (or of the
+ * domain itself for an implicit MX).  The channel never outlives the call.
+ */
+#include "mailspool/dns.h"
+
+#include <ares.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MX_MAX 32 /* MX records looked at per domain */
+#define HOST_ADDRS_MAX 8
+
+typedef struct mx_rec {
+	char name[MS_DNS_NAME_MAX + 1];
+	int pref;
+	uint32_t shuffle;
+} mx_rec;
+
+typedef struct host_q {
+	char name[MS_DNS_NAME_MAX + 1];
+	int pref;
+	int status; /* ares status once answered */
+	char addrs[HOST_ADDRS_MAX][46];
+	size_t naddrs;
+} host_q;
+
+typedef struct mx_q {
+	int status;
+	mx_rec rec[MX_MAX];
+	size_t n;
+} mx_q;
+
+void ms_dns_opts_default(ms_dns_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->timeout_ms = 30000;
+	o->address_limit = 5;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Drive the channel until nothing is outstanding or the deadline passes
+ * (then every query is cancelled: its callback sees ARES_ECANCELLED). */
+static void run(ares_channel ch, int64_t deadline)
+{
+	for (;;) {
+		ares_socket_t socks[ARES_GETSOCK_MAXNUM];
+		int bits = ares_getsock(ch, socks, ARES_GETSOCK_MAXNUM);
+		struct pollfd pf[ARES_GETSOCK_MAXNUM];
+		nfds_t n = 0;
+		for (int i = 0; i < ARES_GETSOCK_MAXNUM; i++) {
+			short ev = 0;
+			if (ARES_GETSOCK_READABLE(bits, i))
+				ev |= POLLIN;
+			if (ARES_GETSOCK_WRITABLE(bits, i))
+				ev |= POLLOUT;
+			if (ev) {
+				pf[n].fd = socks[i];
+				pf[n].events = ev;
+				pf[n].revents = 0;
+				n++;
+			}
+		}
+		if (n == 0)
+			return;
+		int64_t left = deadline - now_ms();
+		if (left <= 0) {
+			ares_cancel(ch);
+			return;
+		}
+		struct timeval tv;
+		struct timeval *tvp = ares_timeout(ch, NULL, &tv);
+		int wait = (int)left;
+		if (tvp) {
+			int64_t t = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000 + 1;
+			if (t < wait)
+				wait = (int)t;
+		}
+		int r = poll(pf, n, wait);
+		if (r < 0 && errno != EINTR) {
+			ares_cancel(ch);
+			return;
+		}
+		if (r <= 0) {
+			ares_process_fd(ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD); /* timeouts */
+			continue;
+		}
+		for (nfds_t i = 0; i < n; i++) {
+			if (!pf[i].revents)
+				continue;
+			int rd = pf[i].revents & (POLLIN | POLLERR | POLLHUP);
+			int wr = pf[i].revents & (POLLOUT | POLLERR | POLLHUP);
+			ares_process_fd(ch, rd ? pf[i].fd : ARES_SOCKET_BAD, wr ? pf[i].fd : ARES_SOCKET_BAD);
+		}
+	}
+}
+
+static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	(void)timeouts;
+	mx_q *q = arg;
+	q->status = status;
+	if (status != ARES_SUCCESS)
+		return;
+	struct ares_mx_reply *mx = NULL;
+	int r = ares_parse_mx_reply(abuf, alen, &mx);
+	if (r != ARES_SUCCESS) {
+		/* An answer without MX records (a CNAME to a name without
+		 * MX) is NODATA; anything unparsable is a server fault. */
+		q->status = r == ARES_ENODATA ? ARES_ENODATA : ARES_EBADRESP;
+		return;
+	}
+	for (struct ares_mx_reply *p = mx; p && q->n < MX_MAX; p = p->next) {
+		mx_rec *m = &q->rec[q->n++];
+		snprintf(m->name, sizeof m->name, "%s", p->host ? p->host : "");
+		size_t l = strlen(m->name);
+		if (l && m->name[l - 1] == '.')
+			m->name[l - 1] = '\0';
+		m->pref = p->priority;
+		m->shuffle = arc4random();
+	}
+	ares_free_data(mx);
+	if (q->n == 0)
+		q->status = ARES_ENODATA;
+}
+
+static void on_addr(void *arg, int status, int timeouts, struct ares_addrinfo *res)
+{
+	(void)timeouts;
+	host_q *h = arg;
+	h->status = status;
+	if (status != ARES_SUCCESS || !res)
+		return;
+	for (struct ares_addrinfo_node *n = res->nodes; n && h->naddrs < HOST_ADDRS_MAX;
+	     n = n->ai_next) {
+		const void *a = n->ai_family == AF_INET6
+		                    ? (const void *)&((struct sockaddr_in6 *)n->ai_addr)->sin6_addr
+		                    : (const void *)&((struct sockaddr_in *)n->ai_addr)->sin_addr;
+		if ((n->ai_family == AF_INET || n->ai_family == AF_INET6) &&
+		    inet_ntop(n->ai_family, a, h->addrs[h->naddrs], sizeof h->addrs[0]))
+			h->naddrs++;
+	}
+	ares_freeaddrinfo(res);
+}
+
+static int temporary(int status)
+{
+	return status != ARES_SUCCESS && status != ARES_ENOTFOUND && status != ARES_ENODATA;
+}
+
+static const char *why(int status)
+{
+	return status == ARES_ECANCELLED ? "the lookup timed out" : ares_strerror(status);
+}
+
+__attribute__((format(printf, 5, 6))) static ms_status fail(ms_dns_targets *out, ms_error *err,
+                                                            int temp, const char *enh,
+                                                            const char *fmt, ...)
+{
+	char msg[MS_ERROR_MSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	out->n = 0;
+	out->code = temp ? 451 : (strcmp(enh, "5.1.10") ? 550 : 556);
+	snprintf(out->enh, sizeof out->enh, "%s", enh);
+	return ms_error_set(err, temp ? MS_ERR_TEMP : MS_ERR_PERM, "%s", msg);
+}
+
+static int cmp_mx(const void *a, const void *b)
+{
+	const mx_rec *x = a, *y = b;
+	if (x->pref != y->pref)
+		return x->pref < y->pref ? -1 : 1;
+	return x->shuffle < y->shuffle ? -1 : x->shuffle > y->shuffle;
+}
+
+/* An address literal: "[192.0.2.1]" or "[IPv6:2001:db8::1]" (M5). */
+static ms_status literal(const char *domain, ms_dns_targets *out, ms_error *err)
+{
+	size_t l = strlen(domain);
+	char inner[64];
+	if (l < 3 || domain[l - 1] != ']' || l - 2 >= sizeof inner)
+		return fail(out, err, 0, "5.1.2", "%s is not a valid address literal", domain);
+	memcpy(inner, domain + 1, l - 2);
+	inner[l - 2] = '\0';
+	unsigned char bin[16];
+	const char *a = inner;
+	int fam = AF_INET;
+	if (!strncasecmp(inner, "IPv6:", 5)) {
+		a = inner + 5;
+		fam = AF_INET6;
+	}
+	if (inet_pton(fam, a, bin) != 1)
+		return fail(out, err, 0, "5.1.2", "%s is not a valid address literal", domain);
+	ms_dns_target *t = &out->t[0];
+	snprintf(t->name, sizeof t->name, "%s", a);
+	inet_ntop(fam, bin, t->addr, sizeof t->addr);
+	out->n = 1;
+	return MS_OK;
+}
+
+static int same_name(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	if (la && a[la - 1] == '.')
+		la--;
+	if (lb && b[lb - 1] == '.')
+		lb--;
+	return la == lb && !strncasecmp(a, b, la);
+}
+
+ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_targets *out,
+                             ms_error *err)
+{
+	memset(out, 0, sizeof *out);
+	if (!domain || !*domain || strlen(domain) > MS_DNS_NAME_MAX)
+		return fail(out, err, 0, "5.1.2", "no valid domain to route to");
+	if (domain[0] == '[')
+		return literal(domain, out, err);
+	size_t limit = o->address_limit ? o->address_limit : 5;
+	if (limit > MS_DNS_MAX_TARGETS)
+		limit = MS_DNS_MAX_TARGETS;
+
+	static int initialised;
+	if (!initialised) {
+		if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS)
+			return ms_error_set(err, MS_ERR_USAGE, "c-ares cannot be initialised");
+		initialised = 1;
+	}
+	int timeout = o->timeout_ms > 0 ? o->timeout_ms : 30000;
+	struct ares_options ao;
+	memset(&ao, 0, sizeof ao);
+	ao.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+	ao.timeout = timeout / 4 < 200 ? 200 : timeout / 4 > 5000 ? 5000 : timeout / 4;
+	ao.tries = 3;
+	ao.lookups = (char *)"b"; /* DNS only: mail routing never comes from /etc/hosts */
+	ares_channel ch;
+	int r = ares_init_options(&ch, &ao,
+	                          ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
+	                              ARES_OPT_LOOKUPS);
+	if (r != ARES_SUCCESS)
+		return ms_error_set(err, MS_ERR_USAGE, "cannot set up the resolver: %s",
+		                    ares_strerror(r));
+	if (o->servers && *o->servers &&
+	    (r = ares_set_servers_ports_csv(ch, o->servers)) != ARES_SUCCESS) {
+		ares_destroy(ch);
+		return ms_error_set(err, MS_ERR_USAGE, "bad dns_servers \"%s\": %s", o->servers,
+		                    ares_strerror(r));
+	}
+	int64_t deadline = now_ms() + timeout;
+	ms_status st = MS_OK;
+	host_q *hosts = calloc(MX_MAX, sizeof *hosts);
+	mx_q *mq = calloc(1, sizeof *mq);
+	if (!hosts || !mq) {
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+
+	/* 1. MX. */
+	mq->status = ARES_ECANCELLED;
+	ares_query(ch, domain, 1 /* C_IN */, 15 /* T_MX */, on_mx, mq);
+	run(ch, deadline);
+	size_t nhosts = 0;
+	if (mq->status == ARES_ENOTFOUND) {
+		st = fail(out, err, 0, "5.1.2", "%s: no such domain (NXDOMAIN)", domain);
+		goto out;
+	}
+	if (temporary(mq->status) && mq->status != ARES_ENODATA) {
+		st = fail(out, err, 1, "4.4.3", "MX lookup for %s failed: %s", domain, why(mq->status));
+		goto out;
+	}
+	if (mq->status == ARES_ENODATA) {
+		/* No MX: the implicit MX is the domain itself (M1). */
+		out->implicit = 1;
+		snprintf(hosts[0].name, sizeof hosts[0].name, "%s", domain);
+		nhosts = 1;
+	} else {
+		/* A lone "MX 0 ." is a null MX (M4). */
+		if (mq->n == 1 && mq->rec[0].name[0] == '\0') {
+			st = fail(out, err, 0, "5.1.10", "%s accepts no mail (null MX, RFC 7505)", domain);
+			goto out;
+		}
+		qsort(mq->rec, mq->n, sizeof mq->rec[0], cmp_mx);
+		/* M3: if we are an MX, only hosts more preferred than us. */
+		int mine = -1;
+		for (size_t i = 0; i < mq->n; i++)
+			if (o->myname && *o->myname && same_name(mq->rec[i].name, o->myname) &&
+			    (mine < 0 || mq->rec[i].pref < mine))
+				mine = mq->rec[i].pref;
+		for (size_t i = 0; i < mq->n; i++) {
+			if (mq->rec[i].name[0] == '\0' || (mine >= 0 && mq->rec[i].pref >= mine))
+				continue; /* "." among other records is unusable, not a null MX */
+			snprintf(hosts[nhosts].name, sizeof hosts[0].name, "%s", mq->rec[i].name);
+			hosts[nhosts].pref = mq->rec[i].pref;
+			nhosts++;
+		}
+		if (nhosts == 0) {
+			st = mine >= 0
+			         ? fail(out, err, 0, "5.4.6", "mail for %s loops back to myself (%s is its best MX)",
+			                domain, o->myname)
+			         : fail(out, err, 0, "5.4.4", "%s has MX records but none is usable", domain);
+			goto out;
+		}
+	}
+
+	/* 2. Every host's addresses at once. */
+	struct ares_addrinfo_hints hints;
+	memset(&hints, 0, sizeof hints);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_flags = ARES_AI_NOSORT;
+	for (size_t i = 0; i < nhosts; i++) {
+		hosts[i].status = ARES_ECANCELLED;
+		ares_getaddrinfo(ch, hosts[i].name, NULL, &hints, on_addr, &hosts[i]);
+	}
+	run(ch, deadline);
+	int any_temp = 0;
+	for (size_t i = 0; i < nhosts; i++) {
+		if (temporary(hosts[i].status))
+			any_temp = 1;
+		for (size_t k = 0; k < hosts[i].naddrs && out->n < limit; k++) {
+			ms_dns_target *t = &out->t[out->n++];
+			snprintf(t->name, sizeof t->name, "%s", hosts[i].name);
+			snprintf(t->addr, sizeof t->addr, "%s", hosts[i].addrs[k]);
+			t->pref = hosts[i].pref;
+		}
+	}
+	if (out->n == 0) {
+		if (out->implicit && hosts[0].status == ARES_ENOTFOUND)
+			st = fail(out, err, 0, "5.1.2", "%s: no such domain (NXDOMAIN)", domain);
+		else if (any_temp)
+			st = fail(out, err, 1, "4.4.3", "no address for the mail hosts of %s: %s", domain,
+			          why(hosts[0].status));
+		else
+			st = out->implicit
+			         ? fail(out, err, 0, "5.1.2", "%s has no MX and no address", domain)
+			         : fail(out, err, 0, "5.4.4", "%s has MX records but none has an address",
+			                domain);
+	}
+out:
+	ares_destroy(ch);
+	free(hosts);
+	free(mq);
+	return st;
+}
