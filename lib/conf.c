@@ -30,6 +30,16 @@ void ms_conf_defaults(ms_conf *c)
 	c->ntiers = sizeof tiers / sizeof tiers[0];
 	c->claim_lease = 300;
 	c->clock_skew = 60;
+	c->dns_timeout = 30;
+	snprintf(c->mx_port, sizeof c->mx_port, "25");
+	c->mx_address_limit = 5;
+	c->max_deliveries = 20;
+	c->destination_concurrency = 10;
+	c->connection_messages = 100;
+	c->destination_backoff = 300;
+	c->queue_scan_interval = 60;
+	c->connect_timeout = 30;
+	snprintf(c->log_file, sizeof c->log_file, "syslog");
 }
 
 const char *ms_conf_path(const char *explicit_path, int *required)
@@ -181,6 +191,39 @@ static const char *relay_list(ms_conf *c, char *val, int *out, size_t *n)
 	return *n ? NULL : "wants relay names";
 }
 
+/* A route's value: "mx", a route URL, "relays", or relay names. */
+static const char *route_value(ms_conf *c, ms_conf_route *r, char *val)
+{
+	if (!strcmp(val, "mx")) {
+		r->kind = MS_ROUTE_MX;
+		return NULL;
+	}
+	if (!strcmp(val, "relays")) {
+		r->kind = MS_ROUTE_SENDER_RELAYS;
+		return NULL;
+	}
+	if (strstr(val, "://")) {
+		ms_route rt;
+		if (ms_route_parse(val, &rt, NULL) != MS_OK)
+			return "wants mx, a route URL such as smtp://host:25, or relay names";
+		r->kind = MS_ROUTE_URL;
+		return set_str(r->url, sizeof r->url, val) ? "is too long" : NULL;
+	}
+	r->kind = MS_ROUTE_RELAYS;
+	return relay_list(c, val, r->relays, &r->nrelays);
+}
+
+static int parse_count(const char *val, size_t *out, size_t max)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(val, &end, 10);
+	if (errno || *end || !isdigit((unsigned char)*val) || v == 0 || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
 /* Apply one key; returns NULL or what is wrong with the value. */
 static const char *apply(ms_conf *c, const char *key, char *val)
 {
@@ -199,6 +242,66 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		if (!why)
 			c->nsender_relays++;
 		return why;
+	}
+	if (!strncmp(key, "route.", 6)) {
+		const char *d = key + 6;
+		if (c->nroutes == MS_CONF_MAX_ROUTES)
+			return "has too many entries";
+		if (!ms_addr_domain_ok(d + (d[0] == '.'), strlen(d + (d[0] == '.')), NULL))
+			return "wants route.DOMAIN or route..DOMAIN (its subdomains)";
+		ms_conf_route *r = &c->routes[c->nroutes];
+		memset(r, 0, sizeof *r);
+		if (set_str(r->domain, sizeof r->domain, d))
+			return "is too long";
+		const char *why = route_value(c, r, val);
+		if (!why)
+			c->nroutes++;
+		return why;
+	}
+	if (!strcmp(key, "default_route"))
+		return route_value(c, &c->default_route, val);
+	struct {
+		const char *name;
+		size_t *dst;
+		size_t max;
+	} counts[] = { { "mx_address_limit", &c->mx_address_limit, 32 },
+		           { "max_deliveries", &c->max_deliveries, 1000 },
+		           { "destination_concurrency", &c->destination_concurrency, 1000 },
+		           { "connection_messages", &c->connection_messages, 1000000 } };
+	for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+		if (!strcmp(key, counts[i].name))
+			return parse_count(val, counts[i].dst, counts[i].max) ? "wants a positive number"
+			                                                      : NULL;
+	struct {
+		const char *name;
+		int64_t *dst;
+		int zero_ok;
+	} durations[] = { { "dns_timeout", &c->dns_timeout, 0 },
+		              { "destination_backoff", &c->destination_backoff, 1 },
+		              { "queue_scan_interval", &c->queue_scan_interval, 0 },
+		              { "connect_timeout", &c->connect_timeout, 0 },
+		              { "command_timeout", &c->command_timeout, 1 } };
+	for (size_t i = 0; i < sizeof durations / sizeof durations[0]; i++)
+		if (!strcmp(key, durations[i].name)) {
+			int64_t d = ms_conf_duration(val);
+			if (d < 0 || (d == 0 && !durations[i].zero_ok) || d > 86400)
+				return "wants a duration such as 30s (at most 1d)";
+			*durations[i].dst = d;
+			return NULL;
+		}
+	if (!strcmp(key, "dns_servers"))
+		return set_str(c->dns_servers, sizeof c->dns_servers, val) ? "is too long" : NULL;
+	if (!strcmp(key, "log_file")) {
+		if (strcmp(val, "syslog") && strcmp(val, "stderr") && val[0] != '/')
+			return "wants syslog, stderr or an absolute path";
+		return set_str(c->log_file, sizeof c->log_file, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(key, "mx_port")) {
+		size_t port;
+		if (parse_count(val, &port, 65535))
+			return "wants a port number";
+		snprintf(c->mx_port, sizeof c->mx_port, "%zu", port);
+		return NULL;
 	}
 	if (!strcmp(key, "spool_dir")) {
 		if (val[0] != '/' || strlen(val) >= sizeof c->spool_dir)
@@ -321,4 +424,17 @@ size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_re
 	for (size_t i = 0; i < n && k < max; i++)
 		out[k++] = &c->relays[idx[i]];
 	return k;
+}
+
+const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain)
+{
+	for (size_t i = 0; i < c->nroutes; i++)
+		if (!strcasecmp(c->routes[i].domain, domain))
+			return &c->routes[i];
+	/* route..example.org covers every name under example.org. */
+	for (const char *d = strchr(domain, '.'); d; d = strchr(d + 1, '.'))
+		for (size_t i = 0; i < c->nroutes; i++)
+			if (c->routes[i].domain[0] == '.' && !strcasecmp(c->routes[i].domain, d))
+				return &c->routes[i];
+	return &c->default_route;
 }

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -210,4 +211,12 @@ size_t ms_hdr_remove(char *hdr, size_t len, const char *name)
 		i += fl;
 	}
 	return len;
+}
+
+void ms_hdr_date(int64_t t, char *out, size_t n)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	localtime_r(&tt, &tm);
+	strftime(out, n, "%a, %d %b %Y %H:%M:%S %z", &tm);
 }

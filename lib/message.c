@@ -187,6 +187,20 @@ ms_status ms_message_scan(ms_message *m, ms_error *err)
 	return MS_OK;
 }
 
+void ms_message_settle(ms_message *m, ms_rcpt_state state, ms_stage stage, int code,
+                       const char *enh, const char *text)
+{
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		ms_rcpt *r = &m->rcpts[i];
+		if (r->state == MS_RCPT_DELIVERED || r->state == MS_RCPT_FAILED)
+			continue;
+		r->state = state;
+		ms_outcome_set(&r->out, stage, code, enh, text);
+	}
+	ms_outcome_set(&m->out, stage, code, enh, text);
+	m->done = 1;
+}
+
 const char *ms_rcpt_state_name(ms_rcpt_state s)
 {
 	switch (s) {

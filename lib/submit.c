@@ -198,10 +198,7 @@ static ms_status add_missing(ms_buf *hdr, const ms_submit_opts *o, const ms_conf
 	}
 	if (st == MS_OK && !has_field(ms_buf_ptr(hdr), ms_buf_avail(hdr), "Date")) {
 		char date[64];
-		time_t t = time(NULL);
-		struct tm tm;
-		localtime_r(&t, &tm);
-		strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+		ms_hdr_date((int64_t)time(NULL), date, sizeof date);
 		st = ms_buf_printf(hdr, "Date: %s\r\n", date);
 	}
 	if (st == MS_OK && !has_field(ms_buf_ptr(hdr), ms_buf_avail(hdr), "Message-ID"))

@@ -39,6 +39,7 @@
 #define MS_CONF_MAX_RELAYS 16
 #define MS_CONF_MAX_SENDER_RELAYS 64
 #define MS_CONF_VALUE_MAX 512
+#define MS_CONF_MAX_ROUTES 128
 
 /* One relay: how to reach it, how to secure and log in to it. */
 typedef struct ms_conf_relay {
@@ -61,6 +62,24 @@ typedef struct ms_conf_sender_relays {
 	size_t n;
 } ms_conf_sender_relays;
 
+/* Where mail goes (route.DOMAIN and default_route): MX lookup, one URL, or
+ * relays with failover ("relays" alone: those chosen by the sender, as for
+ * `send --via relay`). */
+typedef enum ms_conf_route_kind {
+	MS_ROUTE_MX = 0,
+	MS_ROUTE_URL,
+	MS_ROUTE_RELAYS,       /* the named relays, in order */
+	MS_ROUTE_SENDER_RELAYS /* ms_conf_relays_for(sender) */
+} ms_conf_route_kind;
+
+typedef struct ms_conf_route {
+	char domain[256];      /* "example.org", or ".example.org" for its subdomains */
+	ms_conf_route_kind kind;
+	char url[MS_CONF_VALUE_MAX];
+	int relays[MS_CONF_MAX_RELAYS];
+	size_t nrelays;
+} ms_conf_route;
+
 typedef struct ms_conf {
 	char path[MS_CONF_PATH_MAX];       /* the file read, "" when defaults only */
 	char spool_dir[MS_CONF_PATH_MAX];  /* spool_dir (/var/spool/mailspool) */
@@ -77,6 +96,23 @@ typedef struct ms_conf {
 	size_t ndefault_relays;
 	ms_conf_sender_relays sender_relays[MS_CONF_MAX_SENDER_RELAYS];
 	size_t nsender_relays;
+	/* Delivery: the daemon and `send --mode now|background`. */
+	ms_conf_route default_route;       /* default_route (mx) */
+	ms_conf_route routes[MS_CONF_MAX_ROUTES]; /* route.DOMAIN = mx | URL | NAME... */
+	size_t nroutes;
+	char dns_servers[MS_CONF_VALUE_MAX]; /* dns_servers ("": /etc/resolv.conf) */
+	int64_t dns_timeout;               /* dns_timeout (30 s) for one domain's lookup */
+	char mx_port[6];                   /* mx_port (25) */
+	size_t mx_address_limit;           /* mx_address_limit (5) addresses tried */
+	size_t max_deliveries;             /* max_deliveries (20) connections at once */
+	size_t destination_concurrency;    /* destination_concurrency (10) per destination */
+	size_t connection_messages;        /* connection_messages (100): a group this large
+	                                    * earns another connection */
+	int64_t destination_backoff;       /* destination_backoff (5m) after it failed */
+	int64_t queue_scan_interval;       /* queue_scan_interval (60 s) */
+	int64_t connect_timeout;           /* connect_timeout (30 s) */
+	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
+	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
 } ms_conf;
 
 void ms_conf_defaults(ms_conf *c);
@@ -91,6 +127,10 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
  * how many were written to out (0: none configured). */
 size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_relay **out,
                           size_t max);
+
+/* The route for mail to `domain` from `sender`: route.DOMAIN, then
+ * route..PARENT for each parent domain, then default_route. */
+const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain);
 
 /* "30m", "4h", "2d", "90" (seconds) -> seconds; -1 if malformed. */
 int64_t ms_conf_duration(const char *s);

@@ -38,4 +38,7 @@ size_t ms_hdr_remove(char *hdr, size_t len, const char *name);
 int ms_hdr_parse_list(const char *body, size_t len, int (*fn)(void *ctx, const char *addr),
                       void *ctx);
 
+/* An RFC 5322 date-time ("Sun, 22 Nov 2026 10:00:00 +0100") in local time. */
+void ms_hdr_date(int64_t t, char *out, size_t n);
+
 #endif

@@ -118,6 +118,12 @@ ms_status ms_outcome_set(ms_outcome *o, ms_stage stage, int code, const char *en
                          const char *text);
 void ms_outcome_free(ms_outcome *o);
 
+/* Settle every recipient not yet delivered or failed as `state` with this
+ * outcome, and mark the message done: for what happens before, or instead
+ * of, a session (no route, no address answered). */
+void ms_message_settle(ms_message *m, ms_rcpt_state state, ms_stage stage, int code,
+                       const char *enh, const char *text);
+
 const char *ms_rcpt_state_name(ms_rcpt_state s);
 const char *ms_stage_name(ms_stage s);
 

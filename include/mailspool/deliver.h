@@ -1,0 +1,63 @@
+/*
+ * mailspool/deliver.h - one destination's delivery: route, resolve,
+ * connect with failover, one pipelined session for the whole group.
+ *
+ * A destination is named by a key (ms_dest_for):
+ *     mx:DOMAIN       MX lookup (mailspool/dns.h), port mx_port, TLS `may`
+ *                     with the MX host's name for the certificate
+ *     url:URL         one server (smtp://, smtps://, qmtp://)
+ *     relays:A,B      configured relays with failover (mailspool/relay.h)
+ * chosen per recipient domain by route.DOMAIN / default_route in
+ * mailspool.conf(5).  Messages with the same key travel together.
+ *
+ * ms_deliver tries the destination's addresses in order (at most
+ * mx_address_limit, so at least two when there are two) until one gives a
+ * session - a refused connection, a timeout or a 4xx/5xx greeting moves on
+ * to the next (RFC 5321 5.1) - then submits every message over that one
+ * connection, cross-message pipelined (or streamed, for QMTP).  What no
+ * address took is deferred with the last reason; a DNS answer that is
+ * final (NXDOMAIN, null MX) fails every recipient at once.
+ *
+ * Invariant: on_result is called exactly once per message, with the server
+ * that decided it ("mx1.example.org[192.0.2.1]:25", or "none").
+ */
+#ifndef MAILSPOOL_DELIVER_H
+#define MAILSPOOL_DELIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mailspool/conf.h"
+#include "mailspool/error.h"
+#include "mailspool/message.h"
+#include "mailspool/transcript.h"
+
+#define MS_DEST_MAX 600     /* a destination key */
+#define MS_RELAY_DESC_MAX 320 /* "host[addr]:port" */
+
+typedef void (*ms_deliver_fn)(void *ctx, ms_message *m, const char *relay);
+
+typedef struct ms_deliver_opts {
+	const ms_conf *conf;
+	ms_transcript *transcript; /* optional */
+	ms_deliver_fn on_result;
+	void *ctx;
+} ms_deliver_opts;
+
+typedef struct ms_deliver_report {
+	char relay[MS_RELAY_DESC_MAX]; /* the server of the session, or the last one tried */
+	int reached;        /* a session was started */
+	int unreachable;    /* no address gave a session (the destination is down) */
+	size_t tried;       /* addresses (or relays) tried */
+	uint64_t bytes_out, round_trips, connections;
+} ms_deliver_report;
+
+/* The destination key for mail from `sender` to `rcpt` (a wire mailbox). */
+ms_status ms_dest_for(const ms_conf *c, const char *sender, const char *rcpt, char *key,
+                      size_t n, ms_error *err);
+
+/* Deliver msgs, all for `dest`.  Returns MS_OK once every message has been
+ * reported (whatever its outcome). */
+ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **msgs, size_t n,
+                     ms_deliver_report *rep, ms_error *err);
+
+#endif

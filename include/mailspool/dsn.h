@@ -1,0 +1,56 @@
+/*
+ * mailspool/dsn.h - delivery status notifications (bounces), RFC 3464 in
+ * an RFC 6522 multipart/report.
+ *
+ * Part 1 is text for people, part 2 `message/delivery-status` with the
+ * per-message fields (Reporting-MTA, Arrival-Date) and one block per
+ * recipient (Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code,
+ * Last-Attempt-Date), part 3 the original header block as
+ * `text/rfc822-headers` (PROTOCOL-RULES B2, B4).  It is marked
+ * `Auto-Submitted: auto-replied` (RFC 3834) and must be sent from the null
+ * sender; the caller never builds one for a message whose sender was <>
+ * (B1).
+ *
+ * Invariants: the result is CRLF lines of at most 998 octets, 7-bit (8-bit
+ * bytes of the original header and of reply texts become '?'), and every
+ * recipient's Status has the class its Action demands (failed: 5.x.x).
+ */
+#ifndef MAILSPOOL_DSN_H
+#define MAILSPOOL_DSN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mailspool/buf.h"
+#include "mailspool/error.h"
+
+#define MS_DSN_HEADERS_MAX (64u << 10) /* original header returned, at most */
+
+typedef struct ms_dsn_rcpt {
+	const char *addr;       /* the recipient (wire mailbox) */
+	int code;               /* the reply that failed it, 0 if none came */
+	const char *enh;        /* its enhanced code, "" if none */
+	const char *text;       /* the reply text or our reason */
+	const char *remote_mta; /* the server's name, NULL or "" if none answered */
+	int64_t last_attempt;
+} ms_dsn_rcpt;
+
+typedef struct ms_dsn {
+	const char *reporting_mta;  /* this host's name */
+	const char *queue_id;       /* the original's id */
+	const char *sender;         /* the original's envelope sender (the DSN's recipient) */
+	int64_t arrival;
+	const ms_dsn_rcpt *rcpts;
+	size_t nrcpts;
+	const char *headers;        /* the original's header block (may be NULL) */
+	size_t headers_len;
+	int64_t now;
+} ms_dsn;
+
+/* Build the whole message (header and body) into out. */
+ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err);
+
+/* "5.1.1" from a reply: its enhanced code if it has one of the right
+ * class, else X.0.0 from the code; `failed` forces class 5. */
+void ms_dsn_status(int code, const char *enh, int failed, char *out, size_t n);
+
+#endif
