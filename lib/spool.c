@@ -830,3 +830,70 @@ ms_status ms_spool_usage_sum(ms_spool *sp,
 	free(rows);
 	return st;
 }
+
+/* ---- change detection and wake-ups ------------------------------------- */
+
+int64_t ms_spool_env_mtime(ms_spool *sp, const char *id)
+{
+	struct stat st;
+	if (fstatat(sp->dfd_env, id, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -1;
+	return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+static void wake_name(const char *node, char *out, size_t n)
+{
+	snprintf(out, n, "wake/%.64s.%ld", node, (long)getpid());
+}
+
+ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err)
+{
+	char name[128], path[MS_CONF_PATH_MAX + 160];
+	snprintf(path, sizeof path, "%s/wake", sp->dir);
+	if (mkdir(path, 0777) < 0 && errno != EEXIST)
+		return sys_err(err, "cannot make", "wake/");
+	chmod(path, 0777 | S_ISVTX); /* any submitter may poke; only owners remove */
+	wake_name(node, name, sizeof name);
+	snprintf(path, sizeof path, "%s/%s", sp->dir, name);
+	unlink(path);
+	if (mkfifo(path, 0622) < 0)
+		return sys_err(err, "cannot make", name);
+	chmod(path, 0622);
+	/* Read-write, so the FIFO never reports EOF between writers. */
+	if ((*fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
+		return sys_err(err, "cannot open", name);
+	return MS_OK;
+}
+
+void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd)
+{
+	char name[128], path[MS_CONF_PATH_MAX + 160];
+	wake_name(node, name, sizeof name);
+	snprintf(path, sizeof path, "%s/%s", sp->dir, name);
+	unlink(path);
+	if (fd >= 0)
+		close(fd);
+}
+
+void ms_spool_wake(ms_spool *sp, int changed)
+{
+	char path[MS_CONF_PATH_MAX + 160];
+	snprintf(path, sizeof path, "%s/wake", sp->dir);
+	DIR *d = opendir(path);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		int fd = openat(dirfd(d), de->d_name, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno == ENXIO)
+				unlinkat(dirfd(d), de->d_name, 0); /* its daemon is gone */
+			continue;
+		}
+		(void)!write(fd, changed ? "c" : "n", 1); /* a full FIFO is already awake */
+		close(fd);
+	}
+	closedir(d);
+}

@@ -101,6 +101,19 @@ ms_status ms_spool_renew(ms_spool *sp, const ms_claim *c, ms_error *err);
 int ms_spool_claim_held(ms_spool *sp, const ms_claim *c);
 ms_status ms_spool_release(ms_spool *sp, const ms_claim *c, ms_error *err);
 
+/* When the envelope last changed (ns since the epoch); -1 if it is gone.
+ * A scheduler compares it to what it saw to learn of changes cheaply. */
+int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
+
+/* ---- waking delivery daemons ----
+ * A daemon listens on a FIFO wake/NODE.PID under the spool directory;
+ * ms_spool_wake writes a byte to every one (submissions; flush and release
+ * say that envelopes changed, so daemons read them again),
+ * removing FIFOs nobody reads any more.  Never blocks. */
+ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err);
+void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
+void ms_spool_wake(ms_spool *sp, int changed); /* changed: envelopes were edited */
+
 /* ---- repair and accounting ---- */
 
 typedef struct ms_sweep_report {

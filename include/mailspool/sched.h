@@ -1,0 +1,95 @@
+/*
+ * mailspool/sched.h - what an attempt means for a queued message: retry
+ * tiers, final states, bounces, the delivery log, the usage log.
+ *
+ * Retry tiers (mailspool.conf retry_tiers, default 0 30m 4h 8h 16h 24h
+ * 48h, about 4.2 days in all) are the waits before each attempt: a
+ * recipient that fails temporarily at tier t is due again tiers[t+1]
+ * later; one that fails at the last tier has exhausted them and fails for
+ * good (RFC 5321 4.5.4.1, PROTOCOL-RULES T1).  Each recipient keeps its own
+ * tier, so the next attempt goes only to the recipients still pending.
+ *
+ * ms_sched_settle applies one attempt's results to a claimed envelope:
+ * delivered recipients are done, failed ones (permanent replies, exhausted
+ * tiers, final DNS answers) get one RFC 3464 bounce per call covering all
+ * of them (never for the null sender: B1), and the envelope is then
+ * rewritten - or removed when no recipient is left to try.  The bounce is
+ * committed before the envelope changes, so a crash between the two can
+ * repeat a bounce but never lose one (T4).
+ *
+ * Log lines are in the style operators know from Postfix:
+ *     ID: to=<rcpt>, relay=mx.example[192.0.2.1]:25, delay=1.2, attempt=1,
+ *     dsn=2.0.0, status=sent (250 2.0.0 Ok)
+ *
+ * Invariant: every result is recorded in the recipient's history before
+ * the envelope is written; a recipient is never moved out of a final
+ * state.
+ */
+#ifndef MAILSPOOL_SCHED_H
+#define MAILSPOOL_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mailspool/conf.h"
+#include "mailspool/deliver.h"
+#include "mailspool/envelope.h"
+#include "mailspool/error.h"
+#include "mailspool/message.h"
+#include "mailspool/spool.h"
+
+#define MS_LOG_LINE_MAX 2048
+
+/* One recipient's result in an attempt. */
+typedef struct ms_sched_result {
+	size_t rcpt;          /* index into the envelope's recipients */
+	ms_rcpt_state state;  /* delivered, failed; anything else counts as deferred */
+	int code;
+	char enh[16];
+	char text[MS_ENV_TEXT_MAX];
+	char relay[MS_RELAY_DESC_MAX];
+} ms_sched_result;
+
+typedef void (*ms_log_fn)(void *ctx, const char *line);
+
+typedef struct ms_sched_opts {
+	const ms_conf *conf;
+	int bounce;          /* send bounces (off: the caller reports failures itself) */
+	ms_log_fn log;       /* one call per line; may be NULL */
+	void *log_ctx;
+	int64_t now;         /* 0: time(NULL) */
+} ms_sched_opts;
+
+typedef struct ms_sched_summary {
+	size_t delivered, deferred, failed; /* in this attempt */
+	char bounce_id[MS_ENV_ID_MAX + 1];  /* the bounce queued, "" if none */
+	int removed;                        /* nothing was left to try */
+	int64_t next_due;                   /* when the message is due again */
+} ms_sched_summary;
+
+/* Recipients of e due at `now` (pending or deferred, next <= now), written
+ * to idx (room for e->nrcpts); returns how many.  A held message has none. */
+size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx);
+
+/* A message for the engines: e's sender, the recipients idx[0..n), the data
+ * file (its fd is returned in *fd; the caller closes it after the result). */
+ms_status ms_sched_message(ms_spool *sp, const ms_envelope *e, const size_t *idx, size_t n,
+                           ms_message **m, int *fd, ms_error *err);
+
+/* Copy a finished message's outcomes into results (one per recipient of m,
+ * whose i-th recipient is envelope recipient idx[i]). */
+void ms_sched_results(const ms_message *m, const size_t *idx, const char *relay,
+                      ms_sched_result *out);
+
+/* Apply results to the claimed envelope e and write it back (or remove the
+ * message); bounce and log as above. */
+ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
+                          const ms_sched_result *res, size_t n, ms_sched_summary *sum,
+                          ms_error *err);
+
+/* One attempt of every due recipient of e, in this process: grouped by
+ * destination, one session per destination.  *res (free it) gets one
+ * result per attempted recipient. */
+ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
+                           ms_transcript *tx, ms_sched_result **res, size_t *nres, ms_error *err);
+
+#endif

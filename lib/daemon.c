@@ -1,0 +1,920 @@
+/*
+ * daemon.c - the delivery daemon's scheduler and workers (see
+ * mailspool/daemon.h).
+ *
+ * Data: `idx`, a sorted array of every queued id with its due time and
+ * envelope mtime; `slot`s, claimed messages with their envelope and the
+ * results gathered so far; `dest`s, destinations with their waiting work,
+ * active workers and back-off; `job`s, running workers.  Workers are
+ * forked, so they see the slots they were given; they only read the data
+ * files and write result lines:
+ *     R <item> <rcpt> <state> <code> <enh|-> <relay> <text, %XX-escaped>
+ *     D <item>                      every result of that message was sent
+ *     U                             no address of the destination answered
+ */
+#include "mailspool/daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailspool/deliver.h"
+#include "mailspool/spool.h"
+
+#define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128)
+#define LIST_MIN_MS 1000
+
+typedef struct entry {
+	char id[MS_ENV_ID_MAX + 1];
+	int64_t due;   /* INT64_MIN: not read yet */
+	int64_t mtime; /* of the envelope when last read */
+	int busy;      /* claimed by us */
+} entry;
+
+typedef struct slot {
+	ms_envelope env;
+	ms_claim claim;
+	int groups_left;
+	int lost;                 /* the claim stopped being ours */
+	ms_sched_result *res;
+	size_t nres, capres;
+} slot;
+
+typedef struct item {
+	slot *s;
+	size_t *idx; /* envelope recipient indexes for this destination */
+	size_t n;
+	int done;
+} item;
+
+typedef struct dest {
+	char key[MS_DEST_MAX];
+	item *wait;  /* waiting for a worker */
+	size_t nwait, capwait;
+	size_t active;
+	int64_t backoff_until;
+} dest;
+
+typedef struct job {
+	pid_t pid;
+	int fd;
+	dest *d;
+	item *items;
+	size_t n;
+	char buf[LINE_MAX_];
+	size_t blen;
+	int eof, reaped, unreachable;
+} job;
+
+typedef struct sched_state {
+	const ms_daemon_opts *o;
+	ms_conf *c;
+	ms_spool *sp;
+	entry *idx;
+	size_t nidx;
+	int64_t env_mtime;        /* env/ directory, when last listed */
+	dest **dests;
+	size_t ndests;
+	job **jobs;
+	size_t njobs;
+	size_t claimed;           /* slots held */
+	slot **slots;
+	size_t nslots, capslots;
+	int64_t last_scan, last_renew;
+	int wake_fd;
+	int stopping;
+	int64_t stop_deadline;
+} sched_state;
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void logf_(sched_state *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(sched_state *d, const char *fmt, ...)
+{
+	if (!d->o->log)
+		return;
+	char line[MS_LOG_LINE_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	d->o->log(d->o->log_ctx, line);
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+	return strcmp(((const entry *)a)->id, ((const entry *)b)->id);
+}
+
+static entry *find_entry(sched_state *d, const char *id)
+{
+	entry key;
+	snprintf(key.id, sizeof key.id, "%s", id);
+	return bsearch(&key, d->idx, d->nidx, sizeof *d->idx, cmp_entry);
+}
+
+/* Merge a fresh listing into the index: known ids keep what we know. */
+static ms_status relist(sched_state *d, ms_error *err)
+{
+	char **ids;
+	size_t n;
+	ms_status st = ms_spool_list(d->sp, &ids, &n, err);
+	if (st != MS_OK)
+		return st;
+	entry *nidx = calloc(n ? n : 1, sizeof *nidx);
+	if (!nidx) {
+		ms_spool_ids_free(ids, n);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	size_t j = 0;
+	for (size_t i = 0; i < n; i++) {
+		while (j < d->nidx && strcmp(d->idx[j].id, ids[i]) < 0)
+			j++;
+		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
+			nidx[i] = d->idx[j];
+		} else {
+			snprintf(nidx[i].id, sizeof nidx[i].id, "%s", ids[i]);
+			nidx[i].due = INT64_MIN;
+		}
+	}
+	/* A busy entry stays even if another listing missed it. */
+	ms_spool_ids_free(ids, n);
+	free(d->idx);
+	d->idx = nidx;
+	d->nidx = n;
+	return MS_OK;
+}
+
+/* Envelopes changed behind our back (flush, release, another daemon) are
+ * read again: found by their mtime. */
+static void recheck_mtimes(sched_state *d)
+{
+	for (size_t i = 0; i < d->nidx; i++) {
+		entry *e = &d->idx[i];
+		if (e->busy || e->due == INT64_MIN)
+			continue;
+		int64_t m = ms_spool_env_mtime(d->sp, e->id);
+		if (m != e->mtime)
+			e->due = INT64_MIN;
+	}
+}
+
+static int64_t env_dir_mtime(sched_state *d)
+{
+	return ms_spool_env_mtime(d->sp, "."); /* env/ itself */
+}
+
+static dest *dest_get(sched_state *d, const char *key)
+{
+	for (size_t i = 0; i < d->ndests; i++)
+		if (!strcmp(d->dests[i]->key, key))
+			return d->dests[i];
+	dest **nd = realloc(d->dests, (d->ndests + 1) * sizeof *nd);
+	if (!nd)
+		return NULL;
+	d->dests = nd;
+	dest *x = calloc(1, sizeof *x);
+	if (!x)
+		return NULL;
+	snprintf(x->key, sizeof x->key, "%s", key);
+	d->dests[d->ndests++] = x;
+	return x;
+}
+
+static int push_item(dest *x, item it)
+{
+	if (x->nwait == x->capwait) {
+		size_t cap = x->capwait ? x->capwait * 2 : 64;
+		item *n = realloc(x->wait, cap * sizeof *n);
+		if (!n)
+			return -1;
+		x->wait = n;
+		x->capwait = cap;
+	}
+	x->wait[x->nwait++] = it;
+	return 0;
+}
+
+static void slot_free(slot *s)
+{
+	ms_env_free(&s->env);
+	free(s->res);
+	free(s);
+}
+
+static void remove_slot(sched_state *d, slot *s)
+{
+	for (size_t i = 0; i < d->nslots; i++)
+		if (d->slots[i] == s) {
+			d->slots[i] = d->slots[--d->nslots];
+			break;
+		}
+	d->claimed--;
+	slot_free(s);
+}
+
+/* Every group of the message is back: apply, write, release. */
+static void settle(sched_state *d, slot *s)
+{
+	entry *e = find_entry(d, s->env.id);
+	ms_error err;
+	if (s->lost) {
+		logf_(d, "%s: claim lost during delivery; its results are left to the new holder",
+		      s->env.id);
+	} else if (s->nres) {
+		ms_sched_opts so = { .conf = d->c, .bounce = 1, .log = d->o->log,
+			                 .log_ctx = d->o->log_ctx };
+		ms_sched_summary sum;
+		if (ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err) != MS_OK)
+			logf_(d, "%s: cannot record the results: %s", s->env.id, err.msg);
+		if (sum.bounce_id[0])
+			ms_spool_wake(d->sp, 0);
+		if (e) {
+			e->due = sum.removed ? INT64_MAX : sum.next_due;
+			e->mtime = ms_spool_env_mtime(d->sp, s->env.id);
+		}
+	}
+	ms_spool_release(d->sp, &s->claim, NULL);
+	if (e) {
+		e->busy = 0;
+		if (s->lost || !s->nres)
+			e->due = INT64_MIN;
+	}
+	remove_slot(d, s);
+}
+
+static void item_done(sched_state *d, item *it)
+{
+	if (it->done)
+		return;
+	it->done = 1;
+	free(it->idx);
+	it->idx = NULL;
+	if (--it->s->groups_left == 0)
+		settle(d, it->s);
+}
+
+static int add_result(slot *s, const ms_sched_result *r)
+{
+	if (s->nres == s->capres) {
+		size_t cap = s->capres ? s->capres * 2 : 4;
+		ms_sched_result *n = realloc(s->res, cap * sizeof *n);
+		if (!n)
+			return -1;
+		s->res = n;
+		s->capres = cap;
+	}
+	s->res[s->nres++] = *r;
+	return 0;
+}
+
+/* ---- the worker (a child process) ---------------------------------- */
+
+typedef struct wctx {
+	int fd;
+	item *items;
+	int *fds;
+} wctx;
+
+static void put_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			_exit(3); /* the scheduler is gone */
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+static void escape(const char *in, char *out, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t k = 0;
+	for (const unsigned char *p = (const unsigned char *)in; *p && k + 4 < n; p++) {
+		if (*p < 0x21 || *p > 0x7e || *p == '%') {
+			out[k++] = '%';
+			out[k++] = hex[*p >> 4];
+			out[k++] = hex[*p & 15];
+		} else {
+			out[k++] = (char)*p;
+		}
+	}
+	out[k] = '\0';
+}
+
+static void unescape(char *s)
+{
+	char *w = s;
+	for (char *p = s; *p; p++) {
+		unsigned v;
+		if (*p == '%' && p[1] && p[2] && sscanf(p + 1, "%2x", &v) == 1) {
+			*w++ = (char)v;
+			p += 2;
+		} else {
+			*w++ = *p;
+		}
+	}
+	*w = '\0';
+}
+
+static void worker_result(void *ctx, ms_message *m, const char *relay)
+{
+	wctx *w = ctx;
+	size_t it = m->id;
+	item *x = &w->items[it];
+	ms_sched_result *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
+	if (!r)
+		_exit(4);
+	ms_sched_results(m, x->idx, relay, r);
+	static char line[LINE_MAX_], text[MS_ENV_TEXT_MAX * 3 + 1], rel[MS_RELAY_DESC_MAX * 3 + 1];
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		escape(r[i].text, text, sizeof text);
+		escape(r[i].relay, rel, sizeof rel);
+		int n = snprintf(line, sizeof line, "R %zu %zu %d %d %s %s %s\n", it, r[i].rcpt,
+		                 (int)r[i].state, r[i].code, r[i].enh[0] ? r[i].enh : "-", rel, text);
+		put_all(w->fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+	}
+	int n = snprintf(line, sizeof line, "D %zu\n", it);
+	put_all(w->fd, line, (size_t)n);
+	free(r);
+	if (w->fds[it] >= 0) {
+		close(w->fds[it]); /* the engine is done with this message */
+		w->fds[it] = -1;
+	}
+}
+
+static void worker_main(sched_state *d, job *j, int fd)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGPIPE, SIG_IGN);
+	if (getppid() == 1)
+		_exit(2);
+	/* One data file open per message: make room for the group. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	ms_message **msgs = calloc(j->n, sizeof *msgs);
+	int *fds = calloc(j->n, sizeof *fds);
+	if (!msgs || !fds)
+		_exit(4);
+	wctx w = { fd, j->items, fds };
+	size_t n = 0;
+	ms_error err;
+	for (size_t i = 0; i < j->n; i++) {
+		item *it = &j->items[i];
+		fds[i] = -1;
+		if (ms_sched_message(d->sp, &it->s->env, it->idx, it->n, &msgs[n], &fds[i], &err) !=
+		    MS_OK) {
+			/* This one cannot even be read: deferred with the reason. */
+			ms_message *m = ms_message_new(it->s->env.sender, NULL);
+			if (!m)
+				_exit(4);
+			for (size_t k = 0; k < it->n; k++)
+				ms_message_add_rcpt(m, it->s->env.rcpts[it->idx[k]].addr, NULL);
+			m->id = i;
+			ms_message_settle(m, MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0", err.msg);
+			worker_result(&w, m, "none");
+			ms_message_free(m);
+			continue;
+		}
+		msgs[n++]->id = i;
+	}
+	ms_deliver_opts dopt = { .conf = d->c, .on_result = worker_result, .ctx = &w };
+	ms_deliver_report rep;
+	if (n)
+		ms_deliver(&dopt, j->d->key, msgs, n, &rep, &err);
+	if (n && rep.unreachable)
+		put_all(fd, "U\n", 2);
+	_exit(0);
+}
+
+/* Hand up to `count` waiting items of x to a new worker. */
+static int launch(sched_state *d, dest *x, size_t count)
+{
+	job *j = calloc(1, sizeof *j);
+	if (!j)
+		return -1;
+	j->items = malloc(count * sizeof *j->items);
+	if (!j->items) {
+		free(j);
+		return -1;
+	}
+	memcpy(j->items, x->wait, count * sizeof *j->items);
+	memmove(x->wait, x->wait + count, (x->nwait - count) * sizeof *x->wait);
+	x->nwait -= count;
+	j->n = count;
+	j->d = x;
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		goto fail;
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(p[0]);
+		close(p[1]);
+		goto fail;
+	}
+	if (pid == 0) {
+		close(p[0]);
+		worker_main(d, j, p[1]);
+	}
+	close(p[1]);
+	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	j->pid = pid;
+	j->fd = p[0];
+	job **nj = realloc(d->jobs, (d->njobs + 1) * sizeof *nj);
+	if (!nj) {
+		kill(pid, SIGKILL);
+		close(p[0]);
+		goto fail_after_fork;
+	}
+	d->jobs = nj;
+	d->jobs[d->njobs++] = j;
+	x->active++;
+	return 0;
+fail_after_fork:
+	waitpid(pid, NULL, 0);
+fail:
+	/* Put the work back for the next round. */
+	for (size_t i = 0; i < count; i++)
+		push_item(x, j->items[i]);
+	free(j->items);
+	free(j);
+	return -1;
+}
+
+static void job_line(sched_state *d, job *j, char *line)
+{
+	if (line[0] == 'U') {
+		j->unreachable = 1;
+		return;
+	}
+	size_t it;
+	if (line[0] == 'D' && sscanf(line, "D %zu", &it) == 1 && it < j->n) {
+		item_done(d, &j->items[it]);
+		return;
+	}
+	ms_sched_result r;
+	memset(&r, 0, sizeof r);
+	int state, off = 0;
+	char enh[32], relay[MS_RELAY_DESC_MAX * 3 + 1];
+	if (sscanf(line, "R %zu %zu %d %d %31s %960s %n", &it, &r.rcpt, &state, &r.code, enh, relay,
+	           &off) < 6 ||
+	    it >= j->n || j->items[it].done)
+		return;
+	r.state = (ms_rcpt_state)state;
+	snprintf(r.enh, sizeof r.enh, "%.15s", strcmp(enh, "-") ? enh : "");
+	unescape(relay);
+	snprintf(r.relay, sizeof r.relay, "%.319s", relay);
+	char *text = line + off;
+	unescape(text);
+	snprintf(r.text, sizeof r.text, "%s", text);
+	add_result(j->items[it].s, &r);
+}
+
+static void job_read(sched_state *d, job *j)
+{
+	for (;;) {
+		ssize_t n = read(j->fd, j->buf + j->blen, sizeof j->buf - 1 - j->blen);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return; /* EAGAIN */
+		if (n == 0) {
+			j->eof = 1;
+			return;
+		}
+		j->blen += (size_t)n;
+		char *start = j->buf, *nl;
+		while ((nl = memchr(start, '\n', j->blen - (size_t)(start - j->buf)))) {
+			*nl = '\0';
+			job_line(d, j, start);
+			start = nl + 1;
+		}
+		j->blen -= (size_t)(start - j->buf);
+		memmove(j->buf, start, j->blen);
+		if (j->blen == sizeof j->buf - 1)
+			j->blen = 0; /* a line past the cap: drop it */
+	}
+}
+
+/* A worker has ended: what it did not report is deferred untouched. */
+static void job_end(sched_state *d, size_t k)
+{
+	job *j = d->jobs[k];
+	for (size_t i = 0; i < j->n; i++) {
+		item *it = &j->items[i];
+		if (!it->done)
+			item_done(d, it); /* no result: the message is released unchanged */
+	}
+	if (j->unreachable) {
+		j->d->backoff_until = now_s() + d->c->destination_backoff;
+		logf_(d, "%s: no server answered; not tried again for %llds", j->d->key,
+		      (long long)d->c->destination_backoff);
+	}
+	j->d->active--;
+	close(j->fd);
+	free(j->items);
+	free(j);
+	d->jobs[k] = d->jobs[--d->njobs];
+}
+
+static void reap(sched_state *d)
+{
+	for (size_t k = 0; k < d->njobs;) {
+		job *j = d->jobs[k];
+		if (!j->reaped) {
+			int status;
+			pid_t r = waitpid(j->pid, &status, WNOHANG);
+			if (r == j->pid)
+				j->reaped = 1;
+		}
+		if (j->reaped && !j->eof)
+			job_read(d, j);
+		if (j->reaped && j->eof)
+			job_end(d, k);
+		else
+			k++;
+	}
+}
+
+/* ---- scheduling ------------------------------------------------------ */
+
+/* Read a due message, claim it, queue its recipients per destination. */
+static void take(sched_state *d, entry *e, int64_t now)
+{
+	ms_envelope env;
+	ms_error err;
+	ms_status st = ms_spool_read(d->sp, e->id, &env, &err);
+	if (st != MS_OK) {
+		if (st == MS_ERR_DATA)
+			logf_(d, "%s", err.msg);
+		e->due = INT64_MAX; /* gone or moved aside: the next listing drops it */
+		return;
+	}
+	e->mtime = ms_spool_env_mtime(d->sp, e->id);
+	size_t *due = malloc((env.nrcpts ? env.nrcpts : 1) * sizeof *due);
+	size_t ndue = due ? ms_sched_due(&env, now, due) : 0;
+	if (ndue == 0) {
+		e->due = ms_env_next_due(&env);
+		if (env.flags & MS_ENV_HOLD)
+			e->due = INT64_MAX;
+		free(due);
+		ms_env_free(&env);
+		return;
+	}
+	/* Destinations in back-off are not worth a claim. */
+	int64_t soonest = INT64_MAX;
+	int any = 0;
+	for (size_t i = 0; i < ndue; i++) {
+		char key[MS_DEST_MAX];
+		if (ms_dest_for(d->c, env.sender, env.rcpts[due[i]].addr, key, sizeof key, NULL) != MS_OK) {
+			any = 1;
+			continue;
+		}
+		dest *x = dest_get(d, key);
+		if (x && x->backoff_until > now) {
+			if (x->backoff_until < soonest)
+				soonest = x->backoff_until;
+		} else {
+			any = 1;
+		}
+	}
+	free(due);
+	ms_env_free(&env);
+	if (!any) {
+		e->due = soonest;
+		return;
+	}
+	slot *s = calloc(1, sizeof *s);
+	if (!s)
+		return;
+	if (ms_spool_claim(d->sp, e->id, d->o->node, &s->claim, &err) != MS_OK) {
+		free(s);
+		e->due = now + 5; /* someone else is on it: look again soon */
+		return;
+	}
+	/* Under the claim, the envelope as it is now. */
+	if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK) {
+		ms_spool_release(d->sp, &s->claim, NULL);
+		free(s);
+		e->due = INT64_MAX;
+		return;
+	}
+	e->mtime = ms_spool_env_mtime(d->sp, e->id);
+	due = malloc((s->env.nrcpts ? s->env.nrcpts : 1) * sizeof *due);
+	ndue = due ? ms_sched_due(&s->env, now, due) : 0;
+	char (*keys)[MS_DEST_MAX] = ndue ? malloc(ndue * sizeof *keys) : NULL;
+	for (size_t i = 0; keys && i < ndue; i++)
+		if (ms_dest_for(d->c, s->env.sender, s->env.rcpts[due[i]].addr, keys[i], MS_DEST_MAX,
+		                &err) != MS_OK) {
+			/* Not routable (no relay for this sender): deferred now. */
+			ms_sched_result r = { .rcpt = due[i], .state = MS_RCPT_DEFERRED };
+			snprintf(r.enh, sizeof r.enh, "4.3.5");
+			snprintf(r.text, sizeof r.text, "%s", err.msg);
+			snprintf(r.relay, sizeof r.relay, "none");
+			add_result(s, &r);
+			keys[i][0] = '\0';
+		}
+	if (d->nslots == d->capslots) {
+		size_t cap = d->capslots ? d->capslots * 2 : 256;
+		slot **n = realloc(d->slots, cap * sizeof *n);
+		if (n) {
+			d->slots = n;
+			d->capslots = cap;
+		}
+	}
+	if (!keys || d->nslots == d->capslots) {
+		ms_spool_release(d->sp, &s->claim, NULL);
+		slot_free(s);
+		free(due);
+		free(keys);
+		return;
+	}
+	d->slots[d->nslots++] = s;
+	d->claimed++;
+	e->busy = 1;
+	s->groups_left = 1; /* held while items are made */
+	for (size_t i = 0; i < ndue; i++) {
+		if (!keys[i][0])
+			continue;
+		dest *x = dest_get(d, keys[i]);
+		if (!x || x->backoff_until > now)
+			continue; /* left due; tried when the back-off ends */
+		item it = { .s = s };
+		it.idx = malloc(ndue * sizeof *it.idx);
+		if (!it.idx)
+			continue;
+		for (size_t k = i; k < ndue; k++)
+			if (keys[k][0] && !strcmp(keys[k], keys[i])) {
+				it.idx[it.n++] = due[k];
+				if (k != i)
+					keys[k][0] = '\0';
+			}
+		if (push_item(x, it) < 0) {
+			free(it.idx);
+			continue;
+		}
+		s->groups_left++;
+	}
+	free(due);
+	free(keys);
+	if (--s->groups_left == 0)
+		settle(d, s); /* nothing handed out (or only unroutable recipients) */
+}
+
+static void schedule(sched_state *d)
+{
+	int64_t now = now_s();
+	for (size_t i = 0; i < d->nidx && d->claimed < MS_DAEMON_CLAIMED_MAX && !d->stopping; i++) {
+		entry *e = &d->idx[i];
+		if (!e->busy && e->due <= now)
+			take(d, e, now);
+	}
+	/* Workers: one per destination with work, more for large groups. */
+	for (size_t i = 0; i < d->ndests && !d->stopping; i++) {
+		dest *x = d->dests[i];
+		while (x->nwait > 0 && d->njobs < d->c->max_deliveries &&
+		       x->active < d->c->destination_concurrency) {
+			size_t want = (x->nwait + d->c->connection_messages - 1) / d->c->connection_messages;
+			if (want > d->c->destination_concurrency)
+				want = d->c->destination_concurrency;
+			if (x->active > 0 && x->active >= want)
+				break; /* small group: it waits for the running connection */
+			size_t add = x->active >= want ? 1 : want - x->active;
+			size_t per = (x->nwait + add - 1) / add;
+			if (per > MS_DAEMON_GROUP_MAX)
+				per = MS_DAEMON_GROUP_MAX;
+			if (launch(d, x, per) < 0)
+				break;
+		}
+	}
+}
+
+static void renew(sched_state *d)
+{
+	for (size_t i = 0; i < d->nslots; i++) {
+		slot *s = d->slots[i];
+		if (!s->lost && ms_spool_renew(d->sp, &s->claim, NULL) != MS_OK)
+			s->lost = 1;
+	}
+}
+
+static int64_t next_due(sched_state *d)
+{
+	int64_t m = INT64_MAX;
+	for (size_t i = 0; i < d->nidx; i++)
+		if (!d->idx[i].busy && d->idx[i].due < m)
+			m = d->idx[i].due;
+	return m;
+}
+
+static int idle(sched_state *d)
+{
+	if (d->njobs)
+		return 0;
+	for (size_t i = 0; i < d->ndests; i++)
+		if (d->dests[i]->nwait)
+			return 0;
+	return 1;
+}
+
+static void reload(sched_state *d)
+{
+	ms_conf *nc = malloc(sizeof *nc);
+	ms_error err;
+	if (!nc)
+		return;
+	if (ms_conf_load(nc, d->o->conf_path, d->o->conf_required, &err) != MS_OK) {
+		logf_(d, "configuration not reloaded: %s", err.msg);
+	} else if (strcmp(nc->spool_dir, d->c->spool_dir)) {
+		logf_(d, "configuration not reloaded: spool_dir cannot change while running");
+	} else {
+		ms_spool *sp;
+		if (ms_spool_open(nc, 0, &sp, &err) != MS_OK) {
+			logf_(d, "configuration not reloaded: %s", err.msg);
+		} else {
+			ms_spool_close(d->sp);
+			d->sp = sp;
+			*d->c = *nc;
+			for (size_t i = 0; i < d->ndests; i++)
+				d->dests[i]->backoff_until = 0;
+			logf_(d, "configuration reloaded from %s", d->c->path[0] ? d->c->path : "defaults");
+		}
+	}
+	free(nc);
+}
+
+/* Read the wake FIFO: 'n' a new message, 'c' envelopes changed (flush,
+ * release).  Returns 2 when something changed, else 1. */
+static int drain_wake(sched_state *d)
+{
+	char b[256];
+	ssize_t n;
+	int what = 1;
+	while ((n = read(d->wake_fd, b, sizeof b)) > 0)
+		if (memchr(b, 'c', (size_t)n))
+			what = 2;
+	return what;
+}
+
+ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
+{
+	sched_state D;
+	memset(&D, 0, sizeof D);
+	sched_state *d = &D;
+	d->o = o;
+	d->c = o->conf;
+	d->wake_fd = -1;
+	ms_status st = ms_spool_open(d->c, 1, &d->sp, err);
+	if (st != MS_OK)
+		return st;
+	ms_sweep_report sw;
+	if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
+		ms_spool_close(d->sp);
+		return err->status;
+	}
+	if (sw.tmp_removed + sw.orphans_removed + sw.claims_expired + sw.corrupt)
+		logf_(d, "start-up repair: %zu temporary files, %zu orphaned data files, %zu expired "
+		         "claims removed; %zu damaged envelopes moved to corrupt/",
+		      sw.tmp_removed, sw.orphans_removed, sw.claims_expired, sw.corrupt);
+	if (!o->once && (st = ms_spool_wake_listen(d->sp, o->node, &d->wake_fd, err)) != MS_OK) {
+		ms_spool_close(d->sp);
+		return st;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	logf_(d, "daemon started: node %s, spool %s, up to %zu deliveries", o->node,
+	      d->c->spool_dir, d->c->max_deliveries);
+	int woken = 2;
+	int64_t last_list = 0;
+	for (;;) {
+		int64_t now = now_s();
+		if (o->reload && *o->reload) {
+			*o->reload = 0;
+			reload(d);
+			woken = 1;
+		}
+		if (o->stop && *o->stop && !d->stopping) {
+			d->stopping = 1;
+			d->stop_deadline = mono_ms() + MS_DAEMON_GRACE_MS;
+			logf_(d, "stopping: %zu deliveries in flight", d->njobs);
+			for (size_t i = 0; i < d->ndests; i++) { /* waiting work is released */
+				dest *x = d->dests[i];
+				for (size_t k = 0; k < x->nwait; k++)
+					item_done(d, &x->wait[k]);
+				x->nwait = 0;
+			}
+		}
+		if (d->stopping && mono_ms() >= d->stop_deadline)
+			for (size_t i = 0; i < d->njobs; i++)
+				kill(d->jobs[i]->pid, SIGKILL);
+		if (d->stopping && d->njobs == 0)
+			break;
+		/* What is queued: a listing when env/ changed (at most every
+		 * LIST_MIN_MS, as our own updates change it too; at once for a
+		 * new submission), mtimes when told or now and then. */
+		int64_t dm = env_dir_mtime(d), ms = mono_ms();
+		if (!d->stopping && dm != d->env_mtime &&
+		    (woken || ms - last_list >= LIST_MIN_MS || (o->once && idle(d)))) {
+			d->env_mtime = dm;
+			last_list = ms;
+			if (relist(d, err) != MS_OK)
+				logf_(d, "cannot list the queue: %s", err->msg);
+		}
+		if (!d->stopping && (woken == 2 || now - d->last_scan >= d->c->queue_scan_interval)) {
+			recheck_mtimes(d);
+			d->last_scan = now;
+		}
+		woken = 0;
+		if (now - d->last_renew >= (d->c->claim_lease + 2) / 3) {
+			renew(d);
+			d->last_renew = now;
+		}
+		if (!d->stopping)
+			schedule(d);
+		/* --once: done when nothing runs or waits and nothing is due
+		 * (a bounce queued meanwhile is due, and goes too). */
+		if (o->once && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
+			break;
+		/* Wait for results, a wake-up, or the next due message. */
+		size_t nfds = d->njobs + 1;
+		struct pollfd *pf = calloc(nfds, sizeof *pf);
+		if (!pf) {
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			break;
+		}
+		pf[0].fd = d->wake_fd;
+		pf[0].events = POLLIN;
+		for (size_t i = 0; i < d->njobs; i++) {
+			pf[i + 1].fd = d->jobs[i]->eof ? -1 : d->jobs[i]->fd;
+			pf[i + 1].events = POLLIN;
+		}
+		int64_t wait_s = d->c->queue_scan_interval;
+		int64_t nd = next_due(d);
+		if (nd != INT64_MAX && nd - now < wait_s)
+			wait_s = nd - now < 0 ? 0 : nd - now;
+		int64_t lease_wait = (d->c->claim_lease + 2) / 3 - (now - d->last_renew);
+		if (d->nslots && lease_wait < wait_s)
+			wait_s = lease_wait < 0 ? 0 : lease_wait;
+		int timeout = (int)(wait_s * 1000);
+		if (d->njobs && timeout > 200)
+			timeout = 200; /* reap exited workers promptly */
+		if (timeout < 50 && !idle(d))
+			timeout = 50;
+		if (nd <= now && d->claimed >= MS_DAEMON_CLAIMED_MAX)
+			timeout = 200;
+		int r = poll(pf, (nfds_t)nfds, timeout);
+		if (r > 0) {
+			if (pf[0].revents & POLLIN)
+				woken = drain_wake(d);
+			for (size_t i = 0; i < d->njobs; i++)
+				if (pf[i + 1].revents)
+					job_read(d, d->jobs[i]);
+		}
+		free(pf);
+		reap(d);
+	}
+	/* Claims never outlive the daemon. */
+	while (d->nslots)
+		settle(d, d->slots[0]);
+	for (size_t i = 0; i < d->ndests; i++) {
+		free(d->dests[i]->wait);
+		free(d->dests[i]);
+	}
+	free(d->dests);
+	free(d->jobs);
+	free(d->slots);
+	free(d->idx);
+	if (d->wake_fd >= 0)
+		ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
+	logf_(d, "daemon stopped");
+	ms_spool_close(d->sp);
+	return st;
+}

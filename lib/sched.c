@@ -1,0 +1,319 @@
+/*
+ * sched.c - retry tiers, final states, bounces and log lines for queued
+ * messages (see mailspool/sched.h; RFC 5321 4.5.4.1, 6.1; RFC 3464).
+ */
+#include "mailspool/sched.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailspool/dsn.h"
+#include "mailspool/headers.h"
+#include "mailspool/submit.h"
+
+size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)
+{
+	size_t n = 0;
+	if (e->flags & MS_ENV_HOLD)
+		return 0;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		const ms_env_rcpt *r = &e->rcpts[i];
+		if ((r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED) && r->next <= now)
+			idx[n++] = i;
+	}
+	return n;
+}
+
+ms_status ms_sched_message(ms_spool *sp, const ms_envelope *e, const size_t *idx, size_t n,
+                           ms_message **out, int *fd, ms_error *err)
+{
+	*out = NULL;
+	*fd = -1;
+	ms_message *m = ms_message_new(e->sender, err);
+	if (!m)
+		return err->status;
+	ms_status st = MS_OK;
+	for (size_t i = 0; i < n && st == MS_OK; i++)
+		st = ms_message_add_rcpt(m, e->rcpts[idx[i]].addr, err);
+	if (st == MS_OK)
+		st = ms_spool_open_data(sp, e->id, fd, err);
+	if (st == MS_OK)
+		st = ms_message_add_fd(m, *fd, 0, e->size, err);
+	if (st != MS_OK) {
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		ms_message_free(m);
+		return st;
+	}
+	*out = m;
+	return MS_OK;
+}
+
+void ms_sched_results(const ms_message *m, const size_t *idx, const char *relay,
+                      ms_sched_result *out)
+{
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		const ms_rcpt *r = &m->rcpts[i];
+		ms_sched_result *s = &out[i];
+		memset(s, 0, sizeof *s);
+		s->rcpt = idx[i];
+		s->state = r->state == MS_RCPT_DELIVERED || r->state == MS_RCPT_FAILED ? r->state
+		                                                                        : MS_RCPT_DEFERRED;
+		s->code = r->out.code;
+		snprintf(s->enh, sizeof s->enh, "%s", r->out.enh);
+		snprintf(s->text, sizeof s->text, "%s", r->out.text ? r->out.text : "");
+		snprintf(s->relay, sizeof s->relay, "%s", relay ? relay : "none");
+	}
+}
+
+/* "mx1.example.org" from "mx1.example.org[192.0.2.1]:25" (Remote-MTA). */
+static void relay_host(const char *relay, char *out, size_t n)
+{
+	size_t k = strcspn(relay, "[");
+	if (!relay[k] || k >= n)
+		k = 0; /* "none", or a relay by name: no server name to give */
+	snprintf(out, n, "%.*s", (int)k, relay);
+}
+
+static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_env_rcpt *r,
+                       const ms_sched_result *s, const char *status, int64_t now)
+{
+	if (!o->log)
+		return;
+	char line[MS_LOG_LINE_MAX], dsn[16], text[MS_ENV_TEXT_MAX];
+	ms_dsn_status(s->code ? s->code : (s->state == MS_RCPT_DELIVERED ? 250 : 450), s->enh,
+	              r->state == MS_ENV_FAILED, dsn, sizeof dsn);
+	if (s->state == MS_RCPT_DELIVERED)
+		snprintf(dsn, sizeof dsn, "2%s", s->enh[0] == '2' ? s->enh + 1 : ".0.0");
+	size_t k = 0;
+	for (const char *p = s->text; *p && k + 1 < sizeof text; p++)
+		text[k++] = *p == '\n' || *p == '\r' ? ' ' : *p;
+	text[k] = '\0';
+	char code[16] = "";
+	if (s->code)
+		snprintf(code, sizeof code, "%d ", s->code);
+	snprintf(line, sizeof line,
+	         "%s: to=<%s>, relay=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%.1500s)",
+	         e->id, r->addr, s->relay, (long long)(now - e->arrival), r->attempts, dsn, status,
+	         code, text);
+	o->log(o->log_ctx, line);
+}
+
+/* One bounce for every recipient that failed in this attempt. */
+static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope *e,
+                        const ms_dsn_rcpt *fails, size_t n, int64_t now, char *id_out,
+                        ms_error *err)
+{
+	const ms_conf *c = o->conf;
+	ms_buf hdr, msg;
+	ms_buf_init(&hdr, MS_HDR_MAX);
+	ms_buf_init(&msg, MS_HDR_MAX + (64u << 10) + n * 2048);
+	int dfd = -1, mfd = -1;
+	uint64_t body_off;
+	if (ms_spool_open_data(sp, e->id, &dfd, NULL) == MS_OK)
+		ms_hdr_read(dfd, &hdr, &body_off, NULL); /* without it, a bounce without headers */
+	ms_dsn d = { .reporting_mta = c->hostname, .queue_id = e->id, .sender = e->sender,
+		         .arrival = e->arrival, .rcpts = fails, .nrcpts = n,
+		         .headers = ms_buf_ptr(&hdr), .headers_len = ms_buf_avail(&hdr), .now = now };
+	ms_status st = ms_dsn_build(&d, &msg, err);
+	if (st == MS_OK && (mfd = memfd_create("mailspool-dsn", MFD_CLOEXEC)) < 0)
+		st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: memfd_create failed");
+	if (st == MS_OK) {
+		const char *p = ms_buf_ptr(&msg);
+		size_t left = ms_buf_avail(&msg);
+		while (left > 0 && st == MS_OK) {
+			ssize_t w = write(mfd, p, left);
+			if (w <= 0)
+				st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: write failed");
+			else
+				p += w, left -= (size_t)w;
+		}
+	}
+	if (st == MS_OK && lseek(mfd, 0, SEEK_SET) != 0)
+		st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: lseek failed");
+	if (st == MS_OK) {
+		const char *rcpt[1] = { e->sender };
+		ms_submit_opts so = { .sender = "", .user = "MAILER-DAEMON", .rcpts = rcpt, .nrcpts = 1 };
+		ms_submit_result res;
+		st = ms_submit(sp, c, &so, mfd, &res, err);
+		if (st == MS_OK)
+			snprintf(id_out, MS_ENV_ID_MAX + 1, "%s", res.id);
+	}
+	if (dfd >= 0)
+		close(dfd);
+	if (mfd >= 0)
+		close(mfd);
+	ms_buf_free(&hdr);
+	ms_buf_free(&msg);
+	return st;
+}
+
+ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
+                          const ms_sched_result *res, size_t n, ms_sched_summary *sum,
+                          ms_error *err)
+{
+	const ms_conf *c = o->conf;
+	int64_t now = o->now ? o->now : (int64_t)time(NULL);
+	memset(sum, 0, sizeof *sum);
+	ms_dsn_rcpt *fails = calloc(n ? n : 1, sizeof *fails);
+	char (*mta)[MS_RELAY_DESC_MAX] = calloc(n ? n : 1, sizeof *mta);
+	if (!fails || !mta) {
+		free(fails);
+		free(mta);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	size_t nfail = 0;
+	ms_status st = MS_OK;
+	const char **status = calloc(n ? n : 1, sizeof *status);
+	for (size_t i = 0; i < n && st == MS_OK && status; i++) {
+		const ms_sched_result *s = &res[i];
+		if (s->rcpt >= e->nrcpts)
+			continue;
+		ms_env_rcpt *r = &e->rcpts[s->rcpt];
+		if (r->state == MS_ENV_DELIVERED || r->state == MS_ENV_FAILED)
+			continue; /* final states stay final */
+		if ((st = ms_env_record_attempt(r, now, s->code, s->enh, s->text, err)) != MS_OK)
+			break;
+		if (s->state == MS_RCPT_DELIVERED) {
+			r->state = MS_ENV_DELIVERED;
+			status[i] = "sent";
+			sum->delivered++;
+			continue;
+		}
+		if (s->state != MS_RCPT_FAILED && r->tier + 1 < c->ntiers) {
+			r->tier++;
+			r->state = MS_ENV_DEFERRED;
+			r->next = now + c->retry_tiers[r->tier];
+			status[i] = "deferred";
+			sum->deferred++;
+			continue;
+		}
+		/* Refused for good, or the last tier failed too. */
+		r->state = MS_ENV_FAILED;
+		r->next = INT64_MAX;
+		status[i] = "bounced";
+		sum->failed++;
+		relay_host(s->relay, mta[nfail], sizeof mta[nfail]);
+		fails[nfail] = (ms_dsn_rcpt){ .addr = r->addr, .code = s->code, .enh = s->enh,
+			                          .text = s->text, .remote_mta = mta[nfail],
+			                          .last_attempt = now };
+		nfail++;
+	}
+	if (!status && st == MS_OK)
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	if (st == MS_OK && nfail && o->bounce && e->sender[0]) {
+		st = bounce(sp, o, e, fails, nfail, now, sum->bounce_id, err);
+	}
+	if (st == MS_OK) {
+		for (size_t i = 0; i < n; i++)
+			if (status[i])
+				log_result(o, e, &e->rcpts[res[i].rcpt], &res[i], status[i], now);
+		char line[MS_LOG_LINE_MAX];
+		if (nfail && o->bounce && o->log) {
+			if (sum->bounce_id[0])
+				snprintf(line, sizeof line, "%s: sender non-delivery notification: %s", e->id,
+				         sum->bounce_id);
+			else
+				snprintf(line, sizeof line,
+				         "%s: no non-delivery notification: the sender is <> (RFC 5321 6.1)",
+				         e->id);
+			o->log(o->log_ctx, line);
+		}
+		if (sum->delivered)
+			ms_spool_usage(sp, "sent", e->size, e->id, NULL);
+		sum->next_due = ms_env_next_due(e);
+		if (sum->next_due == INT64_MAX) {
+			st = ms_spool_remove(sp, e->id, err);
+			sum->removed = st == MS_OK;
+			if (sum->removed && o->log) {
+				snprintf(line, sizeof line, "%s: removed", e->id);
+				o->log(o->log_ctx, line);
+			}
+		} else {
+			st = ms_spool_update(sp, e, err);
+		}
+	}
+	free(status);
+	free(fails);
+	free(mta);
+	return st;
+}
+
+typedef struct attempt_ctx {
+	const size_t *idx;
+	ms_sched_result *out;
+	size_t n;
+} attempt_ctx;
+
+static void collect(void *ctx, ms_message *m, const char *relay)
+{
+	attempt_ctx *a = ctx;
+	ms_sched_results(m, a->idx, relay, a->out + a->n);
+	a->n += m->nrcpts;
+}
+
+ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
+                           ms_transcript *tx, ms_sched_result **res, size_t *nres, ms_error *err)
+{
+	*res = NULL;
+	*nres = 0;
+	int64_t now = (int64_t)time(NULL);
+	size_t *due = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *due);
+	size_t *idx = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *idx);
+	char (*keys)[MS_DEST_MAX] = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *keys);
+	ms_sched_result *out = calloc(e->nrcpts ? e->nrcpts : 1, sizeof *out);
+	if (!due || !idx || !keys || !out) {
+		free(due), free(idx), free(keys), free(out);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	size_t ndue = ms_sched_due(e, now, due), nout = 0;
+	ms_error kerr;
+	for (size_t i = 0; i < ndue; i++)
+		if (ms_dest_for(c, e->sender, e->rcpts[due[i]].addr, keys[i], MS_DEST_MAX, &kerr) !=
+		    MS_OK) {
+			ms_sched_result *s = &out[nout++];
+			s->rcpt = due[i];
+			s->state = MS_RCPT_DEFERRED;
+			snprintf(s->enh, sizeof s->enh, "4.3.5");
+			snprintf(s->text, sizeof s->text, "%s", kerr.msg);
+			snprintf(s->relay, sizeof s->relay, "none");
+			keys[i][0] = '\0';
+		}
+	/* One session per destination, for all of its recipients. */
+	ms_status st = MS_OK;
+	for (size_t i = 0; i < ndue && st == MS_OK; i++) {
+		if (!keys[i][0])
+			continue;
+		size_t n = 0;
+		for (size_t k = i; k < ndue; k++)
+			if (k == i || (keys[k][0] && !strcmp(keys[k], keys[i])))
+				idx[n++] = due[k];
+		ms_message *m;
+		int fd;
+		if ((st = ms_sched_message(sp, e, idx, n, &m, &fd, err)) != MS_OK)
+			break;
+		attempt_ctx a = { idx, out, nout };
+		ms_deliver_opts dopt = { .conf = c, .transcript = tx, .on_result = collect, .ctx = &a };
+		ms_deliver_report rep;
+		st = ms_deliver(&dopt, keys[i], &m, 1, &rep, err);
+		nout = a.n;
+		ms_message_free(m);
+		close(fd);
+		for (size_t k = i + 1; k < ndue; k++)
+			if (!strcmp(keys[k], keys[i]))
+				keys[k][0] = '\0';
+	}
+	free(due), free(idx), free(keys);
+	if (st != MS_OK) {
+		free(out);
+		return st;
+	}
+	*res = out;
+	*nres = nout;
+	return MS_OK;
+}
