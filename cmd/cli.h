@@ -28,11 +28,22 @@ int cli_exit_for(ms_status st);
 /* The login name of the caller. */
 const char *cli_user(void);
 
-/* Queue one message read from fd; prints a line (or nothing when quiet),
- * or a JSON object to `json` (a comma first unless *first), and returns an
- * exit code. */
+/* Delivery modes (send --mode, sendmail -od?). */
+typedef enum cli_mode {
+	CLI_QUEUE = 0,   /* Deferred: queue it, the daemon delivers */
+	CLI_NOW,         /* Interactive: deliver now, report, queue nothing */
+	CLI_BACKGROUND   /* deliver now; temporary failures stay queued for retry */
+} cli_mode;
+/* "queue", "now", "background" -> mode; -1 if unknown. */
+int cli_mode_parse(const char *s);
+
+/* Queue one message read from fd (and in modes now/background deliver it
+ * at once); prints a line per message (per recipient when delivering;
+ * nothing when quiet and all went well), or a JSON object to `json` (a
+ * comma first unless *first), and returns an exit code. */
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
-               const char *name, int quiet, FILE *json, int *first);
+               const char *name, int quiet, FILE *json, int *first, cli_mode mode);
+int cmd_daemon(int argc, char **argv);
 
 int cmd_queue(int argc, char **argv);
 int cmd_show(int argc, char **argv);

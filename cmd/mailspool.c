@@ -35,7 +35,9 @@ static void usage_main(FILE *f)
 	        "\n"
 	        "Commands:\n"
 	        "  send     with --via: send messages to one SMTP or QMTP server over one\n"
-	        "           connection; without: put them in the spool\n"
+	        "           connection; without: put them in the spool (--mode now or\n"
+	        "           background: and deliver them at once)\n"
+	        "  daemon   deliver the spool: MX routing, retries, bounces\n"
 	        "  queue    list the spool (as mailq)\n"
 	        "  show     one queued message: envelope, attempts, headers\n"
 	        "  hold     keep queued messages from being delivered\n"
@@ -57,13 +59,20 @@ static void usage_send(FILE *f)
 	fprintf(f,
 	        "usage: %s send --via URL [OPTIONS] [FILE...]\n"
 	        "       %s send [-C FILE] [-f SENDER] [-F NAME] [--to RCPT]... [-t] [--json] [-q]\n"
-	        "               [FILE...]        (no --via: queue them in the spool)\n"
+	        "               [--mode queue|now|background] [FILE...]\n"
+	        "                                (no --via: through the spool and its routing)\n"
 	        "\n"
 	        "Send each FILE (standard input when none) as one message, all over one\n"
 	        "connection.  SMTP with PIPELINING sends each message's MAIL, RCPTs and DATA\n"
 	        "as one group, and the next message's group rides in the same write as the\n"
 	        "previous message's data and final dot: about one round trip per message.\n"
 	        "QMTP streams the messages back to back: about one round trip in all.\n"
+	        "\n"
+	        "Without --via, --mode says what happens to each message: queue (the\n"
+	        "default) leaves it to the daemon; now delivers it at once through the\n"
+	        "daemon's routing (MX or route.DOMAIN), prints each recipient's result,\n"
+	        "queues nothing and exits non-zero on any failure; background delivers at\n"
+	        "once and leaves what failed temporarily queued for retry.\n"
 	        "\n"
 	        "Options:\n"
 	        "  --via URL             server: smtp://[USER@]HOST[:PORT] (port 25 by default;\n"
@@ -412,7 +421,7 @@ static int parse_seconds(const char *s, int *ms)
 
 /* send without --via: each file (or stdin) queued as one message. */
 static int queue_files(const send_opts *so, const char *confp, const char *full_name, int nfiles,
-                       char **files, int json, int quiet)
+                       char **files, int json, int quiet, cli_mode mode)
 {
 	if (!so->nrcpts && !so->from_headers) {
 		fprintf(stderr, "%s send: no recipients: give --to RCPT or -t\n", progname);
@@ -432,7 +441,7 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 		nfiles = 1;
 	}
 	if (json)
-		printf("{\"queued\":[");
+		printf("{\"%s\":[", mode == CLI_QUEUE ? "queued" : "delivered");
 	int worst = EX_OK_, first = 1;
 	for (int i = 0; i < nfiles; i++) {
 		int fd = strcmp(files[i], "-") ? open(files[i], O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
@@ -441,7 +450,7 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 			worst = worst == EX_TEMPFAIL_ ? worst : EX_NOINPUT_;
 			continue;
 		}
-		int r = cli_submit(sp, &conf, &o, fd, files[i], quiet, json ? stdout : NULL, &first);
+		int r = cli_submit(sp, &conf, &o, fd, files[i], quiet, json ? stdout : NULL, &first, mode);
 		if (fd != STDIN_FILENO)
 			close(fd);
 		if (r == EX_TEMPFAIL_ || (r && worst == EX_OK_))
@@ -459,11 +468,13 @@ static int send_with(int argc, char **argv, const char **rcpts)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
-	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN };
+	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN,
+	       O_MODE };
 	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
 	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
+		{ "mode", required_argument, NULL, O_MODE },
 		{ "from", required_argument, NULL, 'f' },
 		{ "to", required_argument, NULL, O_TO },
 		{ "json", no_argument, NULL, O_JSON },
@@ -501,7 +512,8 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	const char *smtp_only = NULL, *qmtp_only = NULL, *qreplies = NULL;
 	send_opts so = { 0 };
 	const char *via = NULL, *tpath = NULL;
-	int tbodies = 0, cap_ms = 0;
+	int tbodies = 0, cap_ms = 0, mode = CLI_QUEUE;
+	const char *mode_arg = NULL;
 	char defsender[MS_ADDR_MAX + 1];
 	run R = { .first_json = 1 };
 	ms_buf_init(&R.out, 0);
@@ -515,6 +527,13 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		case 'C': confp = optarg; break;
 		case 'F': full_name = optarg; break;
 		case O_VIA: via = optarg; break;
+		case O_MODE:
+			if ((mode = cli_mode_parse(optarg)) < 0) {
+				fprintf(stderr, "%s send: --mode wants now, background or queue\n", progname);
+				return EX_USAGE_;
+			}
+			mode_arg = optarg;
+			break;
 		case 'f': so.sender = optarg; break;
 		case O_TO: so.rcpts[so.nrcpts++] = optarg; break;
 		case 't': so.from_headers = 1; break;
@@ -611,7 +630,13 @@ static int send_with(int argc, char **argv, const char **rcpts)
 			fprintf(stderr, "%s send: %s applies to --via only\n", progname, bad);
 			return EX_USAGE_;
 		}
-		return queue_files(&so, confp, full_name, argc - optind, argv + optind, R.json, R.quiet);
+		return queue_files(&so, confp, full_name, argc - optind, argv + optind, R.json, R.quiet,
+		                   (cli_mode)mode);
+	}
+	if (mode_arg) {
+		fprintf(stderr, "%s send: --mode applies without --via only (--via sends now)\n",
+		        progname);
+		return EX_USAGE_;
 	}
 	/* --via relay: the relays the configuration names for this sender,
 	 * each with its own TLS and credentials, in failover order. */
@@ -937,7 +962,8 @@ int main(int argc, char **argv)
 	} cmds[] = { { "send", cmd_send },       { "queue", cmd_queue },     { "show", cmd_show },
 		         { "hold", cmd_hold },       { "release", cmd_hold },    { "delete", cmd_hold },
 		         { "flush", cmd_hold },      { "stats", cmd_stats },     { "sweep", cmd_sweep },
-		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq } };
+		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq },
+		         { "daemon", cmd_daemon } };
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
 		if (!strcmp(argv[1], cmds[i].name))
 			return cmds[i].fn(argc - 1, argv + 1);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mailspool/sched.h"
 #include "mailspool/buf.h"
 #include "mailspool/headers.h"
 #include "mailspool/transcript.h"
@@ -55,17 +56,133 @@ const char *cli_user(void)
 	return pw ? pw->pw_name : "root";
 }
 
+int cli_mode_parse(const char *s)
+{
+	return !strcmp(s, "queue") ? CLI_QUEUE
+	       : !strcmp(s, "now") ? CLI_NOW
+	       : !strcmp(s, "background") ? CLI_BACKGROUND
+	                                  : -1;
+}
+
+static const char *result_word(ms_rcpt_state s)
+{
+	return s == MS_RCPT_DELIVERED ? "delivered" : s == MS_RCPT_FAILED ? "failed" : "deferred";
+}
+
+/* Modes now and background: claim the message just queued, attempt every
+ * recipient through the daemon's routing, report each.  Now: the message
+ * was queued held (no daemon touches it) and is removed whatever happened.
+ * Background: results are recorded as the daemon would, without bounces
+ * (the caller is told); what failed temporarily stays queued. */
+static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const char *name,
+                       int quiet, FILE *json, cli_mode mode)
+{
+	ms_claim cl;
+	ms_error err;
+	const char *pre = name ? name : "", *sep = name ? ": " : "";
+	if (ms_spool_claim(sp, id, conf->hostname, &cl, &err) != MS_OK) {
+		if (!quiet)
+			printf("%s%squeued as %s (a daemon is delivering it)\n", pre, sep, id);
+		return EX_OK_;
+	}
+	ms_envelope e;
+	ms_sched_result *res = NULL;
+	size_t n = 0;
+	ms_status st = ms_spool_read(sp, id, &e, &err);
+	if (st == MS_OK) {
+		e.flags &= ~(uint32_t)MS_ENV_HOLD;
+		st = ms_sched_attempt(sp, conf, &e, NULL, &res, &n, &err);
+	}
+	size_t failed = 0, deferred = 0;
+	if (st == MS_OK) {
+		ms_sched_summary sum;
+		ms_sched_opts so = { .conf = conf, .bounce = 0 };
+		if (mode == CLI_NOW)
+			st = ms_spool_remove(sp, id, &err);
+		else
+			st = ms_sched_settle(sp, &so, &e, res, n, &sum, &err);
+	} else if (mode == CLI_NOW) {
+		ms_spool_remove(sp, id, NULL);
+	}
+	ms_spool_release(sp, &cl, NULL);
+	if (st != MS_OK) {
+		fprintf(stderr, "%s: %s%s%s: %s\n", progname, pre, sep, id, err.msg);
+		if (n == 0) {
+			ms_env_free(&e);
+			free(res);
+			return mode == CLI_NOW ? cli_exit_for(st) : EX_TEMPFAIL_;
+		}
+	}
+	if (json) {
+		ms_buf b;
+		ms_buf_init(&b, 0);
+		ms_json_string(&b, name ? name : "-", strlen(name ? name : "-"));
+		fprintf(json, "%s,\"id\":\"%s\",\"mode\":\"%s\",\"recipients\":[", ms_buf_ptr(&b), id,
+		        mode == CLI_NOW ? "now" : "background");
+		ms_buf_free(&b);
+	}
+	for (size_t i = 0; i < n; i++) {
+		const ms_sched_result *r = &res[i];
+		failed += r->state == MS_RCPT_FAILED;
+		deferred += r->state != MS_RCPT_FAILED && r->state != MS_RCPT_DELIVERED;
+		const char *addr = r->rcpt < e.nrcpts ? e.rcpts[r->rcpt].addr : "?";
+		if (json) {
+			ms_buf b;
+			ms_buf_init(&b, 0);
+			ms_buf_appendstr(&b, i ? ",{\"address\":" : "{\"address\":");
+			ms_json_string(&b, addr, strlen(addr));
+			ms_buf_printf(&b, ",\"state\":\"%s\",\"code\":%d,\"enhanced\":", result_word(r->state),
+			              r->code);
+			ms_json_string(&b, r->enh, strlen(r->enh));
+			ms_buf_appendstr(&b, ",\"text\":");
+			ms_json_string(&b, r->text, strlen(r->text));
+			ms_buf_appendstr(&b, ",\"relay\":");
+			ms_json_string(&b, r->relay, strlen(r->relay));
+			ms_buf_appendstr(&b, "}");
+			fputs(ms_buf_ptr(&b), json);
+			ms_buf_free(&b);
+		} else if (!quiet || r->state != MS_RCPT_DELIVERED) {
+			FILE *out = r->state == MS_RCPT_DELIVERED ? stdout : stderr;
+			fprintf(out, "%s%s%s: <%s> %s via %s (%d %s%s%s)%s\n", pre, sep, id, addr,
+			        result_word(r->state), r->relay, r->code, r->enh, r->enh[0] ? " " : "",
+			        r->text,
+			        mode == CLI_BACKGROUND && r->state == MS_RCPT_DEFERRED ? "; queued for retry"
+			                                                               : "");
+		}
+	}
+	if (json)
+		fputs("]}", json);
+	ms_env_free(&e);
+	free(res);
+	if (failed)
+		return EX_UNAVAILABLE_;
+	return deferred && mode == CLI_NOW ? EX_TEMPFAIL_ : EX_OK_;
+}
+
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
-               const char *name, int quiet, FILE *json, int *first)
+               const char *name, int quiet, FILE *json, int *first, cli_mode mode)
 {
 	ms_submit_result res;
 	ms_error err;
-	ms_status st = ms_submit(sp, conf, o, fd, &res, &err);
+	ms_submit_opts so = *o;
+	if (mode == CLI_NOW)
+		so.flags |= MS_ENV_HOLD; /* no daemon may take it meanwhile */
+	ms_status st = ms_submit(sp, conf, &so, fd, &res, &err);
 	if (st != MS_OK) {
 		fprintf(stderr, "%s: %s%s%s; nothing was queued\n", progname, name ? name : "",
 		        name ? ": " : "", err.msg);
 		return cli_exit_for(st);
 	}
+	if (mode != CLI_QUEUE) {
+		if (json && first && !*first)
+			fputc(',', json);
+		if (json)
+			fputs("{\"file\":", json);
+		if (first)
+			*first = 0;
+		return deliver_now(sp, conf, res.id, name, quiet, json, mode);
+	}
+	ms_spool_wake(sp, 0);
 	if (json) {
 		ms_buf b;
 		ms_buf_init(&b, 0);
@@ -464,6 +581,7 @@ int cmd_hold(int argc, char **argv)
 	}
 	if (is_flush)
 		printf("%zu message%s due now\n", n, n == 1 ? "" : "s");
+	ms_spool_wake(sp, 1); /* running daemons read the changed envelopes */
 	ms_spool_ids_free(all, nall);
 	ms_spool_close(sp);
 	return rc;

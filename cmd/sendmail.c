@@ -57,6 +57,7 @@ int cmd_sendmail(int argc, char **argv)
 	ms_submit_opts o = { 0 };
 	const char *confp = NULL;
 	int list = 0, flush = 0, verbose = 0, bad = 0, i;
+	cli_mode mode = CLI_QUEUE; /* -odq, -odd; -odi: now, -odb: background */
 	o.dot_ends = 1;
 	for (i = 1; i < argc && !bad; i++) {
 		const char *a = argv[i];
@@ -89,7 +90,7 @@ int cmd_sendmail(int argc, char **argv)
 			if (!strcmp(rest, "i"))
 				o.dot_ends = 0;
 			else if (rest[0] == 'd' && rest[1] && strchr("qibd", rest[1]) && !rest[2])
-				; /* -odq/-odi/-odb/-odd: the daemon (issue 5) delivers; queued here */
+				mode = rest[1] == 'i' ? CLI_NOW : rest[1] == 'b' ? CLI_BACKGROUND : CLI_QUEUE;
 			else if (rest[0] == 'd') {
 				fprintf(stderr, "%s: unknown delivery mode %s\n", progname, a);
 				return EX_USAGE_;
@@ -148,7 +149,7 @@ int cmd_sendmail(int argc, char **argv)
 	}
 	o.user = cli_user();
 	o.uid = (uint32_t)getuid();
-	r = cli_submit(sp, &conf, &o, 0, NULL, !verbose, NULL, NULL);
+	r = cli_submit(sp, &conf, &o, 0, NULL, !verbose, NULL, NULL, mode);
 	ms_spool_close(sp);
 	return r;
 }

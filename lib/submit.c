@@ -243,6 +243,7 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 	ms_env_init(&env);
 	env.arrival = now;
 	env.uid = o->uid;
+	env.flags = o->flags;
 	/* The sender. */
 	char wire[MS_ADDR_MAX + 1], defsender[MS_CONF_HOST_MAX + 80];
 	const char *sender = o->sender;

@@ -44,6 +44,7 @@ typedef struct ms_submit_opts {
 	size_t nrcpts;
 	int from_headers;        /* -t */
 	int dot_ends;            /* a line "." alone ends the input (sendmail without -i) */
+	uint32_t flags;          /* envelope flags at commit (MS_ENV_HOLD) */
 } ms_submit_opts;
 
 typedef struct ms_submit_result {

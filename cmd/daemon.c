@@ -1,0 +1,176 @@
+/*
+ * daemon.c - `mailspool daemon`: signals, the log, detaching; the work is
+ * the library's (mailspool/daemon.h).
+ *
+ * Log lines go to log_file: syslog (facility mail), stderr, or a file
+ * opened for appending (each line written with one write(2), so several
+ * daemons can share it).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "mailspool/addr.h"
+#include "mailspool/daemon.h"
+
+static volatile sig_atomic_t stop_flag, reload_flag;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	stop_flag = 1;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	reload_flag = 1;
+}
+
+typedef struct log_sink {
+	int fd;      /* -1: syslog */
+	int also_stderr;
+} log_sink;
+
+static void log_line(void *ctx, const char *line)
+{
+	log_sink *l = ctx;
+	if (l->fd < 0)
+		syslog(LOG_MAIL | LOG_INFO, "%s", line);
+	if (l->fd < 0 && !l->also_stderr)
+		return;
+	char buf[MS_LOG_LINE_MAX + 128], ts[40];
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	struct tm tm;
+	gmtime_r(&now.tv_sec, &tm);
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	int n = snprintf(buf, sizeof buf, "%s.%03ldZ mailspool[%ld]: %s\n", ts,
+	                 now.tv_nsec / 1000000, (long)getpid(), line);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof buf)
+		n = (int)sizeof buf - 1, buf[n - 1] = '\n';
+	if (l->fd >= 0)
+		(void)!write(l->fd, buf, (size_t)n);
+	if (l->also_stderr && l->fd != STDERR_FILENO)
+		(void)!write(STDERR_FILENO, buf, (size_t)n);
+}
+
+static void usage_daemon(FILE *f)
+{
+	fprintf(f,
+	        "usage: %s daemon [-C FILE] [--foreground] [--once] [--node NAME]\n"
+	        "\n"
+	        "Deliver the spool: due messages are claimed, grouped by destination (MX\n"
+	        "lookup, or route.DOMAIN / default_route in the configuration) and sent\n"
+	        "over one pipelined connection per destination (more for large groups);\n"
+	        "temporary failures are retried on the retry tiers, permanent ones and\n"
+	        "exhausted tiers bounce to the sender.  Several daemons may share a spool,\n"
+	        "on one host or several.\n"
+	        "\n"
+	        "  --foreground   stay attached; log to standard error too\n"
+	        "  --once         deliver what is due now, then exit\n"
+	        "  --node NAME    this dequeuer's name in claims (default: the host name)\n"
+	        "\n"
+	        "Signals: TERM/INT stop (in-flight deliveries get %d s to finish), HUP\n"
+	        "rereads the configuration.  'mailspool flush' wakes it.\n",
+	        progname, MS_DAEMON_GRACE_MS / 1000);
+}
+
+int cmd_daemon(int argc, char **argv)
+{
+	enum { O_FG = 256, O_ONCE, O_NODE, O_HELP };
+	static const struct option opts[] = { { "foreground", no_argument, NULL, O_FG },
+		                                  { "once", no_argument, NULL, O_ONCE },
+		                                  { "node", required_argument, NULL, O_NODE },
+		                                  { "help", no_argument, NULL, O_HELP },
+		                                  { NULL, 0, NULL, 0 } };
+	const char *confp = NULL, *node = NULL;
+	int fg = 0, once = 0, c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "C:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'C': confp = optarg; break;
+		case O_FG: fg = 1; break;
+		case O_ONCE: once = 1; break;
+		case O_NODE: node = optarg; break;
+		case O_HELP: usage_daemon(stdout); return EX_OK_;
+		default: usage_daemon(stderr); return EX_USAGE_;
+		}
+	}
+	if (optind < argc) {
+		usage_daemon(stderr);
+		return EX_USAGE_;
+	}
+	char host[256];
+	if (!node) {
+		ms_addr_hostname(host, sizeof host);
+		node = host;
+	}
+	for (const char *p = node; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '_' || *p == '.') ||
+		    p - node > 63) {
+			fprintf(stderr, "%s daemon: --node wants up to 64 of [A-Za-z0-9._-]\n", progname);
+			return EX_USAGE_;
+		}
+	int required;
+	const char *path = ms_conf_path(confp, &required);
+	ms_conf *conf = malloc(sizeof *conf);
+	ms_error err;
+	if (!conf)
+		return EX_SOFTWARE_;
+	if (ms_conf_load(conf, path, required, &err) != MS_OK) {
+		fprintf(stderr, "%s daemon: %s\n", progname, err.msg);
+		free(conf);
+		return EX_USAGE_;
+	}
+	log_sink sink = { -1, fg || once };
+	if (!strcmp(conf->log_file, "stderr")) {
+		sink.fd = STDERR_FILENO;
+	} else if (strcmp(conf->log_file, "syslog")) {
+		sink.fd = open(conf->log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (sink.fd < 0) {
+			fprintf(stderr, "%s daemon: cannot open log_file %s: %s\n", progname,
+			        conf->log_file, strerror(errno));
+			free(conf);
+			return EX_CANTCREAT_;
+		}
+	} else {
+		openlog("mailspool", LOG_PID, LOG_MAIL);
+	}
+	if (!fg && !once) {
+		if (daemon(0, 0) < 0) {
+			fprintf(stderr, "%s daemon: cannot detach: %s\n", progname, strerror(errno));
+			free(conf);
+			return EX_SOFTWARE_;
+		}
+		sink.also_stderr = 0;
+	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_stop;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
+	ms_daemon_opts o = { .conf = conf, .conf_path = path, .conf_required = required,
+		                 .node = node, .once = once, .stop = &stop_flag, .reload = &reload_flag,
+		                 .log = log_line, .log_ctx = &sink };
+	ms_status st = ms_daemon_run(&o, &err);
+	if (st != MS_OK)
+		fprintf(stderr, "%s daemon: %s\n", progname, err.msg);
+	if (sink.fd > STDERR_FILENO)
+		close(sink.fd);
+	free(conf);
+	return st == MS_OK ? EX_OK_ : cli_exit_for(st);
+}
