@@ -701,20 +701,20 @@ static void schedule(sched_state *d)
 	/* Workers: one per destination with work, more for large groups. */
 	for (size_t i = 0; i < d->ndests && !d->stopping; i++) {
 		dest *x = d->dests[i];
-		while (x->nwait > 0 && d->njobs < d->c->max_deliveries &&
-		       x->active < d->c->destination_concurrency) {
-			size_t want = (x->nwait + d->c->connection_messages - 1) / d->c->connection_messages;
-			if (want > d->c->destination_concurrency)
-				want = d->c->destination_concurrency;
-			if (x->active > 0 && x->active >= want)
-				break; /* small group: it waits for the running connection */
-			size_t add = x->active >= want ? 1 : want - x->active;
-			size_t per = (x->nwait + add - 1) / add;
-			if (per > MS_DAEMON_GROUP_MAX)
-				per = MS_DAEMON_GROUP_MAX;
-			if (launch(d, x, per) < 0)
+		if (x->nwait == 0 || x->active >= d->c->destination_concurrency)
+			continue;
+		size_t want = (x->nwait + d->c->connection_messages - 1) / d->c->connection_messages;
+		if (want > d->c->destination_concurrency)
+			want = d->c->destination_concurrency;
+		if (x->active > 0 && x->active >= want)
+			continue; /* a small group waits for the running connection */
+		size_t add = x->active >= want ? 1 : want - x->active;
+		size_t per = (x->nwait + add - 1) / add;
+		if (per > MS_DAEMON_GROUP_MAX)
+			per = MS_DAEMON_GROUP_MAX;
+		for (size_t k = 0; k < add && x->nwait > 0 && d->njobs < d->c->max_deliveries; k++)
+			if (launch(d, x, per < x->nwait ? per : x->nwait) < 0)
 				break;
-		}
 	}
 }
 

@@ -15,6 +15,9 @@ free port and stopped afterwards.
   its queuedir backend (every message kept as a file: sender, recipients,
   data) or its echo backend, and optional plugins that refuse.
 
+- Dnsmasq: dnsmasq as the test domains' DNS server (MX, A, CNAME, null MX),
+  authoritative for .test, on a free port of 127.0.0.1.
+
 Only loopback addresses are used.
 """
 import contextlib
@@ -43,13 +46,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, proc=None, timeout=15.0, greeting=True):
+def wait_port(port, proc=None, timeout=15.0, greeting=True, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError):
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            with socket.create_connection((host, port), timeout=0.5) as s:
                 # Wait for the greeting so the server is really up (QMTP
                 # has none: a connection is enough).
                 if greeting:
@@ -74,14 +77,15 @@ class Daemon:
     """A server process in a private directory, listening on a free
     loopback port; stopped and cleaned up on exit."""
 
-    def __init__(self, prefix, mode=0o700):
+    def __init__(self, prefix, mode=0o700, host="127.0.0.1", port=None):
         self.dir = tempfile.mkdtemp(prefix=prefix)
         os.chmod(self.dir, mode)
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
 
     def start(self, argv, env=None, greeting=True, stderr=subprocess.DEVNULL):
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        wait_port(self.port, self.proc, greeting=greeting)
+        wait_port(self.port, self.proc, greeting=greeting, host=self.host)
         return self
 
     def __exit__(self, *exc):
@@ -95,16 +99,17 @@ class Daemon:
 class SmtpSink(Daemon):
     """smtp-sink [options] 127.0.0.1:port; dump file of every transaction."""
 
-    def __init__(self, *options, dump=True):
-        super().__init__("ms-sink-", 0o777)  # smtp-sink writes as postfix
+    def __init__(self, *options, dump=True, host="127.0.0.1", port=None, greeting=True):
+        super().__init__("ms-sink-", 0o777, host, port)  # smtp-sink writes as postfix
         self.want_dump = dump
         self.dump = os.path.join(self.dir, "dump")
         self.options = list(options)
+        self.greeting = greeting
 
     def __enter__(self):
         return self.start(["smtp-sink", "-u", "postfix"] +
                           (["-D", self.dump] if self.want_dump else []) + self.options +
-                          [f"127.0.0.1:{self.port}", "256"])
+                          [f"{self.host}:{self.port}", "256"], greeting=self.greeting)
 
     def transactions(self):
         """The dump split into transactions (smtp-sink writes them in order)."""
@@ -357,10 +362,15 @@ class OpenSMTPD(Daemon):
 class Aiosmtpd:
     """In-process aiosmtpd that records exact message bytes in order."""
 
-    def __init__(self, auth_methods=None, **kwargs):
+    def __init__(self, auth_methods=None, host="127.0.0.1", port=None, rcpt_replies=None,
+                 **kwargs):
         """auth_methods: {"SCRAM-SHA-256": async fn(server, args)} - SASL
-        mechanisms aiosmtpd should offer, as its handler's auth_ hooks."""
-        self.port = free_port()
+        mechanisms aiosmtpd should offer, as its handler's auth_ hooks.
+        rcpt_replies: {address: "550 5.1.1 ..."} - RCPT replies other than
+        250 (a dict the test may change while the server runs)."""
+        self.host = host
+        self.port = port or free_port()
+        self.rcpt_replies = rcpt_replies if rcpt_replies is not None else {}
         self.kwargs = kwargs
         self.auth_methods = auth_methods or {}
         self.envelopes = []
@@ -379,6 +389,13 @@ class Aiosmtpd:
                     outer.sessions += 1
                 return responses
 
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                reply = outer.rcpt_replies.get(address)
+                if reply:
+                    return reply
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 OK"
+
             async def handle_DATA(self, server, session, envelope):
                 with outer.lock:
                     outer.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos),
@@ -386,7 +403,7 @@ class Aiosmtpd:
                                             list(envelope.mail_options)))
                 return "250 2.0.0 stored"
 
-        kw = dict(hostname="127.0.0.1", port=self.port, decode_data=False)
+        kw = dict(hostname=self.host, port=self.port, decode_data=False)
         kw.update(self.kwargs)
         handler = Handler()
         for name, fn in self.auth_methods.items():
@@ -400,7 +417,7 @@ class Aiosmtpd:
         self.controller.stop()
 
     def url(self):
-        return f"smtp://127.0.0.1:{self.port}"
+        return f"smtp://{self.host}:{self.port}"
 
 
 class Mailfront(Daemon):
@@ -451,3 +468,45 @@ class Mailfront(Daemon):
                 fields = f.read().split(b"\0")
             out.append((fields[0].decode(), [r.decode() for r in fields[1:-1]], fields[-1]))
         return out
+
+
+class Dnsmasq(Daemon):
+    """dnsmasq answering for the .test domains only (NXDOMAIN for the rest
+    of .test, nothing forwarded anywhere).  mx: [(domain, host, pref)],
+    hosts: {name: address}; cname: {alias: target}; dead: [domain] - names
+    sent to a server that never answers (a DNS timeout)."""
+
+    def __init__(self, mx=(), hosts=None, cname=None, dead=()):
+        super().__init__("ms-dns-")
+        argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                f"--port={self.port}", "--listen-address=127.0.0.1",
+                "--bind-interfaces", f"--pid-file={self.dir}/pid", "--user=root",
+                "--local=/test/", "--log-facility=-"]
+        for domain, host, pref in mx:
+            argv.append(f"--mx-host={domain},{host},{pref}")
+        for name, addr in (hosts or {}).items():
+            argv.append(f"--host-record={name},{addr}")
+        for alias, target in (cname or {}).items():
+            argv.append(f"--cname={alias},{target}")
+        # A DNS server that never answers: a port nothing listens on (UDP
+        # packets to it vanish on loopback only with a firewall, so use a
+        # socket that reads and never replies).
+        self.blackhole = None
+        if dead:
+            self.blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.blackhole.bind(("127.0.0.1", 0))
+            bport = self.blackhole.getsockname()[1]
+            for d in dead:
+                argv.append(f"--server=/{d}/127.0.0.1#{bport}")
+        self.argv = argv
+
+    def __enter__(self):
+        return self.start(self.argv, greeting=False)
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if self.blackhole:
+            self.blackhole.close()
+
+    def servers(self):
+        return f"127.0.0.1:{self.port}"

@@ -1,0 +1,465 @@
+"""The delivery daemon and the delivery modes, end to end: dnsmasq serves the
+test domains' MX, A, CNAME and null-MX records; real servers (aiosmtpd,
+smtp-sink, Postfix) listen on several loopback addresses on one port (the
+configuration's mx_port)."""
+import email
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, Spool
+from servers import Aiosmtpd, Dnsmasq, SmtpSink, free_port
+
+SENDER = "alice@sender.test"
+
+
+def parse(raw):
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+class World:
+    """dnsmasq + a spool whose configuration points at it."""
+
+    def __init__(self, root, dns, port, tiers="0 30m 4h", extra=""):
+        self.dns = dns
+        self.port = port
+        self.log = os.path.join(root, "delivery.log")
+        self.spool = Spool(root, f"dns_servers = {dns.servers()}\nmx_port = {port}\n"
+                                 f"log_file = {self.log}\nretry_tiers = {tiers}\n"
+                                 f"dns_timeout = 3s\nconnect_timeout = 5s\n{extra}")
+
+    def queue_msg(self, rcpts, body=b"Subject: test\r\n\r\nhello\r\n", sender=SENDER, *args):
+        argv = ["send", "-f", sender] + sum((["--to", r] for r in rcpts), []) + list(args)
+        p = self.spool.ms(*argv, stdin=body)
+        assert p.returncode == 0, p.stderr
+        return re.search(rb"queued as (\S+)", p.stdout).group(1).decode()
+
+    def once(self, timeout=60, *args):
+        p = self.spool.ms("daemon", "--once", *args)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    def start(self, *args):
+        return subprocess.Popen([BIN, "daemon", "--foreground"] + list(args), env=self.spool.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def logtext(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+def wait_for(cond, timeout=30.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def stop_daemon(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+def dns_for(port, **kw):
+    """The usual test domains: a.test with two MX, sender.test, null.test."""
+    mx = [("a.test", "mx1.a.test", 10), ("a.test", "mx2.a.test", 20),
+          ("sender.test", "mx.sender.test", 10), ("null.test", ".", 0)] + kw.pop("mx", [])
+    hosts = {"mx1.a.test": "127.0.0.2", "mx2.a.test": "127.0.0.3",
+             "mx.sender.test": "127.0.0.9"}
+    hosts.update(kw.pop("hosts", {}))
+    return Dnsmasq(mx=mx, hosts=hosts, **kw)
+
+
+def test_mx_preference_then_failover_when_first_refuses(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.3", port=port) as mx2:
+        w = World(str(tmp_path), dns, port)
+        with Aiosmtpd(host="127.0.0.2", port=port) as mx1:
+            w.queue_msg(["u1@a.test"])
+            w.once()
+            assert [e[1] for e in mx1.envelopes] == [["u1@a.test"]]
+            assert mx2.envelopes == []
+        # mx1 is gone (connection refused): the next preference takes it.
+        w.queue_msg(["u2@a.test", "u3@a.test"])
+        w.once()
+        assert [e[1] for e in mx2.envelopes] == [["u2@a.test", "u3@a.test"]]  # one copy (T3)
+        assert mx2.envelopes[0][0] == SENDER
+        assert w.spool.queue() == []
+        log = w.logtext()
+        assert "to=<u1@a.test>, relay=mx1.a.test[127.0.0.2]:%d" % port in log
+        assert "to=<u2@a.test>, relay=mx2.a.test[127.0.0.3]:%d" % port in log
+        assert "status=sent (250" in log
+
+
+def test_cname_and_implicit_mx(tmp_path, port):
+    with dns_for(port, hosts={"implicit.test": "127.0.0.4"},
+                 cname={"alias.test": "implicit.test"}) as dns, \
+            Aiosmtpd(host="127.0.0.4", port=port) as srv:
+        w = World(str(tmp_path), dns, port)
+        w.queue_msg(["x@implicit.test"])
+        w.queue_msg(["y@alias.test"])
+        w.once()
+        assert sorted(e[1][0] for e in srv.envelopes) == ["x@implicit.test", "y@alias.test"]
+        assert "relay=implicit.test[127.0.0.4]" in w.logtext()
+
+
+def test_address_literal_goes_to_that_address(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.6", port=port) as srv:
+        w = World(str(tmp_path), dns, port)
+        w.queue_msg(["lit@[127.0.0.6]"])
+        w.once()
+        assert [e[1] for e in srv.envelopes] == [["lit@[127.0.0.6]"]]
+
+
+def dsn_parts(raw):
+    """A DSN's parts, and its delivery-status fields as a list of dicts:
+    the per-message block first, then one per recipient."""
+    msg = parse(raw)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    text = raw.decode().replace("\r\n", "\n")
+    body = text.split("Content-Type: message/delivery-status\n\n", 1)[1].split("\n--", 1)[0]
+    groups = [dict(line.split(": ", 1) for line in g.strip().splitlines())
+              for g in re.split(r"\n\s*\n", body.strip())]
+    return msg, parts, groups
+
+
+def test_null_mx_bounces_at_once_with_5_1_10(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx:
+        w = World(str(tmp_path), dns, port)
+        qid = w.queue_msg(["nobody@null.test"])
+        w.once()
+        assert len(sender_mx.envelopes) == 1
+        mail_from, rcpts, raw, _ = sender_mx.envelopes[0]
+        assert mail_from == "<>" and rcpts == [SENDER]
+        msg, parts, groups = dsn_parts(raw)
+        per_msg, per_rcpt = groups[0], groups[1:]
+        assert per_msg["Reporting-MTA"] == "dns; host.example.test"
+        assert len(per_rcpt) == 1
+        assert per_rcpt[0]["Final-Recipient"] == "rfc822; nobody@null.test"
+        assert per_rcpt[0]["Action"] == "failed"
+        assert per_rcpt[0]["Status"] == "5.1.10"
+        assert "Remote-MTA" not in per_rcpt[0]  # nobody was connected to
+        assert w.spool.queue() == []
+        assert f"{qid}: sender non-delivery notification" in w.logtext()
+
+
+def test_permanent_reject_gets_one_dsn_at_the_senders_server(tmp_path, port):
+    replies = {"bad1@a.test": "550 5.1.1 <bad1@a.test>: no such user",
+               "bad2@a.test": "553 5.1.3 bad2 is malformed here"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx, \
+            Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies) as mx1:
+        w = World(str(tmp_path), dns, port)
+        body = (b"From: Alice <alice@sender.test>\r\nTo: many\r\nSubject: the report\r\n"
+                b"Message-ID: <orig-1@sender.test>\r\n\r\nsecret body text\r\n")
+        w.queue_msg(["good@a.test", "bad1@a.test", "bad2@a.test"], body=body)
+        w.once()
+        assert [e[1] for e in mx1.envelopes] == [["good@a.test"]]
+        assert len(sender_mx.envelopes) == 1  # one DSN for both failures
+        mail_from, rcpts, raw, _ = sender_mx.envelopes[0]
+        assert (mail_from, rcpts) == ("<>", [SENDER])
+        msg, parts, groups = dsn_parts(raw)
+        assert msg["Auto-Submitted"] == "auto-replied"
+        assert msg["To"].addresses[0].addr_spec == SENDER
+        per = {g["Final-Recipient"]: g for g in groups[1:]}
+        assert set(per) == {"rfc822; bad1@a.test", "rfc822; bad2@a.test"}
+        b1 = per["rfc822; bad1@a.test"]
+        assert b1["Action"] == "failed" and b1["Status"] == "5.1.1"
+        assert b1["Remote-MTA"] == "dns; mx1.a.test"
+        assert b1["Diagnostic-Code"].startswith("smtp; 550 5.1.1")
+        assert per["rfc822; bad2@a.test"]["Status"] == "5.1.3"
+        headers = parts[2].get_content()
+        assert "Message-ID: <orig-1@sender.test>" in headers
+        assert "secret body text" not in raw.decode()
+        assert w.spool.queue() == []
+
+
+def test_temporary_failure_is_retried_at_the_next_tier(tmp_path, port):
+    replies = {"slow@a.test": "451 4.3.0 try again later"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies) as mx1:
+        w = World(str(tmp_path), dns, port, tiers="0 2s 1h")
+        qid = w.queue_msg(["slow@a.test", "fast@a.test"])
+        d = w.start()
+        try:
+            assert wait_for(lambda: "status=deferred" in w.logtext(), 20)
+            q = w.spool.queue()
+            assert len(q) == 1
+            assert [e[1] for e in mx1.envelopes] == [["fast@a.test"]]
+            replies.clear()  # the server is well again
+            assert wait_for(lambda: f"{qid}: removed" in w.logtext(), 20), w.logtext()
+        finally:
+            stop_daemon(d)
+        # The second attempt went only to the recipient still pending.
+        assert [e[1] for e in mx1.envelopes] == [["fast@a.test"], ["slow@a.test"]]
+        assert "to=<slow@a.test>, relay=mx1.a.test[127.0.0.2]:%d, delay=" % port in w.logtext()
+        assert re.search(r"to=<slow@a\.test>.*attempt=2, dsn=2\.\d\.\d, status=sent", w.logtext())
+
+
+def test_exhausted_tiers_bounce(tmp_path, port):
+    replies = {"never@a.test": "452 4.2.2 mailbox full"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx, \
+            Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies):
+        w = World(str(tmp_path), dns, port, tiers="0 1s 2s")
+        w.queue_msg(["never@a.test"])
+        d = w.start()
+        try:
+            assert wait_for(lambda: len(sender_mx.envelopes) == 1, 30), w.logtext()
+        finally:
+            stop_daemon(d)
+        log = w.logtext()
+        assert log.count("to=<never@a.test>") == 3  # one attempt per tier
+        assert "attempt=3, dsn=5.2.2, status=bounced (452 " in log
+        _, _, raw, _ = sender_mx.envelopes[0]
+        _, _, groups = dsn_parts(raw)
+        assert groups[1]["Action"] == "failed"
+        assert groups[1]["Status"] == "5.2.2"  # class 5 for "failed" (RFC 3464)
+        assert groups[1]["Diagnostic-Code"].startswith("smtp; 452 4.2.2")
+        assert w.spool.queue() == []
+
+
+def test_no_bounce_for_the_null_sender(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx:
+        w = World(str(tmp_path), dns, port)
+        qid = w.queue_msg(["x@null.test"], sender="")
+        w.once()
+        assert sender_mx.envelopes == []
+        assert w.spool.queue() == []
+        assert f"{qid}: no non-delivery notification: the sender is <>" in w.logtext()
+
+
+def test_nxdomain_fails_and_dns_timeout_defers(tmp_path, port):
+    with dns_for(port, dead=["slowdns.test"]) as dns, \
+            Aiosmtpd(host="127.0.0.9", port=port) as sender_mx:
+        w = World(str(tmp_path), dns, port)
+        w.queue_msg(["a@nonexistent.test"])
+        slow = w.queue_msg(["b@slowdns.test"])
+        w.once()
+        assert len(sender_mx.envelopes) == 1
+        _, _, groups = dsn_parts(sender_mx.envelopes[0][2])
+        assert groups[1]["Final-Recipient"] == "rfc822; a@nonexistent.test"
+        q = w.spool.queue()
+        assert [m["id"] for m in q] == [slow]
+        assert "status=deferred" in w.logtext() and "timed out" in w.logtext()
+
+
+def test_tarpit_mx_does_not_delay_a_healthy_one(tmp_path, port):
+    with dns_for(port, mx=[("tarpit.test", "mx.tarpit.test", 10)],
+                 hosts={"mx.tarpit.test": "127.0.0.5"}) as dns, \
+            SmtpSink("-W", "connect:600", host="127.0.0.5", port=port, greeting=False), \
+            Aiosmtpd(host="127.0.0.2", port=port) as healthy:
+        w = World(str(tmp_path), dns, port)
+        stuck = w.queue_msg(["x@tarpit.test"])
+        d = w.start()
+        try:
+            time.sleep(0.5)  # the tar-pit's worker is waiting for a greeting
+            t0 = time.monotonic()
+            w.queue_msg(["y@a.test"])
+            assert wait_for(lambda: len(healthy.envelopes) == 1, 10)
+            assert time.monotonic() - t0 < 5
+            assert stuck in [m["id"] for m in w.spool.queue()]
+            # SIGTERM: the stuck delivery is abandoned within the grace
+            # period, its claim released, the message still queued.
+            t1 = time.monotonic()
+            assert stop_daemon(d) == 0
+            assert time.monotonic() - t1 < 15
+        finally:
+            if d.poll() is None:
+                d.kill()
+        assert [m["id"] for m in w.spool.queue()] == [stuck]
+        assert w.spool.listdir("claim") == []
+
+
+def test_route_overrides_mx(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd() as smarthost, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
+        w = World(str(tmp_path), dns, port,
+                  extra=f"route..corp.test = {smarthost.url()}\nroute.a.test = mx\n"
+                        f"default_route = {smarthost.url()}\n")
+        w.queue_msg(["x@a.test"])
+        w.queue_msg(["y@deep.corp.test"])
+        w.queue_msg(["z@elsewhere.example"])
+        w.once()
+        assert [e[1] for e in mx1.envelopes] == [["x@a.test"]]
+        assert sorted(e[1][0] for e in smarthost.envelopes) == ["y@deep.corp.test",
+                                                                 "z@elsewhere.example"]
+
+
+def test_many_messages_to_one_destination_use_pipelined_connections(tmp_path, port):
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
+        w = World(str(tmp_path), dns, port, extra="connection_messages = 100\n"
+                                                   "destination_concurrency = 3\n")
+        files = []
+        for i in range(250):
+            f = tmp_path / f"m{i}"
+            f.write_bytes(b"To: r%d@a.test\r\nSubject: %d\r\n\r\nbody\r\n" % (i, i))
+            files.append(str(f))
+        p = w.spool.ms("send", "-f", SENDER, "-t", "-q", *files)
+        assert p.returncode == 0, p.stderr
+        w.once()
+        assert len(mx1.envelopes) == 250
+        assert mx1.sessions == 3  # 250 messages: three connections, not 250
+        assert w.spool.queue() == []
+
+
+def test_flush_wakes_the_daemon_and_sighup_rereads(tmp_path, port):
+    replies = {"later@a.test": "451 4.3.0 not now"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies) as mx1:
+        w = World(str(tmp_path), dns, port, tiers="0 1h")
+        qid = w.queue_msg(["later@a.test"])
+        d = w.start()
+        try:
+            assert wait_for(lambda: "status=deferred" in w.logtext(), 20)
+            replies.clear()
+            time.sleep(1)
+            assert mx1.envelopes == []  # due in an hour
+            assert w.spool.ms("flush").returncode == 0
+            assert wait_for(lambda: f"{qid}: removed" in w.logtext(), 10), w.logtext()
+            d.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "configuration reloaded" in w.logtext(), 10)
+        finally:
+            stop_daemon(d)
+        assert len(mx1.envelopes) == 1
+
+
+def make_messages(tmp_path, n, ndomains):
+    files = []
+    d = tmp_path / "msgs"
+    d.mkdir()
+    for i in range(n):
+        f = d / f"m{i}"
+        f.write_bytes(b"To: u%d@d%d.test\r\nSubject: n\r\nX-Seq: %d\r\n\r\nbody %d\r\n"
+                      % (i, i % ndomains, i, i))
+        files.append(str(f))
+    return files
+
+
+def queue_files(w, files):
+    for k in range(0, len(files), 2000):
+        p = w.spool.ms("send", "-f", SENDER, "-t", "-q", *files[k:k + 2000])
+        assert p.returncode == 0, p.stderr
+
+
+def seqs(sinks):
+    out = []
+    for s in sinks:
+        for tx in s.transactions():
+            out += re.findall(rb"X-Seq: (\d+)", tx)
+    return [int(x) for x in out]
+
+
+def test_three_daemons_deliver_10000_messages_for_100_domains_exactly_once(tmp_path, port):
+    ndom = 100
+    mx = [(f"d{i}.test", f"mx{i % 2}.d.test", 10) for i in range(ndom)]
+    with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2", "mx1.d.test": "127.0.0.3"}) as dns, \
+            SmtpSink(host="127.0.0.2", port=port) as s1, SmtpSink(host="127.0.0.3", port=port) as s2:
+        w = World(str(tmp_path), dns, port, extra="claim_lease = 30s\n")
+        files = make_messages(tmp_path, 10000, ndom)
+        queue_files(w, files)
+        ds = [w.start("--node", f"node{i}") for i in range(3)]
+        try:
+            assert wait_for(lambda: w.spool.listdir("env") == [], 240, 0.5)
+        finally:
+            for d in ds:
+                stop_daemon(d)
+        got = seqs([s1, s2])
+        assert len(got) == 10000
+        assert sorted(got) == list(range(10000))  # each exactly once
+        log = w.logtext()
+        # All three took part.
+        assert len(set(re.findall(r"mailspool\[(\d+)\]: \w+: to=", log))) == 3
+
+
+def test_kill_9_mid_run_loses_nothing(tmp_path, port):
+    ndom = 10
+    mx = [(f"d{i}.test", "mx0.d.test", 10) for i in range(ndom)]
+    with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2"}) as dns, \
+            SmtpSink("-W", "rcpt:0.01", host="127.0.0.2", port=port) as sink:
+        w = World(str(tmp_path), dns, port, extra="claim_lease = 2s\nclock_skew = 0\n")
+        files = make_messages(tmp_path, 2000, ndom)
+        queue_files(w, files)
+        a = w.start("--node", "victim")
+        assert wait_for(lambda: len(seqs([sink])) > 100, 60, 0.2)
+        a.kill()  # SIGKILL: no cleanup; its workers die with it
+        a.wait()
+        assert w.spool.listdir("claim")  # it held claims
+        b = w.start("--node", "heir")
+        try:
+            assert wait_for(lambda: w.spool.listdir("env") == [], 120, 0.5), w.logtext()[-2000:]
+        finally:
+            stop_daemon(b)
+        got = seqs([sink])
+        assert set(got) == set(range(2000))  # nothing lost (some may come twice)
+        assert w.spool.listdir("claim") == []
+
+
+# ---- delivery modes -------------------------------------------------------
+
+def test_mode_now_reports_every_recipient_and_queues_nothing(tmp_path, port):
+    replies = {"bad@a.test": "550 5.1.1 unknown user", "later@a.test": "451 4.3.0 busy"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies) as mx1:
+        w = World(str(tmp_path), dns, port)
+        ok = w.spool.ms("send", "--mode", "now", "-f", SENDER, "--to", "good@a.test",
+                        stdin=b"Subject: x\r\n\r\nbody\r\n")
+        assert ok.returncode == 0, ok.stderr
+        assert b"<good@a.test> delivered via mx1.a.test[127.0.0.2]" in ok.stdout
+        bad = w.spool.ms("send", "--mode", "now", "--json", "-f", SENDER, "--to", "bad@a.test",
+                         "--to", "ok2@a.test", stdin=b"Subject: y\r\n\r\nbody\r\n")
+        assert bad.returncode == 69
+        import json
+        res = json.loads(bad.stdout)["delivered"][0]
+        by = {r["address"]: r for r in res["recipients"]}
+        assert by["bad@a.test"]["state"] == "failed" and by["bad@a.test"]["code"] == 550
+        assert by["bad@a.test"]["enhanced"] == "5.1.1"
+        assert by["ok2@a.test"]["state"] == "delivered"
+        tmp = w.spool.ms("send", "--mode", "now", "-f", SENDER, "--to", "later@a.test",
+                         stdin=b"Subject: z\r\n\r\nbody\r\n")
+        assert tmp.returncode == 75
+        assert b"<later@a.test> deferred" in tmp.stderr
+        assert w.spool.queue() == [] and w.spool.listdir("claim") == []
+        assert [e[1] for e in mx1.envelopes] == [["good@a.test"], ["ok2@a.test"]]
+        # sendmail -odi is the same mode.
+        p = w.spool.run([w.spool.sendmail, "-odi", "-f", SENDER, "bad@a.test"],
+                        stdin=b"Subject: s\n\nbody\n")
+        assert p.returncode == 69 and b"<bad@a.test> failed" in p.stderr
+        assert w.spool.queue() == []
+
+
+def test_mode_background_queues_only_temporary_failures(tmp_path, port):
+    replies = {"bad@a.test": "550 5.1.1 unknown user", "later@a.test": "451 4.3.0 busy"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx, \
+            Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies) as mx1:
+        w = World(str(tmp_path), dns, port)
+        p = w.spool.ms("send", "--mode", "background", "-f", SENDER, "--to", "good@a.test",
+                       "--to", "later@a.test", stdin=b"Subject: x\r\n\r\nbody\r\n")
+        assert p.returncode == 0, p.stderr
+        assert b"<later@a.test> deferred" in p.stderr and b"queued for retry" in p.stderr
+        q = w.spool.queue()
+        assert len(q) == 1
+        st = {r["address"]: r["state"] for r in q[0]["recipients"]}
+        assert st == {"good@a.test": "delivered", "later@a.test": "deferred"}
+        p = w.spool.run([w.spool.sendmail, "-odb", "-f", SENDER, "bad@a.test"],
+                        stdin=b"Subject: s\n\nbody\n")
+        assert p.returncode == 69 and b"<bad@a.test> failed" in p.stderr
+        assert len(w.spool.queue()) == 1  # the failed one is reported, not queued
+        assert sender_mx.envelopes == []   # ... and not bounced: the caller was told
+        assert [e[1] for e in mx1.envelopes] == [["good@a.test"]]
