@@ -74,6 +74,7 @@ typedef struct job {
 	char buf[LINE_MAX_];
 	size_t blen;
 	int eof, reaped, unreachable;
+	int status; /* waitpid's */
 } job;
 
 typedef struct sched_state {
@@ -525,14 +526,32 @@ static void job_read(sched_state *d, job *j)
 	}
 }
 
-/* A worker has ended: what it did not report is deferred untouched. */
-static void job_end(sched_state *d, size_t k)
+/* A worker has ended.  What it did not report: when we are stopping (we
+ * killed it) released untouched; otherwise it died, and its recipients are
+ * deferred with that reason so the tiers go on (a message that kills its
+ * worker must not be retried in a loop). */
+static void job_end(sched_state *d, size_t k, int status)
 {
 	job *j = d->jobs[k];
+	char why[128];
+	if (WIFSIGNALED(status))
+		snprintf(why, sizeof why, "the delivery process was killed by signal %d",
+		         WTERMSIG(status));
+	else
+		snprintf(why, sizeof why, "the delivery process ended (status %d) before reporting",
+		         WEXITSTATUS(status));
 	for (size_t i = 0; i < j->n; i++) {
 		item *it = &j->items[i];
-		if (!it->done)
-			item_done(d, it); /* no result: the message is released unchanged */
+		if (it->done)
+			continue;
+		for (size_t r = 0; r < it->n && !d->stopping; r++) {
+			ms_sched_result res = { .rcpt = it->idx[r], .state = MS_RCPT_DEFERRED };
+			snprintf(res.enh, sizeof res.enh, "4.3.0");
+			snprintf(res.text, sizeof res.text, "%s", why);
+			snprintf(res.relay, sizeof res.relay, "none");
+			add_result(it->s, &res);
+		}
+		item_done(d, it);
 	}
 	if (j->unreachable) {
 		j->d->backoff_until = now_s() + d->c->destination_backoff;
@@ -553,13 +572,15 @@ static void reap(sched_state *d)
 		if (!j->reaped) {
 			int status;
 			pid_t r = waitpid(j->pid, &status, WNOHANG);
-			if (r == j->pid)
+			if (r == j->pid) {
 				j->reaped = 1;
+				j->status = status;
+			}
 		}
 		if (j->reaped && !j->eof)
 			job_read(d, j);
 		if (j->reaped && j->eof)
-			job_end(d, k);
+			job_end(d, k, j->status);
 		else
 			k++;
 	}
