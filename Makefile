@@ -5,7 +5,8 @@
 #                   under ASan/UBSan), integration and hostile-server tests
 #                   (with the program also built with ASan/UBSan), crash tests
 #   make demo       a real Postfix smtp-sink on 127.0.0.1, a batch through mailspool
-#   make bench      latency-proxy benchmark against peers (bench/RESULTS.md)
+#   make bench      latency-proxy benchmarks against peers (bench/RESULTS.md):
+#                   SMTP/QMTP sessions, spool, TLS+AUTH, the daemon end to end
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make asan       the sanitizer build in build-asan/
 #   make fuzz       libFuzzer on every parser (FUZZ_SECONDS each, clang)
@@ -119,6 +120,7 @@ bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
 	$(PYTHON) bench/spool_bench.py
 	$(PYTHON) bench/tls_bench.py
+	$(PYTHON) bench/daemon_bench.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mailspool \
