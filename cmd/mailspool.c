@@ -125,8 +125,10 @@ static void usage_send(FILE *f)
 	        "                        says (default); package: one reply per message, as\n"
 	        "                        mailfront 2.12 answers (also qmtp://H?replies=package)\n"
 	        "  --qmtp-encoding ENC   auto (default: CRLF when the data has CRLF line ends,\n"
-	        "                        else LF), crlf or lf.  The data is never rewritten:\n"
-	        "                        this only declares its line ends\n"
+	        "                        else LF), crlf or lf: these only declare the data's\n"
+	        "                        line ends, the data is not rewritten; to-lf sends\n"
+	        "                        CRLF lines as LF lines (for servers that refuse\n"
+	        "                        the CRLF encoding, such as mailfront)\n"
 	        "  --max-session SECONDS close the connection and open a new one (between\n"
 	        "                        messages) after this long (default 3600: a QMTP\n"
 	        "                        session should take at most an hour)\n"
@@ -571,8 +573,10 @@ static int send_with(int argc, char **argv, const char **rcpts)
 				qo->encoding = MS_QMTP_ENC_CRLF;
 			else if (!strcmp(optarg, "lf"))
 				qo->encoding = MS_QMTP_ENC_LF;
+			else if (!strcmp(optarg, "to-lf"))
+				qo->encoding = MS_QMTP_ENC_TO_LF;
 			else {
-				fprintf(stderr, "%s send: --qmtp-encoding wants auto, crlf or lf\n",
+				fprintf(stderr, "%s send: --qmtp-encoding wants auto, crlf, lf or to-lf\n",
 				        progname);
 				return EX_USAGE_;
 			}

@@ -29,6 +29,8 @@ ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *e
 	if (r->proto == MS_PROTO_QMTP) {
 		ms_qmtp_opts qo = o->qmtp;
 		qo.replies = r->qmtp_replies;
+		if (r->qmtp_encoding != MS_QMTP_ENC_AUTO)
+			qo.encoding = r->qmtp_encoding;
 		c->qmtp = ms_qmtp_new(&qo, err);
 	} else {
 		ms_smtp_opts so = o->smtp;

@@ -44,6 +44,9 @@ typedef struct pkg {
 	size_t n;
 	size_t answered;    /* replies received */
 	char enc;           /* '\015' or '\012' */
+	int strip_cr;       /* MS_QMTP_ENC_TO_LF on CRLF data: CRs of CRLFs dropped */
+	int held_cr;        /* a CR read, not yet known to end a CRLF */
+	uint64_t octets;    /* data octets announced and sent */
 	int started;        /* its bytes are being produced */
 	uint64_t body_left; /* data octets still to read */
 	uint64_t end_off;   /* output offset just past its last byte */
@@ -72,7 +75,7 @@ struct ms_qmtp {
 	int cycle_noted;
 	int wrote;            /* bytes went out since the last round trip was counted */
 	int64_t last_reply_ms;
-	char *chunk;
+	char *conv;           /* MS_QMTP_ENC_TO_LF: data read here, then copied without CRs */
 	int broken;
 	ms_error fatal;
 	ms_qmtp_stats st;
@@ -90,7 +93,8 @@ char ms_qmtp_encoding_byte(const ms_message *m, ms_qmtp_encoding enc)
 {
 	switch (enc) {
 	case MS_QMTP_ENC_CRLF: return '\015';
-	case MS_QMTP_ENC_LF: return '\012';
+	case MS_QMTP_ENC_LF:
+	case MS_QMTP_ENC_TO_LF: return '\012';
 	case MS_QMTP_ENC_AUTO: break;
 	}
 	/* Q3: the byte declares the data's own line ends; nothing is
@@ -98,6 +102,43 @@ char ms_qmtp_encoding_byte(const ms_message *m, ms_qmtp_encoding enc)
 	 * keeps a bare LF or CR as it is, so any CRLF in the data means
 	 * "\015" reads it best - also when some lines end in a bare LF. */
 	return m->stats.crlf > 0 ? '\015' : '\012';
+}
+
+/* TO_LF drops the CR of each CRLF (the scan counted them), so the data
+ * announced is that much shorter; every other encoding sends it as it is. */
+static int strips_cr(const ms_message *m, ms_qmtp_encoding enc)
+{
+	return enc == MS_QMTP_ENC_TO_LF && m->stats.crlf > 0;
+}
+
+static uint64_t data_octets(const ms_message *m, ms_qmtp_encoding enc)
+{
+	return m->stats.raw - (strips_cr(m, enc) ? m->stats.crlf : 0);
+}
+
+/* Copy in[0..n) to out without the CR of any CRLF; a CR at the end of in is
+ * held (*held) until the next byte is known, and put out at the start of
+ * the next call or, when `last`, at the end.  out needs room for n + 1. */
+static size_t copy_to_lf(const char *in, size_t n, char *out, int *held, int last)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = in[i];
+		if (*held) {
+			*held = 0;
+			if (c != '\n')
+				out[w++] = '\r';
+		}
+		if (c == '\r')
+			*held = 1;
+		else
+			out[w++] = c;
+	}
+	if (last && *held) {
+		*held = 0;
+		out[w++] = '\r';
+	}
+	return w;
 }
 
 /* netstring(sender) netstring(netstring(rcpt)...), addresses unquoted as
@@ -136,13 +177,13 @@ static size_t *wanted_rcpts(const ms_message *m, size_t *n)
 	return idx;
 }
 
-uint64_t ms_qmtp_package_size(const ms_message *m)
+uint64_t ms_qmtp_package_size(const ms_message *m, ms_qmtp_encoding enc)
 {
 	size_t n;
 	size_t *idx = wanted_rcpts(m, &n);
 	ms_buf env;
 	ms_buf_init(&env, 0);
-	uint64_t size = ms_ns_size(m->stats.raw + 1);
+	uint64_t size = ms_ns_size(data_octets(m, enc) + 1);
 	if (idx && append_envelope(&env, m, idx, n, NULL) == MS_OK)
 		size += ms_buf_avail(&env);
 	ms_buf_free(&env);
@@ -156,23 +197,28 @@ ms_status ms_qmtp_package(const ms_message *m, ms_qmtp_encoding enc, ms_buf *out
 	if (!m->scanned)
 		return ms_error_set(err, MS_ERR_USAGE, "message not scanned");
 	char pre[MS_NS_PREFIX_MAX + 1];
-	size_t k = ms_ns_prefix(pre, m->stats.raw + 1);
+	size_t k = ms_ns_prefix(pre, data_octets(m, enc) + 1);
 	pre[k++] = ms_qmtp_encoding_byte(m, enc);
 	if (ms_buf_append(out, pre, k) != MS_OK)
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	ms_reader rd;
 	ms_reader_init(&rd, m);
-	char buf[4096];
+	char buf[4096], conv[4097];
 	uint64_t left = m->stats.raw;
+	int held = 0;
 	while (left > 0) {
 		ssize_t got = ms_reader_read(&rd, buf, left < sizeof buf ? (size_t)left : sizeof buf, err);
 		if (got < 0)
 			return MS_ERR_IO;
 		if (got == 0)
 			return ms_error_set(err, MS_ERR_IO, "message data shrank while being read");
-		if (ms_buf_append(out, buf, (size_t)got) != MS_OK)
-			return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		left -= (uint64_t)got;
+		ms_status ast = strips_cr(m, enc)
+		                    ? ms_buf_append(out, conv,
+		                                    copy_to_lf(buf, (size_t)got, conv, &held, left == 0))
+		                    : ms_buf_append(out, buf, (size_t)got);
+		if (ast != MS_OK)
+			return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
 	size_t n;
 	size_t *idx = wanted_rcpts(m, &n);
@@ -379,7 +425,7 @@ static ms_status cycle(ms_qmtp *q, const char *why)
 static ms_status start_package(ms_qmtp *q, pkg *p)
 {
 	char pre[MS_NS_PREFIX_MAX + 1];
-	size_t k = ms_ns_prefix(pre, p->m->stats.raw + 1);
+	size_t k = ms_ns_prefix(pre, p->octets + 1);
 	pre[k++] = p->enc;
 	p->started = 1;
 	p->body_left = p->m->stats.raw;
@@ -388,7 +434,7 @@ static ms_status start_package(ms_qmtp *q, pkg *p)
 	ms_buf_init(&p->env, 0);
 	if (append_envelope(&p->env, p->m, p->idx, p->n, &p->env_sender) != MS_OK)
 		return ms_error_set(&q->fatal, MS_ERR_NOMEM, "out of memory");
-	p->end_off = out_offset(q) + ms_ns_size(p->m->stats.raw + 1) + ms_buf_avail(&p->env);
+	p->end_off = out_offset(q) + ms_ns_size(p->octets + 1) + ms_buf_avail(&p->env);
 	ms_reader_init(&p->rd, p->m);
 	q->seq++;
 	q->conn_started++;
@@ -419,11 +465,11 @@ static ms_status finish_package(ms_qmtp *q, pkg *p)
 			 * byte and the data in their place. */
 			ms_transcript_addf(q->o.transcript, MS_TX_SENT,
 			                   "%llu:[package %llu: encoding byte %s, message data %llu "
-			                   "octets, sha256 %s],",
-			                   (unsigned long long)p->m->stats.raw + 1,
-			                   (unsigned long long)q->seq,
+			                   "octets%s, sha256 %s],",
+			                   (unsigned long long)p->octets + 1, (unsigned long long)q->seq,
 			                   p->enc == '\015' ? "CR (CRLF lines)" : "LF (LF lines)",
-			                   (unsigned long long)p->m->stats.raw, hex);
+			                   (unsigned long long)p->octets,
+			                   p->strip_cr ? " (CRLF sent as LF)" : "", hex);
 		} else {
 			ms_transcript_add(q->o.transcript, MS_TX_SENT, ",", 1);
 		}
@@ -452,10 +498,13 @@ static ms_status produce_body(ms_qmtp *q, pkg *p)
 {
 	while (p->body_left > 0 && ms_io_pending(&q->io) < OUT_HIGH_WATER) {
 		size_t want = p->body_left < BODY_CHUNK ? (size_t)p->body_left : BODY_CHUNK;
-		if (ms_buf_reserve(&q->io.out, want) != MS_OK)
+		if (ms_buf_reserve(&q->io.out, want + 1) != MS_OK)
 			return ms_error_set(&q->fatal, MS_ERR_NOMEM, "out of memory");
 		char *dst = ms_buf_tail(&q->io.out);
-		ssize_t n = ms_reader_read(&p->rd, dst, want, &q->fatal);
+		if (p->strip_cr && !q->conv && !(q->conv = malloc(BODY_CHUNK)))
+			return ms_error_set(&q->fatal, MS_ERR_NOMEM, "out of memory");
+		char *src = p->strip_cr ? q->conv : dst;
+		ssize_t n = ms_reader_read(&p->rd, src, want, &q->fatal);
 		if (n < 0)
 			return MS_ERR_IO;
 		if (n == 0)
@@ -463,12 +512,14 @@ static ms_status produce_body(ms_qmtp *q, pkg *p)
 			 * honestly, so the connection must go (Q8). */
 			return ms_error_set(&q->fatal, MS_ERR_IO,
 			                    "message data shrank while being sent");
-		if (p->sha)
-			EVP_DigestUpdate(p->sha, dst, (size_t)n);
-		else
-			ms_transcript_add(q->o.transcript, MS_TX_SENT, dst, (size_t)n);
-		ms_buf_commit(&q->io.out, (size_t)n);
 		p->body_left -= (uint64_t)n;
+		size_t out = p->strip_cr ? copy_to_lf(src, (size_t)n, dst, &p->held_cr, p->body_left == 0)
+		                         : (size_t)n;
+		if (p->sha)
+			EVP_DigestUpdate(p->sha, dst, out);
+		else
+			ms_transcript_add(q->o.transcript, MS_TX_SENT, dst, out);
+		ms_buf_commit(&q->io.out, out);
 	}
 	return p->body_left == 0 ? finish_package(q, p) : MS_OK;
 }
@@ -781,6 +832,7 @@ void ms_qmtp_free(ms_qmtp *q)
 		pkg_free(p);
 	}
 	close_io(q);
+	free(q->conv);
 	free(q);
 }
 
@@ -845,6 +897,8 @@ ms_status ms_qmtp_submit(ms_qmtp *q, ms_message *m, ms_error *err)
 	}
 	p->m = m;
 	p->enc = ms_qmtp_encoding_byte(m, q->o.encoding);
+	p->strip_cr = strips_cr(m, q->o.encoding);
+	p->octets = data_octets(m, q->o.encoding);
 	if (q->tail)
 		q->tail->next = p;
 	else

@@ -23,6 +23,8 @@ static ms_status parse_query(const char *q, ms_route *r, const char *url, ms_err
 			r->qmtp_replies = MS_QMTP_PER_PACKAGE;
 		else if (r->proto == MS_PROTO_QMTP && n == 17 && !strncmp(q, "replies=recipient", n))
 			r->qmtp_replies = MS_QMTP_PER_RECIPIENT;
+		else if (r->proto == MS_PROTO_QMTP && n == 14 && !strncmp(q, "encoding=to-lf", n))
+			r->qmtp_encoding = MS_QMTP_ENC_TO_LF;
 		else
 			return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": unknown parameter \"%.*s\"",
 			                    url, (int)(n > 64 ? 64 : n), q);

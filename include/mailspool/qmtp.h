@@ -60,7 +60,10 @@ typedef enum ms_qmtp_replies {
 typedef enum ms_qmtp_encoding {
 	MS_QMTP_ENC_AUTO = 0, /* from the data: CRLF when it has CRLF line ends */
 	MS_QMTP_ENC_CRLF,     /* "\015": lines end in CRLF (encoding #1) */
-	MS_QMTP_ENC_LF        /* "\012": lines end in LF (encoding #2) */
+	MS_QMTP_ENC_LF,       /* "\012": lines end in LF (encoding #2) */
+	MS_QMTP_ENC_TO_LF     /* "\012", and the CR of every CRLF is dropped on the way:
+	                       * CRLF data (a spool's) for servers that take only
+	                       * LF, such as mailfront 2.12 */
 } ms_qmtp_encoding;
 
 typedef void (*ms_qmtp_result_fn)(void *ctx, ms_message *m);
@@ -143,7 +146,7 @@ int ms_qmtp_failed(const ms_qmtp *q, ms_error *err);
  * scanned; see ms_message_scan). */
 char ms_qmtp_encoding_byte(const ms_message *m, ms_qmtp_encoding enc);
 /* Octets the package of m takes on the wire (m scanned). */
-uint64_t ms_qmtp_package_size(const ms_message *m);
+uint64_t ms_qmtp_package_size(const ms_message *m, ms_qmtp_encoding enc);
 /* Append the whole package of m to out (small messages; the engine streams
  * the data instead of building this). */
 ms_status ms_qmtp_package(const ms_message *m, ms_qmtp_encoding enc, ms_buf *out,

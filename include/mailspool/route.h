@@ -4,7 +4,8 @@
  *     smtp://[USER@]HOST[:PORT]                 SMTP, port 25 by default
  *     smtps://[USER@]HOST[:PORT]                SMTP in TLS from the first byte
  *                                               (RFC 8314), port 465 by default
- *     qmtp://HOST[:PORT][?replies=package]      QMTP, port 209 by default
+ *     qmtp://HOST[:PORT][?replies=package][&encoding=to-lf]
+ *                                               QMTP, port 209 by default
  *
  * USER (percent-encoded, so user%40example.org) is the AUTH user name; a
  * password never goes in a URL.
@@ -32,6 +33,7 @@ typedef struct ms_route {
 	char host[MS_ROUTE_HOST_MAX + 1];
 	char port[6];
 	ms_qmtp_replies qmtp_replies;
+	ms_qmtp_encoding qmtp_encoding; /* AUTO unless the URL says */
 	int implicit_tls;          /* smtps:// */
 	char user[256];            /* AUTH user from the URL, "" if none */
 } ms_route;

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import BIN, Spool
-from servers import Aiosmtpd, Dnsmasq, SmtpSink, free_port
+from servers import Aiosmtpd, Dnsmasq, Mailfront, SmtpSink, free_port
 
 SENDER = "alice@sender.test"
 
@@ -302,6 +302,28 @@ def test_route_overrides_mx(tmp_path, port):
         assert [e[1] for e in mx1.envelopes] == [["x@a.test"]]
         assert sorted(e[1][0] for e in smarthost.envelopes) == ["y@deep.corp.test",
                                                                  "z@elsewhere.example"]
+
+
+def test_qmtp_route_streams_the_group_to_mailfront(tmp_path, port):
+    # The spool holds CRLF lines; mailfront takes only QMTP's LF encoding,
+    # which the route asks for (encoding=to-lf): each CRLF goes as LF.
+    with dns_for(port) as dns, Mailfront() as mf:
+        w = World(str(tmp_path), dns, port,
+                  extra=f"route.q.test = {mf.url()}&encoding=to-lf\n")
+        ids = [w.queue_msg([f"u{i}@q.test", "v@q.test"],
+                           body=b"Subject: q%d\r\n\r\nline one\r\n.dot\r\n" % i)
+               for i in range(3)]
+        w.once()
+        got = mf.messages(expect=3)
+        assert len(got) == 3
+        for i, (sender, rcpts, data) in enumerate(got):
+            assert sender == SENDER and rcpts == [f"u{i}@q.test", "v@q.test"]
+            assert b"\r" not in data
+            assert data.startswith(b"Subject: q%d\nFrom: " % i)
+            assert b"\nMessage-ID: <%s@host.example.test>\n" % ids[i].encode() in data
+            assert data.endswith(b"\n\nline one\n.dot\n")  # no dot-stuffing in QMTP
+        assert w.spool.queue() == []
+        assert w.logtext().count("status=sent") == 6
 
 
 def test_many_messages_to_one_destination_use_pipelined_connections(tmp_path, port):

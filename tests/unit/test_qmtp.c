@@ -194,6 +194,11 @@ static const pcase pcases[] = {
 	/* Forced encodings only change the declaration. */
 	{ "a\r\n", MS_QMTP_ENC_LF, "4:\012a\r\n," ENV },
 	{ "a\n", MS_QMTP_ENC_CRLF, "3:\015a\n," ENV },
+	/* TO_LF drops the CR of each CRLF (only): bare CRs and LFs stay. */
+	{ "a\r\nb\r\n", MS_QMTP_ENC_TO_LF, "5:\012a\nb\n," ENV },
+	{ "a\r\rb\r", MS_QMTP_ENC_TO_LF, "6:\012a\r\rb\r," ENV },
+	{ "a\r\r\n\nb\r\n", MS_QMTP_ENC_TO_LF, "7:\012a\r\n\nb\n," ENV },
+	{ "a\nb", MS_QMTP_ENC_TO_LF, "4:\012a\nb," ENV },
 	{ "", MS_QMTP_ENC_AUTO, "1:\012," ENV },
 };
 
@@ -214,7 +219,7 @@ static void test_packages(void **state)
 		size_t wl = strlen(c->want);
 		if (ms_buf_avail(&b) != wl || memcmp(ms_buf_ptr(&b), c->want, wl))
 			fail_msg("package %zu differs (got %zu bytes, want %zu)", i, ms_buf_avail(&b), wl);
-		assert_int_equal(ms_qmtp_package_size(m), wl);
+		assert_int_equal(ms_qmtp_package_size(m, c->enc), wl);
 		ms_buf_free(&b);
 		ms_message_free(m);
 	}
@@ -239,7 +244,7 @@ static void test_package_envelopes(void **state)
 	const char *want = "3:\012x\n,0:,35:17:john smith@y.test,10:a\"b@y.test,,";
 	assert_int_equal(ms_buf_avail(&b), strlen(want));
 	assert_memory_equal(ms_buf_ptr(&b), want, strlen(want));
-	assert_int_equal(ms_qmtp_package_size(m), strlen(want));
+	assert_int_equal(ms_qmtp_package_size(m, MS_QMTP_ENC_AUTO), strlen(want));
 	ms_buf_free(&b);
 	ms_message_free(m);
 }
@@ -543,6 +548,54 @@ static void test_file_streaming(void **state)
 
 /* A submit to a session that has failed reports at once; a message with no
  * recipients is refused without a result. */
+/* TO_LF over the streaming engine: CRLF lines sent as LF lines, with CRLFs
+ * straddling every 64 KiB chunk boundary (a CR held until the next read),
+ * a bare CR at the very end, and the wire equal to ms_qmtp_package's. */
+static void test_stream_to_lf(void **state)
+{
+	(void)state;
+	size_t size = 3u << 20;
+	char *data = malloc(size);
+	assert_non_null(data);
+	for (size_t i = 0; i < size; i++)
+		data[i] = (i % 65536 == 65535) ? '\r' : (i % 65536 == 0 && i) ? '\n' : 'a' + (char)(i % 26);
+	for (size_t i = 100; i + 1 < size; i += 997) {
+		data[i] = '\r';
+		data[i + 1] = '\n';
+	}
+	data[size - 1] = '\r';
+	ms_error err;
+	ms_message *m = ms_message_new("a@b.test", &err);
+	ms_message_add_rcpt(m, "x@y.test", &err);
+	ms_message_add_mem(m, data, size, &err);
+	ms_message_scan(m, &err);
+	assert_true(m->stats.crlf > 3000);
+	const char *steps[] = { "", "2:Kk,", NULL };
+	ms_qmtp_opts o;
+	fast_opts(&o);
+	o.encoding = MS_QMTP_ENC_TO_LF;
+	static const size_t reads[] = { 0, 7 };
+	for (size_t c = 0; c < 2; c++) {
+		m->rcpts[0].state = MS_RCPT_PENDING;
+		m->done = 0;
+		session s = run(steps, &o, &m, 1, reads[c]);
+		if (s.failed)
+			fail_msg("session failed: %s", s.fatal.msg);
+		expect_wire(&s);
+		/* No CRLF left on the wire, and the length is the data's less one
+		 * octet per CRLF. */
+		assert_null(memmem(s.wire, s.wirelen, "\r\n", 2));
+		char pre[32];
+		int k = snprintf(pre, sizeof pre, "%llu:\012",
+		                 (unsigned long long)(size - m->stats.crlf + 1));
+		assert_memory_equal(s.wire, pre, (size_t)k);
+		expect_rcpt(m, 0, MS_RCPT_DELIVERED, MS_STAGE_PACKAGE, "", "k");
+		session_free(&s);
+	}
+	ms_message_free(m);
+	free(data);
+}
+
 static void test_submit_after_failure(void **state)
 {
 	(void)state;
@@ -634,6 +687,7 @@ int main(void)
 		cmocka_unit_test(test_early_reply),
 		cmocka_unit_test(test_extra_reply),
 		cmocka_unit_test(test_file_streaming),
+		cmocka_unit_test(test_stream_to_lf),
 		cmocka_unit_test(test_submit_after_failure),
 		cmocka_unit_test(test_connect_reconnect),
 	};
