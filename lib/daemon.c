@@ -33,6 +33,7 @@
 
 #define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128)
 #define LIST_MIN_MS 1000
+#define SETTLE_RETRY_S 60
 
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
@@ -95,6 +96,8 @@ typedef struct sched_state {
 	int wake_fd;
 	int stopping;
 	int64_t stop_deadline;
+	int dirty;                /* the index changed since the last full look */
+	int64_t earliest;         /* the earliest due time of an entry not taken */
 } sched_state;
 
 static int64_t now_s(void)
@@ -163,6 +166,7 @@ static ms_status relist(sched_state *d, ms_error *err)
 	free(d->idx);
 	d->idx = nidx;
 	d->nidx = n;
+	d->dirty = 1;
 	return MS_OK;
 }
 
@@ -175,8 +179,10 @@ static void recheck_mtimes(sched_state *d)
 		if (e->busy || e->due == INT64_MIN)
 			continue;
 		int64_t m = ms_spool_env_mtime(d->sp, e->id);
-		if (m != e->mtime)
+		if (m != e->mtime) {
 			e->due = INT64_MIN;
+			d->dirty = 1;
+		}
 	}
 }
 
@@ -202,16 +208,25 @@ static dest *dest_get(sched_state *d, const char *key)
 	return x;
 }
 
+/* Room for one more element in the array *arrp (n in use, *cap allocated):
+ * doubled from `first`. */
+static int grow(void *arrp, size_t *cap, size_t n, size_t size, size_t first)
+{
+	if (n < *cap)
+		return 0;
+	size_t nc = *cap ? *cap * 2 : first;
+	void *p = realloc(*(void **)arrp, nc * size);
+	if (!p)
+		return -1;
+	*(void **)arrp = p;
+	*cap = nc;
+	return 0;
+}
+
 static int push_item(dest *x, item it)
 {
-	if (x->nwait == x->capwait) {
-		size_t cap = x->capwait ? x->capwait * 2 : 64;
-		item *n = realloc(x->wait, cap * sizeof *n);
-		if (!n)
-			return -1;
-		x->wait = n;
-		x->capwait = cap;
-	}
+	if (grow(&x->wait, &x->capwait, x->nwait, sizeof *x->wait, 64) < 0)
+		return -1;
 	x->wait[x->nwait++] = it;
 	return 0;
 }
@@ -246,11 +261,17 @@ static void settle(sched_state *d, slot *s)
 		ms_sched_opts so = { .conf = d->c, .bounce = 1, .log = d->o->log,
 			                 .log_ctx = d->o->log_ctx };
 		ms_sched_summary sum;
-		if (ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err) != MS_OK)
-			logf_(d, "%s: cannot record the results: %s", s->env.id, err.msg);
+		ms_status st = ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err);
 		if (sum.bounce_id[0])
 			ms_spool_wake(d->sp, 0);
-		if (e) {
+		if (st != MS_OK) {
+			/* The envelope could not be written (a full disk): not again
+			 * at once, or the delivered recipients would get it again. */
+			logf_(d, "%s: cannot record the results: %s; next look in %ds", s->env.id, err.msg,
+			      SETTLE_RETRY_S);
+			if (e)
+				e->due = now_s() + SETTLE_RETRY_S;
+		} else if (e) {
 			e->due = sum.removed ? INT64_MAX : sum.next_due;
 			e->mtime = ms_spool_env_mtime(d->sp, s->env.id);
 		}
@@ -261,6 +282,7 @@ static void settle(sched_state *d, slot *s)
 		if (s->lost || !s->nres)
 			e->due = INT64_MIN;
 	}
+	d->dirty = 1;
 	remove_slot(d, s);
 }
 
@@ -277,14 +299,8 @@ static void item_done(sched_state *d, item *it)
 
 static int add_result(slot *s, const ms_sched_result *r)
 {
-	if (s->nres == s->capres) {
-		size_t cap = s->capres ? s->capres * 2 : 4;
-		ms_sched_result *n = realloc(s->res, cap * sizeof *n);
-		if (!n)
-			return -1;
-		s->res = n;
-		s->capres = cap;
-	}
+	if (grow(&s->res, &s->capres, s->nres, sizeof *s->res, 4) < 0)
+		return -1;
 	s->res[s->nres++] = *r;
 	return 0;
 }
@@ -664,15 +680,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 			add_result(s, &r);
 			keys[i][0] = '\0';
 		}
-	if (d->nslots == d->capslots) {
-		size_t cap = d->capslots ? d->capslots * 2 : 256;
-		slot **n = realloc(d->slots, cap * sizeof *n);
-		if (n) {
-			d->slots = n;
-			d->capslots = cap;
-		}
-	}
-	if (!keys || d->nslots == d->capslots) {
+	if (!keys || grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0) {
 		ms_spool_release(d->sp, &s->claim, NULL);
 		slot_free(s);
 		free(due);
@@ -711,13 +719,39 @@ static void take(sched_state *d, entry *e, int64_t now)
 		settle(d, s); /* nothing handed out (or only unroutable recipients) */
 }
 
+/* How many messages we hold claimed at once: what our workers can start
+ * soon (twice a connection's share for every connection), so that other
+ * daemons sharing the spool get their part and leases stay few. */
+static size_t claim_limit(const ms_conf *c)
+{
+	size_t n = c->max_deliveries * c->connection_messages * 2;
+	return n < 100 ? 100 : n > MS_DAEMON_CLAIMED_MAX ? MS_DAEMON_CLAIMED_MAX : n;
+}
+
 static void schedule(sched_state *d)
 {
 	int64_t now = now_s();
-	for (size_t i = 0; i < d->nidx && d->claimed < MS_DAEMON_CLAIMED_MAX && !d->stopping; i++) {
-		entry *e = &d->idx[i];
-		if (!e->busy && e->due <= now)
-			take(d, e, now);
+	/* The index is walked only when something changed or is due: with
+	 * 100,000 deferred messages a result or a wake-up must not cost a
+	 * walk. */
+	if ((d->dirty || d->earliest <= now) && !d->stopping) {
+		int64_t earliest = INT64_MAX;
+		int full = 1;
+		for (size_t i = 0; i < d->nidx; i++) {
+			entry *e = &d->idx[i];
+			if (!e->busy && e->due <= now) {
+				if (d->claimed >= claim_limit(d->c)) {
+					full = 0; /* more is due than we may hold: look again */
+					earliest = now;
+					break;
+				}
+				take(d, e, now);
+			}
+			if (!e->busy && e->due < earliest)
+				earliest = e->due;
+		}
+		d->earliest = earliest;
+		d->dirty = !full;
 	}
 	/* Workers: one per destination with work, more for large groups. */
 	for (size_t i = 0; i < d->ndests && !d->stopping; i++) {
@@ -750,11 +784,7 @@ static void renew(sched_state *d)
 
 static int64_t next_due(sched_state *d)
 {
-	int64_t m = INT64_MAX;
-	for (size_t i = 0; i < d->nidx; i++)
-		if (!d->idx[i].busy && d->idx[i].due < m)
-			m = d->idx[i].due;
-	return m;
+	return d->dirty ? INT64_MIN : d->earliest;
 }
 
 static int idle(sched_state *d)
@@ -909,7 +939,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			timeout = 200; /* reap exited workers promptly */
 		if (timeout < 50 && !idle(d))
 			timeout = 50;
-		if (nd <= now && d->claimed >= MS_DAEMON_CLAIMED_MAX)
+		if (nd <= now && d->claimed >= claim_limit(d->c))
 			timeout = 200;
 		int r = poll(pf, (nfds_t)nfds, timeout);
 		if (r > 0) {

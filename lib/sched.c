@@ -206,15 +206,24 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	}
 	if (!status && st == MS_OK)
 		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	if (st == MS_OK && nfail && o->bounce && e->sender[0]) {
-		st = bounce(sp, o, e, fails, nfail, now, sum->bounce_id, err);
+	/* A bounce that cannot be queued (its recipient, the sender, is
+	 * unusable; the disk is full) is logged, never retried by keeping the
+	 * envelope as it was: that would deliver the delivered recipients
+	 * again (B1: a failed bounce is logged). */
+	ms_error berr;
+	if (st == MS_OK && nfail && o->bounce && e->sender[0] &&
+	    bounce(sp, o, e, fails, nfail, now, sum->bounce_id, &berr) != MS_OK && o->log) {
+		char line[MS_LOG_LINE_MAX];
+		snprintf(line, sizeof line, "%s: cannot queue the non-delivery notification to <%s>: %s",
+		         e->id, e->sender, berr.msg);
+		o->log(o->log_ctx, line);
 	}
 	if (st == MS_OK) {
 		for (size_t i = 0; i < n; i++)
 			if (status[i])
 				log_result(o, e, &e->rcpts[res[i].rcpt], &res[i], status[i], now);
 		char line[MS_LOG_LINE_MAX];
-		if (nfail && o->bounce && o->log) {
+		if (nfail && o->bounce && o->log && (sum->bounce_id[0] || !e->sender[0])) {
 			if (sum->bounce_id[0])
 				snprintf(line, sizeof line, "%s: sender non-delivery notification: %s", e->id,
 				         sum->bounce_id);

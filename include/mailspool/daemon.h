@@ -7,7 +7,8 @@
  * listing (when env/ changed) and a comparison per entry, not 100,000
  * reads.  A due message is read, its due recipients grouped by destination
  * (mailspool/deliver.h), and it is claimed (the spool's NFS-safe claims,
- * renewed while held) and re-read under the claim.  Each destination's
+ * renewed while held) and re-read under the claim - no more at once than
+ * the workers can start soon, so daemons sharing a spool share the work.  Each destination's
  * waiting messages go to worker processes, one connection each: one
  * worker, or more for large groups (connection_messages per connection, up
  * to destination_concurrency), never more than max_deliveries at once.
@@ -39,7 +40,8 @@
 
 #define MS_DAEMON_GRACE_MS 5000
 #define MS_DAEMON_GROUP_MAX 2000    /* messages handed to one worker */
-#define MS_DAEMON_CLAIMED_MAX 20000 /* messages claimed and waiting at once */
+#define MS_DAEMON_CLAIMED_MAX 20000 /* messages claimed at once, at most (and at
+                                     * most 2 x max_deliveries x connection_messages) */
 
 typedef struct ms_daemon_opts {
 	ms_conf *conf;                  /* reloaded in place on *reload */
