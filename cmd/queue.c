@@ -69,6 +69,20 @@ static const char *result_word(ms_rcpt_state s)
 	return s == MS_RCPT_DELIVERED ? "delivered" : s == MS_RCPT_FAILED ? "failed" : "deferred";
 }
 
+static void put_safe(FILE *f, const char *s);
+
+/* "code enh text" as a server said it: the enhanced code only when the
+ * text does not already start with it (SMTP texts do). */
+static void put_reply(FILE *f, int code, const char *enh, const char *text)
+{
+	size_t el = strlen(enh);
+	if (code)
+		fprintf(f, "%d ", code);
+	if (el && !(strncmp(text, enh, el) == 0 && (text[el] == ' ' || !text[el])))
+		fprintf(f, "%s ", enh);
+	put_safe(f, text);
+}
+
 /* Modes now and background: claim the message just queued, attempt every
  * recipient through the daemon's routing, report each.  Now: the message
  * was queued held (no daemon touches it) and is removed whatever happened.
@@ -143,11 +157,12 @@ static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const 
 			ms_buf_free(&b);
 		} else if (!quiet || r->state != MS_RCPT_DELIVERED) {
 			FILE *out = r->state == MS_RCPT_DELIVERED ? stdout : stderr;
-			fprintf(out, "%s%s%s: <%s> %s via %s (%d %s%s%s)%s\n", pre, sep, id, addr,
-			        result_word(r->state), r->relay, r->code, r->enh, r->enh[0] ? " " : "",
-			        r->text,
-			        mode == CLI_BACKGROUND && r->state == MS_RCPT_DEFERRED ? "; queued for retry"
-			                                                               : "");
+			fprintf(out, "%s%s%s: <%s> %s via %s (", pre, sep, id, addr, result_word(r->state),
+			        r->relay);
+			put_reply(out, r->code, r->enh, r->text);
+			fprintf(out, ")%s\n", mode == CLI_BACKGROUND && r->state == MS_RCPT_DEFERRED
+			                           ? "; queued for retry"
+			                           : "");
 		}
 	}
 	if (json)
@@ -297,11 +312,7 @@ static void human_envelope(FILE *f, const ms_envelope *e)
 			fprintf(f, "  attempts %u", (unsigned)r->attempts);
 		if (r->text[0] || r->code) {
 			fputs("  (", f);
-			if (r->code)
-				fprintf(f, "%d ", r->code);
-			if (r->enh[0])
-				fprintf(f, "%s ", r->enh);
-			put_safe(f, r->text);
+			put_reply(f, r->code, r->enh, r->text);
 			fputs(")", f);
 		}
 		fputc('\n', f);
@@ -485,11 +496,7 @@ int cmd_show(int argc, char **argv)
 				char when[32];
 				fmt_time(r2->hist[k].when, when, sizeof when);
 				printf("    %s  ", when);
-				if (r2->hist[k].code)
-					printf("%d ", r2->hist[k].code);
-				if (r2->hist[k].enh[0])
-					printf("%s ", r2->hist[k].enh);
-				put_safe(stdout, r2->hist[k].text);
+				put_reply(stdout, r2->hist[k].code, r2->hist[k].enh, r2->hist[k].text);
 				printf("\n");
 			}
 		}

@@ -617,37 +617,30 @@ static void take(sched_state *d, entry *e, int64_t now)
 		return;
 	}
 	e->mtime = ms_spool_env_mtime(d->sp, e->id);
-	size_t *due = malloc((env.nrcpts ? env.nrcpts : 1) * sizeof *due);
-	size_t ndue = due ? ms_sched_due(&env, now, due) : 0;
-	if (ndue == 0) {
-		e->due = ms_env_next_due(&env);
-		if (env.flags & MS_ENV_HOLD)
-			e->due = INT64_MAX;
-		free(due);
+	ms_sched_plan plan;
+	if (ms_sched_plan_make(d->c, &env, now, &plan, &err) != MS_OK) {
 		ms_env_free(&env);
+		e->due = now + SETTLE_RETRY_S;
 		return;
 	}
-	/* Destinations in back-off are not worth a claim. */
-	int64_t soonest = INT64_MAX;
-	int any = 0;
-	for (size_t i = 0; i < ndue; i++) {
-		char key[MS_DEST_MAX];
-		if (ms_dest_for(d->c, env.sender, env.rcpts[due[i]].addr, key, sizeof key, NULL) != MS_OK) {
-			any = 1;
-			continue;
-		}
-		dest *x = dest_get(d, key);
+	/* Nothing due after all, or only destinations in back-off: no claim. */
+	int64_t later = INT64_MAX;
+	int any = plan.nunroutable > 0;
+	for (size_t g = 0; g < plan.ngroups; g++) {
+		dest *x = dest_get(d, plan.groups[g].key);
 		if (x && x->backoff_until > now) {
-			if (x->backoff_until < soonest)
-				soonest = x->backoff_until;
+			if (x->backoff_until < later)
+				later = x->backoff_until;
 		} else {
 			any = 1;
 		}
 	}
-	free(due);
+	if (plan.ngroups == 0 && plan.nunroutable == 0)
+		later = (env.flags & MS_ENV_HOLD) ? INT64_MAX : ms_env_next_due(&env);
+	ms_sched_plan_free(&plan);
 	ms_env_free(&env);
 	if (!any) {
-		e->due = soonest;
+		e->due = later;
 		return;
 	}
 	slot *s = calloc(1, sizeof *s);
@@ -659,64 +652,34 @@ static void take(sched_state *d, entry *e, int64_t now)
 		return;
 	}
 	/* Under the claim, the envelope as it is now. */
-	if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK) {
-		ms_spool_release(d->sp, &s->claim, NULL);
-		free(s);
-		e->due = INT64_MAX;
-		return;
-	}
-	e->mtime = ms_spool_env_mtime(d->sp, e->id);
-	due = malloc((s->env.nrcpts ? s->env.nrcpts : 1) * sizeof *due);
-	ndue = due ? ms_sched_due(&s->env, now, due) : 0;
-	char (*keys)[MS_DEST_MAX] = ndue ? malloc(ndue * sizeof *keys) : NULL;
-	for (size_t i = 0; keys && i < ndue; i++)
-		if (ms_dest_for(d->c, s->env.sender, s->env.rcpts[due[i]].addr, keys[i], MS_DEST_MAX,
-		                &err) != MS_OK) {
-			/* Not routable (no relay for this sender): deferred now. */
-			ms_sched_result r = { .rcpt = due[i], .state = MS_RCPT_DEFERRED };
-			snprintf(r.enh, sizeof r.enh, "4.3.5");
-			snprintf(r.text, sizeof r.text, "%s", err.msg);
-			snprintf(r.relay, sizeof r.relay, "none");
-			add_result(s, &r);
-			keys[i][0] = '\0';
-		}
-	if (!keys || grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0) {
+	if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK ||
+	    grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0 ||
+	    ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
 		ms_spool_release(d->sp, &s->claim, NULL);
 		slot_free(s);
-		free(due);
-		free(keys);
+		e->due = INT64_MIN; /* read again next time */
 		return;
 	}
 	d->slots[d->nslots++] = s;
 	d->claimed++;
 	e->busy = 1;
+	e->mtime = ms_spool_env_mtime(d->sp, e->id);
+	for (size_t i = 0; i < plan.nunroutable; i++)
+		add_result(s, &plan.unroutable[i]); /* deferred now, with the reason */
 	s->groups_left = 1; /* held while items are made */
-	for (size_t i = 0; i < ndue; i++) {
-		if (!keys[i][0])
-			continue;
-		dest *x = dest_get(d, keys[i]);
+	for (size_t g = 0; g < plan.ngroups; g++) {
+		dest *x = dest_get(d, plan.groups[g].key);
 		if (!x || x->backoff_until > now)
 			continue; /* left due; tried when the back-off ends */
-		item it = { .s = s };
-		it.idx = malloc(ndue * sizeof *it.idx);
-		if (!it.idx)
+		item it = { .s = s, .idx = plan.groups[g].idx, .n = plan.groups[g].n };
+		if (push_item(x, it) < 0)
 			continue;
-		for (size_t k = i; k < ndue; k++)
-			if (keys[k][0] && !strcmp(keys[k], keys[i])) {
-				it.idx[it.n++] = due[k];
-				if (k != i)
-					keys[k][0] = '\0';
-			}
-		if (push_item(x, it) < 0) {
-			free(it.idx);
-			continue;
-		}
+		plan.groups[g].idx = NULL; /* the item has it now */
 		s->groups_left++;
 	}
-	free(due);
-	free(keys);
+	ms_sched_plan_free(&plan);
 	if (--s->groups_left == 0)
-		settle(d, s); /* nothing handed out (or only unroutable recipients) */
+		settle(d, s); /* nothing handed out: settled (or released) at once */
 }
 
 /* How many messages we hold claimed at once: what our workers can start

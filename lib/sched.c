@@ -253,6 +253,59 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	return st;
 }
 
+ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now,
+                             ms_sched_plan *p, ms_error *err)
+{
+	memset(p, 0, sizeof *p);
+	size_t cap = e->nrcpts ? e->nrcpts : 1;
+	size_t *due = malloc(cap * sizeof *due);
+	p->groups = calloc(cap, sizeof *p->groups);
+	p->unroutable = calloc(cap, sizeof *p->unroutable);
+	if (!due || !p->groups || !p->unroutable) {
+		free(due);
+		ms_sched_plan_free(p);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	size_t ndue = ms_sched_due(e, now, due);
+	for (size_t i = 0; i < ndue; i++) {
+		char key[MS_DEST_MAX];
+		ms_error kerr;
+		if (ms_dest_for(c, e->sender, e->rcpts[due[i]].addr, key, sizeof key, &kerr) != MS_OK) {
+			ms_sched_result *r = &p->unroutable[p->nunroutable++];
+			r->rcpt = due[i];
+			r->state = MS_RCPT_DEFERRED;
+			snprintf(r->enh, sizeof r->enh, "4.3.5");
+			snprintf(r->text, sizeof r->text, "%s", kerr.msg);
+			snprintf(r->relay, sizeof r->relay, "none");
+			continue;
+		}
+		size_t g = 0;
+		while (g < p->ngroups && strcmp(p->groups[g].key, key))
+			g++;
+		if (g == p->ngroups) {
+			memcpy(p->groups[g].key, key, sizeof key);
+			if (!(p->groups[g].idx = malloc(ndue * sizeof *p->groups[g].idx))) {
+				free(due);
+				ms_sched_plan_free(p);
+				return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			}
+			p->ngroups++;
+		}
+		p->groups[g].idx[p->groups[g].n++] = due[i];
+	}
+	free(due);
+	return MS_OK;
+}
+
+void ms_sched_plan_free(ms_sched_plan *p)
+{
+	for (size_t i = 0; p->groups && i < p->ngroups; i++)
+		free(p->groups[i].idx);
+	free(p->groups);
+	free(p->unroutable);
+	memset(p, 0, sizeof *p);
+}
+
 typedef struct attempt_ctx {
 	const size_t *idx;
 	ms_sched_result *out;
@@ -271,53 +324,33 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 {
 	*res = NULL;
 	*nres = 0;
-	int64_t now = (int64_t)time(NULL);
-	size_t *due = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *due);
-	size_t *idx = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *idx);
-	char (*keys)[MS_DEST_MAX] = malloc((e->nrcpts ? e->nrcpts : 1) * sizeof *keys);
+	ms_sched_plan plan;
+	ms_status st = ms_sched_plan_make(c, e, (int64_t)time(NULL), &plan, err);
+	if (st != MS_OK)
+		return st;
 	ms_sched_result *out = calloc(e->nrcpts ? e->nrcpts : 1, sizeof *out);
-	if (!due || !idx || !keys || !out) {
-		free(due), free(idx), free(keys), free(out);
+	if (!out) {
+		ms_sched_plan_free(&plan);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
-	size_t ndue = ms_sched_due(e, now, due), nout = 0;
-	ms_error kerr;
-	for (size_t i = 0; i < ndue; i++)
-		if (ms_dest_for(c, e->sender, e->rcpts[due[i]].addr, keys[i], MS_DEST_MAX, &kerr) !=
-		    MS_OK) {
-			ms_sched_result *s = &out[nout++];
-			s->rcpt = due[i];
-			s->state = MS_RCPT_DEFERRED;
-			snprintf(s->enh, sizeof s->enh, "4.3.5");
-			snprintf(s->text, sizeof s->text, "%s", kerr.msg);
-			snprintf(s->relay, sizeof s->relay, "none");
-			keys[i][0] = '\0';
-		}
+	memcpy(out, plan.unroutable, plan.nunroutable * sizeof *out);
+	size_t nout = plan.nunroutable;
 	/* One session per destination, for all of its recipients. */
-	ms_status st = MS_OK;
-	for (size_t i = 0; i < ndue && st == MS_OK; i++) {
-		if (!keys[i][0])
-			continue;
-		size_t n = 0;
-		for (size_t k = i; k < ndue; k++)
-			if (k == i || (keys[k][0] && !strcmp(keys[k], keys[i])))
-				idx[n++] = due[k];
+	for (size_t g = 0; g < plan.ngroups && st == MS_OK; g++) {
+		const ms_sched_group *gr = &plan.groups[g];
 		ms_message *m;
 		int fd;
-		if ((st = ms_sched_message(sp, e, idx, n, &m, &fd, err)) != MS_OK)
+		if ((st = ms_sched_message(sp, e, gr->idx, gr->n, &m, &fd, err)) != MS_OK)
 			break;
-		attempt_ctx a = { idx, out, nout };
+		attempt_ctx a = { gr->idx, out, nout };
 		ms_deliver_opts dopt = { .conf = c, .transcript = tx, .on_result = collect, .ctx = &a };
 		ms_deliver_report rep;
-		st = ms_deliver(&dopt, keys[i], &m, 1, &rep, err);
+		st = ms_deliver(&dopt, gr->key, &m, 1, &rep, err);
 		nout = a.n;
 		ms_message_free(m);
 		close(fd);
-		for (size_t k = i + 1; k < ndue; k++)
-			if (!strcmp(keys[k], keys[i]))
-				keys[k][0] = '\0';
 	}
-	free(due), free(idx), free(keys);
+	ms_sched_plan_free(&plan);
 	if (st != MS_OK) {
 		free(out);
 		return st;

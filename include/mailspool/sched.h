@@ -70,6 +70,27 @@ typedef struct ms_sched_summary {
  * to idx (room for e->nrcpts); returns how many.  A held message has none. */
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx);
 
+/* The recipients of e due at `now`, by destination (mailspool/deliver.h):
+ * one group per destination key, in the order first seen.  Recipients
+ * that cannot be routed (no relay configured for the sender) are results
+ * already: deferred, with the reason. */
+typedef struct ms_sched_group {
+	char key[MS_DEST_MAX];
+	size_t *idx;  /* envelope recipient indexes */
+	size_t n;
+} ms_sched_group;
+
+typedef struct ms_sched_plan {
+	ms_sched_group *groups;
+	size_t ngroups;
+	ms_sched_result *unroutable;
+	size_t nunroutable;
+} ms_sched_plan;
+
+ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now,
+                             ms_sched_plan *p, ms_error *err);
+void ms_sched_plan_free(ms_sched_plan *p);
+
 /* A message for the engines: e's sender, the recipients idx[0..n), the data
  * file (its fd is returned in *fd; the caller closes it after the result). */
 ms_status ms_sched_message(ms_spool *sp, const ms_envelope *e, const size_t *idx, size_t n,

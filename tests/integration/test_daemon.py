@@ -206,6 +206,9 @@ def test_temporary_failure_is_retried_at_the_next_tier(tmp_path, port):
             q = w.spool.queue()
             assert len(q) == 1
             assert [e[1] for e in mx1.envelopes] == [["fast@a.test"]]
+            listing = w.spool.run([w.spool.mailq]).stdout.decode()
+            assert "deferred  slow@a.test" in listing
+            assert "(451 4.3.0 try again later)" in listing  # the code said once
             replies.clear()  # the server is well again
             assert wait_for(lambda: f"{qid}: removed" in w.logtext(), 20), w.logtext()
         finally:
