@@ -107,6 +107,11 @@ def test_mx_preference_then_failover_when_first_refuses(tmp_path, port):
         assert "to=<u1@a.test>, relay=mx1.a.test[127.0.0.2]:%d" % port in log
         assert "to=<u2@a.test>, relay=mx2.a.test[127.0.0.3]:%d" % port in log
         assert "status=sent (250" in log
+        # The usage log: what was spooled, and what was sent.
+        import json
+        rows = json.loads(w.spool.ms("stats", "--json").stdout)["usage"]
+        sent = [r for r in rows if r["purpose"] == "sent"]
+        assert sum(r["events"] for r in sent) == 2
 
 
 def test_cname_and_implicit_mx(tmp_path, port):
