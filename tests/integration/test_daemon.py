@@ -298,6 +298,32 @@ def test_tarpit_mx_does_not_delay_a_healthy_one(tmp_path, port):
         assert w.spool.listdir("claim") == []
 
 
+def test_a_dead_destination_is_backed_off_not_hammered(tmp_path, port):
+    with dns_for(port, mx=[("dead.test", "mx.dead.test", 10)],
+                 hosts={"mx.dead.test": "127.0.0.8"}) as dns, \
+            Aiosmtpd(host="127.0.0.2", port=port) as healthy:
+        w = World(str(tmp_path), dns, port, tiers="0 1s 2s",
+                  extra="destination_backoff = 1h\n")
+        first = w.queue_msg(["x@dead.test"])
+        d = w.start()
+        try:
+            assert wait_for(lambda: "mx:dead.test: no server answered; not tried again" in
+                            w.logtext(), 20), w.logtext()
+            second = w.queue_msg(["y@dead.test"])
+            w.queue_msg(["z@a.test"])
+            assert wait_for(lambda: len(healthy.envelopes) == 1, 10)
+            time.sleep(3)  # the first one's next tier (1 s) has passed too
+        finally:
+            stop_daemon(d)
+        log = w.logtext()
+        # Neither the first message's retry nor the second message went to
+        # the dead host while it was backed off: one attempt in all.
+        assert log.count("to=<x@dead.test>") == 1 and "to=<y@dead.test>" not in log
+        q = {m["id"]: m for m in w.spool.queue()}
+        assert set(q) == {first, second}
+        assert q[second]["recipients"][0]["attempts"] == 0
+
+
 def test_route_overrides_mx(tmp_path, port):
     with dns_for(port) as dns, Aiosmtpd() as smarthost, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
         w = World(str(tmp_path), dns, port,
