@@ -34,6 +34,7 @@
 #define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128)
 #define LIST_MIN_MS 1000
 #define SETTLE_RETRY_S 60
+#define SETTLE_BATCH 32
 
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
@@ -75,6 +76,7 @@ typedef struct job {
 	char buf[LINE_MAX_];
 	size_t blen;
 	int eof, reaped, unreachable;
+	int more;   /* complete lines still buffered */
 	int status; /* waitpid's */
 } job;
 
@@ -487,16 +489,17 @@ fail:
 	return -1;
 }
 
-static void job_line(sched_state *d, job *j, char *line)
+/* One line from a worker; 1 when it completed a message. */
+static int job_line(sched_state *d, job *j, char *line)
 {
 	if (line[0] == 'U') {
 		j->unreachable = 1;
-		return;
+		return 0;
 	}
 	size_t it;
 	if (line[0] == 'D' && sscanf(line, "D %zu", &it) == 1 && it < j->n) {
 		item_done(d, &j->items[it]);
-		return;
+		return 1;
 	}
 	ms_sched_result r;
 	memset(&r, 0, sizeof r);
@@ -505,7 +508,7 @@ static void job_line(sched_state *d, job *j, char *line)
 	if (sscanf(line, "R %zu %zu %d %d %31s %960s %n", &it, &r.rcpt, &state, &r.code, enh, relay,
 	           &off) < 6 ||
 	    it >= j->n || j->items[it].done)
-		return;
+		return 0;
 	r.state = (ms_rcpt_state)state;
 	snprintf(r.enh, sizeof r.enh, "%.15s", strcmp(enh, "-") ? enh : "");
 	unescape(relay);
@@ -514,11 +517,31 @@ static void job_line(sched_state *d, job *j, char *line)
 	unescape(text);
 	snprintf(r.text, sizeof r.text, "%s", text);
 	add_result(j->items[it].s, &r);
+	return 0;
 }
 
+/* Read a worker's lines.  At most SETTLE_BATCH messages are settled per
+ * call (each is an fsynced envelope), so that a worker reporting thousands
+ * of results does not keep the scheduler from new work; j->more says
+ * complete lines are still buffered, and the loop comes back at once. */
 static void job_read(sched_state *d, job *j)
 {
+	size_t settled = 0;
 	for (;;) {
+		char *start = j->buf, *nl;
+		while (settled < SETTLE_BATCH &&
+		       (nl = memchr(start, '\n', j->blen - (size_t)(start - j->buf)))) {
+			*nl = '\0';
+			settled += job_line(d, j, start);
+			start = nl + 1;
+		}
+		j->blen -= (size_t)(start - j->buf);
+		memmove(j->buf, start, j->blen);
+		j->more = settled >= SETTLE_BATCH;
+		if (j->more)
+			return;
+		if (j->blen == sizeof j->buf - 1)
+			j->blen = 0; /* a line past the cap: drop it */
 		ssize_t n = read(j->fd, j->buf + j->blen, sizeof j->buf - 1 - j->blen);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -529,16 +552,6 @@ static void job_read(sched_state *d, job *j)
 			return;
 		}
 		j->blen += (size_t)n;
-		char *start = j->buf, *nl;
-		while ((nl = memchr(start, '\n', j->blen - (size_t)(start - j->buf)))) {
-			*nl = '\0';
-			job_line(d, j, start);
-			start = nl + 1;
-		}
-		j->blen -= (size_t)(start - j->buf);
-		memmove(j->buf, start, j->blen);
-		if (j->blen == sizeof j->buf - 1)
-			j->blen = 0; /* a line past the cap: drop it */
 	}
 }
 
@@ -904,14 +917,15 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			timeout = 50;
 		if (nd <= now && d->claimed >= claim_limit(d->c))
 			timeout = 200;
+		for (size_t i = 0; i < d->njobs; i++)
+			if (d->jobs[i]->more)
+				timeout = 0; /* results already read wait to be settled */
 		int r = poll(pf, (nfds_t)nfds, timeout);
-		if (r > 0) {
-			if (pf[0].revents & POLLIN)
-				woken = drain_wake(d);
-			for (size_t i = 0; i < d->njobs; i++)
-				if (pf[i + 1].revents)
-					job_read(d, d->jobs[i]);
-		}
+		if (r > 0 && (pf[0].revents & POLLIN))
+			woken = drain_wake(d);
+		for (size_t i = 0; i < d->njobs; i++)
+			if ((r > 0 && pf[i + 1].revents) || d->jobs[i]->more)
+				job_read(d, d->jobs[i]);
 		free(pf);
 		reap(d);
 	}
