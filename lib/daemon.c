@@ -905,8 +905,10 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		}
 		int64_t wait_s = d->c->queue_scan_interval;
 		int64_t nd = next_due(d);
-		if (nd != INT64_MAX && nd - now < wait_s)
-			wait_s = nd - now < 0 ? 0 : nd - now;
+		if (nd <= now)
+			wait_s = 0;
+		else if (nd - now < wait_s) /* (nd > now: no overflow) */
+			wait_s = nd - now;
 		int64_t lease_wait = (d->c->claim_lease + 2) / 3 - (now - d->last_renew);
 		if (d->nslots && lease_wait < wait_s)
 			wait_s = lease_wait < 0 ? 0 : lease_wait;

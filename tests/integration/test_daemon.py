@@ -45,8 +45,15 @@ class World:
         return p
 
     def start(self, *args):
-        return subprocess.Popen([BIN, "daemon", "--foreground"] + list(args), env=self.spool.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """A daemon in the foreground; its standard error (sanitizer
+        reports, too) goes to daemon-N.err beside the spool."""
+        self.nstarted = getattr(self, "nstarted", 0) + 1
+        path = os.path.join(self.spool.root, f"daemon-{self.nstarted}.err")
+        with open(path, "wb") as err:
+            p = subprocess.Popen([BIN, "daemon", "--foreground"] + list(args),
+                                 env=self.spool.env, stdout=subprocess.DEVNULL, stderr=err)
+        p.err_path = path
+        return p
 
     def logtext(self):
         try:
@@ -66,12 +73,20 @@ def wait_for(cond, timeout=30.0, step=0.05):
 
 
 def stop_daemon(p):
+    """SIGTERM; the daemon must have been alive and must exit 0 (a crash or
+    a sanitizer report fails the test, with its standard error)."""
+    alive = p.poll() is None
     p.send_signal(signal.SIGTERM)
     try:
-        return p.wait(timeout=20)
+        rc = p.wait(timeout=20)
     except subprocess.TimeoutExpired:
         p.kill()
         raise
+    if not alive or rc != 0:
+        with open(p.err_path, "rb") as f:
+            err = f.read()[-3000:].decode(errors="replace")
+        raise AssertionError(f"daemon {'had died' if not alive else 'exited'} with {rc}: {err}")
+    return rc
 
 
 @pytest.fixture
@@ -435,8 +450,13 @@ def test_three_daemons_deliver_10000_messages_for_100_domains_exactly_once(tmp_p
         try:
             assert wait_for(lambda: w.spool.listdir("env") == [], 240, 0.5)
         finally:
+            problems = []
             for d in ds:
-                stop_daemon(d)
+                try:
+                    stop_daemon(d)
+                except AssertionError as e:
+                    problems.append(str(e))
+            assert not problems, problems
         got = seqs([s1, s2])
         assert len(got) == 10000
         assert sorted(got) == list(range(10000))  # each exactly once
