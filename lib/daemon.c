@@ -29,9 +29,10 @@
 #include <unistd.h>
 
 #include "mailspool/deliver.h"
+#include "mailspool/envelope.h"
 #include "mailspool/spool.h"
 
-#define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128)
+#define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128) /* a result line */
 #define LIST_MIN_MS 1000
 #define SETTLE_RETRY_S 60
 #define SETTLE_BATCH 32
@@ -328,37 +329,6 @@ static void put_all(int fd, const char *p, size_t n)
 	}
 }
 
-static void escape(const char *in, char *out, size_t n)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t k = 0;
-	for (const unsigned char *p = (const unsigned char *)in; *p && k + 4 < n; p++) {
-		if (*p < 0x21 || *p > 0x7e || *p == '%') {
-			out[k++] = '%';
-			out[k++] = hex[*p >> 4];
-			out[k++] = hex[*p & 15];
-		} else {
-			out[k++] = (char)*p;
-		}
-	}
-	out[k] = '\0';
-}
-
-static void unescape(char *s)
-{
-	char *w = s;
-	for (char *p = s; *p; p++) {
-		unsigned v;
-		if (*p == '%' && p[1] && p[2] && sscanf(p + 1, "%2x", &v) == 1) {
-			*w++ = (char)v;
-			p += 2;
-		} else {
-			*w++ = *p;
-		}
-	}
-	*w = '\0';
-}
-
 static void worker_result(void *ctx, ms_message *m, const char *relay)
 {
 	wctx *w = ctx;
@@ -368,16 +338,26 @@ static void worker_result(void *ctx, ms_message *m, const char *relay)
 	if (!r)
 		_exit(4);
 	ms_sched_results(m, x->idx, relay, r);
-	static char line[LINE_MAX_], text[MS_ENV_TEXT_MAX * 3 + 1], rel[MS_RELAY_DESC_MAX * 3 + 1];
+	/* R item rcpt state code enh relay text: relay and text escaped as
+	 * envelope fields are, so each is one token. */
+	ms_buf line;
+	ms_buf_init(&line, 0);
 	for (size_t i = 0; i < m->nrcpts; i++) {
-		escape(r[i].text, text, sizeof text);
-		escape(r[i].relay, rel, sizeof rel);
-		int n = snprintf(line, sizeof line, "R %zu %zu %d %d %s %s %s\n", it, r[i].rcpt,
-		                 (int)r[i].state, r[i].code, r[i].enh[0] ? r[i].enh : "-", rel, text);
-		put_all(w->fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+		ms_buf_reset(&line);
+		if (ms_buf_printf(&line, "R %zu %zu %d %d %s ", it, r[i].rcpt, (int)r[i].state,
+		                  r[i].code, r[i].enh[0] ? r[i].enh : "-") != MS_OK ||
+		    ms_env_escape(&line, r[i].relay, strlen(r[i].relay)) != MS_OK ||
+		    ms_buf_append(&line, " ", 1) != MS_OK ||
+		    ms_env_escape(&line, r[i].text, strlen(r[i].text)) != MS_OK ||
+		    ms_buf_append(&line, "\n", 1) != MS_OK)
+			_exit(4);
+		put_all(w->fd, ms_buf_ptr(&line), ms_buf_avail(&line));
 	}
-	int n = snprintf(line, sizeof line, "D %zu\n", it);
-	put_all(w->fd, line, (size_t)n);
+	ms_buf_reset(&line);
+	if (ms_buf_printf(&line, "D %zu\n", it) != MS_OK)
+		_exit(4);
+	put_all(w->fd, ms_buf_ptr(&line), ms_buf_avail(&line));
+	ms_buf_free(&line);
 	free(r);
 	if (w->fds[it] >= 0) {
 		close(w->fds[it]); /* the engine is done with this message */
@@ -504,18 +484,21 @@ static int job_line(sched_state *d, job *j, char *line)
 	ms_sched_result r;
 	memset(&r, 0, sizeof r);
 	int state, off = 0;
-	char enh[32], relay[MS_RELAY_DESC_MAX * 3 + 1];
-	if (sscanf(line, "R %zu %zu %d %d %31s %960s %n", &it, &r.rcpt, &state, &r.code, enh, relay,
-	           &off) < 6 ||
+	char enh[32];
+	if (sscanf(line, "R %zu %zu %d %d %31s %n", &it, &r.rcpt, &state, &r.code, enh, &off) < 5 ||
 	    it >= j->n || j->items[it].done)
 		return 0;
+	char *relay_tok = line + off, *sp = strchr(relay_tok, ' ');
+	if (!sp)
+		return 0;
+	char *relay = ms_env_unescape(relay_tok, (size_t)(sp - relay_tok), MS_RELAY_DESC_MAX - 1);
+	char *text = ms_env_unescape(sp + 1, strlen(sp + 1), MS_ENV_TEXT_MAX - 1);
 	r.state = (ms_rcpt_state)state;
 	snprintf(r.enh, sizeof r.enh, "%.15s", strcmp(enh, "-") ? enh : "");
-	unescape(relay);
-	snprintf(r.relay, sizeof r.relay, "%.319s", relay);
-	char *text = line + off;
-	unescape(text);
-	snprintf(r.text, sizeof r.text, "%s", text);
+	snprintf(r.relay, sizeof r.relay, "%s", relay ? relay : "none");
+	snprintf(r.text, sizeof r.text, "%s", text ? text : "(unreadable result)");
+	free(relay);
+	free(text);
 	add_result(j->items[it].s, &r);
 	return 0;
 }

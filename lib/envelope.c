@@ -169,14 +169,13 @@ int64_t ms_env_next_due(const ms_envelope *e)
 
 /* ---- writing ------------------------------------------------------------ */
 
-static ms_status put_str(ms_buf *b, const char *s, size_t n)
+ms_status ms_env_escape(ms_buf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	if (ms_buf_reserve(b, 1 + 3 * n) != MS_OK)
+	if (ms_buf_reserve(b, 3 * n) != MS_OK)
 		return MS_ERR_NOMEM;
 	char *o = ms_buf_tail(b);
 	size_t k = 0;
-	o[k++] = '=';
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c <= 0x20 || c >= 0x7f || c == '%') {
@@ -189,6 +188,12 @@ static ms_status put_str(ms_buf *b, const char *s, size_t n)
 	}
 	ms_buf_commit(b, k);
 	return MS_OK;
+}
+
+static ms_status put_str(ms_buf *b, const char *s, size_t n)
+{
+	ms_status st = ms_buf_append(b, "=", 1);
+	return st == MS_OK ? ms_env_escape(b, s, n) : st;
 }
 
 ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err)
@@ -323,36 +328,31 @@ static int u64(cursor *c, uint64_t *v)
 	return 1;
 }
 
-/* A "=..." string field, unescaped into a new allocation. */
-static int str(cursor *c, char **out, size_t max)
+char *ms_env_unescape(const char *t, size_t n, size_t max)
 {
-	const char *t;
-	size_t n;
-	if (!token(c, &t, &n) || t[0] != '=')
-		return 0;
-	char *d = malloc(n);
+	char *d = malloc(n + 1);
 	if (!d)
-		return 0;
+		return NULL;
 	size_t k = 0;
-	for (size_t i = 1; i < n; i++) {
+	for (size_t i = 0; i < n; i++) {
 		if (t[i] == '%') {
 			int hi = i + 2 < n ? hexval(t[i + 1]) : -1, lo = i + 2 < n ? hexval(t[i + 2]) : -1;
 			if (hi < 0 || lo < 0) {
 				free(d);
-				return 0;
+				return NULL;
 			}
 			unsigned char ch = (unsigned char)(hi << 4 | lo);
 			/* Only what the writer escapes may be escaped: one
 			 * spelling per byte string. */
 			if (!(ch <= 0x20 || ch >= 0x7f || ch == '%')) {
 				free(d);
-				return 0;
+				return NULL;
 			}
 			d[k++] = (char)ch;
 			i += 2;
 		} else if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f) {
 			free(d);
-			return 0;
+			return NULL;
 		} else {
 			d[k++] = t[i];
 		}
@@ -361,10 +361,19 @@ static int str(cursor *c, char **out, size_t max)
 	if (k > max || memchr(d, '\0', k)) {
 		/* NUL cannot live in a C string field: refuse rather than cut. */
 		free(d);
-		return 0;
+		return NULL;
 	}
-	*out = d;
-	return 1;
+	return d;
+}
+
+/* A "=..." string field, unescaped into a new allocation. */
+static int str(cursor *c, char **out, size_t max)
+{
+	const char *t;
+	size_t n;
+	if (!token(c, &t, &n) || t[0] != '=')
+		return 0;
+	return (*out = ms_env_unescape(t + 1, n - 1, max)) != NULL;
 }
 
 static ms_status damaged(ms_envelope *e, ms_error *err, const char *why, size_t line)

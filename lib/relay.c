@@ -133,12 +133,7 @@ static void try_relay(const ms_conf_relay *r, const ms_smtp_opts *base, ms_messa
 		/* Not even tried: every waiting recipient keeps (or gets) this. */
 		snprintf(rep->errors, sizeof rep->errors, "%s", why);
 		for (size_t i = 0; i < n; i++)
-			for (size_t k = 0; k < msgs[i]->nrcpts; k++)
-				if (msgs[i]->rcpts[k].state == MS_RCPT_PENDING ||
-				    msgs[i]->rcpts[k].state == MS_RCPT_DEFERRED) {
-					msgs[i]->rcpts[k].state = MS_RCPT_DEFERRED;
-					ms_outcome_set(&msgs[i]->rcpts[k].out, MS_STAGE_CONNECT, 0, "4.3.5", why);
-				}
+			ms_message_settle(msgs[i], MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.3.5", why);
 		OPENSSL_cleanse(secret, sizeof secret);
 		return;
 	}

@@ -105,6 +105,14 @@ ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err);
 /* Parse p[0..n) into e (initialised here).  MS_ERR_DATA: damaged. */
 ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err);
 
+/* The string-field escaping of the format, for any line format that needs
+ * a byte string as one space-free token: bytes outside 0x21-0x7E and '%'
+ * become %XX (appended to b, without the leading '=').  ms_env_unescape is
+ * its strict inverse: a new NUL-terminated string of at most max octets,
+ * or NULL when t is not exactly what ms_env_escape writes or holds NUL. */
+ms_status ms_env_escape(ms_buf *b, const char *s, size_t n);
+char *ms_env_unescape(const char *t, size_t n, size_t max);
+
 /* A queue id: 1-MS_ENV_ID_MAX of [0-9A-Za-z_-]; safe as a file name. */
 int ms_env_id_ok(const char *id);
 const char *ms_env_state_name(ms_env_state s);
