@@ -54,7 +54,7 @@ $(BUILD)/mailspool: $(CMD_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/scripted.h $(BUILD)/libmailspool.a
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/scripted.h tests/unit/tmpspool.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libmailspool.a $(LDLIBS) -lcmocka
 

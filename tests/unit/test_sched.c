@@ -21,27 +21,16 @@
 #include "mailspool/dsn.h"
 #include "mailspool/sched.h"
 #include "mailspool/submit.h"
+#include "tmpspool.h"
 
-static char root[64];
+static void our_name(ms_conf *c)
+{
+	snprintf(c->hostname, sizeof c->hostname, "mta.example.test");
+}
 
 static void fresh_spool(ms_conf *c, ms_spool **sp)
 {
-	snprintf(root, sizeof root, "/tmp/test_sched.XXXXXX");
-	assert_non_null(mkdtemp(root));
-	ms_conf_defaults(c);
-	snprintf(c->spool_dir, sizeof c->spool_dir, "%s/spool", root);
-	snprintf(c->hostname, sizeof c->hostname, "mta.example.test");
-	c->min_free_space = 0;
-	ms_error err;
-	assert_int_equal(ms_spool_open(c, 1, sp, &err), MS_OK);
-}
-
-static void rm_spool(ms_spool *sp)
-{
-	ms_spool_close(sp);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-	assert_int_equal(system(cmd), 0);
+	tmp_spool(c, sp, our_name);
 }
 
 static void queue(ms_spool *sp, const ms_conf *c, const char *sender, const char *const *rcpts,
@@ -155,7 +144,7 @@ static void test_tiers_then_bounce(void **state)
 	assert_int_equal(ms_spool_list(sp, &ids, &n, &err), MS_OK);
 	assert_int_equal(n, 0);
 	ms_spool_ids_free(ids, n);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 /* Final states stay final; a held message has nothing due. */
@@ -185,7 +174,7 @@ static void test_final_states_and_hold(void **state)
 	e.flags |= MS_ENV_HOLD;
 	assert_int_equal(ms_sched_due(&e, INT64_MAX - 1, idx), 0);
 	ms_env_free(&e);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 static void test_dsn_status(void **state)

@@ -21,28 +21,18 @@
 
 #include "mailspool/spool.h"
 #include "mailspool/submit.h"
+#include "tmpspool.h"
 
-static char root[64];
+/* Short leases, no skew: claims can be taken over within the test. */
+static void short_leases(ms_conf *c)
+{
+	c->claim_lease = 1;
+	c->clock_skew = 0;
+}
 
 static void fresh_spool(ms_conf *c, ms_spool **sp)
 {
-	snprintf(root, sizeof root, "/tmp/test_spool.XXXXXX");
-	assert_non_null(mkdtemp(root));
-	ms_conf_defaults(c);
-	snprintf(c->spool_dir, sizeof c->spool_dir, "%s/spool", root);
-	c->min_free_space = 0;
-	c->claim_lease = 1;
-	c->clock_skew = 0;
-	ms_error err;
-	assert_int_equal(ms_spool_open(c, 1, sp, &err), MS_OK);
-}
-
-static void rm_spool(ms_spool *sp)
-{
-	ms_spool_close(sp);
-	char cmd[128];
-	snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-	assert_int_equal(system(cmd), 0);
+	tmp_spool(c, sp, short_leases);
 }
 
 static size_t count_dir(const char *sub)
@@ -122,7 +112,7 @@ static void test_commit_read_update_remove(void **state)
 	assert_int_equal(ms_spool_remove(sp, id, &err), MS_OK);
 	assert_int_equal(count_dir("env") + count_dir("data"), 0);
 	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_ERR_USAGE);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 /* A committed envelope cut short at every offset goes to corrupt/, with its
@@ -171,7 +161,7 @@ static void test_truncation_moves_to_corrupt(void **state)
 	ms_error err;
 	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_ERR_DATA);
 	assert_int_equal(count_dir("corrupt"), 2);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 static void test_sweep(void **state)
@@ -207,7 +197,7 @@ static void test_sweep(void **state)
 	assert_int_equal(r.checked, 1);
 	assert_int_equal(r.corrupt, 0);
 	assert_int_equal(count_dir("data"), 2); /* the message's and the young orphan */
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 /* N processes claim every message of a spool at once: each is claimed by
@@ -256,7 +246,7 @@ static void contend(int procs, int msgs)
 	munmap(owner, (size_t)msgs * sizeof *owner);
 	munmap(wins, (size_t)msgs * sizeof *wins);
 	free(ids);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 static void test_two_claimants(void **state)
@@ -312,7 +302,7 @@ static void test_takeover_after_lease(void **state)
 	assert_int_equal(ms_spool_release(sp, &mine, &err), MS_OK);
 	assert_false(ms_spool_claim_held(sp, &mine));
 	assert_int_equal(ms_spool_release(sp, &mine, &err), MS_ERR_TEMP);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 /* Refusals leave nothing behind. */
@@ -355,7 +345,7 @@ static void test_refusals_leave_nothing(void **state)
 	assert_int_equal(ms_submit(sp, &c, &o, 0, &res, &err), MS_ERR_TEMP);
 	assert_non_null(strstr(err.msg, "min_free_space"));
 	assert_int_equal(count_dir("tmp") + count_dir("data") + count_dir("env"), 0);
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 /* Header rewriting: Bcc removed with its continuation lines, fields that
@@ -415,7 +405,7 @@ static void test_header_rewriting(void **state)
 		assert_true(e.nrcpts >= 1);
 		ms_env_free(&e);
 	}
-	rm_spool(sp);
+	tmp_spool_remove(sp);
 }
 
 int main(void)
