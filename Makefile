@@ -4,7 +4,8 @@
 #   make check      install missing deps, build with -Werror, unit tests (also
 #                   under ASan/UBSan), integration and hostile-server tests
 #                   (with the program also built with ASan/UBSan), crash tests
-#   make demo       a real Postfix smtp-sink on 127.0.0.1, a batch through mailspool
+#   make demo       Postfix and smtp-sink on 127.0.0.1: batches through mailspool, then
+#                   sendmail, the spool and the daemon delivering by MX (dnsmasq)
 #   make bench      latency-proxy benchmarks against peers (bench/RESULTS.md):
 #                   SMTP/QMTP sessions, spool, TLS+AUTH, the daemon end to end
 #   make install    PREFIX=/usr/local DESTDIR=
