@@ -36,6 +36,7 @@
 #define LIST_MIN_MS 1000
 #define SETTLE_RETRY_S 60
 #define SETTLE_BATCH 32
+#define TAKE_BATCH 1000 /* envelopes read per walk of the index */
 
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
@@ -143,6 +144,7 @@ static entry *find_entry(sched_state *d, const char *id)
 /* Merge a fresh listing into the index: known ids keep what we know. */
 static ms_status relist(sched_state *d, ms_error *err)
 {
+	int64_t now = now_s();
 	char **ids;
 	size_t n;
 	ms_status st = ms_spool_list(d->sp, &ids, &n, err);
@@ -160,8 +162,12 @@ static ms_status relist(sched_state *d, ms_error *err)
 		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
 			nidx[i] = d->idx[j];
 		} else {
+			/* New to us: its mtime says when it is due at the earliest
+			 * (spool.h); only one that may be due now is read. */
 			snprintf(nidx[i].id, sizeof nidx[i].id, "%s", ids[i]);
-			nidx[i].due = INT64_MIN;
+			int64_t m = ms_spool_env_mtime(d->sp, ids[i]);
+			nidx[i].due = m / 1000000000 > now ? m / 1000000000 : INT64_MIN;
+			nidx[i].mtime = m;
 		}
 	}
 	/* A busy entry stays even if another listing missed it. */
@@ -696,15 +702,19 @@ static void schedule(sched_state *d)
 	if ((d->dirty || d->earliest <= now) && !d->stopping) {
 		int64_t earliest = INT64_MAX;
 		int full = 1;
+		size_t taken = 0;
 		for (size_t i = 0; i < d->nidx; i++) {
 			entry *e = &d->idx[i];
 			if (!e->busy && e->due <= now) {
-				if (d->claimed >= claim_limit(d->c)) {
-					full = 0; /* more is due than we may hold: look again */
+				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH) {
+					/* More is due than we may hold, or than we read in one
+					 * go (workers start between batches): look again. */
+					full = 0;
 					earliest = now;
 					break;
 				}
 				take(d, e, now);
+				taken++;
 			}
 			if (!e->busy && e->due < earliest)
 				earliest = e->due;

@@ -492,6 +492,13 @@ ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err)
 	ms_buf_free(&b);
 	if (st != MS_OK)
 		return st;
+	/* The due-time hint: the envelope's mtime is when it is next due, when
+	 * that is later than now (a lost hint only makes a reader look). */
+	int64_t due = ms_env_next_due(e);
+	if (due != INT64_MAX && due > (int64_t)time(NULL)) {
+		struct timespec ts[2] = { { 0, UTIME_OMIT }, { (time_t)due, 0 } };
+		(void)utimensat(sp->dfd_tmp, tmp, ts, AT_SYMLINK_NOFOLLOW);
+	}
 	if (renameat(sp->dfd_tmp, tmp, sp->dfd_env, e->id) < 0) {
 		st = sys_err(err, "cannot replace envelope", e->id);
 		unlinkat(sp->dfd_tmp, tmp, 0);

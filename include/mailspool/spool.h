@@ -30,7 +30,11 @@
  *
  * Invariants: a message is listed iff env/ID exists; data/ID exists for
  * every listed message; a damaged envelope or a listed message without data
- * is moved to corrupt/ when found, never delivered or deleted.
+ * is moved to corrupt/ when found, never delivered or deleted.  An
+ * envelope's mtime is never later than the time it is next due: a commit
+ * leaves it at the commit time, an update sets it to the next due time
+ * when that is in the future - so a scheduler can skip reading envelopes
+ * whose mtime is still ahead.
  */
 #ifndef MAILSPOOL_SPOOL_H
 #define MAILSPOOL_SPOOL_H

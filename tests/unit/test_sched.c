@@ -100,6 +100,8 @@ static void test_tiers_then_bounce(void **state)
 	assert_int_equal(sum.deferred, 1);
 	assert_int_equal(sum.next_due, t0 + 60);
 	assert_false(sum.removed);
+	/* The due-time hint: the envelope's mtime is when it is next due. */
+	assert_int_equal(ms_spool_env_mtime(sp, id) / 1000000000, t0 + 60);
 	assert_string_equal(sum.bounce_id, "");
 	assert_non_null(strstr(lines[0], "to=<a@dest.test>, relay=mx.dest.test[192.0.2.1]:25"));
 	assert_non_null(strstr(lines[0], "attempt=1, dsn=2.0.0, status=sent (250 ok)"));
