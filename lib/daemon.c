@@ -66,6 +66,7 @@ typedef struct dest {
 	item *wait;  /* waiting for a worker */
 	size_t nwait, capwait;
 	size_t active;
+	size_t inflight; /* messages the active workers hold */
 	int64_t backoff_until;
 } dest;
 
@@ -463,6 +464,7 @@ static int launch(sched_state *d, dest *x, size_t count)
 	d->jobs = nj;
 	d->jobs[d->njobs++] = j;
 	x->active++;
+	x->inflight += count;
 	return 0;
 fail_after_fork:
 	waitpid(pid, NULL, 0);
@@ -577,6 +579,7 @@ static void job_end(sched_state *d, size_t k, int status)
 		      (long long)d->c->destination_backoff);
 	}
 	j->d->active--;
+	j->d->inflight -= j->n;
 	close(j->fd);
 	free(j->items);
 	free(j);
@@ -727,7 +730,10 @@ static void schedule(sched_state *d)
 		dest *x = d->dests[i];
 		if (x->nwait == 0 || x->active >= d->c->destination_concurrency)
 			continue;
-		size_t want = (x->nwait + d->c->connection_messages - 1) / d->c->connection_messages;
+		/* Connections for everything this destination has, waiting or
+		 * in flight (messages arrive here a batch of reads at a time). */
+		size_t total = x->nwait + x->inflight;
+		size_t want = (total + d->c->connection_messages - 1) / d->c->connection_messages;
 		if (want > d->c->destination_concurrency)
 			want = d->c->destination_concurrency;
 		if (x->active > 0 && x->active >= want)
