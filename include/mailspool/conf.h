@@ -86,7 +86,7 @@ typedef struct ms_conf {
 	char hostname[MS_CONF_HOST_MAX + 1]; /* hostname (this host's name) */
 	uint64_t max_message_size;         /* max_message_size (50M); 0 = no limit */
 	uint64_t min_free_space;           /* min_free_space (100M): refuse below */
-	int64_t retry_tiers[MS_CONF_MAX_TIERS]; /* retry_tiers, seconds after arrival */
+	int64_t retry_tiers[MS_CONF_MAX_TIERS]; /* retry_tiers: the wait before each attempt */
 	size_t ntiers;                     /* (0 30m 4h 8h 16h 24h 48h) */
 	int64_t claim_lease;               /* claim_lease (300 s) */
 	int64_t clock_skew;                /* clock_skew (60 s) tolerated between hosts */
@@ -128,7 +128,7 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_relay **out,
                           size_t max);
 
-/* The route for mail to `domain` from `sender`: route.DOMAIN, then
+/* The route for mail to `domain`: route.DOMAIN, then
  * route..PARENT for each parent domain, then default_route. */
 const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain);
 
