@@ -339,6 +339,29 @@ def test_a_dead_destination_is_backed_off_not_hammered(tmp_path, port):
         assert q[second]["recipients"][0]["attempts"] == 0
 
 
+def test_a_worker_that_dies_defers_its_recipients(tmp_path, port):
+    with dns_for(port, mx=[("tarpit.test", "mx.tarpit.test", 10)],
+                 hosts={"mx.tarpit.test": "127.0.0.5"}) as dns, \
+            SmtpSink("-W", "connect:600", host="127.0.0.5", port=port, greeting=False):
+        w = World(str(tmp_path), dns, port, tiers="0 1h")
+        qid = w.queue_msg(["x@tarpit.test"])
+        d = w.start()
+        try:
+            def worker():
+                r = subprocess.run(["pgrep", "-P", str(d.pid)], capture_output=True, text=True)
+                return r.stdout.split()
+            assert wait_for(lambda: worker(), 10)
+            os.kill(int(worker()[0]), signal.SIGKILL)
+            assert wait_for(lambda: "status=deferred" in w.logtext(), 10), w.logtext()
+        finally:
+            stop_daemon(d)
+        assert "killed by signal 9" in w.logtext()
+        q = w.spool.queue()
+        assert [m["id"] for m in q] == [qid]
+        r = q[0]["recipients"][0]
+        assert r["state"] == "deferred" and r["attempts"] == 1  # next tier, not a retry loop
+
+
 def test_route_overrides_mx(tmp_path, port):
     with dns_for(port) as dns, Aiosmtpd() as smarthost, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
         w = World(str(tmp_path), dns, port,
