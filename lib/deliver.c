@@ -167,6 +167,32 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 	return MS_OK;
 }
 
+/* One server of the destination: a session for the whole group, or err
+ * says why not.  rep->relay names it as "name[addr]:port". */
+static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, const char *name,
+                            const char *addr, const char *tls_name, ms_message **msgs, size_t n,
+                            ms_deliver_report *rep, ms_error *err)
+{
+	ms_route rt = *base;
+	snprintf(rt.host, sizeof rt.host, "%s", addr);
+	snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", name, addr, rt.port);
+	ms_status st = try_target(o, &rt, tls_name, msgs, n, rep, err);
+	if (st != MS_OK)
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
+	return st;
+}
+
+/* No server gave a session: every message waits, with the last reason. */
+static ms_status give_up(const ms_deliver_opts *o, ms_message **msgs, size_t n,
+                         ms_deliver_report *rep, const char *why)
+{
+	char last[MS_ERROR_MSG_MAX];
+	snprintf(last, sizeof last, "%.300s: %.200s", rep->relay, why);
+	rep->unreachable = 1;
+	settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.4.1", last, rep->relay);
+	return MS_OK;
+}
+
 ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **msgs, size_t n,
                      ms_deliver_report *rep, ms_error *err)
 {
@@ -175,61 +201,52 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 	if (!strncmp(dest, "relays:", 7))
 		return via_relays(o, dest + 7, msgs, n, rep, err);
 
-	ms_dns_targets *tg = calloc(1, sizeof *tg);
-	if (!tg)
-		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	ms_route base;
 	ms_error e = { 0 };
 	if (!strncmp(dest, "url:", 4)) {
+		/* One server, as the URL names it (its own name for TLS). */
 		if (ms_route_parse(dest + 4, &base, &e) != MS_OK) {
 			settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.3.5", e.msg,
 			           "none");
-			free(tg);
 			return MS_OK;
 		}
-		snprintf(tg->t[0].name, sizeof tg->t[0].name, "%s", base.host);
-		snprintf(tg->t[0].addr, sizeof tg->t[0].addr, "%s", base.host);
-		tg->n = 1;
-	} else {
-		const char *domain = !strncmp(dest, "mx:", 3) ? dest + 3 : dest;
-		memset(&base, 0, sizeof base);
-		base.proto = MS_PROTO_SMTP;
-		snprintf(base.port, sizeof base.port, "%s", o->conf->mx_port);
-		ms_dns_opts dop;
-		ms_dns_opts_default(&dop);
-		dop.servers = o->conf->dns_servers[0] ? o->conf->dns_servers : NULL;
-		dop.timeout_ms = (int)(o->conf->dns_timeout * 1000);
-		dop.address_limit = o->conf->mx_address_limit;
-		dop.myname = o->conf->hostname;
-		ms_status st = ms_dns_targets_for(domain, &dop, tg, &e);
-		ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
-		                   st == MS_OK ? "resolved" : e.msg);
-		if (st != MS_OK) {
-			/* Final DNS answers fail every recipient now; the rest wait. */
-			int perm = st == MS_ERR_PERM;
-			settle_all(o, msgs, n, perm ? MS_RCPT_FAILED : MS_RCPT_DEFERRED, MS_STAGE_CONNECT,
-			           tg->code, tg->enh, e.msg, "none");
-			rep->unreachable = !perm;
-			free(tg);
+		if (try_server(o, &base, base.host, base.host, NULL, msgs, n, rep, &e) == MS_OK)
 			return MS_OK;
-		}
+		return give_up(o, msgs, n, rep, e.msg);
 	}
-	char last[MS_ERROR_MSG_MAX] = "no address to try";
-	for (size_t i = 0; i < tg->n; i++) {
-		ms_route rt = base;
-		snprintf(rt.host, sizeof rt.host, "%s", tg->t[i].addr);
-		snprintf(rep->relay, sizeof rep->relay, "%s[%s]:%s", tg->t[i].name, tg->t[i].addr,
-		         rt.port);
-		const char *tls_name = strncmp(dest, "url:", 4) ? tg->t[i].name : NULL;
-		if (try_target(o, &rt, tls_name, msgs, n, rep, &e) == MS_OK) {
+
+	ms_dns_targets *tg = calloc(1, sizeof *tg);
+	if (!tg)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	const char *domain = !strncmp(dest, "mx:", 3) ? dest + 3 : dest;
+	memset(&base, 0, sizeof base);
+	base.proto = MS_PROTO_SMTP;
+	snprintf(base.port, sizeof base.port, "%s", o->conf->mx_port);
+	ms_dns_opts dop;
+	ms_dns_opts_default(&dop);
+	dop.servers = o->conf->dns_servers[0] ? o->conf->dns_servers : NULL;
+	dop.timeout_ms = (int)(o->conf->dns_timeout * 1000);
+	dop.address_limit = o->conf->mx_address_limit;
+	dop.myname = o->conf->hostname;
+	ms_status st = ms_dns_targets_for(domain, &dop, tg, &e);
+	ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
+	                   st == MS_OK ? "resolved" : e.msg);
+	if (st != MS_OK) {
+		/* Final DNS answers fail every recipient now; the rest wait. */
+		int perm = st == MS_ERR_PERM;
+		settle_all(o, msgs, n, perm ? MS_RCPT_FAILED : MS_RCPT_DEFERRED, MS_STAGE_CONNECT,
+		           tg->code, tg->enh, e.msg, "none");
+		rep->unreachable = !perm;
+		free(tg);
+		return MS_OK;
+	}
+	/* The MX hosts' addresses in order; the MX name is the TLS name. */
+	for (size_t i = 0; i < tg->n; i++)
+		if (try_server(o, &base, tg->t[i].name, tg->t[i].addr, tg->t[i].name, msgs, n, rep,
+		               &e) == MS_OK) {
 			free(tg);
 			return MS_OK;
 		}
-		snprintf(last, sizeof last, "%.300s: %.200s", rep->relay, e.msg);
-		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s", last);
-	}
-	rep->unreachable = 1;
-	settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.4.1", last, rep->relay);
 	free(tg);
-	return MS_OK;
+	return give_up(o, msgs, n, rep, e.msg);
 }

@@ -38,7 +38,7 @@
 
 typedef struct ms_dns_target {
 	char name[MS_DNS_NAME_MAX + 1]; /* the MX host (or the domain, or the literal) */
-	char addr[MS_DNS_NAME_MAX + 1]; /* numeric address (deliver.c also puts a URL host here) */
+	char addr[46];                  /* numeric address */
 	int pref;                       /* MX preference (0 for implicit MX and literals) */
 } ms_dns_target;
 
