@@ -13,6 +13,7 @@
 
 #include "mailspool/dsn.h"
 #include "mailspool/headers.h"
+#include "mailspool/printable.h"
 #include "mailspool/submit.h"
 
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)
@@ -85,21 +86,23 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 {
 	if (!o->log)
 		return;
-	char line[MS_LOG_LINE_MAX], dsn[16], text[MS_ENV_TEXT_MAX];
+	char line[MS_LOG_LINE_MAX * 2], dsn[16], text[1501];
 	ms_dsn_status(s->code ? s->code : (s->state == MS_RCPT_DELIVERED ? 250 : 450), s->enh,
 	              r->state == MS_ENV_FAILED, dsn, sizeof dsn);
 	if (s->state == MS_RCPT_DELIVERED)
 		snprintf(dsn, sizeof dsn, "2%s", s->enh[0] == '2' ? s->enh + 1 : ".0.0");
-	size_t k = 0;
-	for (const char *p = s->text; *p && k + 1 < sizeof text; p++)
-		text[k++] = *p == '\n' || *p == '\r' ? ' ' : *p;
-	text[k] = '\0';
+	/* Every field from outside (address, relay, reply text) escaped:
+	 * one line of printable ASCII, whatever the server sent. */
+	char addr[MS_PRINTABLE_SIZE(256)], relay[MS_PRINTABLE_SIZE(MS_RELAY_DESC_MAX)];
+	ms_printable_str(r->addr, addr, sizeof addr);
+	ms_printable_str(s->relay, relay, sizeof relay);
+	ms_printable(s->text, strnlen(s->text, sizeof text), text, sizeof text);
 	char code[16] = "";
 	if (s->code)
 		snprintf(code, sizeof code, "%d ", s->code);
 	snprintf(line, sizeof line,
-	         "%s: to=<%s>, relay=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%.1500s)",
-	         e->id, r->addr, s->relay, (long long)(now - e->arrival), r->attempts, dsn, status,
+	         "%s: to=<%s>, relay=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%s)",
+	         e->id, addr, relay, (long long)(now - e->arrival), r->attempts, dsn, status,
 	         code, text);
 	o->log(o->log_ctx, line);
 }
@@ -213,9 +216,10 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	ms_error berr;
 	if (st == MS_OK && nfail && o->bounce && e->sender[0] &&
 	    bounce(sp, o, e, fails, nfail, now, sum->bounce_id, &berr) != MS_OK && o->log) {
-		char line[MS_LOG_LINE_MAX];
+		char line[MS_LOG_LINE_MAX], who[MS_PRINTABLE_SIZE(256)], why[MS_PRINTABLE_SIZE(512)];
 		snprintf(line, sizeof line, "%s: cannot queue the non-delivery notification to <%s>: %s",
-		         e->id, e->sender, berr.msg);
+		         e->id, ms_printable_str(e->sender, who, sizeof who),
+		         ms_printable(berr.msg, strnlen(berr.msg, 512), why, sizeof why));
 		o->log(o->log_ctx, line);
 	}
 	if (st == MS_OK) {

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,12 @@
 struct ms_spool {
 	ms_conf conf;
 	char dir[MS_CONF_PATH_MAX];
-	int dfd_tmp, dfd_data, dfd_env, dfd_claim, dfd_corrupt;
+	/* Opened once, each without following a symlink and checked by fstat;
+	 * every path below is relative to one of them. */
+	int dfd_root, dfd_tmp, dfd_data, dfd_env, dfd_claim, dfd_corrupt, dfd_wake;
+	uid_t owner; /* of spool_dir: every directory and file must be its */
+	ms_spool_report_fn report;
+	void *report_ctx;
 };
 
 struct ms_spool_tx {
@@ -43,7 +49,8 @@ struct ms_spool_tx {
 	int failed;
 };
 
-static const char *const subdirs[] = { "tmp", "data", "env", "claim", "corrupt" };
+static const char *const subdirs[] = { "tmp", "data", "env", "claim", "corrupt", "wake" };
+#define NSUBDIRS 6
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -95,7 +102,7 @@ static void rand_hex(char *out, size_t n)
 /* Write a whole file in dirfd under name, durably; O_EXCL. */
 static ms_status write_file(int dfd, const char *name, const char *p, size_t n, ms_error *err)
 {
-	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return sys_err(err, "cannot create", name);
 	if (write_all(fd, p, n) < 0) {
@@ -118,10 +125,55 @@ static ms_status write_file(int dfd, const char *name, const char *p, size_t n, 
 	return MS_OK;
 }
 
-static ms_status read_file(int dfd, const char *name, size_t cap, ms_buf *out, ms_error *err)
+/* A file of the spool we may read, deliver, rename or remove: a regular
+ * file of the owner with one link (a hard link to someone else's file,
+ * a FIFO or a device planted in the spool is never used). */
+static const char *file_problem(const ms_spool *sp, const struct stat *st)
+{
+	if (!S_ISREG(st->st_mode))
+		return "is not a regular file";
+	if (st->st_uid != sp->owner)
+		return "does not belong to the spool's owner";
+	if (st->st_nlink != 1)
+		return "has more than one link";
+	return NULL;
+}
+
+/* Open a spool file for reading: no symlink followed, no FIFO waited on,
+ * and checked by fstat before a byte is read.  -1 with errno; -2 when the
+ * file is there but not one of ours (*why says how). */
+static int open_checked(const ms_spool *sp, int dfd, const char *name, const char **why)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ELOOP) {
+			*why = "is a symbolic link";
+			return -2;
+		}
+		return -1;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	if ((*why = file_problem(sp, &st))) {
+		close(fd);
+		return -2;
+	}
+	return fd;
+}
+
+static ms_status read_file(const ms_spool *sp, int dfd, const char *name, size_t cap, ms_buf *out,
+                           ms_error *err)
 {
 	ms_buf_init(out, cap);
-	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	const char *why = NULL;
+	int fd = open_checked(sp, dfd, name, &why);
+	if (fd == -2)
+		return ms_error_set(err, MS_ERR_DATA, "%s %s", name, why);
 	if (fd < 0)
 		return errno == ENOENT ? ms_error_set(err, MS_ERR_USAGE, "no message %s", name)
 		                       : sys_err(err, "cannot open", name);
@@ -148,6 +200,24 @@ static ms_status read_file(int dfd, const char *name, size_t cap, ms_buf *out, m
 
 /* ---- open/close --------------------------------------------------------- */
 
+/* A spool directory is the owner's alone: owned by it, no access for
+ * group or others (nobody else may list, plant or remove anything). */
+static ms_status check_dir(const ms_spool *sp, int fd, const char *name, ms_error *err)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return ms_error_set(err, MS_ERR_IO, "cannot check %s/%s: %s", sp->dir, name,
+		                    strerror(errno));
+	if (st.st_uid != sp->owner || (st.st_mode & 077))
+		return ms_error_set(err, MS_ERR_TEMP,
+		                    "spool directory %s/%s has owner uid %u and mode %04o; it must "
+		                    "belong to uid %u (the owner of %s) with mode 0700: run "
+		                    "'mailspool setup'",
+		                    sp->dir, name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+		                    (unsigned)sp->owner, sp->dir);
+	return MS_OK;
+}
+
 ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *err)
 {
 	ms_spool *sp = calloc(1, sizeof *sp);
@@ -155,29 +225,49 @@ ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	sp->conf = *c;
 	snprintf(sp->dir, sizeof sp->dir, "%s", c->spool_dir);
-	int *fds[] = { &sp->dfd_tmp, &sp->dfd_data, &sp->dfd_env, &sp->dfd_claim, &sp->dfd_corrupt };
-	for (size_t i = 0; i < 5; i++)
+	int *fds[] = { &sp->dfd_tmp, &sp->dfd_data, &sp->dfd_env, &sp->dfd_claim, &sp->dfd_corrupt,
+		           &sp->dfd_wake };
+	sp->dfd_root = -1;
+	for (size_t i = 0; i < NSUBDIRS; i++)
 		*fds[i] = -1;
-	if (create && mkdir(sp->dir, 0755) < 0 && errno != EEXIST) {
+	if (create && mkdir(sp->dir, 0700) < 0 && errno != EEXIST) {
 		ms_error_set(err, MS_ERR_IO, "cannot create spool %s: %s", sp->dir, strerror(errno));
 		ms_spool_close(sp);
 		return MS_ERR_IO;
 	}
-	for (size_t i = 0; i < 5; i++) {
-		char p[PATH_MAX_];
-		snprintf(p, sizeof p, "%s/%s", sp->dir, subdirs[i]);
-		if (create && mkdir(p, 0755) < 0 && errno != EEXIST) {
-			ms_error_set(err, MS_ERR_IO, "cannot create %s: %s", p, strerror(errno));
-			ms_spool_close(sp);
-			return MS_ERR_IO;
+	/* The spool directory itself must not be a symlink: whoever could
+	 * plant one could point every write of ours elsewhere. */
+	sp->dfd_root = open(sp->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat rst;
+	if (sp->dfd_root < 0 || fstat(sp->dfd_root, &rst) < 0) {
+		ms_error_set(err, errno == EACCES ? MS_ERR_DENIED : MS_ERR_IO,
+		             "cannot open spool %s: %s", sp->dir,
+		             errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+		ms_spool_close(sp);
+		return err ? err->status : MS_ERR_IO;
+	}
+	sp->owner = rst.st_uid;
+	ms_status st = check_dir(sp, sp->dfd_root, ".", err);
+	for (size_t i = 0; i < NSUBDIRS && st == MS_OK; i++) {
+		if (create && mkdirat(sp->dfd_root, subdirs[i], 0700) < 0 && errno != EEXIST) {
+			st = ms_error_set(err, MS_ERR_IO, "cannot create %s/%s: %s", sp->dir, subdirs[i],
+			                  strerror(errno));
+			break;
 		}
-		*fds[i] = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		*fds[i] = openat(sp->dfd_root, subdirs[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (*fds[i] < 0) {
-			ms_error_set(err, MS_ERR_IO, "cannot open spool directory %s: %s", p,
-			             strerror(errno));
-			ms_spool_close(sp);
-			return MS_ERR_IO;
+			int e = errno;
+			st = ms_error_set(err, e == EACCES ? MS_ERR_DENIED : MS_ERR_IO,
+			                  "cannot open spool directory %s/%s: %s", sp->dir, subdirs[i],
+			                  e == ELOOP || e == ENOTDIR ? "not a directory (a symbolic link?)"
+			                                             : strerror(e));
+			break;
 		}
+		st = check_dir(sp, *fds[i], subdirs[i], err);
+	}
+	if (st != MS_OK) {
+		ms_spool_close(sp);
+		return st;
 	}
 	*out = sp;
 	return MS_OK;
@@ -187,11 +277,36 @@ void ms_spool_close(ms_spool *sp)
 {
 	if (!sp)
 		return;
-	int fds[] = { sp->dfd_tmp, sp->dfd_data, sp->dfd_env, sp->dfd_claim, sp->dfd_corrupt };
-	for (size_t i = 0; i < 5; i++)
+	int fds[] = { sp->dfd_root, sp->dfd_tmp,     sp->dfd_data, sp->dfd_env,
+		          sp->dfd_claim, sp->dfd_corrupt, sp->dfd_wake };
+	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	free(sp);
+}
+
+uid_t ms_spool_owner(const ms_spool *sp)
+{
+	return sp->owner;
+}
+
+void ms_spool_set_report(ms_spool *sp, ms_spool_report_fn fn, void *ctx)
+{
+	sp->report = fn;
+	sp->report_ctx = ctx;
+}
+
+static void report(ms_spool *sp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(ms_spool *sp, const char *fmt, ...)
+{
+	if (!sp->report)
+		return;
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	sp->report(sp->report_ctx, line);
 }
 
 const char *ms_spool_dir(const ms_spool *sp)
@@ -216,6 +331,18 @@ ms_status ms_spool_space_ok(ms_spool *sp, uint64_t extra, ms_error *err)
 
 /* ---- submission --------------------------------------------------------- */
 
+void ms_spool_new_id(char out[MS_ENV_ID_MAX + 1])
+{
+	/* Ids sort by arrival: microseconds since the epoch in 13 hex digits,
+	 * then 64 random bits. */
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	char rnd[17];
+	rand_hex(rnd, 8);
+	snprintf(out, MS_ENV_ID_MAX + 1, "%013llx%s",
+	         (unsigned long long)tv.tv_sec * 1000000ull + (unsigned long long)tv.tv_usec, rnd);
+}
+
 ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **out, ms_error *err)
 {
 	ms_spool_tx *tx = calloc(1, sizeof *tx);
@@ -224,18 +351,11 @@ ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **out, ms_error *err)
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
 	tx->sp = sp;
-	/* Ids sort by arrival: microseconds since the epoch in 13 hex digits,
-	 * then 64 random bits. */
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	char rnd[17];
-	rand_hex(rnd, 8);
-	snprintf(tx->id, sizeof tx->id, "%013llx%s",
-	         (unsigned long long)tv.tv_sec * 1000000ull + (unsigned long long)tv.tv_usec, rnd);
+	ms_spool_new_id(tx->id);
 	snprintf(tx->dname, sizeof tx->dname, "%s.d", tx->id);
 	snprintf(tx->ename, sizeof tx->ename, "%s.e", tx->id);
 	tx->fd = openat(sp->dfd_tmp, tx->dname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-	                0640);
+	                0600);
 	if (tx->fd < 0) {
 		ms_status st = sys_err(err, "cannot create spool file", tx->dname);
 		free(tx->buf);
@@ -387,8 +507,39 @@ static DIR *open_dir(int dfd)
 	return d;
 }
 
-/* Names in a spool directory that are queue ids. */
-static ms_status list_dir(int dfd, char ***ids, size_t *n, ms_error *err)
+/* Move an entry that is no file of ours (a directory, symlink, FIFO, hard
+ * link or foreign file planted in env/ or data/) to corrupt/ - the entry
+ * itself, never what it points to - and report it once: gone from the
+ * directory, it is not found again. */
+static void set_aside(ms_spool *sp, int dfd, const char *dirname, const char *name,
+                      const char *why)
+{
+	char aside[MS_ENV_ID_MAX + 64], rnd[9];
+	rand_hex(rnd, 4);
+	snprintf(aside, sizeof aside, "%.40s.%s.%s", name, dirname, rnd);
+	if (renameat(dfd, name, sp->dfd_corrupt, aside) == 0) {
+		fsync(sp->dfd_corrupt);
+		report(sp, "%s/%s %s: moved to %s/corrupt/%s", dirname, name, why, sp->dir, aside);
+	}
+}
+
+/* Is this listed name a file of ours?  NULL if so, else the problem. */
+static const char *entry_problem(const ms_spool *sp, int dfd, const struct dirent *de)
+{
+	if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+		return de->d_type == DT_LNK ? "is a symbolic link"
+		       : de->d_type == DT_DIR ? "is a directory"
+		                              : "is not a regular file";
+	struct stat st;
+	if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return NULL; /* gone meanwhile */
+	return file_problem(sp, &st);
+}
+
+/* Names in a spool directory that are queue ids; with `dirname`, entries
+ * that are not files of ours are moved aside instead. */
+static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***ids, size_t *n,
+                          ms_error *err)
 {
 	*ids = NULL;
 	*n = 0;
@@ -401,6 +552,11 @@ static ms_status list_dir(int dfd, char ***ids, size_t *n, ms_error *err)
 	while ((de = readdir(d))) {
 		if (!ms_env_id_ok(de->d_name))
 			continue;
+		const char *why = dirname ? entry_problem(sp, dfd, de) : NULL;
+		if (why) {
+			set_aside(sp, dfd, dirname, de->d_name, why);
+			continue;
+		}
 		if (*n == cap) {
 			size_t ncap = cap ? cap * 2 : 256;
 			char **p = realloc(*ids, ncap * sizeof *p);
@@ -431,7 +587,7 @@ static ms_status list_dir(int dfd, char ***ids, size_t *n, ms_error *err)
 
 ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err)
 {
-	return list_dir(sp->dfd_env, ids, n, err);
+	return list_dir(sp, sp->dfd_env, "env", ids, n, err);
 }
 
 /* Move a damaged message aside: envelope and data go to corrupt/. */
@@ -452,7 +608,7 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 	if (!ms_env_id_ok(id))
 		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
 	ms_buf b;
-	ms_status st = read_file(sp->dfd_env, id, MS_ENV_FILE_MAX, &b, err);
+	ms_status st = read_file(sp, sp->dfd_env, id, MS_ENV_FILE_MAX, &b, err);
 	if (st == MS_OK) {
 		ms_error perr;
 		st = ms_env_parse(ms_buf_ptr(&b), ms_buf_avail(&b), e, &perr);
@@ -461,11 +617,16 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 			st = ms_error_set(&perr, MS_ERR_DATA, "damaged envelope: it names id %s", e->id);
 		}
 		struct stat ds;
-		if (st == MS_OK && (fstatat(sp->dfd_data, id, &ds, AT_SYMLINK_NOFOLLOW) < 0 ||
-		                    (uint64_t)ds.st_size != e->size)) {
+		const char *dwhy = NULL;
+		if (st == MS_OK && fstatat(sp->dfd_data, id, &ds, AT_SYMLINK_NOFOLLOW) < 0)
+			dwhy = errno == ENOENT ? "missing" : "unreadable";
+		else if (st == MS_OK && (dwhy = file_problem(sp, &ds)))
+			;
+		else if (st == MS_OK && (uint64_t)ds.st_size != e->size)
+			dwhy = "not the size recorded";
+		if (dwhy) {
 			ms_env_free(e);
-			st = ms_error_set(&perr, MS_ERR_DATA, "its data file is %s",
-			                  errno == ENOENT ? "missing" : "not the size recorded");
+			st = ms_error_set(&perr, MS_ERR_DATA, "its data file %s", dwhy);
 		}
 		if (st != MS_OK) {
 			to_corrupt(sp, id);
@@ -473,6 +634,9 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 			                  sp->dir, perr.msg);
 		}
 	} else if (st == MS_ERR_DATA) {
+		char why[MS_ERROR_MSG_MAX];
+		snprintf(why, sizeof why, "%s", err ? err->msg : "");
+		ms_error_set(err, MS_ERR_DATA, "env/%s moved to %s/corrupt/: %s", id, sp->dir, why);
 		to_corrupt(sp, id);
 	}
 	ms_buf_free(&b);
@@ -513,9 +677,17 @@ ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *er
 {
 	if (!ms_env_id_ok(id))
 		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
-	*fd = openat(sp->dfd_data, id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	const char *why = NULL;
+	*fd = open_checked(sp, sp->dfd_data, id, &why);
+	if (*fd == -2) {
+		*fd = -1;
+		return ms_error_set(err, MS_ERR_DATA, "message data %s %s: not used", id, why);
+	}
 	if (*fd < 0)
 		return sys_err(err, "cannot open message data", id);
+	/* Opened without blocking on a FIFO; reads of a regular file never
+	 * return EAGAIN, but the engines expect a blocking descriptor. */
+	fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK);
 	return MS_OK;
 }
 
@@ -549,7 +721,7 @@ static int link_claim(ms_spool *sp, const char *name, const char *node, struct s
 	rand_hex(rnd, 8);
 	snprintf(token, sizeof token, "claim.%.64s.%ld.%s", node, (long)getpid(), rnd);
 	int fd = openat(sp->dfd_tmp, token, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-	                0640);
+	                0600);
 	if (fd < 0) {
 		sys_err(err, "cannot create claim token", token);
 		return -1;
@@ -632,7 +804,7 @@ ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_clai
 			continue;
 		}
 		char owner[256] = "";
-		int fd = openat(sp->dfd_claim, id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int fd = openat(sp->dfd_claim, id, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (fd >= 0) {
 			ssize_t r = read(fd, owner, sizeof owner - 1);
 			owner[r > 0 ? r : 0] = '\0';
@@ -702,7 +874,7 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 	 * progress right now. */
 	char **ids;
 	size_t n;
-	ms_status st = list_dir(sp->dfd_data, &ids, &n, err);
+	ms_status st = list_dir(sp, sp->dfd_data, "data", &ids, &n, err);
 	if (st != MS_OK)
 		return st;
 	for (size_t i = 0; i < n; i++) {
@@ -732,7 +904,7 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 		closedir(d);
 	}
 	/* env/: every envelope must parse and have its data. */
-	if ((st = list_dir(sp->dfd_env, &ids, &n, err)) != MS_OK)
+	if ((st = list_dir(sp, sp->dfd_env, "env", &ids, &n, err)) != MS_OK)
 		return st;
 	for (size_t i = 0; i < n; i++) {
 		ms_envelope e;
@@ -753,13 +925,27 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
                          ms_error *err)
 {
-	char p[PATH_MAX_], line[256];
+	return ms_spool_usage_uid(sp, purpose, octets, id, UINT32_MAX, err);
+}
+
+ms_status ms_spool_usage_uid(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                             uint32_t uid, ms_error *err)
+{
+	char p[PATH_MAX_], line[256], who[32] = "";
 	snprintf(p, sizeof p, "%s/usage", sp->dir);
-	int n = snprintf(line, sizeof line, "%lld %.32s %llu %.32s\n", (long long)now_s(), purpose,
-	                 (unsigned long long)octets, id ? id : "-");
-	int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (uid != UINT32_MAX)
+		snprintf(who, sizeof who, " uid=%u", (unsigned)uid);
+	int n = snprintf(line, sizeof line, "%lld %.32s %llu %.32s%s\n", (long long)now_s(), purpose,
+	                 (unsigned long long)octets, id ? id : "-", who);
+	int fd = openat(sp->dfd_root, "usage",
+	                O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
 	if (fd < 0)
 		return sys_err(err, "cannot open", p);
+	struct stat ust;
+	if (fstat(fd, &ust) < 0 || file_problem(sp, &ust)) {
+		close(fd);
+		return ms_error_set(err, MS_ERR_DATA, "%s is not a file of the spool's owner", p);
+	}
 	/* One write() of one short line: O_APPEND keeps concurrent writers'
 	 * lines whole. */
 	ms_status st = write(fd, line, (size_t)n) == n ? MS_OK : sys_err(err, "cannot write", p);
@@ -787,9 +973,16 @@ ms_status ms_spool_usage_sum(ms_spool *sp,
 {
 	char p[PATH_MAX_];
 	snprintf(p, sizeof p, "%s/usage", sp->dir);
-	FILE *f = fopen(p, "re");
-	if (!f)
+	const char *why = NULL;
+	int ufd = open_checked(sp, sp->dfd_root, "usage", &why);
+	if (ufd == -2)
+		return ms_error_set(err, MS_ERR_DATA, "%s %s", p, why);
+	FILE *f = ufd >= 0 ? fdopen(ufd, "r") : NULL;
+	if (!f) {
+		if (ufd >= 0)
+			close(ufd);
 		return errno == ENOENT ? MS_OK : sys_err(err, "cannot open", p);
+	}
 	usage_row *rows = NULL;
 	size_t n = 0, cap = 0;
 	char line[512];
@@ -848,58 +1041,59 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id)
 	return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
 }
 
+/* Wake FIFOs live in wake/, a directory only the owner can write: no one
+ * else can plant a name there, and each entry is checked before use. */
 static void wake_name(const char *node, char *out, size_t n)
 {
-	snprintf(out, n, "wake/%.64s.%ld", node, (long)getpid());
+	snprintf(out, n, "%.64s.%ld", node, (long)getpid());
 }
 
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err)
 {
-	char name[128], path[MS_CONF_PATH_MAX + 160];
-	snprintf(path, sizeof path, "%s/wake", sp->dir);
-	if (mkdir(path, 0777) < 0 && errno != EEXIST)
-		return sys_err(err, "cannot make", "wake/");
-	chmod(path, 0777 | S_ISVTX); /* any submitter may poke; only owners remove */
+	char name[128];
 	wake_name(node, name, sizeof name);
-	snprintf(path, sizeof path, "%s/%s", sp->dir, name);
-	unlink(path);
-	if (mkfifo(path, 0622) < 0)
-		return sys_err(err, "cannot make", name);
-	chmod(path, 0622);
+	unlinkat(sp->dfd_wake, name, 0);
+	if (mkfifoat(sp->dfd_wake, name, 0600) < 0)
+		return sys_err(err, "cannot make wake/", name);
 	/* Read-write, so the FIFO never reports EOF between writers. */
-	if ((*fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
-		return sys_err(err, "cannot open", name);
+	if ((*fd = openat(sp->dfd_wake, name, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		return sys_err(err, "cannot open wake/", name);
+	struct stat st;
+	if (fstat(*fd, &st) < 0 || !S_ISFIFO(st.st_mode) || st.st_uid != sp->owner) {
+		close(*fd);
+		*fd = -1;
+		return ms_error_set(err, MS_ERR_IO, "wake/%s is not our FIFO", name);
+	}
 	return MS_OK;
 }
 
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd)
 {
-	char name[128], path[MS_CONF_PATH_MAX + 160];
+	char name[128];
 	wake_name(node, name, sizeof name);
-	snprintf(path, sizeof path, "%s/%s", sp->dir, name);
-	unlink(path);
+	unlinkat(sp->dfd_wake, name, 0);
 	if (fd >= 0)
 		close(fd);
 }
 
 void ms_spool_wake(ms_spool *sp, int changed)
 {
-	char path[MS_CONF_PATH_MAX + 160];
-	snprintf(path, sizeof path, "%s/wake", sp->dir);
-	DIR *d = opendir(path);
+	DIR *d = open_dir(sp->dfd_wake);
 	if (!d)
 		return;
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		int fd = openat(dirfd(d), de->d_name, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		int fd = openat(sp->dfd_wake, de->d_name, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
 			if (errno == ENXIO)
-				unlinkat(dirfd(d), de->d_name, 0); /* its daemon is gone */
+				unlinkat(sp->dfd_wake, de->d_name, 0); /* its daemon is gone */
 			continue;
 		}
-		(void)!write(fd, changed ? "c" : "n", 1); /* a full FIFO is already awake */
+		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && st.st_uid == sp->owner)
+			(void)!write(fd, changed ? "c" : "n", 1); /* a full FIFO is already awake */
 		close(fd);
 	}
 	closedir(d);

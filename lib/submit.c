@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/drop.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
 
@@ -68,6 +69,21 @@ static int next_line(input *in, char *line, size_t *n)
 		if (lf)
 			return 1;
 	}
+}
+
+/* The first logical line of p[0..n) with its line end: CRLF, LF, or a CR
+ * not followed by LF all end a line (the rule the encoder applies to what
+ * is stored, so the header fields -t and Bcc removal see are the fields
+ * that are stored: "Subject: x\rBcc: y" is two fields everywhere). */
+static size_t piece_len(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\n')
+			return i + 1;
+		if (p[i] == '\r')
+			return i + 1 < n && p[i + 1] == '\n' ? i + 2 : i + 1;
+	}
+	return n;
 }
 
 /* Octets of text on a line, without its line end. */
@@ -209,14 +225,30 @@ static ms_status add_missing(ms_buf *hdr, const ms_submit_opts *o, const ms_conf
 }
 
 typedef struct writer {
-	ms_spool_tx *tx;
+	const ms_submit_sink *sink;
 	ms_enc enc;
 	char *out;
 	uint64_t max_size;
 } writer;
 
-/* Normalise and store bytes; checks size and line length as it goes. */
+/* Normalise and store bytes; checks size and line length as it goes.
+ * Fed in pieces of at most IN_BUF: w->out has room for one piece's worst
+ * case, and a header block may be up to MS_HDR_MAX. */
+static ms_status put_piece(writer *w, const char *p, size_t n, ms_error *err);
 static ms_status put(writer *w, const char *p, size_t n, ms_error *err)
+{
+	while (n > 0) {
+		size_t take = n < IN_BUF ? n : IN_BUF;
+		ms_status st = put_piece(w, p, take, err);
+		if (st != MS_OK)
+			return st;
+		p += take;
+		n -= take;
+	}
+	return MS_OK;
+}
+
+static ms_status put_piece(writer *w, const char *p, size_t n, ms_error *err)
 {
 	size_t k = ms_enc_feed(&w->enc, p, n, w->out);
 	if (w->enc.line_len > MS_SMTP_LINE_MAX || w->enc.max_line > MS_SMTP_LINE_MAX)
@@ -228,16 +260,23 @@ static ms_status put(writer *w, const char *p, size_t n, ms_error *err)
 		return ms_error_set(err, MS_ERR_DATA,
 		                    "message larger than the limit of %llu octets (max_message_size)",
 		                    (unsigned long long)w->max_size);
-	return ms_spool_tx_write(w->tx, w->out, k, err);
+	return w->sink->write(w->sink->ctx, w->out, k, err);
 }
 
 ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int in_fd,
                     ms_submit_result *res, ms_error *err)
 {
+	ms_drop_local l = { .sp = sp, .conf = conf, .uid = o->uid };
+	ms_submit_sink sink = ms_drop_local_sink(&l);
+	return ms_submit_to(&sink, conf, o, in_fd, res, err);
+}
+
+ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms_submit_opts *o,
+                       int in_fd, ms_submit_result *res, ms_error *err)
+{
 	memset(res, 0, sizeof *res);
-	ms_status st = ms_spool_space_ok(sp, 0, err);
-	if (st != MS_OK)
-		return st;
+	ms_status st = MS_OK;
+	int begun = 0;
 	int64_t now = (int64_t)time(NULL);
 	ms_envelope env;
 	ms_env_init(&env);
@@ -269,11 +308,10 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 
 	input *in = malloc(sizeof *in);
 	char *line = malloc(LINE_CAP + 3);
-	writer w = { .max_size = conf->max_message_size,
+	writer w = { .sink = sink, .max_size = conf->max_message_size,
 		         .out = malloc(MS_ENC_MAX_OUT(LINE_CAP + 2) + MS_ENC_MAX_OUT(IN_BUF)) };
 	ms_buf hdr;
 	ms_buf_init(&hdr, MS_HDR_MAX);
-	ms_spool_tx *tx = NULL;
 	if (!in || !line || !w.out) {
 		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		goto out;
@@ -284,27 +322,40 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 
 	/* 1. The header block: up to an empty line, a line that is not a
 	 * field, the "." line, or the end. */
-	size_t n = 0;
-	int r, ended = 0, blank = 0, body_first = 0;
-	while ((r = next_line(in, line, &n)) > 0) {
-		if (o->dot_ends && is_dot_line(line, n)) {
-			ended = 1;
-			break;
-		}
-		if (text_len(line, n) == 0) {
-			blank = 1;
-			break;
-		}
-		int cont = (line[0] == ' ' || line[0] == '\t') && ms_buf_avail(&hdr) > 0;
-		if (!cont && !is_field_start(line, n)) {
-			body_first = 1; /* the body starts here: keep the line */
-			break;
-		}
-		if (ms_buf_append(&hdr, line, n) != MS_OK) {
-			st = ms_error_set(err, MS_ERR_DATA, "header block longer than %u octets", MS_HDR_MAX);
-			goto out;
+	size_t n = 0, rest = 0;
+	int r, ended = 0, blank = 0, body_first = 0, stop = 0;
+	while (!stop && (r = next_line(in, line, &n)) > 0) {
+		/* One physical line may hold several logical ones (bare CRs). */
+		for (size_t off = 0; off < n;) {
+			const char *pc = line + off;
+			size_t pl = piece_len(pc, n - off);
+			if (o->dot_ends && off == 0 && is_dot_line(line, n)) {
+				ended = stop = 1;
+				break;
+			}
+			if (text_len(pc, pl) == 0) {
+				blank = stop = 1;
+				rest = off + pl;
+				break;
+			}
+			int cont = (pc[0] == ' ' || pc[0] == '\t') && ms_buf_avail(&hdr) > 0;
+			if (!cont && !is_field_start(pc, pl)) {
+				body_first = stop = 1; /* the body starts here: keep it */
+				rest = off;
+				break;
+			}
+			/* Stored as the text and CRLF: the block holds no other CR or LF. */
+			if (ms_buf_append(&hdr, pc, text_len(pc, pl)) != MS_OK ||
+			    ms_buf_append(&hdr, "\r\n", 2) != MS_OK) {
+				st = ms_error_set(err, MS_ERR_DATA, "header block longer than %u octets",
+				                  MS_HDR_MAX);
+				goto out;
+			}
+			off += pl;
 		}
 	}
+	if (stop)
+		r = 1;
 	if (r == -1) {
 		st = ms_error_set(err, MS_ERR_IO, "cannot read the message: %s", strerror(errno));
 		goto out;
@@ -341,17 +392,21 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 		goto out;
 	}
 	hdr.len = hdr.off + ms_hdr_remove(hdr.data + hdr.off, ms_buf_avail(&hdr), "Bcc");
-	if ((st = ms_spool_begin(sp, &tx, err)) != MS_OK)
+	if ((st = sink->begin(sink->ctx, err)) != MS_OK)
 		goto out;
-	w.tx = tx;
-	if ((st = add_missing(&hdr, o, conf, env.sender, ms_spool_tx_id(tx), err)) != MS_OK)
+	begun = 1;
+	/* Message-ID: a fresh id of the queue's kind (unique without
+	 * coordination); the queue's own id is not known on this side. */
+	char mid[MS_ENV_ID_MAX + 1];
+	ms_spool_new_id(mid);
+	if ((st = add_missing(&hdr, o, conf, env.sender, mid, err)) != MS_OK)
 		goto out;
 	if ((st = put(&w, ms_buf_ptr(&hdr), ms_buf_avail(&hdr), err)) != MS_OK)
 		goto out;
 	if (!ended && (blank || body_first || !in->eof || in->pos < in->len))
 		st = put(&w, "\r\n", 2, err);
-	if (st == MS_OK && body_first)
-		st = put(&w, line, n, err);
+	if (st == MS_OK && (blank || body_first) && rest < n)
+		st = put(&w, line + rest, n - rest, err);
 	if (st != MS_OK)
 		goto out;
 
@@ -402,24 +457,14 @@ ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, 
 		                  MS_SMTP_LINE_MAX);
 		goto out;
 	}
-	if ((st = ms_spool_tx_write(tx, w.out, k, err)) != MS_OK)
+	if ((st = sink->write(sink->ctx, w.out, k, err)) != MS_OK)
 		goto out;
-	/* 4. Room for it?  Then commit. */
-	if ((st = ms_spool_space_ok(sp, ms_spool_tx_size(tx), err)) != MS_OK)
-		goto out;
-	st = ms_spool_commit(tx, &env, err);
-	tx = NULL; /* finished either way */
-	if (st == MS_OK) {
-		memcpy(res->id, env.id, sizeof res->id);
-		res->size = env.size;
-		res->nrcpts = env.nrcpts;
-		/* The message is safe; a usage line that cannot be written does
-		 * not undo that. */
-		ms_spool_usage(sp, "spooled", env.size, env.id, NULL);
-	}
+	/* 4. The queue side checks it all again and commits. */
+	begun = 0;
+	st = sink->commit(sink->ctx, &env, res, err);
 out:
-	if (tx)
-		ms_spool_abort(tx);
+	if (begun)
+		sink->abort(sink->ctx);
 	ms_buf_free(&hdr);
 	ms_env_free(&env);
 	free(w.out);

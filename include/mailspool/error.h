@@ -24,7 +24,8 @@ typedef enum ms_status {
 	MS_ERR_PROTOCOL, /* the peer broke the protocol (garbage, over-long reply, ...) */
 	MS_ERR_CLOSED,   /* the peer closed the connection */
 	MS_ERR_TEMP,     /* the peer refused temporarily (4xx) */
-	MS_ERR_PERM      /* the peer refused permanently (5xx) */
+	MS_ERR_PERM,     /* the peer refused permanently (5xx) */
+	MS_ERR_DENIED    /* this user may not do that (file permissions, set-id rules) */
 } ms_status;
 
 #define MS_ERROR_MSG_MAX 512

@@ -8,7 +8,14 @@
  *               message being queued
  *     claim/ID  a dequeuer's lease on the message
  *     corrupt/  damaged files, moved aside and reported, never deleted
+ *     wake/     the daemons' wake-up FIFOs
  *     usage     the usage log: "<unix time> <purpose> <octets> <id>" lines
+ *
+ * Everything belongs to one owner (mail_owner) and nobody else has any
+ * access: submitters go through the set-id helper (SECURITY.md).  Every
+ * path is opened relative to directory descriptors opened once with
+ * O_NOFOLLOW, and every file is checked by fstat (regular, the owner's,
+ * one link) before it is read, delivered, renamed or removed.
  *
  * Commit protocol (ms_spool_commit): data and envelope are written to tmp/
  * (O_CREAT|O_EXCL|O_NOFOLLOW) and fsynced; the data is renamed into data/ and
@@ -49,13 +56,27 @@
 typedef struct ms_spool ms_spool;
 typedef struct ms_spool_tx ms_spool_tx;
 
-/* Open the spool of c (its directories are created when `create`). */
+/* Open the spool of c (its directories are created, mode 0700, when
+ * `create`).  spool_dir and every directory in it are opened once, never
+ * through a symlink, and must belong to the owner of spool_dir with no
+ * access for group or others (MS_ERR_TEMP naming the directory otherwise;
+ * MS_ERR_DENIED when we may not open it). */
 ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *err);
 void ms_spool_close(ms_spool *sp);
 const char *ms_spool_dir(const ms_spool *sp);
+/* The uid owning the spool: every file used must be a regular file of
+ * this uid with one link; anything else is moved aside, never used. */
+uid_t ms_spool_owner(const ms_spool *sp);
+/* Where to say that something was moved aside (one call per entry, once:
+ * it is gone from the directory afterwards).  Unset: nothing is said. */
+typedef void (*ms_spool_report_fn)(void *ctx, const char *line);
+void ms_spool_set_report(ms_spool *sp, ms_spool_report_fn fn, void *ctx);
 
 /* ---- submission ---- */
 
+/* A fresh queue id: 13 hex digits of microseconds since the epoch, then
+ * 16 random hex digits (unique without coordination; sorts by arrival). */
+void ms_spool_new_id(char out[MS_ENV_ID_MAX + 1]);
 /* Start a new message: a fresh id and a data file in tmp/. */
 ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **tx, ms_error *err);
 const char *ms_spool_tx_id(const ms_spool_tx *tx);
@@ -110,7 +131,8 @@ ms_status ms_spool_release(ms_spool *sp, const ms_claim *c, ms_error *err);
 int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
 
 /* ---- waking delivery daemons ----
- * A daemon listens on a FIFO wake/NODE.PID under the spool directory;
+ * A daemon listens on a FIFO wake/NODE.PID under the spool directory
+ * (wake/ is the owner's alone; each FIFO is checked before it is written);
  * ms_spool_wake writes a byte to every one (submissions; flush and release
  * say that envelopes changed, so daemons read them again),
  * removing FIFOs nobody reads any more.  Never blocks. */
@@ -133,6 +155,9 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err);
 /* Append a usage line; purpose is a word ("spooled", "sent"). */
 ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
                          ms_error *err);
+/* The same with the submitter's uid ("... ID uid=N"). */
+ms_status ms_spool_usage_uid(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                             uint32_t uid, ms_error *err);
 /* Sum the usage log by UTC day and purpose: fn(day "YYYY-MM-DD", purpose,
  * events, octets) in order of day, then purpose. */
 ms_status ms_spool_usage_sum(ms_spool *sp,

@@ -10,11 +10,15 @@
  *  - adds From (with -F's name), Date and Message-ID when missing
  *    (RFC 5322 3.6: both Date and From are required; Message-ID should be);
  *  - normalises every line end to CRLF (a bare CR or LF ends a line), so the
- *    stored data needs no further rewriting before SMTP;
+ *    stored data needs no further rewriting before SMTP; the same rule
+ *    splits the header block into fields for -t and Bcc removal, so no
+ *    field can hide behind a bare CR (one header line rule);
  *  - refuses, before anything is visible: an invalid envelope address
  *    (named), no recipients, a line over 998 octets (RFC 5322 2.1.1), NUL
  *    bytes, a message over max_message_size, a spool below min_free_space;
- *  - commits through ms_spool_commit and logs "spooled" in the usage log.
+ *  - hands the result to a sink (mailspool/drop.h): the queue side checks
+ *    it again, adds Received (with the real uid), commits and logs
+ *    "spooled" in the usage log.
  *
  * Without -i (dot_ends), a line holding only "." ends the input, as
  * sendmail's does.  A header block that is not followed by an empty line
@@ -53,6 +57,26 @@ typedef struct ms_submit_result {
 	size_t nrcpts;
 } ms_submit_result;
 
+/* Where the prepared message goes: the spool itself (the owner,
+ * in-process) or the set-id helper (everyone else); mailspool/drop.h has
+ * both.  begin comes first; write gets the message in the spool's form;
+ * commit gets the envelope (sender, recipients, flags) and fills res;
+ * abort throws away whatever began. */
+typedef struct ms_submit_sink {
+	ms_status (*begin)(void *ctx, ms_error *err);
+	ms_status (*write)(void *ctx, const void *p, size_t n, ms_error *err);
+	ms_status (*commit)(void *ctx, const ms_envelope *env, ms_submit_result *res,
+	                    ms_error *err);
+	void (*abort)(void *ctx);
+	void *ctx;
+} ms_submit_sink;
+
+/* Prepare the message read from in_fd and hand it to sink. */
+ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms_submit_opts *o,
+                       int in_fd, ms_submit_result *res, ms_error *err);
+
+/* The same straight into sp (the caller is the spool's owner), recorded
+ * as from o->uid. */
 ms_status ms_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int in_fd,
                     ms_submit_result *res, ms_error *err);
 
