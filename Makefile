@@ -18,6 +18,11 @@ MAKEFLAGS += --no-print-directory
 CC      ?= cc
 PREFIX  ?= /usr/local
 DESTDIR ?=
+# Compiled into the programs: the set-id helper reads only SYSCONFDIR's
+# mailspool.conf, and the programs find their helpers in LIBEXECDIR.
+SYSCONFDIR ?= /etc
+LIBEXECDIR ?= $(PREFIX)/libexec/mailspool
+UNITDIR    ?= /etc/systemd/system
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
 
@@ -25,7 +30,8 @@ WARN     = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-proto
            -Wno-missing-field-initializers
 CSTD     = -std=c11 -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -MMD -MP
+PATHS    = -DMS_SYSCONFDIR='"$(SYSCONFDIR)"' -DMS_LIBEXECDIR='"$(LIBEXECDIR)"'
+ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) $(PATHS) -Iinclude -MMD -MP
 LDLIBS   = -lssl -lcrypto -lcares
 
 LIB_SRC  = $(wildcard lib/*.c)
@@ -39,7 +45,9 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: all check unit integration integration-asan asan demo bench install clean deps fuzz fuzz-replay
 
-all: $(BUILD)/libmailspool.a $(BUILD)/mailspool
+PROGRAMS = $(BUILD)/mailspool $(BUILD)/mailspool-drop $(BUILD)/mailspool-deliver
+
+all: $(BUILD)/libmailspool.a $(PROGRAMS)
 
 $(BUILD)/lib/%.o: lib/%.c
 	@mkdir -p $(dir $@)
@@ -49,11 +57,24 @@ $(BUILD)/libmailspool.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-CMD_SRC  = $(wildcard cmd/*.c)
+# Three programs: the command (never set-id), the set-id helper (only the
+# queue side: spool, envelope, configuration - no SMTP, TLS or DNS code is
+# linked into it) and the delivery agent the daemon execs.
+MAIN_SRC  = cmd/mailspool.c cmd/queue.c cmd/sendmail.c cmd/daemon.c cmd/setup.c cmd/listing.c cmd/priv.c
+DROP_SRC  = cmd/drop.c cmd/listing.c cmd/priv.c
+AGENT_SRC = cmd/agent.c cmd/listing.c
 
-$(BUILD)/mailspool: $(CMD_SRC) cmd/cli.h $(BUILD)/libmailspool.a
+$(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(MAIN_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
+
+$(BUILD)/mailspool-drop: $(DROP_SRC) cmd/cli.h $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $(DROP_SRC) $(BUILD)/libmailspool.a -lcrypto
+
+$(BUILD)/mailspool-deliver: $(AGENT_SRC) cmd/cli.h $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $(AGENT_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/scripted.h tests/unit/tmpspool.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)

@@ -46,7 +46,7 @@ MARK = "## Delivery daemon, spool to receiver (issue 5)"
 def write_conf(root, lines):
     conf = os.path.join(root, "mailspool.conf")
     with open(conf, "w") as f:
-        f.write(f"spool_dir = {root}/spool\nhostname = bench.sender.test\nmin_free_space = 0\n"
+        f.write(f"spool_dir = {root}/spool\nhostname = bench.sender.test\nmin_free_space = 0\nmail_owner = root\n"
                 f"log_file = {root}/log\n" + "".join(x + "\n" for x in lines))
     return conf
 

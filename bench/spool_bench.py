@@ -58,7 +58,7 @@ def submit_all(argv, env, msgs):
 def submission(n, tmp):
     conf = os.path.join(tmp, "mailspool.conf")
     with open(conf, "w") as f:
-        f.write(f"spool_dir = {tmp}/spool\nhostname = bench.test\nmin_free_space = 0\n")
+        f.write(f"spool_dir = {tmp}/spool\nhostname = bench.test\nmin_free_space = 0\nmail_owner = root\n")
     env = dict(os.environ, MAILSPOOL_CONFIG=conf)
     link = os.path.join(tmp, "sendmail")
     os.symlink(MAILSPOOL, link)
@@ -108,7 +108,7 @@ def big_queue(n, tmp):
             f.write(envelope(qid, base + i // 100, len(data)))
     conf = os.path.join(tmp, "big.conf")
     with open(conf, "w") as f:
-        f.write(f"spool_dir = {spool}\nmin_free_space = 0\n")
+        f.write(f"spool_dir = {spool}\nmin_free_space = 0\nmail_owner = root\n")
     probe = ("import resource, subprocess, sys, time\n"
              "t = time.monotonic()\n"
              "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +44,14 @@ typedef struct log_sink {
 static void log_line(void *ctx, const char *line)
 {
 	log_sink *l = ctx;
+	/* Fields from outside were escaped where the line was made; this is
+	 * the last defence for the line as a whole. */
+	char safe[MS_LOG_LINE_MAX];
+	size_t k = 0;
+	for (const char *p = line; *p && k + 1 < sizeof safe; p++)
+		safe[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p;
+	safe[k] = '\0';
+	line = safe;
 	if (l->fd < 0)
 		syslog(LOG_MAIL | LOG_INFO, "%s", line);
 	if (l->fd < 0 && !l->also_stderr)
@@ -63,6 +72,25 @@ static void log_line(void *ctx, const char *line)
 		(void)!write(l->fd, buf, (size_t)n);
 	if (l->also_stderr && l->fd != STDERR_FILENO)
 		(void)!write(STDERR_FILENO, buf, (size_t)n);
+}
+
+/* The agent beside this program when it runs from a build tree (as the
+ * tests do), else the installed one.  The daemon is never set-id, so
+ * where it runs from is its own caller's choice. */
+static const char *agent_program(void)
+{
+	static char path[4096];
+	ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
+	if (n > 0) {
+		path[n] = '\0';
+		char *slash = strrchr(path, '/');
+		if (slash) {
+			snprintf(slash + 1, 32, "mailspool-deliver");
+			if (access(path, X_OK) == 0)
+				return path;
+		}
+	}
+	return MS_AGENT_PROGRAM;
 }
 
 static void usage_daemon(FILE *f)
@@ -134,6 +162,23 @@ int cmd_daemon(int argc, char **argv)
 		free(conf);
 		return EX_USAGE_;
 	}
+	/* The spool must be the owner's, and the daemon runs as the owner:
+	 * root only opens the log first (it may be a file only root can
+	 * create) and then gives up root for good, with no way back (no new
+	 * privileges through exec either); its agents inherit all of it. */
+	uid_t owner;
+	gid_t group;
+	int r = cli_owner(conf, &owner, &group);
+	if (r) {
+		free(conf);
+		return r;
+	}
+	if (getuid() != owner && getuid() != 0) {
+		fprintf(stderr, "%s daemon: only root and the queue's owner (%s) may run the daemon\n",
+		        progname, conf->mail_owner);
+		free(conf);
+		return EX_NOPERM_;
+	}
 	log_sink sink = { -1, fg || once };
 	if (!strcmp(conf->log_file, "stderr")) {
 		sink.fd = STDERR_FILENO;
@@ -148,6 +193,26 @@ int cmd_daemon(int argc, char **argv)
 	} else {
 		openlog("mailspool", LOG_PID, LOG_MAIL);
 	}
+	if ((r = cli_drop_to(owner, group))) {
+		free(conf);
+		return r;
+	}
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	ms_spool *check;
+	if ((r = cli_open_loaded(conf, &check, 1))) {
+		free(conf);
+		return r;
+	}
+	if (ms_spool_owner(check) != owner) {
+		fprintf(stderr, "%s daemon: %s belongs to uid %u, not to mail_owner %s (uid %u): run "
+		                "'mailspool setup'\n",
+		        progname, conf->spool_dir, (unsigned)ms_spool_owner(check), conf->mail_owner,
+		        (unsigned)owner);
+		ms_spool_close(check);
+		free(conf);
+		return EX_CONFIG_;
+	}
+	ms_spool_close(check);
 	if (!fg && !once) {
 		if (daemon(0, 0) < 0) {
 			fprintf(stderr, "%s daemon: cannot detach: %s\n", progname, strerror(errno));
@@ -163,9 +228,12 @@ int cmd_daemon(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sa.sa_handler = on_hup;
 	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN); /* a dead agent is an EPIPE, not our end */
 	ms_daemon_opts o = { .conf = conf, .conf_path = path, .conf_required = required,
 		                 .node = node, .once = once, .stop = &stop_flag, .reload = &reload_flag,
-		                 .log = log_line, .log_ctx = &sink };
+		                 .log = log_line, .log_ctx = &sink, .agent = agent_program() };
+	if (owner == 0)
+		log_line(&sink, "warning: mail_owner is root: delivery runs with every privilege");
 	ms_status st = ms_daemon_run(&o, &err);
 	if (st != MS_OK)
 		fprintf(stderr, "%s daemon: %s\n", progname, err.msg);

@@ -46,6 +46,7 @@ static void usage_main(FILE *f)
 	        "  flush    make queued messages (all, or those named) due now\n"
 	        "  stats    the usage log summed by day and purpose\n"
 	        "  sweep    repair what a crash left in the spool\n"
+	        "  setup    (root) make the queue's owner, the spool and the set-id helper\n"
 	        "\n"
 	        "Run as sendmail (or '%s sendmail ...') it takes sendmail's options;\n"
 	        "run as mailq it lists the queue.  Every command takes -C FILE for\n"
@@ -431,7 +432,7 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 	}
 	ms_conf conf;
 	ms_spool *sp;
-	int rc = cli_open_spool(confp, &conf, &sp, 1);
+	int rc = cli_open_for_submit(confp, &conf, &sp);
 	if (rc)
 		return rc;
 	ms_submit_opts o = { .sender = so->sender, .full_name = full_name, .user = cli_user(),
@@ -967,7 +968,7 @@ int main(int argc, char **argv)
 		         { "hold", cmd_hold },       { "release", cmd_hold },    { "delete", cmd_hold },
 		         { "flush", cmd_hold },      { "stats", cmd_stats },     { "sweep", cmd_sweep },
 		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq },
-		         { "daemon", cmd_daemon } };
+		         { "daemon", cmd_daemon },   { "setup", cmd_setup } };
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
 		if (!strcmp(argv[1], cmds[i].name))
 			return cmds[i].fn(argc - 1, argv + 1);

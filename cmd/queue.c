@@ -15,6 +15,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include "mailspool/drop.h"
 
 #include "cli.h"
 #include "mailspool/sched.h"
@@ -23,38 +28,6 @@
 #include "mailspool/transcript.h"
 
 /* ---- shared helpers ------------------------------------------------------ */
-
-int cli_open_spool(const char *conf_path, ms_conf *conf, ms_spool **sp, int create)
-{
-	int required;
-	const char *path = ms_conf_path(conf_path, &required);
-	ms_error err;
-	if (ms_conf_load(conf, path, required, &err) != MS_OK) {
-		fprintf(stderr, "%s: %s\n", progname, err.msg);
-		return err.status == MS_ERR_USAGE ? EX_USAGE_ : EX_TEMPFAIL_;
-	}
-	if (ms_spool_open(conf, create, sp, &err) != MS_OK) {
-		fprintf(stderr, "%s: %s\n", progname, err.msg);
-		return EX_TEMPFAIL_;
-	}
-	return 0;
-}
-
-int cli_exit_for(ms_status st)
-{
-	switch (st) {
-	case MS_OK: return EX_OK_;
-	case MS_ERR_USAGE:
-	case MS_ERR_DATA: return EX_DATAERR_;
-	default: return EX_TEMPFAIL_;
-	}
-}
-
-const char *cli_user(void)
-{
-	struct passwd *pw = getpwuid(getuid());
-	return pw ? pw->pw_name : "root";
-}
 
 int cli_mode_parse(const char *s)
 {
@@ -67,20 +40,6 @@ int cli_mode_parse(const char *s)
 static const char *result_word(ms_rcpt_state s)
 {
 	return s == MS_RCPT_DELIVERED ? "delivered" : s == MS_RCPT_FAILED ? "failed" : "deferred";
-}
-
-static void put_safe(FILE *f, const char *s);
-
-/* "code enh text" as a server said it: the enhanced code only when the
- * text does not already start with it (SMTP texts do). */
-static void put_reply(FILE *f, int code, const char *enh, const char *text)
-{
-	size_t el = strlen(enh);
-	if (code)
-		fprintf(f, "%d ", code);
-	if (el && !(strncmp(text, enh, el) == 0 && (text[el] == ' ' || !text[el])))
-		fprintf(f, "%s ", enh);
-	put_safe(f, text);
 }
 
 /* Modes now and background: claim the message just queued, attempt every
@@ -159,7 +118,7 @@ static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const 
 			FILE *out = r->state == MS_RCPT_DELIVERED ? stdout : stderr;
 			fprintf(out, "%s%s%s: <%s> %s via %s (", pre, sep, id, addr, result_word(r->state),
 			        r->relay);
-			put_reply(out, r->code, r->enh, r->text);
+			cli_put_reply(out, r->code, r->enh, r->text);
 			fprintf(out, ")%s\n", mode == CLI_BACKGROUND && r->state == MS_RCPT_DEFERRED
 			                           ? "; queued for retry"
 			                           : "");
@@ -174,19 +133,137 @@ static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const 
 	return deferred && mode == CLI_NOW ? EX_TEMPFAIL_ : EX_OK_;
 }
 
+/* Where the helper's -C comes from: an explicit -C, else
+ * $MAILSPOOL_CONFIG (the helper accepts either only from root and the
+ * owner, and says so to anyone else). */
+static const char *helper_conf;
+
+void cli_submit_conf(const char *conf_path)
+{
+	int required;
+	const char *p = ms_conf_path(conf_path, &required);
+	helper_conf = required ? p : NULL;
+}
+
+/* Start the helper with pipes on its standard input and output. */
+static pid_t spawn_helper(const char *const *args, int *to, int *from)
+{
+	int in[2], out[2];
+	if (pipe2(in, O_CLOEXEC) < 0)
+		return -1;
+	if (pipe2(out, O_CLOEXEC) < 0) {
+		close(in[0]);
+		close(in[1]);
+		return -1;
+	}
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
+	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+	char *argv[8];
+	size_t k = 0;
+	argv[k++] = (char *)MS_DROP_PROGRAM;
+	for (; args[k - 1] && k < 7; k++)
+		argv[k] = (char *)args[k - 1];
+	argv[k] = NULL;
+	pid_t pid;
+	extern char **environ;
+	int e = posix_spawn(&pid, MS_DROP_PROGRAM, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(in[0]);
+	close(out[1]);
+	if (e) {
+		close(in[1]);
+		close(out[0]);
+		errno = e;
+		return -1;
+	}
+	*to = in[1];
+	*from = out[0];
+	return pid;
+}
+
+static ms_status submit_via_helper(const ms_conf *conf, const ms_submit_opts *o, int fd,
+                                   ms_submit_result *res, ms_error *err)
+{
+	const char *args[] = { "submit", helper_conf ? "-C" : NULL, helper_conf, NULL };
+	int to, from;
+	signal(SIGPIPE, SIG_IGN); /* a helper that refuses and leaves: its answer says why */
+	pid_t pid = spawn_helper(args, &to, &from);
+	if (pid < 0)
+		return ms_error_set(err, MS_ERR_TEMP, "cannot run %s: %s", MS_DROP_PROGRAM,
+		                    strerror(errno));
+	ms_drop_pipe p;
+	ms_submit_sink sink = ms_drop_pipe_sink(&p, to, from);
+	ms_status st = ms_submit_to(&sink, conf, o, fd, res, err);
+	if (p.to_fd >= 0)
+		close(p.to_fd);
+	close(from);
+	int status;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return st;
+}
+
+int cli_run_helper(const char *const *args)
+{
+	char *argv[8];
+	size_t k = 0;
+	argv[k++] = (char *)MS_DROP_PROGRAM;
+	for (; args[k - 1] && k < 7; k++)
+		argv[k] = (char *)args[k - 1];
+	argv[k] = NULL;
+	fflush(NULL);
+	pid_t pid;
+	extern char **environ;
+	int e = posix_spawn(&pid, MS_DROP_PROGRAM, NULL, NULL, argv, environ);
+	if (e) {
+		fprintf(stderr, "%s: cannot run %s: %s\n", progname, MS_DROP_PROGRAM, strerror(e));
+		return EX_UNAVAILABLE_;
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : EX_SOFTWARE_;
+}
+
+int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp)
+{
+	int r = cli_load_conf(conf_path, conf);
+	if (r)
+		return r;
+	cli_submit_conf(conf_path);
+	*sp = NULL;
+	struct passwd *pw = getpwnam(conf->mail_owner);
+	if (pw && geteuid() == pw->pw_uid)
+		return cli_open_loaded(conf, sp, 1); /* the owner: in-process */
+	return 0;
+}
+
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
                const char *name, int quiet, FILE *json, int *first, cli_mode mode)
 {
 	ms_submit_result res;
 	ms_error err;
 	ms_submit_opts so = *o;
-	if (mode == CLI_NOW)
+	if (mode == CLI_NOW && sp)
 		so.flags |= MS_ENV_HOLD; /* no daemon may take it meanwhile */
-	ms_status st = ms_submit(sp, conf, &so, fd, &res, &err);
+	/* The owner commits in-process; everyone else through the set-id
+	 * helper, which checks everything again. */
+	ms_status st = sp ? ms_submit(sp, conf, &so, fd, &res, &err)
+	                  : submit_via_helper(conf, &so, fd, &res, &err);
 	if (st != MS_OK) {
 		fprintf(stderr, "%s: %s%s%s; nothing was queued\n", progname, name ? name : "",
 		        name ? ": " : "", err.msg);
-		return cli_exit_for(st);
+		return st == MS_ERR_DENIED ? EX_NOPERM_ : cli_exit_for(st);
+	}
+	if (mode != CLI_QUEUE && !sp) {
+		/* Only the queue's owner delivers: the daemon takes it now. */
+		if (!quiet && !json)
+			printf("%s%squeued as %s; delivered by the daemon (only the queue's owner "
+			       "delivers)\n", name ? name : "", name ? ": " : "", res.id);
+		mode = CLI_QUEUE;
+		quiet = 1;
 	}
 	if (mode != CLI_QUEUE) {
 		if (json && first && !*first)
@@ -197,7 +274,8 @@ int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int f
 			*first = 0;
 		return deliver_now(sp, conf, res.id, name, quiet, json, mode);
 	}
-	ms_spool_wake(sp, 0);
+	if (sp)
+		ms_spool_wake(sp, 0);
 	if (json) {
 		ms_buf b;
 		ms_buf_init(&b, 0);
@@ -213,166 +291,6 @@ int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int f
 		       (unsigned long long)res.size);
 	}
 	return EX_OK_;
-}
-
-/* ---- listing ----------------------------------------------------------- */
-
-static void fmt_time(int64_t t, char *out, size_t n)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	if (t <= 0 || !localtime_r(&tt, &tm) || !strftime(out, n, "%Y-%m-%d %H:%M:%S", &tm))
-		snprintf(out, n, "-");
-}
-
-static void iso_time(int64_t t, char *out, size_t n)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	if (!gmtime_r(&tt, &tm) || !strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm))
-		snprintf(out, n, "1970-01-01T00:00:00Z");
-}
-
-/* Text that came from a server, made safe for a terminal line. */
-static void put_safe(FILE *f, const char *s)
-{
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-		if (*p < 0x20 || *p == 0x7f)
-			fputc(' ', f);
-		else
-			fputc(*p, f);
-}
-
-static void json_str(ms_buf *b, const char *s)
-{
-	ms_json_string(b, s, strlen(s));
-}
-
-static void json_envelope(ms_buf *b, const ms_envelope *e, int with_history)
-{
-	char at[32];
-	iso_time(e->arrival, at, sizeof at);
-	ms_buf_printf(b, "{\"id\":\"%s\",\"size\":%llu,\"arrival\":\"%s\",\"arrival_unix\":%lld,"
-	                 "\"uid\":%u,\"sender\":",
-	              e->id, (unsigned long long)e->size, at, (long long)e->arrival, (unsigned)e->uid);
-	json_str(b, e->sender);
-	int64_t due = ms_env_next_due(e);
-	ms_buf_printf(b, ",\"held\":%s,\"next_attempt_unix\":", e->flags & MS_ENV_HOLD ? "true" : "false");
-	if (due == INT64_MAX)
-		ms_buf_appendstr(b, "null");
-	else
-		ms_buf_printf(b, "%lld", (long long)due);
-	ms_buf_appendstr(b, ",\"recipients\":[");
-	for (size_t i = 0; i < e->nrcpts; i++) {
-		const ms_env_rcpt *r = &e->rcpts[i];
-		ms_buf_appendstr(b, i ? ",{\"address\":" : "{\"address\":");
-		json_str(b, r->addr);
-		ms_buf_printf(b, ",\"state\":\"%s\",\"attempts\":%u,\"tier\":%u,\"next_attempt_unix\":%lld,"
-		                 "\"last_attempt_unix\":%lld,\"last_reply\":{\"code\":%d,\"enhanced\":",
-		              ms_env_state_name(r->state), (unsigned)r->attempts, (unsigned)r->tier,
-		              (long long)r->next, (long long)r->last, r->code);
-		json_str(b, r->enh);
-		ms_buf_appendstr(b, ",\"text\":");
-		json_str(b, r->text);
-		ms_buf_appendstr(b, "}");
-		if (with_history) {
-			ms_buf_appendstr(b, ",\"history\":[");
-			for (size_t k = 0; k < r->nhist; k++) {
-				const ms_env_attempt *a = &r->hist[k];
-				ms_buf_printf(b, "%s{\"time_unix\":%lld,\"code\":%d,\"enhanced\":", k ? "," : "",
-				              (long long)a->when, a->code);
-				json_str(b, a->enh);
-				ms_buf_appendstr(b, ",\"text\":");
-				json_str(b, a->text);
-				ms_buf_appendstr(b, "}");
-			}
-			ms_buf_appendstr(b, "]");
-		}
-		ms_buf_appendstr(b, "}");
-	}
-	ms_buf_appendstr(b, "]}");
-}
-
-static void human_envelope(FILE *f, const ms_envelope *e)
-{
-	char at[32], nx[32];
-	fmt_time(e->arrival, at, sizeof at);
-	fprintf(f, "%-29s%s %10llu  %s  <", e->id, e->flags & MS_ENV_HOLD ? "!" : " ",
-	        (unsigned long long)e->size, at);
-	put_safe(f, e->sender);
-	fputs(">\n", f);
-	for (size_t i = 0; i < e->nrcpts; i++) {
-		const ms_env_rcpt *r = &e->rcpts[i];
-		fmt_time(r->next, nx, sizeof nx);
-		fprintf(f, "    %-9s ", ms_env_state_name(r->state));
-		put_safe(f, r->addr);
-		if (r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED)
-			fprintf(f, "  next %s", nx);
-		if (r->attempts)
-			fprintf(f, "  attempts %u", (unsigned)r->attempts);
-		if (r->text[0] || r->code) {
-			fputs("  (", f);
-			put_reply(f, r->code, r->enh, r->text);
-			fputs(")", f);
-		}
-		fputc('\n', f);
-	}
-}
-
-/* Streams one message at a time: a queue of any size costs the memory of
- * its id list and one envelope. */
-int cli_list_queue(ms_spool *sp, int json)
-{
-	char **ids;
-	size_t n;
-	ms_error err;
-	if (ms_spool_list(sp, &ids, &n, &err) != MS_OK) {
-		fprintf(stderr, "%s: %s\n", progname, err.msg);
-		return EX_TEMPFAIL_;
-	}
-	uint64_t bytes = 0;
-	size_t shown = 0, corrupt = 0;
-	ms_buf b;
-	ms_buf_init(&b, 0);
-	if (json)
-		fputs("{\"messages\":[", stdout);
-	else if (n)
-		printf("%-30s %10s  %-19s  %s\n", "Queue ID (! held)", "Size", "Arrival", "Sender / recipients");
-	for (size_t i = 0; i < n; i++) {
-		ms_envelope e;
-		ms_status st = ms_spool_read(sp, ids[i], &e, &err);
-		if (st == MS_ERR_USAGE)
-			continue; /* delivered and removed since the listing */
-		if (st != MS_OK) {
-			fprintf(stderr, "%s: %s\n", progname, err.msg);
-			corrupt += st == MS_ERR_DATA;
-			continue;
-		}
-		bytes += e.size;
-		if (json) {
-			ms_buf_reset(&b);
-			if (shown)
-				ms_buf_appendstr(&b, ",");
-			ms_buf_appendstr(&b, "\n  ");
-			json_envelope(&b, &e, 0);
-			fwrite(ms_buf_ptr(&b), 1, ms_buf_avail(&b), stdout);
-		} else {
-			human_envelope(stdout, &e);
-		}
-		shown++;
-		ms_env_free(&e);
-	}
-	if (json)
-		printf("\n],\"count\":%zu,\"bytes\":%llu,\"corrupt\":%zu}\n", shown,
-		       (unsigned long long)bytes, corrupt);
-	else if (shown)
-		printf("-- %llu Kbytes in %zu message%s.\n", (unsigned long long)(bytes + 1023) / 1024, shown,
-		       shown == 1 ? "" : "s");
-	else
-		printf("Mail queue is empty\n");
-	ms_buf_free(&b);
-	ms_spool_ids_free(ids, n);
-	return corrupt ? EX_TEMPFAIL_ : EX_OK_;
 }
 
 /* ---- commands ---------------------------------------------------------- */
@@ -406,30 +324,50 @@ static int common_opts(int argc, char **argv, const char *usage, const char **co
 	return -1;
 }
 
-/* Options, configuration and spool: -1 when the command may go on (the
- * spool is open), else the exit code. */
+/* Options, configuration, the owner's identity and the spool: -1 when the
+ * command may go on (the spool is open), else the exit code.  Only root
+ * and the owner get past cli_become_owner (`what` says what was refused). */
 static int begin(int argc, char **argv, const char *usage, int *json, ms_conf *conf,
-                 ms_spool **sp)
+                 ms_spool **sp, const char *what)
 {
 	const char *confp = NULL;
 	int r = common_opts(argc, argv, usage, &confp, json);
 	if (r >= 0)
 		return r;
-	r = cli_open_spool(confp, conf, sp, 1);
+	if ((r = cli_load_conf(confp, conf)) || (r = cli_become_owner(conf, what)))
+		return r;
+	r = cli_open_loaded(conf, sp, 1);
 	return r ? r : -1;
+}
+
+int cli_mailq(const char *confp, int json)
+{
+	ms_conf conf;
+	int r = cli_load_conf(confp, &conf);
+	if (r)
+		return r;
+	if (!cli_caller_is_admin(&conf)) {
+		/* Users list through the helper (authorized_mailq_users). */
+		cli_submit_conf(confp);
+		const char *args[] = { "list", json ? "--json" : NULL, NULL };
+		return cli_run_helper(args);
+	}
+	ms_spool *sp;
+	if ((r = cli_become_owner(&conf, "list the queue")) || (r = cli_open_loaded(&conf, &sp, 1)))
+		return r;
+	r = cli_list_queue(sp, json);
+	ms_spool_close(sp);
+	return r;
 }
 
 int cmd_queue(int argc, char **argv)
 {
 	int json = 0;
-	ms_conf conf;
-	ms_spool *sp;
-	int r = begin(argc, argv, "queue [-C FILE] [--json]", &json, &conf, &sp);
+	const char *confp = NULL;
+	int r = common_opts(argc, argv, "queue [-C FILE] [--json]", &confp, &json);
 	if (r >= 0)
 		return r;
-	r = cli_list_queue(sp, json);
-	ms_spool_close(sp);
-	return r;
+	return cli_mailq(confp, json);
 }
 
 int cmd_show(int argc, char **argv)
@@ -437,7 +375,7 @@ int cmd_show(int argc, char **argv)
 	int json = 0;
 	ms_conf conf;
 	ms_spool *sp;
-	int r = begin(argc, argv, "show [-C FILE] [--json] ID", &json, &conf, &sp);
+	int r = begin(argc, argv, "show [-C FILE] [--json] ID", &json, &conf, &sp, "show messages");
 	if (r >= 0)
 		return r;
 	if (optind + 1 != argc) {
@@ -466,7 +404,7 @@ int cmd_show(int argc, char **argv)
 	ms_buf b;
 	ms_buf_init(&b, 0);
 	if (json) {
-		json_envelope(&b, &e, 1);
+		cli_json_envelope(&b, &e, 1);
 		b.len--; /* reopen the object for the headers */
 		ms_buf_appendstr(&b, ",\"headers\":");
 		ms_json_string(&b, ms_buf_ptr(&hdr), ms_buf_avail(&hdr));
@@ -474,19 +412,19 @@ int cmd_show(int argc, char **argv)
 		fwrite(ms_buf_ptr(&b), 1, ms_buf_avail(&b), stdout);
 	} else {
 		char at[32];
-		fmt_time(e.arrival, at, sizeof at);
+		cli_fmt_time(e.arrival, at, sizeof at);
 		printf("Queue ID:  %s%s\nArrival:   %s\nSize:      %llu octets\nUser:      %u\n"
 		       "Sender:    <",
 		       e.id, e.flags & MS_ENV_HOLD ? " (held)" : "", at, (unsigned long long)e.size,
 		       (unsigned)e.uid);
-		put_safe(stdout, e.sender);
+		cli_put_safe(stdout, e.sender);
 		printf(">\nRecipients:\n");
 		for (size_t i = 0; i < e.nrcpts; i++) {
 			const ms_env_rcpt *r2 = &e.rcpts[i];
 			char nx[32];
-			fmt_time(r2->next, nx, sizeof nx);
+			cli_fmt_time(r2->next, nx, sizeof nx);
 			printf("  <");
-			put_safe(stdout, r2->addr);
+			cli_put_safe(stdout, r2->addr);
 			printf(">  %s, %u attempt%s, tier %u", ms_env_state_name(r2->state),
 			       (unsigned)r2->attempts, r2->attempts == 1 ? "" : "s", (unsigned)r2->tier);
 			if (r2->state == MS_ENV_PENDING || r2->state == MS_ENV_DEFERRED)
@@ -494,9 +432,9 @@ int cmd_show(int argc, char **argv)
 			printf("\n");
 			for (size_t k = 0; k < r2->nhist; k++) {
 				char when[32];
-				fmt_time(r2->hist[k].when, when, sizeof when);
+				cli_fmt_time(r2->hist[k].when, when, sizeof when);
 				printf("    %s  ", when);
-				put_reply(stdout, r2->hist[k].code, r2->hist[k].enh, r2->hist[k].text);
+				cli_put_reply(stdout, r2->hist[k].code, r2->hist[k].enh, r2->hist[k].text);
 				printf("\n");
 			}
 		}
@@ -530,7 +468,21 @@ int cmd_hold(int argc, char **argv)
 	}
 	ms_conf conf;
 	ms_spool *sp;
-	if ((r = cli_open_spool(confp, &conf, &sp, 1)))
+	if ((r = cli_load_conf(confp, &conf)))
+		return r;
+	if (is_flush && !cli_caller_is_admin(&conf)) {
+		/* flush stays open to users: through the helper, rate-limited. */
+		cli_submit_conf(confp);
+		const char *args[8] = { "flush" };
+		size_t k = 1;
+		for (int i = optind; i < argc && k < 7; i++)
+			args[k++] = argv[i];
+		args[k] = NULL;
+		return cli_run_helper(args);
+	}
+	char verb[32];
+	snprintf(verb, sizeof verb, "%s messages", what);
+	if ((r = cli_become_owner(&conf, verb)) || (r = cli_open_loaded(&conf, &sp, 1)))
 		return r;
 	char **ids = argv + optind;
 	size_t n = (size_t)(argc - optind);
@@ -546,49 +498,7 @@ int cmd_hold(int argc, char **argv)
 		ids = all;
 		n = nall;
 	}
-	int rc = EX_OK_;
-	char node[300];
-	snprintf(node, sizeof node, "admin-%s", conf.hostname);
-	int64_t now = (int64_t)time(NULL);
-	for (size_t i = 0; i < n; i++) {
-		const char *id = ids[i];
-		ms_claim cl;
-		ms_status st = ms_spool_claim(sp, id, node, &cl, &err);
-		if (st != MS_OK) {
-			fprintf(stderr, "%s: %s: %s\n", progname, id, err.msg);
-			rc = st == MS_ERR_USAGE ? EX_DATAERR_ : EX_TEMPFAIL_;
-			continue;
-		}
-		ms_envelope e;
-		st = ms_spool_read(sp, id, &e, &err);
-		if (st == MS_OK) {
-			if (!strcmp(what, "delete")) {
-				st = ms_spool_remove(sp, id, &err);
-			} else {
-				if (!strcmp(what, "hold"))
-					e.flags |= MS_ENV_HOLD;
-				else if (!strcmp(what, "release"))
-					e.flags &= ~(uint32_t)MS_ENV_HOLD;
-				else /* flush: due now (a held message stays held) */
-					for (size_t k = 0; k < e.nrcpts; k++)
-						if (e.rcpts[k].state == MS_ENV_PENDING ||
-						    e.rcpts[k].state == MS_ENV_DEFERRED)
-							e.rcpts[k].next = now;
-				st = ms_spool_update(sp, &e, &err);
-			}
-			ms_env_free(&e);
-		}
-		ms_spool_release(sp, &cl, NULL);
-		if (st != MS_OK) {
-			fprintf(stderr, "%s: %s: %s\n", progname, id, err.msg);
-			rc = st == MS_ERR_USAGE ? EX_NOINPUT_ : EX_TEMPFAIL_;
-		} else if (!is_flush) {
-			printf("%s: %s\n", id, !strcmp(what, "delete") ? "deleted" : !strcmp(what, "hold") ? "held" : "released");
-		}
-	}
-	if (is_flush)
-		printf("%zu message%s due now\n", n, n == 1 ? "" : "s");
-	ms_spool_wake(sp, 1); /* running daemons read the changed envelopes */
+	int rc = cli_change(sp, &conf, what, ids, n);
 	ms_spool_ids_free(all, nall);
 	ms_spool_close(sp);
 	return rc;
@@ -617,7 +527,7 @@ int cmd_stats(int argc, char **argv)
 	int json = 0;
 	ms_conf conf;
 	ms_spool *sp;
-	int r = begin(argc, argv, "stats [-C FILE] [--json]", &json, &conf, &sp);
+	int r = begin(argc, argv, "stats [-C FILE] [--json]", &json, &conf, &sp, "read the usage log");
 	if (r >= 0)
 		return r;
 	stats_ctx s = { json, 1 };
@@ -640,7 +550,7 @@ int cmd_sweep(int argc, char **argv)
 	int json = 0;
 	ms_conf conf;
 	ms_spool *sp;
-	int r = begin(argc, argv, "sweep [-C FILE] [--json]", &json, &conf, &sp);
+	int r = begin(argc, argv, "sweep [-C FILE] [--json]", &json, &conf, &sp, "repair the spool");
 	if (r >= 0)
 		return r;
 	ms_sweep_report rep;

@@ -125,21 +125,17 @@ int cmd_sendmail(int argc, char **argv)
 		fprintf(stderr, "%s: option %s needs a value\n", progname, argv[i - 1]);
 		return usage_sendmail();
 	}
-	ms_conf conf;
-	ms_spool *sp;
-	int r = cli_open_spool(confp, &conf, &sp, 1);
-	if (r)
-		return r;
-	if (list) {
-		r = cli_list_queue(sp, 0);
-		ms_spool_close(sp);
-		return r;
-	}
+	if (list)
+		return cli_mailq(confp, 0);
 	if (flush) {
-		ms_spool_close(sp);
 		char *fargv[] = { "flush", "-C", (char *)(confp ? confp : ""), NULL };
 		return cmd_hold(confp ? 3 : 1, fargv);
 	}
+	ms_conf conf;
+	ms_spool *sp;
+	int r = cli_open_for_submit(confp, &conf, &sp);
+	if (r)
+		return r;
 	o.rcpts = (const char *const *)(argv + i);
 	o.nrcpts = (size_t)(argc - i);
 	if (!o.nrcpts && !o.from_headers) {
@@ -162,12 +158,5 @@ int cmd_mailq(int argc, char **argv)
 			confp = argv[i][2] ? argv[i] + 2 : i + 1 < argc ? argv[++i] : NULL;
 		/* -v, -Ac, -q...: accepted, the listing is the same */
 	}
-	ms_conf conf;
-	ms_spool *sp;
-	int r = cli_open_spool(confp, &conf, &sp, 1);
-	if (r)
-		return r;
-	r = cli_list_queue(sp, 0);
-	ms_spool_close(sp);
-	return r;
+	return cli_mailq(confp, 0);
 }

@@ -40,6 +40,34 @@ void ms_conf_defaults(ms_conf *c)
 	c->queue_scan_interval = 60;
 	c->connect_timeout = 30;
 	snprintf(c->log_file, sizeof c->log_file, "syslog");
+	snprintf(c->mail_owner, sizeof c->mail_owner, "mailspool");
+	snprintf(c->authorized_mailq_users, sizeof c->authorized_mailq_users, "anyone");
+}
+
+int ms_conf_mailq_allowed(const ms_conf *c, const char *name)
+{
+	if (!strcmp(name, "root") || !strcmp(name, c->mail_owner) ||
+	    !strcmp(c->authorized_mailq_users, "anyone"))
+		return 1;
+	char list[MS_CONF_VALUE_MAX];
+	snprintf(list, sizeof list, "%s", c->authorized_mailq_users);
+	for (char *save, *t = strtok_r(list, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save))
+		if (!strcmp(t, name))
+			return 1;
+	return 0;
+}
+
+/* A user name as useradd takes it: [a-z_][a-z0-9_-]*, at most 32. */
+static int user_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > MS_CONF_USER_MAX || !(islower((unsigned char)s[0]) || s[0] == '_'))
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '_' ||
+		      s[i] == '-'))
+			return 0;
+	return 1;
 }
 
 const char *ms_conf_path(const char *explicit_path, int *required)
@@ -291,6 +319,23 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		}
 	if (!strcmp(key, "dns_servers"))
 		return set_str(c->dns_servers, sizeof c->dns_servers, val) ? "is too long" : NULL;
+	if (!strcmp(key, "mail_owner")) {
+		if (!user_name_ok(val))
+			return "wants a user name";
+		snprintf(c->mail_owner, sizeof c->mail_owner, "%s", val);
+		return NULL;
+	}
+	if (!strcmp(key, "authorized_mailq_users")) {
+		char copy[MS_CONF_VALUE_MAX];
+		if (set_str(copy, sizeof copy, val))
+			return "is too long";
+		for (char *save, *t = strtok_r(copy, " \t,", &save); t; t = strtok_r(NULL, " \t,", &save))
+			if (strcmp(t, "anyone") && !user_name_ok(t))
+				return "wants anyone or user names";
+		return set_str(c->authorized_mailq_users, sizeof c->authorized_mailq_users, val)
+		           ? "is too long"
+		           : NULL;
+	}
 	if (!strcmp(key, "log_file")) {
 		if (strcmp(val, "syslog") && strcmp(val, "stderr") && val[0] != '/')
 			return "wants syslog, stderr or an absolute path";

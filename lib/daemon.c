@@ -5,12 +5,10 @@
  * Data: `idx`, a sorted array of every queued id with its due time and
  * envelope mtime; `slot`s, claimed messages with their envelope and the
  * results gathered so far; `dest`s, destinations with their waiting work,
- * active workers and back-off; `job`s, running workers.  Workers are
- * forked, so they see the slots they were given; they only read the data
- * files and write result lines:
- *     R <item> <rcpt> <state> <code> <enh|-> <relay> <text, %XX-escaped>
- *     D <item>                      every result of that message was sent
- *     U                             no address of the destination answered
+ * active agents and back-off; `job`s, running delivery agents.  Agents
+ * are programs of their own (mailspool-deliver) started with posix_spawn:
+ * the work goes to their standard input and results come back in the
+ * grammar of mailspool/agent.h; they only read the data files.
  */
 #include "mailspool/daemon.h"
 
@@ -22,17 +20,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
+#include "mailspool/agent.h"
 #include "mailspool/deliver.h"
+#include "mailspool/printable.h"
 #include "mailspool/envelope.h"
 #include "mailspool/spool.h"
 
-#define LINE_MAX_ (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128) /* a result line */
+#define LINE_MAX_ MS_AGENT_LINE_MAX
 #define LIST_MIN_MS 1000
 #define SETTLE_RETRY_S 60
 #define SETTLE_BATCH 32
@@ -127,7 +128,9 @@ static void logf_(sched_state *d, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof line, fmt, ap);
 	va_end(ap);
-	d->o->log(d->o->log_ctx, line);
+	/* Messages quote domains, ids and errors that came from outside. */
+	char safe[MS_LOG_LINE_MAX];
+	d->o->log(d->o->log_ctx, ms_printable_str(line, safe, sizeof safe));
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -315,114 +318,66 @@ static int add_result(slot *s, const ms_sched_result *r)
 	return 0;
 }
 
-/* ---- the worker (a child process) ---------------------------------- */
-
-typedef struct wctx {
-	int fd;
-	item *items;
-	int *fds;
-} wctx;
-
-static void put_all(int fd, const char *p, size_t n)
+/* The work for a job: its destination and every message's recipients. */
+static ms_status job_work(const job *j, ms_buf *b)
 {
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
+	ms_status st = ms_agent_work_begin(b, j->d->key);
+	for (size_t i = 0; i < j->n && st == MS_OK; i++)
+		st = ms_agent_work_message(b, i, &j->items[i].s->env, j->items[i].idx, j->items[i].n);
+	return st == MS_OK ? ms_agent_work_end(b) : st;
+}
+
+/* Start the delivery agent (a program of its own, never a fork of ours)
+ * with its work on its standard input and its results on a pipe. */
+static pid_t spawn_agent(sched_state *d, const ms_buf *work, int *out_fd)
+{
+	int in[2], out[2];
+	if (pipe2(in, O_CLOEXEC) < 0)
+		return -1;
+	if (pipe2(out, O_CLOEXEC) < 0) {
+		close(in[0]);
+		close(in[1]);
+		return -1;
+	}
+	char parent[32];
+	snprintf(parent, sizeof parent, "%ld", (long)getpid());
+	const char *conf = d->c->path[0] ? d->c->path : NULL;
+	char *argv[] = { (char *)d->o->agent, "--parent", parent, conf ? "-C" : NULL,
+		             (char *)conf, NULL };
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
+	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+	pid_t pid;
+	int e = posix_spawn(&pid, d->o->agent, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(in[0]);
+	close(out[1]);
+	if (e) {
+		close(in[1]);
+		close(out[0]);
+		logf_(d, "cannot run the delivery agent %s: %s", d->o->agent, strerror(e));
+		return -1;
+	}
+	/* The agent reads all of its work before it delivers anything, so
+	 * this write does not wait on the network; one that dies early gives
+	 * EPIPE (SIGPIPE is ignored) and is reaped as dead. */
+	const char *p = ms_buf_ptr(work);
+	for (size_t n = ms_buf_avail(work); n > 0;) {
+		ssize_t w = write(in[1], p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
-			_exit(3); /* the scheduler is gone */
+			break;
 		p += w;
 		n -= (size_t)w;
 	}
+	close(in[1]);
+	*out_fd = out[0];
+	return pid;
 }
 
-static void worker_result(void *ctx, ms_message *m, const char *relay)
-{
-	wctx *w = ctx;
-	size_t it = m->id;
-	item *x = &w->items[it];
-	ms_sched_result *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
-	if (!r)
-		_exit(4);
-	ms_sched_results(m, x->idx, relay, r);
-	/* R item rcpt state code enh relay text: relay and text escaped as
-	 * envelope fields are, so each is one token. */
-	ms_buf line;
-	ms_buf_init(&line, 0);
-	for (size_t i = 0; i < m->nrcpts; i++) {
-		ms_buf_reset(&line);
-		if (ms_buf_printf(&line, "R %zu %zu %d %d %s ", it, r[i].rcpt, (int)r[i].state,
-		                  r[i].code, r[i].enh[0] ? r[i].enh : "-") != MS_OK ||
-		    ms_env_escape(&line, r[i].relay, strlen(r[i].relay)) != MS_OK ||
-		    ms_buf_append(&line, " ", 1) != MS_OK ||
-		    ms_env_escape(&line, r[i].text, strlen(r[i].text)) != MS_OK ||
-		    ms_buf_append(&line, "\n", 1) != MS_OK)
-			_exit(4);
-		put_all(w->fd, ms_buf_ptr(&line), ms_buf_avail(&line));
-	}
-	ms_buf_reset(&line);
-	if (ms_buf_printf(&line, "D %zu\n", it) != MS_OK)
-		_exit(4);
-	put_all(w->fd, ms_buf_ptr(&line), ms_buf_avail(&line));
-	ms_buf_free(&line);
-	free(r);
-	if (w->fds[it] >= 0) {
-		close(w->fds[it]); /* the engine is done with this message */
-		w->fds[it] = -1;
-	}
-}
-
-static void worker_main(sched_state *d, job *j, int fd)
-{
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGPIPE, SIG_IGN);
-	if (getppid() == 1)
-		_exit(2);
-	/* One data file open per message: make room for the group. */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-	ms_message **msgs = calloc(j->n, sizeof *msgs);
-	int *fds = calloc(j->n, sizeof *fds);
-	if (!msgs || !fds)
-		_exit(4);
-	wctx w = { fd, j->items, fds };
-	size_t n = 0;
-	ms_error err;
-	for (size_t i = 0; i < j->n; i++) {
-		item *it = &j->items[i];
-		fds[i] = -1;
-		if (ms_sched_message(d->sp, &it->s->env, it->idx, it->n, &msgs[n], &fds[i], &err) !=
-		    MS_OK) {
-			/* This one cannot even be read: deferred with the reason. */
-			ms_message *m = ms_message_new(it->s->env.sender, NULL);
-			if (!m)
-				_exit(4);
-			for (size_t k = 0; k < it->n; k++)
-				ms_message_add_rcpt(m, it->s->env.rcpts[it->idx[k]].addr, NULL);
-			m->id = i;
-			ms_message_settle(m, MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0", err.msg);
-			worker_result(&w, m, "none");
-			ms_message_free(m);
-			continue;
-		}
-		msgs[n++]->id = i;
-	}
-	ms_deliver_opts dopt = { .conf = d->c, .on_result = worker_result, .ctx = &w };
-	ms_deliver_report rep;
-	if (n)
-		ms_deliver(&dopt, j->d->key, msgs, n, &rep, &err);
-	if (n && rep.unreachable)
-		put_all(fd, "U\n", 2);
-	_exit(0);
-}
-
-/* Hand up to `count` waiting items of x to a new worker. */
+/* Hand up to `count` waiting items of x to a new agent. */
 static int launch(sched_state *d, dest *x, size_t count)
 {
 	job *j = calloc(1, sizeof *j);
@@ -438,36 +393,28 @@ static int launch(sched_state *d, dest *x, size_t count)
 	x->nwait -= count;
 	j->n = count;
 	j->d = x;
-	int p[2];
-	if (pipe2(p, O_CLOEXEC) < 0)
+	ms_buf work;
+	ms_buf_init(&work, MS_AGENT_WORK_MAX);
+	int fd = -1;
+	pid_t pid = job_work(j, &work) == MS_OK ? spawn_agent(d, &work, &fd) : -1;
+	ms_buf_free(&work);
+	if (pid < 0)
 		goto fail;
-	pid_t pid = fork();
-	if (pid < 0) {
-		close(p[0]);
-		close(p[1]);
-		goto fail;
-	}
-	if (pid == 0) {
-		close(p[0]);
-		worker_main(d, j, p[1]);
-	}
-	close(p[1]);
-	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
 	j->pid = pid;
-	j->fd = p[0];
+	j->fd = fd;
 	job **nj = realloc(d->jobs, (d->njobs + 1) * sizeof *nj);
 	if (!nj) {
 		kill(pid, SIGKILL);
-		close(p[0]);
-		goto fail_after_fork;
+		close(fd);
+		waitpid(pid, NULL, 0);
+		goto fail;
 	}
 	d->jobs = nj;
 	d->jobs[d->njobs++] = j;
 	x->active++;
 	x->inflight += count;
 	return 0;
-fail_after_fork:
-	waitpid(pid, NULL, 0);
 fail:
 	/* Put the work back for the next round. */
 	for (size_t i = 0; i < count; i++)
@@ -477,38 +424,27 @@ fail:
 	return -1;
 }
 
-/* One line from a worker; 1 when it completed a message. */
+/* One line from an agent; 1 when it completed a message. */
 static int job_line(sched_state *d, job *j, char *line)
 {
-	if (line[0] == 'U') {
+	size_t it;
+	ms_sched_result r;
+	switch (ms_agent_parse_result(line, &it, &r)) {
+	case 'U':
 		j->unreachable = 1;
 		return 0;
-	}
-	size_t it;
-	if (line[0] == 'D' && sscanf(line, "D %zu", &it) == 1 && it < j->n) {
+	case 'D':
+		if (it >= j->n)
+			return 0;
 		item_done(d, &j->items[it]);
 		return 1;
+	case 'R':
+		if (it < j->n && !j->items[it].done)
+			add_result(j->items[it].s, &r);
+		return 0;
+	default:
+		return 0; /* not ours: ignored */
 	}
-	ms_sched_result r;
-	memset(&r, 0, sizeof r);
-	int state, off = 0;
-	char enh[32];
-	if (sscanf(line, "R %zu %zu %d %d %31s %n", &it, &r.rcpt, &state, &r.code, enh, &off) < 5 ||
-	    it >= j->n || j->items[it].done)
-		return 0;
-	char *relay_tok = line + off, *sp = strchr(relay_tok, ' ');
-	if (!sp)
-		return 0;
-	char *relay = ms_env_unescape(relay_tok, (size_t)(sp - relay_tok), MS_RELAY_DESC_MAX - 1);
-	char *text = ms_env_unescape(sp + 1, strlen(sp + 1), MS_ENV_TEXT_MAX - 1);
-	r.state = (ms_rcpt_state)state;
-	snprintf(r.enh, sizeof r.enh, "%.15s", strcmp(enh, "-") ? enh : "");
-	snprintf(r.relay, sizeof r.relay, "%s", relay ? relay : "none");
-	snprintf(r.text, sizeof r.text, "%s", text ? text : "(unreadable result)");
-	free(relay);
-	free(text);
-	add_result(j->items[it].s, &r);
-	return 0;
 }
 
 /* Read a worker's lines.  At most SETTLE_BATCH messages are settled per
@@ -835,7 +771,6 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		ms_spool_close(d->sp);
 		return st;
 	}
-	signal(SIGPIPE, SIG_IGN);
 	logf_(d, "daemon started: node %s, spool %s, up to %zu deliveries", o->node,
 	      d->c->spool_dir, d->c->max_deliveries);
 	int woken = 2;

@@ -18,22 +18,6 @@ typedef struct tls_conn {
 	SSL *ssl;
 } tls_conn;
 
-const char *ms_tls_policy_name(ms_tls_policy p)
-{
-	static const char *names[] = { "none", "may", "encrypt", "verify" };
-	return (unsigned)p < 4 ? names[p] : "?";
-}
-
-int ms_tls_policy_parse(const char *s, ms_tls_policy *p)
-{
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(s, ms_tls_policy_name((ms_tls_policy)i))) {
-			*p = (ms_tls_policy)i;
-			return 0;
-		}
-	return -1;
-}
-
 /* The transport: OpenSSL's answers in read(2)/write(2) terms. */
 static ssize_t map_io(SSL *ssl, int r)
 {

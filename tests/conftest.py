@@ -1,6 +1,7 @@
 """Shared helpers for the integration and hostile-server tests."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,14 @@ def write_msg(tmp_path):
     return make
 
 
+def strip_received(data):
+    """Message data as received by a server, without the Received field
+    the queue puts on top of every submission (CRLF or LF lines)."""
+    m = re.match(rb"Received: by [^\r\n]+ \(mailspool, from userid \d+\)\r?\n\tid [0-9a-f]+; [^\r\n]+\r?\n", data)
+    assert m, data[:200]
+    return data[m.end():]
+
+
 class Spool:
     """A private spool: its own mailspool.conf (via MAILSPOOL_CONFIG), and
     `sendmail`/`mailq` links to the binary, as a system would install them."""
@@ -73,7 +82,7 @@ class Spool:
         self.conf = os.path.join(root, "mailspool.conf")
         with open(self.conf, "w") as f:
             f.write(f"# test spool\nspool_dir = {self.dir}\nhostname = host.example.test\n"
-                    f"min_free_space = 0\n{extra_conf}")
+                    f"min_free_space = 0\nmail_owner = root\n{extra_conf}")
         self.bin = os.path.join(root, "bin")
         os.makedirs(self.bin)
         for name in ("sendmail", "mailq"):
@@ -98,9 +107,18 @@ class Spool:
         assert p.returncode in (0, 75), p.stderr
         return json.loads(p.stdout)["messages"]
 
-    def data(self, qid):
+    def raw_data(self, qid):
         with open(os.path.join(self.dir, "data", qid), "rb") as f:
             return f.read()
+
+    def data(self, qid):
+        """The stored message without the queue's own Received field,
+        which must come first and name the queue id (it says who
+        submitted: tests/integration/test_privsep.py)."""
+        raw = self.raw_data(qid)
+        m = re.match(rb"Received: by [^\r\n]+ \(mailspool, from userid \d+\)\r\n\tid ([0-9a-f]+); [^\r\n]+\r\n", raw)
+        assert m and m.group(1).decode() == qid, raw[:200]
+        return raw[m.end():]
 
     def listdir(self, sub):
         try:

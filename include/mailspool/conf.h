@@ -32,7 +32,12 @@
 #include <stdint.h>
 #include "mailspool/error.h"
 
-#define MS_CONF_DEFAULT_PATH "/etc/mailspool.conf"
+/* Compiled in (make SYSCONFDIR=...): the set-id helper reads only this. */
+#ifndef MS_SYSCONFDIR
+#define MS_SYSCONFDIR "/etc"
+#endif
+#define MS_CONF_DEFAULT_PATH MS_SYSCONFDIR "/mailspool.conf"
+#define MS_CONF_USER_MAX 32
 #define MS_CONF_MAX_TIERS 32
 #define MS_CONF_PATH_MAX 4096
 #define MS_CONF_HOST_MAX 255
@@ -113,6 +118,9 @@ typedef struct ms_conf {
 	int64_t connect_timeout;           /* connect_timeout (30 s) */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
 	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
+	/* Privilege separation (SECURITY.md). */
+	char mail_owner[MS_CONF_USER_MAX + 1]; /* mail_owner (mailspool): owns the queue */
+	char authorized_mailq_users[MS_CONF_VALUE_MAX]; /* (anyone) | user names */
 } ms_conf;
 
 void ms_conf_defaults(ms_conf *c);
@@ -131,6 +139,10 @@ size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_re
 /* The route for mail to `domain`: route.DOMAIN, then
  * route..PARENT for each parent domain, then default_route. */
 const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain);
+
+/* May the user `name` list the queue (authorized_mailq_users)?  root and
+ * mail_owner always may. */
+int ms_conf_mailq_allowed(const ms_conf *c, const char *name);
 
 /* "30m", "4h", "2d", "90" (seconds) -> seconds; -1 if malformed. */
 int64_t ms_conf_duration(const char *s);

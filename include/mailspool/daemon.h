@@ -13,9 +13,12 @@
  * worker, or more for large groups (connection_messages per connection, up
  * to destination_concurrency), never more than max_deliveries at once.
  *
- * A worker resolves, connects and delivers its group over one pipelined
- * session, and streams each recipient's result back over a pipe as soon
- * as its message is decided; it dies with the scheduler (PDEATHSIG).  The
+ * A worker is an exec'd delivery agent (mailspool/agent.h, the program
+ * `agent`): it resolves, connects and delivers its group over one
+ * pipelined session, and streams each recipient's result back over a pipe
+ * as soon as its message is decided; it dies with the scheduler
+ * (PDEATHSIG, checked against the pid it was given).  The library never
+ * forks: agents are started with posix_spawn.  The
  * scheduler alone writes envelopes (mailspool/sched.h: tiers, bounces,
  * removal) and the log.  A slow or hostile destination holds only its own
  * worker; a destination nobody could be reached at is left alone for
@@ -53,6 +56,7 @@ typedef struct ms_daemon_opts {
 	volatile sig_atomic_t *reload;  /* set by SIGHUP */
 	ms_log_fn log;
 	void *log_ctx;
+	const char *agent;              /* the delivery agent program (mailspool-deliver) */
 } ms_daemon_opts;
 
 ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err);

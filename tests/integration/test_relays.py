@@ -12,7 +12,7 @@ MSG = "From: a@example.test\r\nSubject: relay\r\n\r\nvia a relay\r\n"
 
 def conf_file(tmp_path, text):
     p = tmp_path / "mailspool.conf"
-    p.write_text(f"spool_dir = {tmp_path}/spool\nmin_free_space = 0\n" + text)
+    p.write_text(f"spool_dir = {tmp_path}/spool\nmin_free_space = 0\nmail_owner = root\n" + text)
     return str(p)
 
 
