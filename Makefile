@@ -144,19 +144,33 @@ bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/tls_bench.py
 	$(PYTHON) bench/daemon_bench.py
 
+# Programs with their modes: the command and the agent 0755, the helper
+# 0755 until `mailspool setup` (run here when installing as root into the
+# live system) makes it set-id mail_owner (6755); packagers with DESTDIR run
+# setup from their post-install step.
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/mailspool \
 		$(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
-		$(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/mailspool
+		$(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/mailspool \
+		$(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(UNITDIR)
 	install -m 755 $(BUILD)/mailspool $(DESTDIR)$(PREFIX)/bin/mailspool
+	install -m 755 $(BUILD)/mailspool-deliver $(DESTDIR)$(LIBEXECDIR)/mailspool-deliver
+	install -m 755 $(BUILD)/mailspool-drop $(DESTDIR)$(LIBEXECDIR)/mailspool-drop
 	install -m 644 $(BUILD)/libmailspool.a $(DESTDIR)$(PREFIX)/lib/libmailspool.a
 	install -m 644 include/mailspool/*.h $(DESTDIR)$(PREFIX)/include/mailspool/
 	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
 	install -m 644 man/mailspool.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailspool.conf.5
 	install -m 644 man/sendmail.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailspool-sendmail.8
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' scripts/mailspool.service.in > $(DESTDIR)$(UNITDIR)/mailspool.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/mailspool.service
 	# sendmail and mailq names, to be linked from /usr/sbin by the administrator
 	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/sendmail
 	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/mailq
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+		$(PREFIX)/bin/mailspool setup; \
+	else \
+		echo "now run, as root: $(PREFIX)/bin/mailspool setup"; \
+	fi
 
 clean:
 	rm -rf build build-asan build-fuzz

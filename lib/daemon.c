@@ -725,6 +725,7 @@ static void reload(sched_state *d)
 		} else {
 			ms_spool_close(d->sp);
 			d->sp = sp;
+			ms_spool_set_report(d->sp, d->o->log, d->o->log_ctx);
 			*d->c = *nc;
 			for (size_t i = 0; i < d->ndests; i++)
 				d->dests[i]->backoff_until = 0;
@@ -758,6 +759,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	ms_status st = ms_spool_open(d->c, 1, &d->sp, err);
 	if (st != MS_OK)
 		return st;
+	ms_spool_set_report(d->sp, o->log, o->log_ctx); /* what is moved aside */
 	ms_sweep_report sw;
 	if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
 		ms_spool_close(d->sp);

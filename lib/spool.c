@@ -520,6 +520,10 @@ static void set_aside(ms_spool *sp, int dfd, const char *dirname, const char *na
 	if (renameat(dfd, name, sp->dfd_corrupt, aside) == 0) {
 		fsync(sp->dfd_corrupt);
 		report(sp, "%s/%s %s: moved to %s/corrupt/%s", dirname, name, why, sp->dir, aside);
+	} else {
+		/* (a directory of another user cannot be moved by us) */
+		report(sp, "%s/%s %s and cannot be moved aside: %s; ignored", dirname, name, why,
+		       strerror(errno));
 	}
 }
 
