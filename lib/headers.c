@@ -13,10 +13,28 @@
 #include <strings.h>
 #include <unistd.h>
 
+size_t ms_hdr_line_len(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\n')
+			return i + 1;
+		if (p[i] == '\r')
+			return i + 1 < n && p[i + 1] == '\n' ? i + 2 : i + 1;
+	}
+	return n;
+}
+
+/* Is this line (with its end) empty? */
+static int empty_line(const char *p, size_t len)
+{
+	return len > 0 && (p[0] == '\n' || p[0] == '\r');
+}
+
 ms_status ms_hdr_read(int fd, ms_buf *hdr, uint64_t *body_off, ms_error *err)
 {
 	char chunk[8192];
 	uint64_t off = 0;
+	size_t from = 0; /* lines before this offset are complete and not empty */
 	ms_buf_reset(hdr);
 	for (;;) {
 		ssize_t n = pread(fd, chunk, sizeof chunk, (off_t)off);
@@ -35,22 +53,24 @@ ms_status ms_hdr_read(int fd, ms_buf *hdr, uint64_t *body_off, ms_error *err)
 		ms_buf_append(hdr, chunk, (size_t)n);
 		const char *p = ms_buf_ptr(hdr);
 		size_t len = ms_buf_avail(hdr);
-		/* The block ends at the first empty line: "\n" or "\r\n" at the
-		 * start of a line (or of the file). */
-		for (size_t i = start > 2 ? start - 2 : 0; i < len; i++) {
-			if (i > 0 && p[i - 1] != '\n')
-				continue;
-			size_t end = 0;
-			if (p[i] == '\n')
-				end = i + 1;
-			else if (p[i] == '\r' && i + 1 < len && p[i + 1] == '\n')
-				end = i + 2;
-			if (end) {
-				hdr->len = hdr->off + end;
+		/* The block ends at the first empty line, line ends being CRLF,
+		 * LF or a bare CR (the rule the encoder applies).  The walk goes
+		 * on from the last complete line: a CR at the end of what was
+		 * read may still become a CRLF. */
+		size_t i = from;
+		while (i < len) {
+			size_t ll = ms_hdr_line_len(p + i, len - i);
+			int complete = (p[i + ll - 1] == '\n') || (p[i + ll - 1] == '\r' && i + ll < len);
+			if (!complete)
+				break;
+			from = i + ll;
+			if (empty_line(p + i, ll)) {
+				hdr->len = hdr->off + i + ll;
 				hdr->data[hdr->len] = '\0';
-				*body_off = end;
+				*body_off = i + ll;
 				return MS_OK;
 			}
+			i += ll;
 		}
 		off += (uint64_t)n;
 	}
@@ -61,10 +81,7 @@ static size_t field_len(const char *p, size_t len)
 {
 	size_t i = 0;
 	for (;;) {
-		const char *nl = memchr(p + i, '\n', len - i);
-		if (!nl)
-			return len;
-		i = (size_t)(nl - p) + 1;
+		i += ms_hdr_line_len(p + i, len - i);
 		if (i >= len || (p[i] != ' ' && p[i] != '\t'))
 			return i;
 	}

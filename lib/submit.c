@@ -71,21 +71,6 @@ static int next_line(input *in, char *line, size_t *n)
 	}
 }
 
-/* The first logical line of p[0..n) with its line end: CRLF, LF, or a CR
- * not followed by LF all end a line (the rule the encoder applies to what
- * is stored, so the header fields -t and Bcc removal see are the fields
- * that are stored: "Subject: x\rBcc: y" is two fields everywhere). */
-static size_t piece_len(const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] == '\n')
-			return i + 1;
-		if (p[i] == '\r')
-			return i + 1 < n && p[i + 1] == '\n' ? i + 2 : i + 1;
-	}
-	return n;
-}
-
 /* Octets of text on a line, without its line end. */
 static size_t text_len(const char *line, size_t n)
 {
@@ -328,7 +313,7 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 		/* One physical line may hold several logical ones (bare CRs). */
 		for (size_t off = 0; off < n;) {
 			const char *pc = line + off;
-			size_t pl = piece_len(pc, n - off);
+			size_t pl = ms_hdr_line_len(pc, n - off); /* the one line rule */
 			if (o->dot_ends && off == 0 && is_dot_line(line, n)) {
 				ended = stop = 1;
 				break;

@@ -6,9 +6,11 @@
  * comments, quoted strings and folded lines), and remove the Bcc fields so
  * that no recipient sees them.
  *
- * Invariants: the header block is capped at MS_HDR_MAX bytes; lines may end
- * in LF or CRLF (normalisation happens when the data is encoded); nothing
- * here is trusted as an address until ms_addr_parse has checked it.
+ * Invariants: the header block is capped at MS_HDR_MAX bytes; a line ends
+ * at CRLF, LF or a bare CR - the one rule the encoder uses for what is sent
+ * and stored, so a field cannot hide behind a bare CR ("Subject: x\rBcc: y"
+ * is two fields to -t, to Bcc removal and on the wire); nothing here is
+ * trusted as an address until ms_addr_parse has checked it.
  */
 #ifndef MAILSPOOL_HEADERS_H
 #define MAILSPOOL_HEADERS_H
@@ -19,6 +21,10 @@
 #include "mailspool/error.h"
 
 #define MS_HDR_MAX (1u << 20)
+
+/* The first line of p[0..n) with its line end (CRLF, LF or a bare CR; a CR
+ * as the last byte counts as a line end). */
+size_t ms_hdr_line_len(const char *p, size_t n);
 
 /* Read the header block from the start of fd (pread; the offset is not
  * moved) into hdr, including the blank line that ends it.  *body_off is the

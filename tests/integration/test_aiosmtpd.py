@@ -100,3 +100,21 @@ def test_many_messages_one_connection_in_order(send, write_msg):
         assert srv.sessions == 1
         seqs = [int(e[2].split(b"X-Seq: ")[1].split(b"\r\n")[0]) for e in srv.envelopes]
         assert seqs == list(range(n))  # each exactly once, in order
+
+
+@pytest.mark.parametrize("hdr, rcpts", [
+    (b"Subject: hi\rBcc: v@evil.test\r\n", ["to@example.test", "v@evil.test"]),
+    (b"To: a@example.test\rBcc: v@evil.test\n", ["to@example.test", "a@example.test", "v@evil.test"]),
+    (b"To: a@example.test\rBcc: v@evil.test\r\rbody\r", ["to@example.test", "a@example.test", "v@evil.test"]),
+])
+def test_bare_cr_ends_a_header_line_for_t_bcc_and_the_wire(send, write_msg, hdr, rcpts):
+    """One header line rule: a bare CR ends a field for -t, for Bcc removal
+    and on the wire alike, so no Bcc survives behind it (and no recipient
+    is taken from a field the server will not see)."""
+    with Aiosmtpd() as srv:
+        r = send(srv.url(), [write_msg(hdr + b"\r\nbody\r\n")], "-f", "a@sender.test", "-t",
+                 "--to", "to@example.test")
+        assert r.rc == 0, r.stdout + r.stderr
+        _, got, data, _ = srv.envelopes[0]
+        assert sorted(got) == sorted(rcpts)
+        assert b"Bcc" not in data and b"evil" not in data

@@ -362,6 +362,29 @@ def test_a_worker_that_dies_defers_its_recipients(tmp_path, port):
         assert r["state"] == "deferred" and r["attempts"] == 1  # next tier, not a retry loop
 
 
+def test_the_daemon_as_pid_1_delivers(tmp_path, port):
+    """In a container the daemon may be PID 1: agents are told their
+    scheduler's pid (the old getppid() == 1 check deferred everything)."""
+    with dns_for(port) as dns, Aiosmtpd() as smarthost:
+        w = World(str(tmp_path), dns, port, extra=f"default_route = {smarthost.url()}\n")
+        w.queue_msg(["x@a.test"])
+        p = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", BIN, "daemon", "--once"],
+                           env=w.spool.env, capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert [e[1] for e in smarthost.envelopes] == [["x@a.test"]]
+        assert "status=sent" in w.logtext()
+
+
+def test_an_agent_without_its_scheduler_delivers_nothing(tmp_path, port):
+    """An agent told of a parent that is not its parent exits at once."""
+    agent = os.path.join(os.path.dirname(BIN), "mailspool-deliver")
+    with dns_for(port) as dns:
+        w = World(str(tmp_path), dns, port)
+        p = subprocess.run([agent, "--parent", "1", "-C", w.spool.conf], input=b"",
+                           capture_output=True, timeout=30)
+        assert p.returncode == 70 and p.stdout == b""
+
+
 def test_route_overrides_mx(tmp_path, port):
     with dns_for(port) as dns, Aiosmtpd() as smarthost, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
         w = World(str(tmp_path), dns, port,

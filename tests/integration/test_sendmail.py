@@ -245,3 +245,40 @@ def test_corrupt_envelope_reported_not_delivered(spool):
     j = json.loads(p.stdout)
     assert [m["id"] for m in j["messages"]] == [b] and j["corrupt"] == 1
     assert sorted(spool.listdir("corrupt")) == [f"{a}.data", f"{a}.env"]
+
+
+@pytest.mark.parametrize("hdr, rcpts", [
+    (b"Subject: hi\rBcc: v@evil.test\n", ["to@example.test", "v@evil.test"]),
+    (b"To: a@example.test\rBcc: v@evil.test\n", ["to@example.test", "a@example.test", "v@evil.test"]),
+    (b"To: a@example.test,\r\n\tb@example.test\rBcc: v@evil.test\r\n",
+     ["to@example.test", "a@example.test", "b@example.test", "v@evil.test"]),
+])
+def test_bare_cr_ends_a_header_line_when_queued(spool, hdr, rcpts):
+    """The same rule for -t, Bcc removal and storage: before, "Subject:
+    hi\\rBcc: v@evil" kept its Bcc in the stored message."""
+    p = spool.run([spool.sendmail, "-t", "-i", "to@example.test"], hdr + b"\nbody\n")
+    assert p.returncode == 0, p.stderr
+    (m,) = spool.queue()
+    assert sorted(r["address"] for r in m["recipients"]) == sorted(rcpts)
+    data = spool.data(m["id"])
+    assert b"Bcc" not in data and b"evil" not in data
+    assert b"\r" not in data.replace(b"\r\n", b"")  # only CRLF line ends stored
+
+
+def test_huge_header_blocks(spool):
+    """20,000 To: recipients with -t and a 1 MiB header block: the encoder
+    is fed in bounded pieces (it overflowed its buffer past ~260 KiB; the
+    ASan run of this test is what would catch it)."""
+    hdr = b"".join(b"To: user%05d@example.test\n" % i for i in range(20000))
+    p = spool.run([spool.sendmail, "-t", "-i"], hdr + b"Subject: many\n\nbody\n")
+    assert p.returncode == 0, p.stderr
+    (m,) = spool.queue()
+    assert len(m["recipients"]) == 20000
+    assert spool.data(m["id"]).count(b"\r\nTo: user") == 19999
+    filler = b"X-Filler: " + b"y" * 900 + b"\n"
+    block = filler * ((1 << 20) // len(filler) - 2)
+    p = spool.run([spool.sendmail, "-i", "b@example.test"], block + b"Subject: big\n\nbody\n")
+    assert p.returncode == 0, p.stderr
+    over = filler * ((1 << 20) // len(filler) + 2)
+    p = spool.run([spool.sendmail, "-i", "b@example.test"], over + b"Subject: big\n\nbody\n")
+    assert p.returncode == 65 and b"header block longer" in p.stderr
