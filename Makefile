@@ -30,9 +30,10 @@ WARN     = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-proto
            -Wno-missing-field-initializers
 CSTD     = -std=c11 -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
-PATHS    = -DMS_SYSCONFDIR='"$(SYSCONFDIR)"' -DMS_LIBEXECDIR='"$(LIBEXECDIR)"'
+PATHS    = -DMS_SYSCONFDIR='"$(SYSCONFDIR)"' -DMS_LIBEXECDIR='"$(LIBEXECDIR)"' \
+           -DMS_BINDIR='"$(PREFIX)/bin"'
 ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) $(PATHS) -Iinclude -MMD -MP
-LDLIBS   = -lssl -lcrypto -lcares
+LDLIBS   = -lssl -lcrypto -lcares -lmd
 
 LIB_SRC  = $(wildcard lib/*.c)
 LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
@@ -45,7 +46,8 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: all check unit integration integration-asan asan demo bench install clean deps fuzz fuzz-replay
 
-PROGRAMS = $(BUILD)/mailspool $(BUILD)/mailspool-drop $(BUILD)/mailspool-deliver
+PROGRAMS = $(BUILD)/mailspool $(BUILD)/mailspool-drop $(BUILD)/mailspool-deliver \
+           $(BUILD)/mailspool-sendmail
 
 all: $(BUILD)/libmailspool.a $(PROGRAMS)
 
@@ -60,9 +62,12 @@ $(BUILD)/libmailspool.a: $(LIB_OBJ)
 # Three programs: the command (never set-id), the set-id helper (only the
 # queue side: spool, envelope, configuration - no SMTP, TLS or DNS code is
 # linked into it) and the delivery agent the daemon execs.
-MAIN_SRC  = cmd/mailspool.c cmd/queue.c cmd/sendmail.c cmd/daemon.c cmd/setup.c cmd/listing.c cmd/priv.c
+MAIN_SRC  = cmd/mailspool.c cmd/queue.c cmd/front.c cmd/sendmail.c cmd/daemon.c cmd/setup.c \
+            cmd/listing.c cmd/priv.c
 DROP_SRC  = cmd/drop.c cmd/listing.c cmd/priv.c
 AGENT_SRC = cmd/agent.c cmd/listing.c
+# sendmail and mailq without SMTP, TLS and DNS (light.c says why).
+LIGHT_SRC = cmd/light.c cmd/front.c cmd/sendmail.c cmd/listing.c cmd/priv.c
 
 $(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
@@ -70,7 +75,11 @@ $(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 
 $(BUILD)/mailspool-drop: $(DROP_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $(DROP_SRC) $(BUILD)/libmailspool.a -lcrypto
+	$(CC) $(ALL_CFLAGS) -o $@ $(DROP_SRC) $(BUILD)/libmailspool.a -lmd
+
+$(BUILD)/mailspool-sendmail: $(LIGHT_SRC) cmd/cli.h $(BUILD)/libmailspool.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $(LIGHT_SRC) $(BUILD)/libmailspool.a -lmd
 
 $(BUILD)/mailspool-deliver: $(AGENT_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
@@ -156,6 +165,7 @@ install: all
 	install -m 755 $(BUILD)/mailspool $(DESTDIR)$(PREFIX)/bin/mailspool
 	install -m 755 $(BUILD)/mailspool-deliver $(DESTDIR)$(LIBEXECDIR)/mailspool-deliver
 	install -m 755 $(BUILD)/mailspool-drop $(DESTDIR)$(LIBEXECDIR)/mailspool-drop
+	install -m 755 $(BUILD)/mailspool-sendmail $(DESTDIR)$(LIBEXECDIR)/mailspool-sendmail
 	install -m 644 $(BUILD)/libmailspool.a $(DESTDIR)$(PREFIX)/lib/libmailspool.a
 	install -m 644 include/mailspool/*.h $(DESTDIR)$(PREFIX)/include/mailspool/
 	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
@@ -164,8 +174,8 @@ install: all
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' scripts/mailspool.service.in > $(DESTDIR)$(UNITDIR)/mailspool.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/mailspool.service
 	# sendmail and mailq names, to be linked from /usr/sbin by the administrator
-	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/sendmail
-	ln -sf ../../bin/mailspool $(DESTDIR)$(PREFIX)/lib/mailspool/mailq
+	ln -sf $(LIBEXECDIR)/mailspool-sendmail $(DESTDIR)$(PREFIX)/lib/mailspool/sendmail
+	ln -sf $(LIBEXECDIR)/mailspool-sendmail $(DESTDIR)$(PREFIX)/lib/mailspool/mailq
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
 		$(PREFIX)/bin/mailspool setup; \
 	else \

@@ -23,6 +23,9 @@ enum { EX_OK_ = 0, EX_USAGE_ = 64, EX_DATAERR_ = 65, EX_NOINPUT_ = 66, EX_UNAVAI
 #ifndef MS_LIBEXECDIR
 #define MS_LIBEXECDIR "/usr/local/libexec/mailspool"
 #endif
+#ifndef MS_BINDIR
+#define MS_BINDIR "/usr/local/bin"
+#endif
 #define MS_DROP_PROGRAM MS_LIBEXECDIR "/mailspool-drop"
 #define MS_AGENT_PROGRAM MS_LIBEXECDIR "/mailspool-deliver"
 
@@ -79,6 +82,13 @@ void cli_submit_conf(const char *conf_path);
  * comma first unless *first), and returns an exit code. */
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
                const char *name, int quiet, FILE *json, int *first, cli_mode mode);
+/* Modes now and background for the owner (queue.c); NULL in the light
+ * sendmail, which hands such submissions to the main program. */
+typedef int (*cli_deliver_fn)(ms_spool *sp, const ms_conf *conf, const char *id,
+                              const char *name, int quiet, FILE *json, cli_mode mode);
+extern cli_deliver_fn cli_deliver_now;
+/* -C FILE, --json, --help; returns -1 to go on, or an exit code. */
+int cli_common_opts(int argc, char **argv, const char *usage, const char **conf, int *json);
 int cmd_daemon(int argc, char **argv);
 int cmd_setup(int argc, char **argv);
 

@@ -103,9 +103,12 @@ int main(int argc, char **argv)
 	int r = cli_load_conf(NULL, &conf);
 	if (r)
 		return r;
-	uid_t owner;
-	gid_t group;
-	if ((r = cli_owner(&conf, &owner, &group)))
+	/* Set-user- and set-group-ID to the owner, the owner is who we are
+	 * (no user database lookup on this path that runs once per message);
+	 * run by root, the configuration names it. */
+	uid_t owner = geteuid();
+	gid_t group = getegid();
+	if (owner == 0 && (r = cli_owner(&conf, &owner, &group)))
 		return r;
 	uid_t ruid = getuid();
 	int admin = ruid == 0 || ruid == owner;
@@ -114,21 +117,26 @@ int main(int argc, char **argv)
 			fprintf(stderr, "%s: -C is for root and %s only\n", progname, conf.mail_owner);
 			return EX_NOPERM_;
 		}
-		if ((r = cli_load_conf(confp, &conf)) || (r = cli_owner(&conf, &owner, &group)))
+		if ((r = cli_load_conf(confp, &conf)))
+			return r;
+		if (owner == 0 && (r = cli_owner(&conf, &owner, &group)))
 			return r;
 	}
-	/* Become the owner: we are set-user-ID to it, or run by root. */
-	if (geteuid() != owner && geteuid() != 0) {
-		fprintf(stderr, "%s: not installed set-user-ID %s (run 'mailspool setup' as root)\n",
-		        progname, conf.mail_owner);
-		return EX_CONFIG_;
-	}
+	/* Whoever we run as must own the spool (checked once it is open):
+	 * a helper set-user-ID to anyone else finds no spool of its own. */
 	if ((r = cli_drop_to(owner, group)))
 		return r;
 
 	ms_spool *sp;
 	if ((r = cli_open_loaded(&conf, &sp, 0)))
 		return r;
+	if (ms_spool_owner(sp) != owner) {
+		fprintf(stderr, "%s: %s does not belong to uid %u: not installed set-user-ID %s? "
+		                "(run 'mailspool setup' as root)\n",
+		        progname, conf.spool_dir, (unsigned)owner, conf.mail_owner);
+		ms_spool_close(sp);
+		return EX_CONFIG_;
+	}
 	if (!strcmp(mode, "submit")) {
 		ms_submit_result res;
 		ms_error err;

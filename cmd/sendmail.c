@@ -16,7 +16,7 @@
  * are accepted and ignored, as Postfix does; options for modes we do not
  * have (-bs, -bd, -bv, ...) are refused with exit 64.
  */
-#include <openssl/crypto.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,12 +48,9 @@ static const char *value(int argc, char **argv, int *i, const char *attached, in
 
 int cmd_sendmail(int argc, char **argv)
 {
-	/* sendmail runs once per message (cron, PHP): it needs SHA-256 for
-	 * envelopes and nothing else of OpenSSL, so skip reading openssl.cnf
-	 * and registering every cipher - a third of its CPU time. */
-	OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ADD_ALL_CIPHERS |
-	                        OPENSSL_INIT_NO_ADD_ALL_DIGESTS,
-	                    NULL);
+	/* sendmail runs once per message (cron, PHP) and uses nothing of
+	 * OpenSSL (envelopes are summed with libmd): OpenSSL is never
+	 * initialised here, so openssl.cnf is not read. */
 	ms_submit_opts o = { 0 };
 	const char *confp = NULL;
 	int list = 0, flush = 0, verbose = 0, bad = 0, i;
@@ -136,6 +133,23 @@ int cmd_sendmail(int argc, char **argv)
 	int r = cli_open_for_submit(confp, &conf, &sp);
 	if (r)
 		return r;
+	if (mode != CLI_QUEUE && sp && !cli_deliver_now) {
+		/* The owner delivers now in-process: that needs the main program
+		 * (the light one has no SMTP); nothing of stdin is read yet. */
+		ms_spool_close(sp);
+		char **nargv = calloc((size_t)argc + 2, sizeof *nargv);
+		if (!nargv)
+			return EX_SOFTWARE_;
+		nargv[0] = "mailspool";
+		nargv[1] = "sendmail";
+		for (int k = 1; k < argc; k++)
+			nargv[k + 1] = argv[k];
+		execv(MS_BINDIR "/mailspool", nargv);
+		fprintf(stderr, "%s: cannot run %s/mailspool: %s\n", progname, MS_BINDIR,
+		        strerror(errno));
+		free(nargv);
+		return EX_UNAVAILABLE_;
+	}
 	o.rcpts = (const char *const *)(argv + i);
 	o.nrcpts = (size_t)(argc - i);
 	if (!o.nrcpts && !o.from_headers) {

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "mailspool/addr.h"
@@ -238,8 +239,7 @@ static ms_status read_exact(reader *r, char *out, size_t n, ms_error *err)
 				                    strerror(errno));
 			if (k == 0)
 				return ms_error_set(err, MS_ERR_DATA,
-				                    "the submission ended early (the submitter died?); "
-				                    "nothing was queued");
+				                    "the submission ended early (the submitter died?)");
 			r->pos = 0;
 			r->len = (size_t)k;
 		}
@@ -386,19 +386,35 @@ static ms_status put_all(int fd, const char *p, size_t n, ms_error *err)
 	return MS_OK;
 }
 
+/* One full chunk as one write: "65536:" data ",". */
 static ms_status pipe_flush(ms_drop_pipe *p, ms_error *err)
 {
-	if (!p->len)
-		return MS_OK;
 	char pre[MS_NS_PREFIX_MAX];
 	size_t pl = ms_ns_prefix(pre, p->len);
-	ms_status st = put_all(p->to_fd, pre, pl, err);
-	if (st == MS_OK)
-		st = put_all(p->to_fd, p->buf, p->len, err);
-	if (st == MS_OK)
-		st = put_all(p->to_fd, ",", 1, err);
+	struct iovec iov[3] = { { pre, pl }, { p->buf, p->len }, { ",", 1 } };
+	size_t total = pl + p->len + 1;
 	p->len = 0;
-	return st;
+	ssize_t w;
+	while ((w = writev(p->to_fd, iov, 3)) < 0 && errno == EINTR)
+		;
+	if (w == (ssize_t)total)
+		return MS_OK;
+	if (w < 0)
+		return ms_error_set(err, MS_ERR_IO, "cannot hand the message to the queue: %s",
+		                    strerror(errno));
+	/* A short write (a full pipe): the rest the slow way. */
+	for (int i = 0; i < 3; i++) {
+		if ((size_t)w >= iov[i].iov_len) {
+			w -= (ssize_t)iov[i].iov_len;
+			continue;
+		}
+		ms_status st = put_all(p->to_fd, (const char *)iov[i].iov_base + w,
+		                       iov[i].iov_len - (size_t)w, err);
+		if (st != MS_OK)
+			return st;
+		w = 0;
+	}
+	return MS_OK;
 }
 
 static ms_status pipe_begin(void *ctx, ms_error *err)
@@ -445,8 +461,7 @@ static ms_status read_reply(ms_drop_pipe *p, ms_submit_result *res, ms_error *er
 	}
 	line[n] = '\0';
 	if (n == 0)
-		return ms_error_set(err, MS_ERR_IO, "the queue program ended without an answer; "
-		                                    "nothing was queued");
+		return ms_error_set(err, MS_ERR_IO, "the queue program ended without an answer");
 	return ms_drop_parse_reply(line, res, err);
 }
 
@@ -458,20 +473,23 @@ static ms_status pipe_commit(void *ctx, const ms_envelope *env, ms_submit_result
 	ms_buf_init(&b, MS_ENV_FILE_MAX);
 	ms_envelope e = *env;
 	snprintf(e.id, sizeof e.id, "submission"); /* the queue names it */
-	ms_status st = pipe_flush(p, err);
+	/* The last chunk, the end marker and the envelope in one write: the
+	 * helper wakes once for all of it. */
+	ms_buf tail;
+	ms_buf_init(&tail, MS_ENV_FILE_MAX + MS_DROP_CHUNK_MAX + 64);
+	ms_status st = ms_env_serialize(&e, &b, err);
+	if (st == MS_OK && p->len)
+		st = ms_ns_append(&tail, p->buf, p->len);
 	if (st == MS_OK)
-		st = put_all(p->to_fd, "0:,", 3, err);
+		st = ms_buf_append(&tail, "0:,", 3);
 	if (st == MS_OK)
-		st = ms_env_serialize(&e, &b, err);
-	char pre[MS_NS_PREFIX_MAX];
-	if (st == MS_OK) {
-		size_t pl = ms_ns_prefix(pre, ms_buf_avail(&b));
-		st = put_all(p->to_fd, pre, pl, err);
-	}
+		st = ms_ns_append(&tail, ms_buf_ptr(&b), ms_buf_avail(&b));
 	if (st == MS_OK)
-		st = put_all(p->to_fd, ms_buf_ptr(&b), ms_buf_avail(&b), err);
-	if (st == MS_OK)
-		st = put_all(p->to_fd, ",", 1, err);
+		st = put_all(p->to_fd, ms_buf_ptr(&tail), ms_buf_avail(&tail), err);
+	else if (err && st != MS_ERR_IO)
+		ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	p->len = 0;
+	ms_buf_free(&tail);
 	ms_buf_free(&b);
 	close(p->to_fd); /* end of the request: the helper must not wait for more */
 	p->to_fd = -1;
