@@ -1,4 +1,4 @@
-"""H13: a reply crafted for the operator's terminal and log.  ESC sequences
+"""H14: a reply crafted for the operator's terminal and log.  ESC sequences
 and control bytes in a server's text must reach log_file, mailq and the
 program's output escaped (\\x1b), never raw: otherwise "status=bounced"
 can be made to look like "status=sent" on a terminal."""
