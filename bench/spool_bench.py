@@ -208,7 +208,8 @@ def main():
              f"| mailspool sendmail as installed, through the set-id helper (prepared by "
              f"sendmail, checked again and committed by mailspool-drop; fsync data, envelope, "
              f"both directories) | {us_rate:.0f} | {us_rate / pf_rate:.2f} |",
-             f"| mailspool sendmail run by the queue's owner (in-process, the same queue side) | "
+             f"| the full mailspool program as sendmail, run by the queue's owner (in-process, the "
+             f"same queue side; it loads OpenSSL and c-ares) | "
              f"{ms_rate:.0f} | {ms_rate / pf_rate:.2f} |",
              f"| Postfix sendmail (postdrop fsync), to its exit | {pf_rate:.0f} | 1.00 |",
              f"| Postfix, until every message is in its queue | {pf_queued:.0f} | "

@@ -14,7 +14,6 @@
 #include <getopt.h>
 #include <pwd.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +25,7 @@
 #include "cli.h"
 #include "mailspool/buf.h"
 #include "mailspool/drop.h"
+#include "mailspool/spawn.h"
 #include "mailspool/transcript.h"
 
 int cli_mode_parse(const char *s)
@@ -48,42 +48,14 @@ void cli_submit_conf(const char *conf_path)
 	helper_conf = required ? p : NULL;
 }
 
-/* Start the helper with pipes on its standard input and output. */
-static pid_t spawn_helper(const char *const *args, int *to, int *from)
+/* The helper's argv: its path, then args (NULL-terminated, at most 6). */
+static void helper_argv(const char *const *args, char *argv[8])
 {
-	int in[2], out[2];
-	if (pipe2(in, O_CLOEXEC) < 0)
-		return -1;
-	if (pipe2(out, O_CLOEXEC) < 0) {
-		close(in[0]);
-		close(in[1]);
-		return -1;
-	}
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-	char *argv[8];
 	size_t k = 0;
 	argv[k++] = (char *)MS_DROP_PROGRAM;
 	for (; args[k - 1] && k < 7; k++)
 		argv[k] = (char *)args[k - 1];
 	argv[k] = NULL;
-	pid_t pid;
-	extern char **environ;
-	int e = posix_spawn(&pid, MS_DROP_PROGRAM, &fa, NULL, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(in[0]);
-	close(out[1]);
-	if (e) {
-		close(in[1]);
-		close(out[0]);
-		errno = e;
-		return -1;
-	}
-	*to = in[1];
-	*from = out[0];
-	return pid;
 }
 
 static ms_status submit_via_helper(const ms_conf *conf, const ms_submit_opts *o, int fd,
@@ -91,8 +63,10 @@ static ms_status submit_via_helper(const ms_conf *conf, const ms_submit_opts *o,
 {
 	const char *args[] = { "submit", helper_conf ? "-C" : NULL, helper_conf, NULL };
 	int to, from;
+	char *argv[8];
+	helper_argv(args, argv);
 	signal(SIGPIPE, SIG_IGN); /* a helper that refuses and leaves: its answer says why */
-	pid_t pid = spawn_helper(args, &to, &from);
+	pid_t pid = ms_spawn(MS_DROP_PROGRAM, argv, &to, &from);
 	if (pid < 0)
 		return ms_error_set(err, MS_ERR_TEMP, "cannot run %s: %s", MS_DROP_PROGRAM,
 		                    strerror(errno));
@@ -102,9 +76,7 @@ static ms_status submit_via_helper(const ms_conf *conf, const ms_submit_opts *o,
 	if (p.to_fd >= 0)
 		close(p.to_fd);
 	close(from);
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	int status = ms_spawn_wait(pid);
 	/* A helper that refused before reading (it said why on stderr) has
 	 * no answer on stdout; its exit status is the answer. */
 	if (st == MS_ERR_IO && WIFEXITED(status) && WEXITSTATUS(status) == EX_NOPERM_)
@@ -117,22 +89,14 @@ static ms_status submit_via_helper(const ms_conf *conf, const ms_submit_opts *o,
 int cli_run_helper(const char *const *args)
 {
 	char *argv[8];
-	size_t k = 0;
-	argv[k++] = (char *)MS_DROP_PROGRAM;
-	for (; args[k - 1] && k < 7; k++)
-		argv[k] = (char *)args[k - 1];
-	argv[k] = NULL;
+	helper_argv(args, argv);
 	fflush(NULL);
-	pid_t pid;
-	extern char **environ;
-	int e = posix_spawn(&pid, MS_DROP_PROGRAM, NULL, NULL, argv, environ);
-	if (e) {
-		fprintf(stderr, "%s: cannot run %s: %s\n", progname, MS_DROP_PROGRAM, strerror(e));
+	pid_t pid = ms_spawn(MS_DROP_PROGRAM, argv, NULL, NULL);
+	if (pid < 0) {
+		fprintf(stderr, "%s: cannot run %s: %s\n", progname, MS_DROP_PROGRAM, strerror(errno));
 		return EX_UNAVAILABLE_;
 	}
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	int status = ms_spawn_wait(pid);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : EX_SOFTWARE_;
 }
 

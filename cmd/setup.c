@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <pwd.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,20 +26,17 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mailspool/spawn.h"
 
-extern char **environ;
 
 static int run(char *const argv[])
 {
-	pid_t pid;
-	int e = posix_spawn(&pid, argv[0], NULL, NULL, argv, environ);
-	if (e) {
-		fprintf(stderr, "%s setup: cannot run %s: %s\n", progname, argv[0], strerror(e));
+	pid_t pid = ms_spawn(argv[0], argv, NULL, NULL);
+	if (pid < 0) {
+		fprintf(stderr, "%s setup: cannot run %s: %s\n", progname, argv[0], strerror(errno));
 		return -1;
 	}
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	int status = ms_spawn_wait(pid);
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 

@@ -20,16 +20,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
 
 #include "mailspool/agent.h"
 #include "mailspool/deliver.h"
 #include "mailspool/printable.h"
+#include "mailspool/spawn.h"
 #include "mailspool/envelope.h"
 #include "mailspool/spool.h"
 
@@ -331,32 +330,15 @@ static ms_status job_work(const job *j, ms_buf *b)
  * with its work on its standard input and its results on a pipe. */
 static pid_t spawn_agent(sched_state *d, const ms_buf *work, int *out_fd)
 {
-	int in[2], out[2];
-	if (pipe2(in, O_CLOEXEC) < 0)
-		return -1;
-	if (pipe2(out, O_CLOEXEC) < 0) {
-		close(in[0]);
-		close(in[1]);
-		return -1;
-	}
 	char parent[32];
 	snprintf(parent, sizeof parent, "%ld", (long)getpid());
 	const char *conf = d->c->path[0] ? d->c->path : NULL;
 	char *argv[] = { (char *)d->o->agent, "--parent", parent, conf ? "-C" : NULL,
 		             (char *)conf, NULL };
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-	pid_t pid;
-	int e = posix_spawn(&pid, d->o->agent, &fa, NULL, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(in[0]);
-	close(out[1]);
-	if (e) {
-		close(in[1]);
-		close(out[0]);
-		logf_(d, "cannot run the delivery agent %s: %s", d->o->agent, strerror(e));
+	int to;
+	pid_t pid = ms_spawn(d->o->agent, argv, &to, out_fd);
+	if (pid < 0) {
+		logf_(d, "cannot run the delivery agent %s: %s", d->o->agent, strerror(errno));
 		return -1;
 	}
 	/* The agent reads all of its work before it delivers anything, so
@@ -364,7 +346,7 @@ static pid_t spawn_agent(sched_state *d, const ms_buf *work, int *out_fd)
 	 * EPIPE (SIGPIPE is ignored) and is reaped as dead. */
 	const char *p = ms_buf_ptr(work);
 	for (size_t n = ms_buf_avail(work); n > 0;) {
-		ssize_t w = write(in[1], p, n);
+		ssize_t w = write(to, p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
@@ -372,8 +354,7 @@ static pid_t spawn_agent(sched_state *d, const ms_buf *work, int *out_fd)
 		p += w;
 		n -= (size_t)w;
 	}
-	close(in[1]);
-	*out_fd = out[0];
+	close(to);
 	return pid;
 }
 
