@@ -421,17 +421,29 @@ def test_truncated_submission_commits_nothing(inst):
     assert os.listdir(f"{inst.spool}/tmp") == []
 
 
-def test_symlinks_and_links_in_the_spool_are_not_followed(inst):
-    """What a compromised owner could plant: root's programs, which act as
-    the owner anyway, still follow nothing and use no foreign file."""
+def secret_file(inst):
+    """A root-only file in a root-only directory: what an attacker wants."""
+    d = f"{inst.root}/rootdir"
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = f"{d}/secret"
+    with open(path, "w") as f:
+        f.write("root only\n")
+    return d, path
+
+
+def clear_corrupt(inst):
+    for n in os.listdir(f"{inst.spool}/corrupt"):
+        p = f"{inst.spool}/corrupt/{n}"
+        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+
+
+def test_planted_data_links_are_never_delivered(inst):
+    """data/ID a symlink to a root-only file, another a hard link to a file:
+    what a compromised owner could plant.  Root's daemon (acting as the
+    owner) delivers neither, and unlinks nothing outside the spool."""
     inst.clear()
     owner = pwd.getpwnam(OWNER)
-    secret_dir = f"{inst.root}/rootdir"
-    os.makedirs(secret_dir, mode=0o700, exist_ok=True)
-    secret = f"{secret_dir}/secret"
-    with open(secret, "w") as f:
-        f.write("root only\n")
-    # data/ID a symlink to a root-only file; another a hard link to it.
+    _, secret = secret_file(inst)
     q1 = qid_of(submit(inst, ALICE, "b@example.test"))
     q2 = qid_of(submit(inst, ALICE, "b@example.test"))
     size = os.path.getsize(f"{inst.spool}/data/{q1}")
@@ -443,48 +455,73 @@ def test_symlinks_and_links_in_the_spool_are_not_followed(inst):
         f.write(b"x" * size)
     os.chown(hard, owner.pw_uid, owner.pw_gid)
     os.link(hard, f"{inst.spool}/data/{q2}")
-    # env/: a directory and a symlink where envelopes would be.
-    os.mkdir(f"{inst.spool}/env/0000000000000aaaa")
-    os.symlink(secret, f"{inst.spool}/env/0000000000000bbbb")
-    for n in ("0000000000000aaaa", "0000000000000bbbb"):
-        os.lchown(f"{inst.spool}/env/{n}", owner.pw_uid, owner.pw_gid)
     with Aiosmtpd(port=inst.relay_port) as srv:
         p = inst.ms(None, "daemon", "--once")
         assert p.returncode == 0, p.stderr
         assert srv.envelopes == []  # nothing delivered
-    assert open(secret).read() == "root only\n" and os.path.exists(secret)
+    assert open(secret).read() == "root only\n" and os.path.exists(hard)
     corrupt = os.listdir(f"{inst.spool}/corrupt")
     assert any(n.startswith(f"{q1}.data") for n in corrupt)
     assert any(n.startswith(f"{q2}.data") for n in corrupt)
-    assert any(n.startswith("0000000000000aaaa.env.") for n in corrupt)
-    assert any(n.startswith("0000000000000bbbb.env.") for n in corrupt)
-    assert os.path.islink(f"{inst.spool}/corrupt/" +
-                          [n for n in corrupt if n.startswith("0000000000000bbbb")][0])
-    log = open(inst.log).read()
-    assert "is not a regular file" in log or "is a symbolic link" in log
-    # Reported once: the next listing finds nothing to report.
+    assert "is a symbolic link" in open(inst.log).read() or \
+        "is not a regular file" in open(inst.log).read()
+    assert inst.queue() == []
+    clear_corrupt(inst)
+
+
+def test_planted_env_entries_are_moved_aside_once(inst):
+    """A directory and a symlink in env/: moved to corrupt/ (the entries,
+    not what they point to), reported once, never re-reported."""
+    inst.clear()
+    owner = pwd.getpwnam(OWNER)
+    _, secret = secret_file(inst)
+    os.mkdir(f"{inst.spool}/env/0000000000000aaaa")
+    os.symlink(secret, f"{inst.spool}/env/0000000000000bbbb")
+    for n in ("0000000000000aaaa", "0000000000000bbbb"):
+        os.lchown(f"{inst.spool}/env/{n}", owner.pw_uid, owner.pw_gid)
     p = inst.ms(None, "queue")
-    assert b"moved to" not in p.stderr
-    # A symlink in wake/ is not written through by a submission.
+    assert p.returncode == 0
+    assert b"env/0000000000000aaaa is a directory: moved to" in p.stderr
+    assert b"env/0000000000000bbbb is a symbolic link: moved to" in p.stderr
+    corrupt = os.listdir(f"{inst.spool}/corrupt")
+    link = [n for n in corrupt if n.startswith("0000000000000bbbb.env.")]
+    assert link and os.path.islink(f"{inst.spool}/corrupt/{link[0]}")
+    assert any(n.startswith("0000000000000aaaa.env.") for n in corrupt)
+    assert open(secret).read() == "root only\n"
+    p = inst.ms(None, "queue")
+    assert b"moved to" not in p.stderr  # reported once
+    clear_corrupt(inst)
+
+
+def test_a_symlink_in_wake_is_not_written_through(inst):
+    """Before, root's next sendmail wrote a byte into any file a symlink in
+    wake/ named."""
+    inst.clear()
     victim = f"{inst.root}/victim"
     with open(victim, "w") as f:
         f.write("intact\n")
     os.symlink(victim, f"{inst.spool}/wake/evil.1")
-    assert submit(inst, ALICE, "b@example.test").returncode == 0
-    assert open(victim).read() == "intact\n"
-    os.unlink(f"{inst.spool}/wake/evil.1")
-    # wake/ itself a symlink to a directory: refused, the directory untouched.
+    try:
+        assert submit(inst, None, "b@example.test").returncode == 0  # root
+        assert submit(inst, ALICE, "b@example.test").returncode == 0
+        assert open(victim).read() == "intact\n"
+    finally:
+        os.unlink(f"{inst.spool}/wake/evil.1")
+        inst.clear()
+
+
+def test_wake_as_a_symlink_to_a_directory_is_refused(inst):
+    """Before, wake -> any directory made root's daemon chmod it 1777."""
+    secret_dir, _ = secret_file(inst)
     shutil.rmtree(f"{inst.spool}/wake")
     os.symlink(secret_dir, f"{inst.spool}/wake")
-    p = inst.ms(None, "daemon", "--once")
-    assert p.returncode == 75 and b"wake: not a directory" in p.stderr
-    assert os.stat(secret_dir).st_mode & 0o7777 == 0o700
-    os.unlink(f"{inst.spool}/wake")
-    assert inst.ms(None, "setup").returncode == 0
-    inst.clear()
-    for n in os.listdir(f"{inst.spool}/corrupt"):
-        p = f"{inst.spool}/corrupt/{n}"
-        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+    try:
+        p = inst.ms(None, "daemon", "--once")
+        assert p.returncode == 75 and b"wake: not a directory" in p.stderr
+        assert os.stat(secret_dir).st_mode & 0o7777 == 0o700
+    finally:
+        os.unlink(f"{inst.spool}/wake")
+        assert inst.ms(None, "setup").returncode == 0
 
 
 def test_big_header_blocks_through_the_helper(inst):
