@@ -50,26 +50,6 @@ static void sane_fds(void)
 			_exit(EX_SOFTWARE_);
 }
 
-/* Users may flush at most once a minute: a flush rewrites every queued
- * envelope (an fsync each), which in a loop would be a way to keep the
- * disk busy.  The stamp's mtime is the last flush. */
-static int flush_allowed(ms_spool *sp)
-{
-	char path[MS_CONF_PATH_MAX + 32];
-	snprintf(path, sizeof path, "%s/flush.stamp", ms_spool_dir(sp));
-	struct stat st;
-	time_t now = time(NULL);
-	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime < FLUSH_INTERVAL_S &&
-	    st.st_mtime <= now)
-		return 0;
-	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd >= 0) {
-		futimens(fd, NULL);
-		close(fd);
-	}
-	return 1;
-}
-
 int main(int argc, char **argv)
 {
 	sane_fds();
@@ -160,7 +140,10 @@ int main(int argc, char **argv)
 		return r;
 	}
 	/* flush */
-	if (!admin && !flush_allowed(sp)) {
+	/* Users may flush at most once a minute: a flush rewrites every
+	 * queued envelope (an fsync each), which in a loop would be a way to
+	 * keep the disk busy. */
+	if (!admin && !ms_spool_once_per(sp, "flush.stamp", FLUSH_INTERVAL_S)) {
 		fprintf(stderr, "%s: the queue was flushed less than %d s ago; try later\n", progname,
 		        FLUSH_INTERVAL_S);
 		ms_spool_close(sp);

@@ -1102,3 +1102,26 @@ void ms_spool_wake(ms_spool *sp, int changed)
 	}
 	closedir(d);
 }
+
+int ms_spool_once_per(ms_spool *sp, const char *name, int64_t seconds)
+{
+	int fd = openat(sp->dfd_root, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	                0600);
+	if (fd >= 0) { /* the first time: allowed, and now stamped */
+		close(fd);
+		return 1;
+	}
+	fd = openat(sp->dfd_root, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || file_problem(sp, &st)) {
+		if (fd >= 0)
+			close(fd);
+		return 1; /* no stamp to be had: not a reason to refuse */
+	}
+	int64_t now = now_s(), last = (int64_t)st.st_mtime;
+	int allowed = last > now || now - last >= seconds; /* (a stamp from the future: a clock step) */
+	if (allowed)
+		futimens(fd, NULL);
+	close(fd);
+	return allowed;
+}

@@ -140,6 +140,10 @@ ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
 void ms_spool_wake(ms_spool *sp, int changed); /* changed: envelopes were edited */
 
+/* A rate limit kept in the spool: 1 (and the stamp `name` in spool_dir
+ * renewed) when it was last renewed at least `seconds` ago, else 0. */
+int ms_spool_once_per(ms_spool *sp, const char *name, int64_t seconds);
+
 /* ---- repair and accounting ---- */
 
 typedef struct ms_sweep_report {
