@@ -184,7 +184,7 @@ def main():
              "its own queue (relayhost = the proxy), released and flushed.  RT/msg is "
              "counted by the proxy over all connections; the connections column counts "
              "those opened during the run (in the one-connection rows one at a time: a "
-             "mailspool worker takes at most 2000 messages, then the next one connects).", "",
+             "mailspool delivery agent takes at most 2000 messages, then the next one connects).", "",
              "| RTT | tool | messages | seconds | msg/s | RT/msg | connections |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
