@@ -52,7 +52,7 @@ int cli_load_conf(const char *conf_path, ms_conf *conf);
 /* Open the spool of a loaded configuration (after cli_become_owner). */
 int cli_open_loaded(const ms_conf *conf, ms_spool **sp, int create);
 /* hold, release, delete, flush of ids under their claims (listing.c);
- * returns an exit code. */
+ * flush without ids: everything queued.  Returns an exit code. */
 int cli_change(ms_spool *sp, const ms_conf *conf, const char *what, char **ids, size_t n);
 /* Run the set-id helper with these arguments (argv[0] excluded), its
  * standard streams ours: for mailq and flush by users.  Returns its exit

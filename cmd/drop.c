@@ -149,20 +149,7 @@ int main(int argc, char **argv)
 		ms_spool_close(sp);
 		return EX_TEMPFAIL_;
 	}
-	char **all = NULL;
-	size_t nall = 0;
-	if (nids == 0) {
-		ms_error err;
-		if (ms_spool_list(sp, &all, &nall, &err) != MS_OK) {
-			fprintf(stderr, "%s: %s\n", progname, err.msg);
-			ms_spool_close(sp);
-			return EX_TEMPFAIL_;
-		}
-		ids = all;
-		nids = nall;
-	}
 	r = cli_change(sp, &conf, "flush", ids, nids);
-	ms_spool_ids_free(all, nall);
 	ms_spool_close(sp);
 	return r;
 }

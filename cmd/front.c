@@ -261,22 +261,7 @@ int cmd_hold(int argc, char **argv)
 	snprintf(verb, sizeof verb, "%s messages", what);
 	if ((r = cli_become_owner(&conf, verb)) || (r = cli_open_loaded(&conf, &sp, 1)))
 		return r;
-	char **ids = argv + optind;
-	size_t n = (size_t)(argc - optind);
-	char **all = NULL;
-	size_t nall = 0;
-	ms_error err;
-	if (is_flush && n == 0) {
-		if (ms_spool_list(sp, &all, &nall, &err) != MS_OK) {
-			fprintf(stderr, "%s: %s\n", progname, err.msg);
-			ms_spool_close(sp);
-			return EX_TEMPFAIL_;
-		}
-		ids = all;
-		n = nall;
-	}
-	int rc = cli_change(sp, &conf, what, ids, n);
-	ms_spool_ids_free(all, nall);
+	int rc = cli_change(sp, &conf, what, argv + optind, (size_t)(argc - optind));
 	ms_spool_close(sp);
 	return rc;
 }

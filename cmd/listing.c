@@ -252,6 +252,16 @@ int cli_change(ms_spool *sp, const ms_conf *conf, const char *what, char **ids, 
 	int is_flush = !strcmp(what, "flush");
 	int rc = EX_OK_;
 	ms_error err;
+	char **all = NULL;
+	size_t nall = 0;
+	if (is_flush && n == 0) { /* flush without ids: everything queued */
+		if (ms_spool_list(sp, &all, &nall, &err) != MS_OK) {
+			fprintf(stderr, "%s: %s\n", progname, err.msg);
+			return EX_TEMPFAIL_;
+		}
+		ids = all;
+		n = nall;
+	}
 	char node[300];
 	snprintf(node, sizeof node, "admin-%s", conf->hostname);
 	int64_t now = (int64_t)time(NULL);
@@ -294,5 +304,6 @@ int cli_change(ms_spool *sp, const ms_conf *conf, const char *what, char **ids, 
 	if (is_flush)
 		printf("%zu message%s due now\n", n, n == 1 ? "" : "s");
 	ms_spool_wake(sp, 1); /* running daemons read the changed envelopes */
+	ms_spool_ids_free(all, nall);
 	return rc;
 }
