@@ -75,7 +75,6 @@ int cli_mode_parse(const char *s);
 /* Load the configuration for a submission: the spool when the caller is
  * its owner (in-process), else *sp = NULL (through the helper). */
 int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp);
-void cli_submit_conf(const char *conf_path);
 /* Queue one message read from fd (and in modes now/background deliver it
  * at once); prints a line per message (per recipient when delivering;
  * nothing when quiet and all went well), or a JSON object to `json` (a

@@ -36,17 +36,10 @@ int cli_mode_parse(const char *s)
 	                                  : -1;
 }
 
-/* Where the helper's -C comes from: an explicit -C, else
+/* The helper's -C for a submission: an explicit -C, else
  * $MAILSPOOL_CONFIG (the helper accepts either only from root and the
- * owner, and says so to anyone else). */
+ * owner, and says so to anyone else); set by cli_open_for_submit. */
 static const char *helper_conf;
-
-void cli_submit_conf(const char *conf_path)
-{
-	int required;
-	const char *p = ms_conf_path(conf_path, &required);
-	helper_conf = required ? p : NULL;
-}
 
 /* The helper's argv: its path, then args (NULL-terminated, at most 6). */
 static void helper_argv(const char *const *args, char *argv[8])
@@ -105,7 +98,9 @@ int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp)
 	int r = cli_load_conf(conf_path, conf);
 	if (r)
 		return r;
-	cli_submit_conf(conf_path);
+	int required;
+	const char *path = ms_conf_path(conf_path, &required);
+	helper_conf = required ? path : NULL;
 	*sp = NULL;
 	/* Who owns the spool is what the spool says (one stat, no user
 	 * database lookup on this path that runs once per message); an
@@ -206,7 +201,6 @@ int cli_mailq(const char *confp, int json)
 		return r;
 	if (!cli_caller_is_admin(&conf)) {
 		/* Users list through the helper (authorized_mailq_users). */
-		cli_submit_conf(confp);
 		const char *args[] = { "list", json ? "--json" : NULL, NULL };
 		return cli_run_helper(args);
 	}
@@ -249,7 +243,6 @@ int cmd_hold(int argc, char **argv)
 		return r;
 	if (is_flush && !cli_caller_is_admin(&conf)) {
 		/* flush stays open to users: through the helper, rate-limited. */
-		cli_submit_conf(confp);
 		const char *args[8] = { "flush" };
 		size_t k = 1;
 		for (int i = optind; i < argc && k < 7; i++)

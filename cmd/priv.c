@@ -33,14 +33,10 @@ int cli_owner(const ms_conf *c, uid_t *uid, gid_t *gid)
 
 int cli_caller_is_admin(const ms_conf *c)
 {
-	uid_t uid;
-	gid_t gid;
 	if (getuid() == 0)
 		return 1;
 	struct passwd *pw = getpwnam(c->mail_owner);
-	(void)gid;
-	uid = pw ? pw->pw_uid : (uid_t)-1;
-	return pw && getuid() == uid;
+	return pw && getuid() == pw->pw_uid;
 }
 
 int cli_drop_to(uid_t uid, gid_t gid)

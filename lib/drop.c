@@ -172,9 +172,7 @@ ms_status ms_drop_commit(ms_drop *d, const ms_envelope *in, ms_submit_result *re
 		res->nrcpts = env.nrcpts;
 		/* The message is safe; a usage line that cannot be written does
 		 * not undo that.  The uid goes with it: who submitted what. */
-		char purpose[48];
-		snprintf(purpose, sizeof purpose, "spooled");
-		ms_spool_usage_uid(d->sp, purpose, env.size, env.id, d->uid, NULL);
+		ms_spool_usage_uid(d->sp, "spooled", env.size, env.id, d->uid, NULL);
 		ms_spool_wake(d->sp, 0);
 	}
 	ms_env_free(&env);
