@@ -1,7 +1,8 @@
 /*
- * agent.c - mailspool-deliver, the delivery agent the daemon execs for
- * each group of messages to one destination (mailspool/agent.h has the
- * grammars; the work is the library's ms_agent_run).
+ * agent.c - mailspool-deliver, the delivery agent: the daemon starts a few
+ * (delivery_agents), each drives many sessions at once (mailspool/agent.h
+ * has the grammars and the threads; the work is the library's
+ * ms_agent_serve).
  *
  *     mailspool-deliver --parent PID [-C FILE]   < work   > results
  *
@@ -68,7 +69,10 @@ int main(int argc, char **argv)
 		return r;
 	}
 	ms_error err;
-	ms_status st = ms_agent_run(conf, sp, STDIN_FILENO, STDOUT_FILENO, &err);
+	ms_agent_opts ao = { .tokens = conf->agent_uncommitted,
+		                 .idle_ms = conf->connection_reuse_time * 1000,
+		                 .max_idle = conf->max_deliveries };
+	ms_status st = ms_agent_serve(conf, sp, &ao, STDIN_FILENO, STDOUT_FILENO, &err);
 	if (st != MS_OK)
 		fprintf(stderr, "%s: %s\n", progname, err.msg);
 	ms_spool_close(sp);

@@ -1,17 +1,36 @@
 /*
- * agent.c - the delivery agent's work and result grammars, and its run
- * (see mailspool/agent.h).
+ * agent.c - the delivery agent's grammars and its serve loop (see
+ * mailspool/agent.h).
+ *
+ * Threads: the caller's thread reads the work and starts one detached
+ * thread per unit; a reaper thread closes parked sessions that have been
+ * idle too long.  Shared state is the token count (mutex + condition),
+ * the output pipe (a mutex per line, so lines of different units never
+ * interleave), the DNS cache and the session pool (each locks itself).
+ *
+ * Why threads and not one event loop: the SMTP and QMTP engines are
+ * written as blocking calls with a deadline on every wait (mailspool/io.h
+ * ms_io_pump), which keeps each protocol's state machine readable; a
+ * thread per session keeps them as they are and still costs little - the
+ * stack is MS_AGENT_STACK of address space, of which a session touches a
+ * few pages, and the engines' buffers grow only with what is in flight.
  */
 #include "mailspool/agent.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "mailspool/client.h"
 #include "mailspool/deliver.h"
+#include "mailspool/dnscache.h"
 #include "mailspool/message.h"
+#include "mailspool/pool.h"
 
 /* ---- the scheduler's side ------------------------------------------------ */
 
@@ -21,22 +40,28 @@ static ms_status put_field(ms_buf *b, const char *s)
 	return st == MS_OK ? ms_env_escape(b, s, strlen(s)) : st;
 }
 
-ms_status ms_agent_work_begin(ms_buf *b, const char *key)
+ms_status ms_agent_work_begin(ms_buf *b, uint64_t unit, int64_t deadline, size_t conn_messages,
+                              const char *key)
 {
-	ms_status st = ms_buf_appendstr(b, "K ");
+	ms_status st = ms_buf_printf(b, "K %llu %lld %zu ", (unsigned long long)unit,
+	                             (long long)deadline, conn_messages);
 	if (st == MS_OK)
 		st = put_field(b, key);
 	return st == MS_OK ? ms_buf_append(b, "\n", 1) : st;
 }
 
 ms_status ms_agent_work_message(ms_buf *b, size_t item, const ms_envelope *e, const size_t *idx,
-                                size_t n)
+                                size_t n, const char *dest)
 {
 	ms_status st = ms_buf_printf(b, "M %zu %s %llu ", item, e->id, (unsigned long long)e->size);
 	if (st == MS_OK)
 		st = put_field(b, e->sender);
 	if (st == MS_OK)
-		st = ms_buf_printf(b, " %zu\n", n);
+		st = ms_buf_printf(b, " %zu ", n);
+	if (st == MS_OK)
+		st = put_field(b, dest);
+	if (st == MS_OK)
+		st = ms_buf_append(b, "\n", 1);
 	for (size_t i = 0; i < n && st == MS_OK; i++) {
 		st = ms_buf_printf(b, "T %zu ", idx[i]);
 		if (st == MS_OK)
@@ -63,248 +88,605 @@ static char *field(const char *p, const char **end, size_t max)
 	return ms_env_unescape(p + 1, (size_t)(e - p - 1), max);
 }
 
-int ms_agent_parse_result(const char *line, size_t *item, ms_sched_result *r)
+void ms_agent_parse_result(const char *line, ms_agent_result *out)
 {
-	if (!strcmp(line, "U"))
-		return 'U';
+	memset(out, 0, sizeof *out);
+	unsigned long long unit;
 	int off = 0;
-	if (line[0] == 'D' && sscanf(line, "D %zu%n", item, &off) == 1 && !line[off])
-		return 'D';
-	memset(r, 0, sizeof *r);
-	int state;
-	char enh[32];
-	if (sscanf(line, "R %zu %zu %d %d %31s %n", item, &r->rcpt, &state, &r->code, enh, &off) < 5 ||
-	    !off || state < 0 || state > MS_RCPT_FAILED)
-		return 0;
-	const char *p = line + off, *end;
-	char *relay = field(p, &end, MS_RELAY_DESC_MAX - 1);
-	char *text = relay && *end == ' ' ? field(end + 1, NULL, MS_ENV_TEXT_MAX - 1) : NULL;
-	r->state = (ms_rcpt_state)state;
-	snprintf(r->enh, sizeof r->enh, "%.15s", strcmp(enh, "-") ? enh : "");
-	snprintf(r->relay, sizeof r->relay, "%s", relay ? relay : "none");
-	snprintf(r->text, sizeof r->text, "%s", text ? text : "(unreadable result)");
-	free(relay);
-	free(text);
-	return 'R';
+	char k = line[0];
+	if (!k || line[1] != ' ' || sscanf(line + 2, "%llu%n", &unit, &off) != 1)
+		return;
+	out->unit = unit;
+	const char *p = line + 2 + off;
+	switch (k) {
+	case 'U': case 'H': case 'X':
+		if (!*p)
+			out->kind = k;
+		return;
+	case 'S': {
+		char *site = *p == ' ' ? field(p + 1, NULL, MS_DEST_MAX - 1) : NULL;
+		if (site) {
+			snprintf(out->site, sizeof out->site, "%s", site);
+			out->kind = 'S';
+		}
+		free(site);
+		return;
+	}
+	case 'D': case 'N': {
+		int used = 0;
+		if (sscanf(p, " %zu %d%n", &out->item, &out->token, &used) == 2 && !p[used] &&
+		    (out->token == 0 || out->token == 1))
+			out->kind = k;
+		return;
+	}
+	case 'R': {
+		ms_sched_result *r = &out->r;
+		int state, used = 0;
+		char enh[32];
+		if (sscanf(p, " %zu %zu %d %d %31s %n", &out->item, &r->rcpt, &state, &r->code, enh,
+		           &used) < 5 ||
+		    !used || state < 0 || state > MS_RCPT_FAILED)
+			return;
+		const char *q = p + used, *end;
+		char *relay = field(q, &end, MS_RELAY_DESC_MAX - 1);
+		char *text = relay && *end == ' ' ? field(end + 1, NULL, MS_ENV_TEXT_MAX - 1) : NULL;
+		r->state = (ms_rcpt_state)state;
+		snprintf(r->enh, sizeof r->enh, "%.15s", strcmp(enh, "-") ? enh : "");
+		snprintf(r->relay, sizeof r->relay, "%s", relay ? relay : "none");
+		snprintf(r->text, sizeof r->text, "%s", text ? text : "(unreadable result)");
+		free(relay);
+		free(text);
+		out->kind = 'R';
+		return;
+	}
+	default:
+		return;
+	}
 }
 
 /* ---- the agent's side ---------------------------------------------------- */
 
+typedef struct agent agent;
+
 typedef struct work_msg {
 	size_t item;
-	ms_envelope env;  /* id, size, sender and just this destination's recipients */
+	ms_envelope env;  /* id, size, sender and just this unit's recipients */
 	size_t *idx;      /* their indexes in the queued envelope */
+	char *dest;       /* its destination key (a domain's, within a site) */
 	int fd;
+	int token;        /* holds one of the agent's tokens */
 } work_msg;
 
-typedef struct agent {
-	int out_fd;
-	int broken;       /* the scheduler stopped reading: nothing more to say */
+typedef struct unit {
+	agent *a;
+	uint64_t id;
+	int64_t deadline;     /* wall clock: start nothing after it */
+	size_t conn_messages;
+	char *key;
 	work_msg *msgs;
-	size_t n;
-} agent;
+	size_t n, cap;
+} unit;
+
+struct agent {
+	const ms_conf *conf;
+	ms_spool *sp;
+	int out_fd;
+	pthread_mutex_t out_mu;
+	int broken;           /* the scheduler stopped reading */
+	pthread_mutex_t mu;   /* tokens, running, stopping */
+	pthread_cond_t cv;
+	size_t tokens;        /* free */
+	size_t running;       /* unit threads alive */
+	int64_t lease_until;  /* wall clock: the scheduler's claims hold until then (L) */
+	int stopping;
+	ms_pool *pool;
+	ms_dns_cache *dns;
+};
 
 static void say(agent *a, const char *p, size_t n)
 {
+	pthread_mutex_lock(&a->out_mu);
 	while (n > 0 && !a->broken) {
 		ssize_t w = write(a->out_fd, p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0) {
 			a->broken = 1;
-			return;
+			break;
 		}
 		p += w;
 		n -= (size_t)w;
 	}
+	pthread_mutex_unlock(&a->out_mu);
 }
 
-static void on_result(void *ctx, ms_message *m, const char *relay)
+static void sayf(agent *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sayf(agent *a, const char *fmt, ...)
 {
-	agent *a = ctx;
-	work_msg *w = &a->msgs[m->id];
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (n > 0 && (size_t)n < sizeof line)
+		say(a, line, (size_t)n);
+}
+
+/* ---- tokens ---- */
+
+static struct timespec abs_deadline(int64_t deadline_s)
+{
+	struct timespec ts = { .tv_sec = (time_t)deadline_s, .tv_nsec = 0 };
+	return ts;
+}
+
+/* The scheduler renews its claims and says so (L); a unit's own deadline
+ * is the first such promise.  Past both, nothing more is started. */
+#define UNTIL(a, u) ((a)->lease_until > (u)->deadline ? (a)->lease_until : (u)->deadline)
+
+static int past_deadline(unit *u)
+{
+	agent *a = u->a;
+	pthread_mutex_lock(&a->mu);
+	int64_t until = UNTIL(a, u);
+	pthread_mutex_unlock(&a->mu);
+	return (int64_t)time(NULL) >= until;
+}
+
+/* Context of one ms_deliver call: the unit and the messages it carries. */
+typedef struct call {
+	unit *u;
+	work_msg **w;   /* w[m->id] */
+} call;
+
+static int admit(void *ctx, ms_client *cl, ms_message *m)
+{
+	call *c = ctx;
+	unit *u = c->u;
+	agent *a = u->a;
+	work_msg *w = c->w[m->id];
+	if (past_deadline(u))
+		return 0;
+	if (w->token)
+		return 1; /* handed over again (a stale parked session): it has one */
+	pthread_mutex_lock(&a->mu);
+	if (a->tokens == 0 && !a->stopping) {
+		/* Before waiting, let this session finish what it holds: its
+		 * results give tokens back (once committed), and another unit
+		 * cannot wait on ours for ever. */
+		pthread_mutex_unlock(&a->mu);
+		ms_error err;
+		ms_client_flush(cl, &err);
+		pthread_mutex_lock(&a->mu);
+		while (a->tokens == 0 && !a->stopping) {
+			/* Until the latest promise (an L may extend it meanwhile). */
+			struct timespec ts = abs_deadline(UNTIL(a, u));
+			if (pthread_cond_timedwait(&a->cv, &a->mu, &ts) == ETIMEDOUT &&
+			    (int64_t)time(NULL) >= UNTIL(a, u))
+				break;
+		}
+	}
+	int ok = a->tokens > 0 && !a->stopping && (int64_t)time(NULL) < UNTIL(a, u);
+	if (ok)
+		a->tokens--;
+	pthread_mutex_unlock(&a->mu);
+	w->token = ok;
+	return ok;
+}
+
+static void give_back(agent *a, size_t n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&a->mu);
+	a->tokens += n;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void report(unit *u, work_msg *w, const ms_message *m, const char *relay)
+{
+	agent *a = u->a;
+	if (ms_message_untried(m)) {
+		sayf(a, "N %llu %zu %d\n", (unsigned long long)u->id, w->item, w->token);
+		return;
+	}
 	ms_sched_result *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
+	if (!r) {
+		/* Out of memory: not reported as complete, so the scheduler
+		 * defers what is missing when the unit ends. */
+		return;
+	}
+	ms_sched_results(m, w->idx, relay, r);
 	ms_buf line;
 	ms_buf_init(&line, 0);
-	if (r)
-		ms_sched_results(m, w->idx, relay, r);
-	for (size_t i = 0; r && i < m->nrcpts; i++) {
+	for (size_t i = 0; i < m->nrcpts; i++) {
 		ms_buf_reset(&line);
-		if (ms_buf_printf(&line, "R %zu %zu %d %d %s ", w->item, r[i].rcpt, (int)r[i].state,
-		                  r[i].code, r[i].enh[0] ? r[i].enh : "-") == MS_OK &&
+		if (ms_buf_printf(&line, "R %llu %zu %zu %d %d %s ", (unsigned long long)u->id, w->item,
+		                  r[i].rcpt, (int)r[i].state, r[i].code,
+		                  r[i].enh[0] ? r[i].enh : "-") == MS_OK &&
 		    put_field(&line, r[i].relay) == MS_OK && ms_buf_append(&line, " ", 1) == MS_OK &&
 		    put_field(&line, r[i].text) == MS_OK && ms_buf_append(&line, "\n", 1) == MS_OK)
 			say(a, ms_buf_ptr(&line), ms_buf_avail(&line));
 	}
-	/* Out of memory: the message is not reported as complete, so the
-	 * scheduler defers what is missing. */
-	if (r) {
-		ms_buf_reset(&line);
-		if (ms_buf_printf(&line, "D %zu\n", w->item) == MS_OK)
-			say(a, ms_buf_ptr(&line), ms_buf_avail(&line));
-	}
+	ms_buf_reset(&line);
+	if (ms_buf_printf(&line, "D %llu %zu %d\n", (unsigned long long)u->id, w->item, w->token) ==
+	    MS_OK)
+		say(a, ms_buf_ptr(&line), ms_buf_avail(&line));
 	ms_buf_free(&line);
 	free(r);
+}
+
+static void on_result(void *ctx, ms_message *m, const char *relay)
+{
+	call *c = ctx;
+	work_msg *w = c->w[m->id];
+	report(c->u, w, m, relay);
 	if (w->fd >= 0) {
 		close(w->fd); /* the engine is done with this message */
 		w->fd = -1;
 	}
 }
 
-/* Read all of in_fd (capped). */
-static ms_status slurp(int fd, ms_buf *b, ms_error *err)
+/* ---- one unit ---- */
+
+static void unit_free(unit *u)
 {
-	char chunk[65536];
-	for (;;) {
-		ssize_t n = read(fd, chunk, sizeof chunk);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return ms_error_set(err, MS_ERR_IO, "cannot read the work: %s", strerror(errno));
-		if (n == 0)
-			return MS_OK;
-		if (ms_buf_append(b, chunk, (size_t)n) != MS_OK)
-			return ms_error_set(err, MS_ERR_USAGE, "work larger than %u octets",
-			                    MS_AGENT_WORK_MAX);
+	for (size_t i = 0; i < u->n; i++) {
+		ms_env_free(&u->msgs[i].env);
+		free(u->msgs[i].idx);
+		free(u->msgs[i].dest);
+		if (u->msgs[i].fd >= 0)
+			close(u->msgs[i].fd);
 	}
+	free(u->msgs);
+	free(u->key);
+	free(u);
 }
 
-static ms_status bad_work(ms_error *err, size_t lineno)
+/* Deliver the messages of one destination key (within the unit). */
+static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, int *unreachable,
+                          int *throttled, char *site, size_t sitelen)
 {
-	return ms_error_set(err, MS_ERR_USAGE, "malformed work at line %zu", lineno);
-}
-
-/* Parse the whole work before anything is delivered. */
-static ms_status parse_work(agent *a, char *p, char **key, ms_error *err)
-{
-	size_t lineno = 0, want = 0, cap = 0;
-	int ended = 0;
-	*key = NULL;
-	work_msg *cur = NULL;
-	for (char *save, *l = strtok_r(p, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		lineno++;
-		if (ended)
-			return bad_work(err, lineno);
-		if (l[0] == 'K' && l[1] == ' ' && !*key) {
-			if (!(*key = field(l + 2, NULL, MS_DEST_MAX - 1)))
-				return bad_work(err, lineno);
-		} else if (l[0] == 'M' && *key && want == 0) {
-			if (a->n == cap) {
-				size_t nc = cap ? cap * 2 : 16;
-				work_msg *q = realloc(a->msgs, nc * sizeof *q);
-				if (!q)
-					return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-				a->msgs = q;
-				cap = nc;
-			}
-			cur = &a->msgs[a->n];
-			memset(cur, 0, sizeof *cur);
-			ms_env_init(&cur->env);
-			cur->fd = -1;
-			a->n++;
-			char id[MS_ENV_ID_MAX + 2];
-			unsigned long long size;
-			int off = 0;
-			if (sscanf(l, "M %zu %33s %llu %n", &cur->item, id, &size, &off) < 3 || !off ||
-			    !ms_env_id_ok(id))
-				return bad_work(err, lineno);
-			const char *end;
-			char *sender = field(l + off, &end, MS_ENV_TEXT_MAX);
-			int used = 0;
-			if (!sender || sscanf(end, " %zu%n", &want, &used) != 1 || end[used] || want == 0 ||
-			    want > MS_ENV_MAX_RCPTS) {
-				free(sender);
-				return bad_work(err, lineno);
-			}
-			snprintf(cur->env.id, sizeof cur->env.id, "%.32s", id);
-			cur->env.size = size;
-			ms_status st = ms_env_set_sender(&cur->env, sender, err);
-			free(sender);
-			if (st != MS_OK || !(cur->idx = calloc(want, sizeof *cur->idx)))
-				return st != MS_OK ? st : ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-		} else if (l[0] == 'T' && cur && want > 0) {
-			size_t ri;
-			int off = 0;
-			if (sscanf(l, "T %zu %n", &ri, &off) < 1 || !off)
-				return bad_work(err, lineno);
-			char *addr = field(l + off, NULL, 1024);
-			if (!addr)
-				return bad_work(err, lineno);
-			cur->idx[cur->env.nrcpts] = ri;
-			ms_status st = ms_env_add_rcpt(&cur->env, addr, 0, err);
-			free(addr);
-			if (st != MS_OK)
-				return st;
-			want--;
-		} else if (!strcmp(l, "E") && *key && want == 0) {
-			ended = 1;
-		} else {
-			return bad_work(err, lineno);
-		}
-	}
-	return ended ? MS_OK : ms_error_set(err, MS_ERR_USAGE, "the work has no end (E)");
-}
-
-ms_status ms_agent_run(const ms_conf *conf, ms_spool *sp, int in_fd, int out_fd, ms_error *err)
-{
-	agent a = { .out_fd = out_fd };
-	ms_buf work;
-	ms_buf_init(&work, MS_AGENT_WORK_MAX);
-	char *key = NULL;
-	ms_message **msgs = NULL;
+	agent *a = u->a;
+	ms_message **msgs = calloc(n, sizeof *msgs);
+	work_msg **byid = calloc(n, sizeof *byid);
 	size_t nm = 0;
-	ms_status st = slurp(in_fd, &work, err);
-	if (st == MS_OK && ms_buf_reserve(&work, 1) == MS_OK) {
-		work.data[work.len] = '\0';
-		st = parse_work(&a, work.data + work.off, &key, err);
-	}
-	if (st == MS_OK && !(msgs = calloc(a.n ? a.n : 1, sizeof *msgs)))
-		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	for (size_t i = 0; st == MS_OK && i < a.n; i++) {
-		work_msg *w = &a.msgs[i];
+	call c = { .u = u, .w = byid };
+	for (size_t i = 0; msgs && byid && i < n; i++) {
+		work_msg *w = ws[i];
 		size_t *all = calloc(w->env.nrcpts, sizeof *all);
 		ms_error merr;
-		ms_status ms_ = all ? MS_OK : MS_ERR_NOMEM;
+		ms_status st = all ? MS_OK : MS_ERR_NOMEM;
 		for (size_t k = 0; all && k < w->env.nrcpts; k++)
 			all[k] = k;
-		if (ms_ == MS_OK)
-			ms_ = ms_sched_message(sp, &w->env, all, w->env.nrcpts, &msgs[nm], &w->fd, &merr);
+		if (st == MS_OK)
+			st = ms_sched_message(a->sp, &w->env, all, w->env.nrcpts, &msgs[nm], &w->fd, &merr);
 		free(all);
-		if (ms_ != MS_OK) {
+		if (st != MS_OK) {
 			/* This one cannot even be read: deferred with the reason. */
 			ms_message *m = ms_message_new(w->env.sender, NULL);
 			if (!m)
 				continue;
 			for (size_t k = 0; k < w->env.nrcpts; k++)
 				ms_message_add_rcpt(m, w->env.rcpts[k].addr, NULL);
-			m->id = i;
 			ms_message_settle(m, MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0",
-			                  ms_ == MS_ERR_NOMEM ? "out of memory" : merr.msg);
-			on_result(&a, m, "none");
+			                  st == MS_ERR_NOMEM ? "out of memory" : merr.msg);
+			m->engaged = 1; /* an attempt: its data is what is wrong */
+			w->token = 0;
+			report(u, w, m, "none");
 			ms_message_free(m);
 			continue;
 		}
-		msgs[nm++]->id = i;
+		byid[nm] = w;
+		msgs[nm]->id = nm;
+		nm++;
 	}
-	if (st == MS_OK && nm) {
-		ms_deliver_opts dopt = { .conf = conf, .on_result = on_result, .ctx = &a };
+	if (nm) {
+		ms_deliver_opts dopt = { .conf = a->conf, .on_result = on_result, .ctx = &c,
+			                     .pool = a->pool, .dns_cache = a->dns,
+			                     .conn_messages = u->conn_messages, .admit = admit };
 		ms_deliver_report rep;
 		ms_error derr;
-		ms_deliver(&dopt, key, msgs, nm, &rep, &derr);
-		if (rep.unreachable)
-			say(&a, "U\n", 2);
+		ms_deliver(&dopt, dest, msgs, nm, &rep, &derr);
+		*unreachable = *unreachable && rep.unreachable;
+		*throttled = *throttled || rep.throttled;
+		if (!site[0] && rep.site[0])
+			snprintf(site, sitelen, "%s", rep.site);
+	} else {
+		*unreachable = 0;
 	}
 	for (size_t i = 0; i < nm; i++)
 		ms_message_free(msgs[i]);
-	for (size_t i = 0; i < a.n; i++) {
-		ms_env_free(&a.msgs[i].env);
-		free(a.msgs[i].idx);
-		if (a.msgs[i].fd >= 0)
-			close(a.msgs[i].fd);
-	}
-	free(a.msgs);
 	free(msgs);
-	free(key);
-	ms_buf_free(&work);
+	free(byid);
+}
+
+static void *unit_run(void *arg)
+{
+	unit *u = arg;
+	agent *a = u->a;
+	int unreachable = 1, throttled = 0;
+	char site[MS_DEST_MAX] = "";
+	/* Messages by destination key, in the order given (a site's unit
+	 * holds several domains: one ms_deliver each, the session reused). */
+	work_msg **ws = calloc(u->n ? u->n : 1, sizeof *ws);
+	char *done = calloc(u->n ? u->n : 1, 1);
+	for (size_t i = 0; ws && done && i < u->n; i++) {
+		if (done[i])
+			continue;
+		size_t k = 0;
+		for (size_t j = i; j < u->n; j++)
+			if (!done[j] && !strcmp(u->msgs[j].dest, u->msgs[i].dest)) {
+				ws[k++] = &u->msgs[j];
+				done[j] = 1;
+			}
+		deliver_group(u, u->msgs[i].dest, ws, k, &unreachable, &throttled, site, sizeof site);
+	}
+	free(ws);
+	free(done);
+	ms_buf line;
+	ms_buf_init(&line, 0);
+	if (site[0] && ms_buf_printf(&line, "S %llu ", (unsigned long long)u->id) == MS_OK &&
+	    put_field(&line, site) == MS_OK && ms_buf_append(&line, "\n", 1) == MS_OK)
+		say(a, ms_buf_ptr(&line), ms_buf_avail(&line));
+	ms_buf_free(&line);
+	if (unreachable && u->n)
+		sayf(a, "U %llu\n", (unsigned long long)u->id);
+	if (throttled)
+		sayf(a, "H %llu\n", (unsigned long long)u->id);
+	sayf(a, "X %llu\n", (unsigned long long)u->id);
+	unit_free(u);
+	pthread_mutex_lock(&a->mu);
+	a->running--;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+static void *reaper(void *arg)
+{
+	agent *a = arg;
+	pthread_mutex_lock(&a->mu);
+	while (!a->stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 250 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+		pthread_mutex_unlock(&a->mu);
+		ms_pool_expire(a->pool);
+		pthread_mutex_lock(&a->mu);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* ---- reading the work ---- */
+
+typedef struct reader {
+	unit *cur;
+	size_t want; /* T lines still due for the last M */
+	size_t bytes;
+} reader;
+
+static ms_status bad_work(ms_error *err, const char *what)
+{
+	return ms_error_set(err, MS_ERR_USAGE, "malformed work: %s", what);
+}
+
+static ms_status start_unit(agent *a, unit *u, ms_error *err)
+{
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&at, MS_AGENT_STACK);
+	pthread_t t;
+	pthread_mutex_lock(&a->mu);
+	a->running++;
+	pthread_mutex_unlock(&a->mu);
+	int r = pthread_create(&t, &at, unit_run, u);
+	pthread_attr_destroy(&at);
+	if (r != 0) {
+		pthread_mutex_lock(&a->mu);
+		a->running--;
+		pthread_mutex_unlock(&a->mu);
+		/* No thread: every message goes back untouched. */
+		for (size_t i = 0; i < u->n; i++)
+			sayf(a, "N %llu %zu 0\n", (unsigned long long)u->id, u->msgs[i].item);
+		sayf(a, "X %llu\n", (unsigned long long)u->id);
+		unit_free(u);
+		return ms_error_set(err, MS_ERR_NOMEM, "cannot start a session thread: %s",
+		                    strerror(r));
+	}
+	return MS_OK;
+}
+
+static ms_status work_line(agent *a, reader *rd, char *l, ms_error *err)
+{
+	if (l[0] == 'L' && l[1] == ' ') {
+		char *end;
+		long long t = strtoll(l + 2, &end, 10);
+		if (*end || t < 0)
+			return bad_work(err, "L");
+		pthread_mutex_lock(&a->mu);
+		if (t > a->lease_until)
+			a->lease_until = t;
+		pthread_cond_broadcast(&a->cv);
+		pthread_mutex_unlock(&a->mu);
+		return MS_OK;
+	}
+	if (l[0] == 'A' && l[1] == ' ') {
+		char *end;
+		unsigned long n = strtoul(l + 2, &end, 10);
+		if (*end || n > 1000000)
+			return bad_work(err, "A");
+		give_back(a, n);
+		return MS_OK;
+	}
+	if (l[0] == 'K' && !rd->cur) {
+		unit *u = calloc(1, sizeof *u);
+		if (!u)
+			return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		u->a = a;
+		unsigned long long id;
+		long long dl;
+		int off = 0;
+		if (sscanf(l, "K %llu %lld %zu %n", &id, &dl, &u->conn_messages, &off) < 3 || !off ||
+		    !(u->key = field(l + off, NULL, MS_DEST_MAX - 1))) {
+			free(u);
+			return bad_work(err, "K");
+		}
+		u->id = id;
+		u->deadline = dl;
+		rd->cur = u;
+		rd->bytes = 0;
+		return MS_OK;
+	}
+	unit *u = rd->cur;
+	if (!u)
+		return bad_work(err, "a record outside a unit");
+	if ((rd->bytes += strlen(l) + 1) > MS_AGENT_WORK_MAX)
+		return ms_error_set(err, MS_ERR_USAGE, "a unit larger than %u octets", MS_AGENT_WORK_MAX);
+	if (l[0] == 'M' && rd->want == 0) {
+		if (u->n == u->cap) {
+			size_t nc = u->cap ? u->cap * 2 : 16;
+			work_msg *q = realloc(u->msgs, nc * sizeof *q);
+			if (!q)
+				return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			u->msgs = q;
+			u->cap = nc;
+		}
+		work_msg *w = &u->msgs[u->n];
+		memset(w, 0, sizeof *w);
+		ms_env_init(&w->env);
+		w->fd = -1;
+		u->n++;
+		char id[MS_ENV_ID_MAX + 2];
+		unsigned long long size;
+		int off = 0;
+		if (sscanf(l, "M %zu %33s %llu %n", &w->item, id, &size, &off) < 3 || !off ||
+		    !ms_env_id_ok(id))
+			return bad_work(err, "M");
+		const char *end, *end2;
+		char *sender = field(l + off, &end, MS_ENV_TEXT_MAX);
+		int used = 0;
+		size_t want = 0;
+		if (!sender || sscanf(end, " %zu %n", &want, &used) != 1 || !used || want == 0 ||
+		    want > MS_ENV_MAX_RCPTS || !(w->dest = field(end + used, &end2, MS_DEST_MAX - 1)) ||
+		    *end2) {
+			free(sender);
+			return bad_work(err, "M");
+		}
+		snprintf(w->env.id, sizeof w->env.id, "%.32s", id);
+		w->env.size = size;
+		ms_status st = ms_env_set_sender(&w->env, sender, err);
+		free(sender);
+		if (st != MS_OK || !(w->idx = calloc(want, sizeof *w->idx)))
+			return st != MS_OK ? st : ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		rd->want = want;
+		return MS_OK;
+	}
+	if (l[0] == 'T' && u->n && rd->want > 0) {
+		work_msg *w = &u->msgs[u->n - 1];
+		size_t ri;
+		int off = 0;
+		if (sscanf(l, "T %zu %n", &ri, &off) < 1 || !off)
+			return bad_work(err, "T");
+		char *addr = field(l + off, NULL, 1024);
+		if (!addr)
+			return bad_work(err, "T");
+		w->idx[w->env.nrcpts] = ri;
+		ms_status st = ms_env_add_rcpt(&w->env, addr, 0, err);
+		free(addr);
+		if (st != MS_OK)
+			return st;
+		rd->want--;
+		return MS_OK;
+	}
+	if (!strcmp(l, "E") && rd->want == 0) {
+		rd->cur = NULL;
+		return start_unit(a, u, err);
+	}
+	return bad_work(err, "unexpected record");
+}
+
+ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts *o, int in_fd,
+                         int out_fd, ms_error *err)
+{
+	agent A;
+	memset(&A, 0, sizeof A);
+	agent *a = &A;
+	a->conf = conf;
+	a->sp = sp;
+	a->out_fd = out_fd;
+	a->tokens = o && o->tokens ? o->tokens : MS_AGENT_TOKENS_DEFAULT;
+	pthread_mutex_init(&a->out_mu, NULL);
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->cv, NULL);
+	a->pool = ms_pool_new(o ? o->idle_ms : 0, o && o->max_idle ? o->max_idle : 1000);
+	ms_dns_cache_opts dco;
+	ms_dns_cache_opts_default(&dco);
+	a->dns = ms_dns_cache_new(&dco);
+	if (!a->pool || !a->dns) {
+		ms_pool_free(a->pool);
+		ms_dns_cache_free(a->dns);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	pthread_t rt;
+	int have_reaper = pthread_create(&rt, NULL, reaper, a) == 0;
+
+	reader rd = { 0 };
+	ms_status st = MS_OK;
+	size_t cap = MS_AGENT_LINE_MAX * 2;
+	char *buf = malloc(cap + 1);
+	size_t len = 0;
+	if (!buf)
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	while (st == MS_OK) {
+		ssize_t n = read(in_fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* The scheduler is done with us (or gone): no message is
+			 * started any more; what is in flight finishes. */
+			pthread_mutex_lock(&a->mu);
+			a->stopping = 1;
+			pthread_cond_broadcast(&a->cv);
+			pthread_mutex_unlock(&a->mu);
+			break;
+		}
+		len += (size_t)n;
+		char *start = buf, *nl;
+		while (st == MS_OK && (nl = memchr(start, '\n', len - (size_t)(start - buf)))) {
+			*nl = '\0';
+			st = work_line(a, &rd, start, err);
+			start = nl + 1;
+		}
+		len -= (size_t)(start - buf);
+		memmove(buf, start, len);
+		if (len == cap && st == MS_OK)
+			st = bad_work(err, "a line too long");
+	}
+	free(buf);
+	if (rd.cur)
+		unit_free(rd.cur); /* cut off before its E: never started */
+	/* Let every running unit finish and report. */
+	pthread_mutex_lock(&a->mu);
+	a->stopping = 1;
+	while (a->running)
+		pthread_cond_wait(&a->cv, &a->mu);
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+	if (have_reaper)
+		pthread_join(rt, NULL);
+	ms_pool_free(a->pool);
+	ms_dns_cache_free(a->dns);
+	pthread_cond_destroy(&a->cv);
+	pthread_mutex_destroy(&a->mu);
+	pthread_mutex_destroy(&a->out_mu);
 	return st;
 }

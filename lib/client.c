@@ -119,3 +119,24 @@ const ms_route *ms_client_route(const ms_client *c)
 {
 	return &c->route;
 }
+
+void ms_client_set_result(ms_client *c, void (*fn)(void *ctx, ms_message *m), void *ctx)
+{
+	if (c->qmtp)
+		ms_qmtp_set_result(c->qmtp, fn, ctx);
+	else
+		ms_smtp_set_result(c->smtp, fn, ctx);
+}
+
+void ms_client_set_transcript(ms_client *c, ms_transcript *tx)
+{
+	if (c->qmtp)
+		ms_qmtp_set_transcript(c->qmtp, tx);
+	else
+		ms_smtp_set_transcript(c->smtp, tx);
+}
+
+int ms_client_reusable(const ms_client *c)
+{
+	return c->qmtp ? ms_qmtp_reusable(c->qmtp) : ms_smtp_reusable(c->smtp);
+}

@@ -33,7 +33,9 @@ void ms_conf_defaults(ms_conf *c)
 	c->dns_timeout = 30;
 	snprintf(c->mx_port, sizeof c->mx_port, "25");
 	c->mx_address_limit = 5;
-	c->max_deliveries = 20;
+	c->max_deliveries = 1000;
+	c->connection_reuse_time = 5;
+	c->agent_uncommitted = MS_CONF_UNCOMMITTED_DEFAULT;
 	c->destination_concurrency = 10;
 	c->connection_messages = 100;
 	c->destination_backoff = 300;
@@ -286,6 +288,34 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			c->nroutes++;
 		return why;
 	}
+	if (!strncmp(key, "destination.", 12)) {
+		/* destination.PATTERN.{concurrency,connection_messages,rate} */
+		const char *pat = key + 12, *dot = strrchr(pat, '.');
+		if (!dot || dot == pat || (size_t)(dot - pat) >= sizeof c->shapes[0].pattern)
+			return "wants destination.PATTERN.concurrency, .connection_messages or .rate";
+		size_t i = 0;
+		while (i < c->nshapes && (strlen(c->shapes[i].pattern) != (size_t)(dot - pat) ||
+		                          strncasecmp(c->shapes[i].pattern, pat, (size_t)(dot - pat))))
+			i++;
+		if (i == c->nshapes) {
+			if (c->nshapes == MS_CONF_MAX_SHAPES)
+				return "too many destination patterns";
+			memset(&c->shapes[i], 0, sizeof c->shapes[i]);
+			for (size_t k = 0; k < (size_t)(dot - pat); k++)
+				c->shapes[i].pattern[k] = (char)tolower((unsigned char)pat[k]);
+			c->nshapes++;
+		}
+		ms_conf_shape *sh = &c->shapes[i];
+		size_t *dst = !strcmp(dot + 1, "concurrency")           ? &sh->concurrency
+		              : !strcmp(dot + 1, "connection_messages") ? &sh->conn_messages
+		              : !strcmp(dot + 1, "rate")                ? &sh->rate
+		                                                        : NULL;
+		if (!dst)
+			return "wants destination.PATTERN.concurrency, .connection_messages or .rate";
+		return parse_count(val, dst, 1000000) ? "wants a positive number" : NULL;
+	}
+	if (!strcmp(key, "destination_rate"))
+		return parse_count(val, &c->destination_rate, 1000000) ? "wants a positive number" : NULL;
 	if (!strcmp(key, "default_route"))
 		return route_value(c, &c->default_route, val);
 	struct {
@@ -293,7 +323,9 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		size_t *dst;
 		size_t max;
 	} counts[] = { { "mx_address_limit", &c->mx_address_limit, 32 },
-		           { "max_deliveries", &c->max_deliveries, 1000 },
+		           { "max_deliveries", &c->max_deliveries, 100000 },
+		           { "delivery_agents", &c->delivery_agents, 64 },
+		           { "agent_uncommitted", &c->agent_uncommitted, 63 },
 		           { "destination_concurrency", &c->destination_concurrency, 1000 },
 		           { "connection_messages", &c->connection_messages, 1000000 } };
 	for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
@@ -308,7 +340,8 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		              { "destination_backoff", &c->destination_backoff, 1 },
 		              { "queue_scan_interval", &c->queue_scan_interval, 0 },
 		              { "connect_timeout", &c->connect_timeout, 0 },
-		              { "command_timeout", &c->command_timeout, 1 } };
+		              { "command_timeout", &c->command_timeout, 1 },
+		              { "connection_reuse_time", &c->connection_reuse_time, 1 } };
 	for (size_t i = 0; i < sizeof durations / sizeof durations[0]; i++)
 		if (!strcmp(key, durations[i].name)) {
 			int64_t d = ms_conf_duration(val);

@@ -1,14 +1,33 @@
 /*
- * daemon.c - the delivery daemon's scheduler and workers (see
- * mailspool/daemon.h).
+ * daemon.c - the delivery daemon's scheduler (see mailspool/daemon.h).
  *
  * Data: `idx`, a sorted array of every queued id with its due time and
- * envelope mtime; `slot`s, claimed messages with their envelope and the
- * results gathered so far; `dest`s, destinations with their waiting work,
- * active agents and back-off; `job`s, running delivery agents.  Agents
- * are programs of their own (mailspool-deliver) started with posix_spawn:
- * the work goes to their standard input and results come back in the
- * grammar of mailspool/agent.h; they only read the data files.
+ * envelope mtime (binary search); `slot`s, claimed messages with their
+ * envelope and the results gathered so far; `dest`s, destinations (a
+ * domain, or after MX rollup a site: the set of MX hosts several domains
+ * share) in a hash map, each with its waiting items, running units,
+ * back-off and shaping; `unit`s, work handed to an agent, in a hash map by
+ * id; `agentp`s, the few long-lived delivery agents (mailspool/agent.h).
+ *
+ * Cost per message: one envelope read and plan, one claim, one hand-off
+ * line to an agent, its result lines, and a share of one group commit;
+ * destination and unit lookups are hash lookups, so nothing grows with
+ * the number of destinations per message.
+ *
+ * Fault rules (INTERNALS.md, "Faults stay small"):
+ *  - results are committed in groups (mailspool/spool.h batch: one env/
+ *    fsync per group) and only then are the claims released and the
+ *    agents' tokens given back, so at most agent_uncommitted messages per
+ *    agent are delivered but unrecorded at any instant;
+ *  - before a unit is handed out and before a message is settled, its
+ *    claim is checked: a message whose claim is gone (we were paused past
+ *    the lease, another daemon took it) is neither sent nor settled;
+ *  - a unit's deadline is half a lease away: an agent starts no message
+ *    of it later (a paused scheduler's agents stop on their own);
+ *  - messages an agent reports as not attempted (N) go straight back to
+ *    their destination's queue with no attempt recorded, at most
+ *    MS_DAEMON_UNTRIED_MAX times per claim (a message that breaks every
+ *    session it rides on is then counted as attempted).
  */
 #include "mailspool/daemon.h"
 
@@ -20,23 +39,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-
 #include "mailspool/agent.h"
 #include "mailspool/deliver.h"
+#include "mailspool/envelope.h"
+#include "mailspool/hmap.h"
+#include "mailspool/io.h"
 #include "mailspool/printable.h"
 #include "mailspool/spawn.h"
-#include "mailspool/envelope.h"
 #include "mailspool/spool.h"
 
 #define LINE_MAX_ MS_AGENT_LINE_MAX
 #define LIST_MIN_MS 1000
 #define SETTLE_RETRY_S 60
-#define SETTLE_BATCH 32
 #define TAKE_BATCH 1000 /* envelopes read per walk of the index */
+#define SITE_TTL_S 3600 /* a domain's MX rollup is remembered this long */
+#define AGENTS_MAX 64
+#define THROTTLE_RECOVER_S 30 /* one step back up per this long without a throttle */
 
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
@@ -50,38 +73,62 @@ typedef struct slot {
 	ms_claim claim;
 	int groups_left;
 	int lost;                 /* the claim stopped being ours */
+	int untried;              /* times handed back not attempted */
+	int queued;               /* in the settle queue */
 	ms_sched_result *res;
 	size_t nres, capres;
+	int *toks;                /* agents owed a token once this is committed */
+	size_t ntoks, captoks;
 } slot;
 
 typedef struct item {
 	slot *s;
 	size_t *idx; /* envelope recipient indexes for this destination */
 	size_t n;
+	char *dkey;  /* the recipients' destination key (mx:DOMAIN, url:, relays:) */
 	int done;
 } item;
 
 typedef struct dest {
-	char key[MS_DEST_MAX];
-	item *wait;  /* waiting for a worker */
+	char *key;
+	item *wait;  /* waiting for a unit */
 	size_t nwait, capwait;
-	size_t active;
-	size_t inflight; /* messages the active workers hold */
+	size_t active;   /* units running */
+	size_t inflight; /* messages the running units hold */
 	int64_t backoff_until;
+	int agent;
+	int ready;       /* in the ready list */
+	/* Shaping: configured limits, and the current ones after throttling. */
+	size_t conc_max, conc_cur, conn_msgs;
+	double rate_max, rate_cur; /* messages per minute; 0: none */
+	double bucket;             /* messages that may start now (rate) */
+	int64_t bucket_ms;
+	int64_t last_throttle, last_raise;
 } dest;
 
-typedef struct job {
-	pid_t pid;
-	int fd;
-	dest *d;
+typedef struct unit {
+	uint64_t id;
+	dest *x;
+	int agent;
 	item *items;
 	size_t n;
+} unit;
+
+typedef struct agentp {
+	pid_t pid;
+	int in_fd, out_fd;
 	char buf[LINE_MAX_];
 	size_t blen;
-	int eof, reaped, unreachable;
-	int more;   /* complete lines still buffered */
-	int status; /* waitpid's */
-} job;
+	int eof, reaped, status, alive;
+	size_t owed;        /* tokens to give back (A) */
+	size_t units;       /* running */
+	int64_t respawn_ms; /* when to start it again */
+} agentp;
+
+typedef struct site_ent {
+	char site[MS_DEST_MAX];
+	int64_t until;
+} site_ent;
 
 typedef struct sched_state {
 	const ms_daemon_opts *o;
@@ -90,13 +137,20 @@ typedef struct sched_state {
 	entry *idx;
 	size_t nidx;
 	int64_t env_mtime;        /* env/ directory, when last listed */
-	dest **dests;
-	size_t ndests;
-	job **jobs;
-	size_t njobs;
+	ms_hmap dests;            /* key -> dest */
+	dest **ready;             /* dests with waiting items */
+	size_t nready, capready;
+	ms_hmap units;            /* "%llu" -> unit */
+	uint64_t next_unit;
+	size_t sessions;          /* units running, all agents */
+	ms_hmap sites;            /* dkey -> site_ent */
+	agentp agents[AGENTS_MAX];
+	size_t nagents;
 	size_t claimed;           /* slots held */
 	slot **slots;
 	size_t nslots, capslots;
+	slot **settleq;           /* complete, waiting for the group commit */
+	size_t nsettle, capsettle;
 	int64_t last_scan, last_renew;
 	int wake_fd;
 	int stopping;
@@ -110,12 +164,6 @@ static int64_t now_s(void)
 	return (int64_t)time(NULL);
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void logf_(sched_state *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(sched_state *d, const char *fmt, ...)
@@ -132,17 +180,7 @@ static void logf_(sched_state *d, const char *fmt, ...)
 	d->o->log(d->o->log_ctx, ms_printable_str(line, safe, sizeof safe));
 }
 
-static int cmp_entry(const void *a, const void *b)
-{
-	return strcmp(((const entry *)a)->id, ((const entry *)b)->id);
-}
-
-static entry *find_entry(sched_state *d, const char *id)
-{
-	entry key;
-	snprintf(key.id, sizeof key.id, "%s", id);
-	return bsearch(&key, d->idx, d->nidx, sizeof *d->idx, cmp_entry);
-}
+static entry *find_entry(sched_state *d, const char *id);
 
 /* Merge a fresh listing into the index: known ids keep what we know. */
 static ms_status relist(sched_state *d, ms_error *err)
@@ -203,22 +241,6 @@ static int64_t env_dir_mtime(sched_state *d)
 	return ms_spool_env_mtime(d->sp, "."); /* env/ itself */
 }
 
-static dest *dest_get(sched_state *d, const char *key)
-{
-	for (size_t i = 0; i < d->ndests; i++)
-		if (!strcmp(d->dests[i]->key, key))
-			return d->dests[i];
-	dest **nd = realloc(d->dests, (d->ndests + 1) * sizeof *nd);
-	if (!nd)
-		return NULL;
-	d->dests = nd;
-	dest *x = calloc(1, sizeof *x);
-	if (!x)
-		return NULL;
-	snprintf(x->key, sizeof x->key, "%s", key);
-	d->dests[d->ndests++] = x;
-	return x;
-}
 
 /* Room for one more element in the array *arrp (n in use, *cap allocated):
  * doubled from `first`. */
@@ -235,18 +257,174 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t size, size_t first)
 	return 0;
 }
 
-static int push_item(dest *x, item it)
+/* ---- destinations and shaping ------------------------------------------ */
+
+/* Does `name` fall under a destination pattern (mailspool.conf(5))? */
+static int pattern_match(const char *pat, const char *name)
 {
-	if (grow(&x->wait, &x->capwait, x->nwait, sizeof *x->wait, 64) < 0)
+	size_t lp = strlen(pat), ln = strlen(name);
+	if (pat[0] == '*' && pat[1] == '.')
+		pat++, lp--;
+	if (pat[0] == '.')
+		return ln > lp && !strcasecmp(name + ln - lp, pat);
+	return !strcasecmp(pat, name);
+}
+
+/* The shape for a destination: its own domain (from the item that made
+ * it), or any MX host of its site. */
+static const ms_conf_shape *shape_for(const ms_conf *c, const char *key, const char *dkey)
+{
+	for (size_t i = 0; i < c->nshapes; i++) {
+		const char *pat = c->shapes[i].pattern;
+		if (dkey && !strncmp(dkey, "mx:", 3) && pattern_match(pat, dkey + 3))
+			return &c->shapes[i];
+		if (!strncmp(key, "mx:", 3) && pattern_match(pat, key + 3))
+			return &c->shapes[i];
+		if (!strncmp(key, "site:", 5)) {
+			char names[MS_DEST_MAX];
+			snprintf(names, sizeof names, "%s", key + 5);
+			for (char *sv, *t = strtok_r(names, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
+				if (pattern_match(pat, t))
+					return &c->shapes[i];
+		}
+	}
+	return NULL;
+}
+
+static void dest_shape(sched_state *d, dest *x, const char *dkey)
+{
+	const ms_conf_shape *sh = shape_for(d->c, x->key, dkey);
+	x->conc_max = sh && sh->concurrency ? sh->concurrency : d->c->destination_concurrency;
+	x->conn_msgs = sh && sh->conn_messages ? sh->conn_messages : d->c->connection_messages;
+	x->rate_max = (double)(sh && sh->rate ? sh->rate : d->c->destination_rate);
+	x->conc_cur = x->conc_max;
+	x->rate_cur = x->rate_max;
+	x->bucket = x->rate_max > 0 ? 1 : 0;
+	x->bucket_ms = ms_now_ms();
+}
+
+static size_t key_hash(const char *s)
+{
+	size_t h = 5381;
+	for (; *s; s++)
+		h = h * 33 + (unsigned char)*s;
+	return h;
+}
+
+static dest *dest_get(sched_state *d, const char *key, const char *dkey)
+{
+	dest *x = ms_hmap_get(&d->dests, key);
+	if (x)
+		return x;
+	if (!(x = calloc(1, sizeof *x)) || !(x->key = strdup(key))) {
+		free(x);
+		return NULL;
+	}
+	if (ms_hmap_put(&d->dests, key, x) < 0) {
+		free(x->key);
+		free(x);
+		return NULL;
+	}
+	/* One agent per destination, so its parked sessions are found again. */
+	x->agent = (int)(key_hash(key) % (d->nagents ? d->nagents : 1));
+	dest_shape(d, x, dkey);
+	return x;
+}
+
+/* The destination an item's recipients go to now: the site its domain
+ * rolled up into, while that is fresh; else its own key. */
+static dest *dest_for_item(sched_state *d, const char *dkey, int64_t now)
+{
+	site_ent *se = ms_hmap_get(&d->sites, dkey);
+	if (se && se->until > now)
+		return dest_get(d, se->site, dkey);
+	return dest_get(d, dkey, dkey);
+}
+
+static void mark_ready(sched_state *d, dest *x)
+{
+	if (x->ready || grow(&d->ready, &d->capready, d->nready, sizeof *d->ready, 64) < 0)
+		return;
+	x->ready = 1;
+	d->ready[d->nready++] = x;
+}
+
+static int push_item(sched_state *d, dest *x, item it)
+{
+	if (grow(&x->wait, &x->capwait, x->nwait, sizeof *x->wait, 16) < 0)
 		return -1;
 	x->wait[x->nwait++] = it;
+	mark_ready(d, x);
 	return 0;
+}
+
+/* A throttling reply: half the concurrency and half the rate at once. */
+static void throttle(sched_state *d, dest *x, int64_t now)
+{
+	size_t was = x->conc_cur;
+	x->conc_cur = x->active > 1 ? x->active / 2 : 1;
+	if (x->conc_cur > was)
+		x->conc_cur = was;
+	/* Without a configured rate, the rate it was getting is the start. */
+	double per_min = x->rate_cur > 0 ? x->rate_cur : (double)(x->inflight ? x->inflight : 1) * 6;
+	x->rate_cur = per_min / 2 < 1 ? 1 : per_min / 2;
+	if (x->bucket > 1)
+		x->bucket = 1;
+	x->last_throttle = x->last_raise = now;
+	logf_(d, "%s: the server asks us to slow down: concurrency %zu, rate %.0f/min", x->key,
+	      x->conc_cur, x->rate_cur);
+}
+
+/* Recover gradually: one more connection and half again the rate per
+ * THROTTLE_RECOVER_S without a throttle, up to the configured limits. */
+static void recover(dest *x, int64_t now)
+{
+	if (!x->last_throttle || now - x->last_raise < THROTTLE_RECOVER_S)
+		return;
+	x->last_raise = now;
+	if (x->conc_cur < x->conc_max)
+		x->conc_cur++;
+	if (x->rate_cur > 0) {
+		x->rate_cur *= 1.5;
+		if (x->rate_max > 0 ? x->rate_cur >= x->rate_max : x->rate_cur >= 60000) {
+			x->rate_cur = x->rate_max;
+		}
+	}
+	if (x->conc_cur == x->conc_max && x->rate_cur == x->rate_max)
+		x->last_throttle = 0; /* fully recovered */
+}
+
+static void refill(dest *x, int64_t ms)
+{
+	if (x->rate_cur <= 0)
+		return;
+	x->bucket += (double)(ms - x->bucket_ms) * x->rate_cur / 60000.0;
+	/* A burst of at most one connection's worth, or a tenth of a minute. */
+	double cap = x->rate_cur / 10 > 1 ? x->rate_cur / 10 : 1;
+	if (x->bucket > cap)
+		x->bucket = cap;
+	x->bucket_ms = ms;
+}
+
+/* ---- slots and settling ----------------------------------------------- */
+
+static int cmp_entry(const void *a, const void *b)
+{
+	return strcmp(((const entry *)a)->id, ((const entry *)b)->id);
+}
+
+static entry *find_entry(sched_state *d, const char *id)
+{
+	entry key;
+	snprintf(key.id, sizeof key.id, "%s", id);
+	return bsearch(&key, d->idx, d->nidx, sizeof *d->idx, cmp_entry);
 }
 
 static void slot_free(slot *s)
 {
 	ms_env_free(&s->env);
 	free(s->res);
+	free(s->toks);
 	free(s);
 }
 
@@ -261,41 +439,24 @@ static void remove_slot(sched_state *d, slot *s)
 	slot_free(s);
 }
 
-/* Every group of the message is back: apply, write, release. */
-static void settle(sched_state *d, slot *s)
+static int add_result(slot *s, const ms_sched_result *r)
 {
-	entry *e = find_entry(d, s->env.id);
-	ms_error err;
-	if (s->lost) {
-		logf_(d, "%s: claim lost during delivery; its results are left to the new holder",
-		      s->env.id);
-	} else if (s->nres) {
-		ms_sched_opts so = { .conf = d->c, .bounce = 1, .log = d->o->log,
-			                 .log_ctx = d->o->log_ctx };
-		ms_sched_summary sum;
-		ms_status st = ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err);
-		if (sum.bounce_id[0])
-			ms_spool_wake(d->sp, 0);
-		if (st != MS_OK) {
-			/* The envelope could not be written (a full disk): not again
-			 * at once, or the delivered recipients would get it again. */
-			logf_(d, "%s: cannot record the results: %s; next look in %ds", s->env.id, err.msg,
-			      SETTLE_RETRY_S);
-			if (e)
-				e->due = now_s() + SETTLE_RETRY_S;
-		} else if (e) {
-			e->due = sum.removed ? INT64_MAX : sum.next_due;
-			e->mtime = ms_spool_env_mtime(d->sp, s->env.id);
-		}
+	if (grow(&s->res, &s->capres, s->nres, sizeof *s->res, 4) < 0)
+		return -1;
+	s->res[s->nres++] = *r;
+	return 0;
+}
+
+static void queue_settle(sched_state *d, slot *s)
+{
+	if (s->queued)
+		return;
+	if (grow(&d->settleq, &d->capsettle, d->nsettle, sizeof *d->settleq, 64) < 0) {
+		s->lost = 1; /* cannot even remember it: its claim lapses, another run redoes it */
+		return;
 	}
-	ms_spool_release(d->sp, &s->claim, NULL);
-	if (e) {
-		e->busy = 0;
-		if (s->lost || !s->nres)
-			e->due = INT64_MIN;
-	}
-	d->dirty = 1;
-	remove_slot(d, s);
+	s->queued = 1;
+	d->settleq[d->nsettle++] = s;
 }
 
 static void item_done(sched_state *d, item *it)
@@ -305,251 +466,369 @@ static void item_done(sched_state *d, item *it)
 	it->done = 1;
 	free(it->idx);
 	it->idx = NULL;
+	free(it->dkey);
+	it->dkey = NULL;
 	if (--it->s->groups_left == 0)
-		settle(d, it->s);
+		queue_settle(d, it->s);
 }
 
-static int add_result(slot *s, const ms_sched_result *r)
+/* Defer what an item still has, with `why` (an attempt is recorded). */
+static void item_defer(sched_state *d, item *it, const char *why)
 {
-	if (grow(&s->res, &s->capres, s->nres, sizeof *s->res, 4) < 0)
-		return -1;
-	s->res[s->nres++] = *r;
-	return 0;
+	for (size_t r = 0; r < it->n && !d->stopping; r++) {
+		ms_sched_result res = { .rcpt = it->idx[r], .state = MS_RCPT_DEFERRED };
+		snprintf(res.enh, sizeof res.enh, "4.3.0");
+		snprintf(res.text, sizeof res.text, "%s", why);
+		snprintf(res.relay, sizeof res.relay, "none");
+		add_result(it->s, &res);
+	}
+	item_done(d, it);
 }
 
-/* The work for a job: its destination and every message's recipients. */
-static ms_status job_work(const job *j, ms_buf *b)
+/* Apply one slot's results (inside the group commit). */
+static void settle_one(sched_state *d, slot *s, entry *e)
 {
-	ms_status st = ms_agent_work_begin(b, j->d->key);
-	for (size_t i = 0; i < j->n && st == MS_OK; i++)
-		st = ms_agent_work_message(b, i, &j->items[i].s->env, j->items[i].idx, j->items[i].n);
-	return st == MS_OK ? ms_agent_work_end(b) : st;
+	ms_error err;
+	if (s->lost || !ms_spool_claim_held(d->sp, &s->claim)) {
+		/* Paused past the lease, or the claim was broken: the new holder
+		 * decides; nothing of ours is written. */
+		if (!s->lost)
+			logf_(d, "%s: claim lost during delivery; its results are left to the new holder",
+			      s->env.id);
+		s->lost = 1;
+		return;
+	}
+	if (!s->nres)
+		return;
+	ms_sched_opts so = { .conf = d->c, .bounce = 1, .log = d->o->log, .log_ctx = d->o->log_ctx };
+	ms_sched_summary sum;
+	ms_status st = ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err);
+	if (sum.bounce_id[0])
+		ms_spool_wake(d->sp, 0);
+	if (st != MS_OK) {
+		/* The envelope could not be written (a full disk): not again
+		 * at once, or the delivered recipients would get it again. */
+		logf_(d, "%s: cannot record the results: %s; next look in %ds", s->env.id, err.msg,
+		      SETTLE_RETRY_S);
+		if (e)
+			e->due = now_s() + SETTLE_RETRY_S;
+	} else if (e) {
+		e->due = sum.removed ? INT64_MAX : sum.next_due;
+		e->mtime = sum.removed ? 0 : ms_spool_env_mtime(d->sp, s->env.id);
+	}
 }
 
-/* Start the delivery agent (a program of its own, never a fork of ours)
- * with its work on its standard input and its results on a pipe. */
-static pid_t spawn_agent(sched_state *d, const ms_buf *work, int *out_fd)
+static void agent_say(sched_state *d, int k, const char *p, size_t n);
+
+/* The group commit: every complete slot's results, one env/ fsync, then
+ * claims released and tokens given back. */
+static void settle_queued(sched_state *d)
 {
+	if (!d->nsettle)
+		return;
+	ms_error err;
+	ms_spool_batch_begin(d->sp);
+	for (size_t i = 0; i < d->nsettle; i++)
+		settle_one(d, d->settleq[i], find_entry(d, d->settleq[i]->env.id));
+	if (ms_spool_batch_commit(d->sp, &err) != MS_OK)
+		logf_(d, "cannot commit %zu results: %s", d->nsettle, err.msg);
+	for (size_t i = 0; i < d->nsettle; i++) {
+		slot *s = d->settleq[i];
+		entry *e = find_entry(d, s->env.id);
+		if (!s->lost)
+			ms_spool_release(d->sp, &s->claim, NULL);
+		if (e) {
+			e->busy = 0;
+			if (s->lost || !s->nres)
+				e->due = INT64_MIN;
+		}
+		for (size_t k = 0; k < s->ntoks; k++)
+			if (s->toks[k] >= 0 && (size_t)s->toks[k] < d->nagents)
+				d->agents[s->toks[k]].owed++;
+		remove_slot(d, s);
+	}
+	d->nsettle = 0;
+	d->dirty = 1;
+	for (size_t k = 0; k < d->nagents; k++)
+		if (d->agents[k].owed && d->agents[k].alive) {
+			char line[32];
+			int n = snprintf(line, sizeof line, "A %zu\n", d->agents[k].owed);
+			d->agents[k].owed = 0;
+			agent_say(d, (int)k, line, (size_t)n);
+		}
+}
+
+/* ---- agents ------------------------------------------------------------ */
+
+/* How long after a renewal (or a hand-off) agents may start messages:
+ * two thirds of the lease, at least a second. */
+static int64_t until_s(const ms_conf *c)
+{
+	int64_t t = c->claim_lease * 2 / 3;
+	return t < 1 ? 1 : t;
+}
+
+static void agent_start(sched_state *d, int k)
+{
+	agentp *a = &d->agents[k];
 	char parent[32];
 	snprintf(parent, sizeof parent, "%ld", (long)getpid());
 	const char *conf = d->c->path[0] ? d->c->path : NULL;
 	char *argv[] = { (char *)d->o->agent, "--parent", parent, conf ? "-C" : NULL,
 		             (char *)conf, NULL };
-	int to;
-	pid_t pid = ms_spawn(d->o->agent, argv, &to, out_fd);
+	int to, from;
+	pid_t pid = ms_spawn(d->o->agent, argv, &to, &from);
 	if (pid < 0) {
 		logf_(d, "cannot run the delivery agent %s: %s", d->o->agent, strerror(errno));
-		return -1;
+		a->respawn_ms = ms_now_ms() + 1000;
+		return;
 	}
-	/* The agent reads all of its work before it delivers anything, so
-	 * this write does not wait on the network; one that dies early gives
-	 * EPIPE (SIGPIPE is ignored) and is reaped as dead. */
-	const char *p = ms_buf_ptr(work);
-	for (size_t n = ms_buf_avail(work); n > 0;) {
-		ssize_t w = write(to, p, n);
+	fcntl(from, F_SETFL, O_NONBLOCK);
+	memset(a, 0, sizeof *a);
+	a->pid = pid;
+	a->in_fd = to;
+	a->out_fd = from;
+	a->alive = 1;
+}
+
+/* Agents read their work as it comes (their main thread does nothing
+ * else), so this write does not wait on the network.  One that died gives
+ * EPIPE (SIGPIPE is ignored) and is reaped as dead. */
+static void agent_say(sched_state *d, int k, const char *p, size_t n)
+{
+	agentp *a = &d->agents[k];
+	while (n > 0 && a->in_fd >= 0) {
+		ssize_t w = write(a->in_fd, p, n);
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w <= 0)
-			break;
+		if (w <= 0) {
+			close(a->in_fd);
+			a->in_fd = -1;
+			return;
+		}
 		p += w;
 		n -= (size_t)w;
 	}
-	close(to);
-	return pid;
 }
 
-/* Hand up to `count` waiting items of x to a new agent. */
-static int launch(sched_state *d, dest *x, size_t count)
+static unit *unit_find(sched_state *d, uint64_t id)
 {
-	job *j = calloc(1, sizeof *j);
-	if (!j)
-		return -1;
-	j->items = malloc(count * sizeof *j->items);
-	if (!j->items) {
-		free(j);
-		return -1;
-	}
-	memcpy(j->items, x->wait, count * sizeof *j->items);
-	memmove(x->wait, x->wait + count, (x->nwait - count) * sizeof *x->wait);
-	x->nwait -= count;
-	j->n = count;
-	j->d = x;
-	ms_buf work;
-	ms_buf_init(&work, MS_AGENT_WORK_MAX);
-	int fd = -1;
-	pid_t pid = job_work(j, &work) == MS_OK ? spawn_agent(d, &work, &fd) : -1;
-	ms_buf_free(&work);
-	if (pid < 0)
-		goto fail;
-	fcntl(fd, F_SETFL, O_NONBLOCK);
-	j->pid = pid;
-	j->fd = fd;
-	job **nj = realloc(d->jobs, (d->njobs + 1) * sizeof *nj);
-	if (!nj) {
-		kill(pid, SIGKILL);
-		close(fd);
-		waitpid(pid, NULL, 0);
-		goto fail;
-	}
-	d->jobs = nj;
-	d->jobs[d->njobs++] = j;
-	x->active++;
-	x->inflight += count;
-	return 0;
-fail:
-	/* Put the work back for the next round. */
-	for (size_t i = 0; i < count; i++)
-		push_item(x, j->items[i]);
-	free(j->items);
-	free(j);
-	return -1;
+	char k[24];
+	snprintf(k, sizeof k, "%llu", (unsigned long long)id);
+	return ms_hmap_get(&d->units, k);
 }
 
-/* One line from an agent; 1 when it completed a message. */
-static int job_line(sched_state *d, job *j, char *line)
+/* A unit is over: whatever it did not report is deferred with `why`. */
+static void unit_end(sched_state *d, unit *u, const char *why)
 {
-	size_t it;
-	ms_sched_result r;
-	switch (ms_agent_parse_result(line, &it, &r)) {
-	case 'U':
-		j->unreachable = 1;
-		return 0;
-	case 'D':
-		if (it >= j->n)
-			return 0;
-		item_done(d, &j->items[it]);
-		return 1;
+	for (size_t i = 0; i < u->n; i++)
+		if (!u->items[i].done)
+			item_defer(d, &u->items[i], why);
+	u->x->active--;
+	u->x->inflight -= u->n;
+	if (u->x->nwait)
+		mark_ready(d, u->x);
+	d->sessions--;
+	d->agents[u->agent].units--;
+	char k[24];
+	snprintf(k, sizeof k, "%llu", (unsigned long long)u->id);
+	ms_hmap_del(&d->units, k);
+	free(u->items);
+	free(u);
+}
+
+/* One result line from agent k. */
+static void agent_line(sched_state *d, int k, const char *line)
+{
+	ms_agent_result r;
+	ms_agent_parse_result(line, &r);
+	if (!r.kind)
+		return; /* not ours: ignored */
+	unit *u = unit_find(d, r.unit);
+	if (!u || u->agent != k)
+		return;
+	int64_t now = now_s();
+	item *it = r.item < u->n ? &u->items[r.item] : NULL;
+	switch (r.kind) {
 	case 'R':
-		if (it < j->n && !j->items[it].done)
-			add_result(j->items[it].s, &r);
-		return 0;
-	default:
-		return 0; /* not ours: ignored */
+		if (it && !it->done)
+			add_result(it->s, &r.r);
+		break;
+	case 'D':
+		if (!it || it->done)
+			break;
+		if (r.token && grow(&it->s->toks, &it->s->captoks, it->s->ntoks, sizeof(int), 2) == 0)
+			it->s->toks[it->s->ntoks++] = k;
+		else if (r.token)
+			d->agents[k].owed++;
+		item_done(d, it);
+		break;
+	case 'N':
+		if (!it || it->done)
+			break;
+		if (r.token)
+			d->agents[k].owed++; /* nothing of it to commit */
+		if (!d->stopping && !it->s->lost && it->s->untried < MS_DAEMON_UNTRIED_MAX) {
+			/* Not attempted: straight back to its destination, no attempt
+			 * recorded, no tier consumed.  Only one a session broke under
+			 * (it held a token) counts towards the limit; one never
+			 * started (a deadline) does not. */
+			it->s->untried += r.token;
+			item again = *it;
+			dest *x = dest_for_item(d, again.dkey, now);
+			if (x && push_item(d, x, again) == 0) {
+				it->done = 1; /* the copy in the queue owns idx and dkey now */
+				it->idx = NULL;
+				it->dkey = NULL;
+				break;
+			}
+		}
+		if (d->stopping || it->s->lost)
+			item_done(d, it); /* released untouched */
+		else
+			item_defer(d, it, "not attempted: every session it was given broke first");
+		break;
+	case 'S':
+		for (size_t i = 0; i < u->n; i++) {
+			const char *dk = u->items[i].dkey;
+			if (!dk || strncmp(dk, "mx:", 3) || ms_hmap_get(&d->sites, dk))
+				continue;
+			site_ent *se = malloc(sizeof *se);
+			if (!se)
+				break;
+			snprintf(se->site, sizeof se->site, "%s", r.site);
+			se->until = now + SITE_TTL_S;
+			if (ms_hmap_put(&d->sites, dk, se) < 0)
+				free(se);
+		}
+		break;
+	case 'U':
+		u->x->backoff_until = now + d->c->destination_backoff;
+		logf_(d, "%s: no server answered; not tried again for %llds", u->x->key,
+		      (long long)d->c->destination_backoff);
+		break;
+	case 'H':
+		throttle(d, u->x, now);
+		break;
+	case 'X':
+		unit_end(d, u, "the delivery agent ended the work without reporting it");
+		break;
 	}
 }
 
-/* Read a worker's lines.  At most SETTLE_BATCH messages are settled per
- * call (each is an fsynced envelope), so that a worker reporting thousands
- * of results does not keep the scheduler from new work; j->more says
- * complete lines are still buffered, and the loop comes back at once. */
-static void job_read(sched_state *d, job *j)
+static void agent_read(sched_state *d, int k)
 {
-	size_t settled = 0;
+	agentp *a = &d->agents[k];
 	for (;;) {
-		char *start = j->buf, *nl;
-		while (settled < SETTLE_BATCH &&
-		       (nl = memchr(start, '\n', j->blen - (size_t)(start - j->buf)))) {
+		char *start = a->buf, *nl;
+		while ((nl = memchr(start, '\n', a->blen - (size_t)(start - a->buf)))) {
 			*nl = '\0';
-			settled += job_line(d, j, start);
+			agent_line(d, k, start);
 			start = nl + 1;
 		}
-		j->blen -= (size_t)(start - j->buf);
-		memmove(j->buf, start, j->blen);
-		j->more = settled >= SETTLE_BATCH;
-		if (j->more)
-			return;
-		if (j->blen == sizeof j->buf - 1)
-			j->blen = 0; /* a line past the cap: drop it */
-		ssize_t n = read(j->fd, j->buf + j->blen, sizeof j->buf - 1 - j->blen);
+		a->blen -= (size_t)(start - a->buf);
+		memmove(a->buf, start, a->blen);
+		if (a->blen == sizeof a->buf - 1)
+			a->blen = 0; /* a line past the cap: drop it */
+		ssize_t n = read(a->out_fd, a->buf + a->blen, sizeof a->buf - 1 - a->blen);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			return; /* EAGAIN */
 		if (n == 0) {
-			j->eof = 1;
+			a->eof = 1;
 			return;
 		}
-		j->blen += (size_t)n;
+		a->blen += (size_t)n;
 	}
 }
 
-/* A worker has ended.  What it did not report: when we are stopping (we
- * killed it) released untouched; otherwise it died, and its recipients are
- * deferred with that reason so the tiers go on (a message that kills its
- * worker must not be retried in a loop). */
-static void job_end(sched_state *d, size_t k, int status)
+/* An agent has ended: what it did not report is deferred (a message that
+ * kills its agent must not be retried in a loop), or released untouched
+ * when we are stopping. */
+static void agent_end(sched_state *d, int k)
 {
-	job *j = d->jobs[k];
+	agentp *a = &d->agents[k];
 	char why[128];
-	if (WIFSIGNALED(status))
+	if (WIFSIGNALED(a->status))
 		snprintf(why, sizeof why, "the delivery process was killed by signal %d",
-		         WTERMSIG(status));
+		         WTERMSIG(a->status));
 	else
 		snprintf(why, sizeof why, "the delivery process ended (status %d) before reporting",
-		         WEXITSTATUS(status));
-	for (size_t i = 0; i < j->n; i++) {
-		item *it = &j->items[i];
-		if (it->done)
-			continue;
-		for (size_t r = 0; r < it->n && !d->stopping; r++) {
-			ms_sched_result res = { .rcpt = it->idx[r], .state = MS_RCPT_DEFERRED };
-			snprintf(res.enh, sizeof res.enh, "4.3.0");
-			snprintf(res.text, sizeof res.text, "%s", why);
-			snprintf(res.relay, sizeof res.relay, "none");
-			add_result(it->s, &res);
-		}
-		item_done(d, it);
+		         WEXITSTATUS(a->status));
+	const char *key;
+	void *v;
+	for (int again = 1; again;) {
+		again = 0;
+		for (size_t i = 0; (i = ms_hmap_next(&d->units, i, &key, &v)) != 0;)
+			if (((unit *)v)->agent == k) {
+				unit_end(d, v, why);
+				again = 1; /* the map changed: walk it again */
+				break;
+			}
 	}
-	if (j->unreachable) {
-		j->d->backoff_until = now_s() + d->c->destination_backoff;
-		logf_(d, "%s: no server answered; not tried again for %llds", j->d->key,
-		      (long long)d->c->destination_backoff);
-	}
-	j->d->active--;
-	j->d->inflight -= j->n;
-	close(j->fd);
-	free(j->items);
-	free(j);
-	d->jobs[k] = d->jobs[--d->njobs];
+	if (a->in_fd >= 0)
+		close(a->in_fd);
+	close(a->out_fd);
+	a->in_fd = a->out_fd = -1;
+	a->alive = 0;
+	a->respawn_ms = ms_now_ms() + 1000;
+	if (!d->stopping)
+		logf_(d, "delivery agent %d (pid %ld) ended: %s; another starts", k, (long)a->pid, why);
 }
 
 static void reap(sched_state *d)
 {
-	for (size_t k = 0; k < d->njobs;) {
-		job *j = d->jobs[k];
-		if (!j->reaped) {
+	for (size_t k = 0; k < d->nagents; k++) {
+		agentp *a = &d->agents[k];
+		if (!a->alive)
+			continue;
+		if (!a->reaped) {
 			int status;
-			pid_t r = waitpid(j->pid, &status, WNOHANG);
-			if (r == j->pid) {
-				j->reaped = 1;
-				j->status = status;
+			if (waitpid(a->pid, &status, WNOHANG) == a->pid) {
+				a->reaped = 1;
+				a->status = status;
 			}
 		}
-		if (j->reaped && !j->eof)
-			job_read(d, j);
-		if (j->reaped && j->eof)
-			job_end(d, k, j->status);
-		else
-			k++;
+		if (a->reaped && !a->eof)
+			agent_read(d, (int)k);
+		if (a->reaped && a->eof)
+			agent_end(d, (int)k);
 	}
 }
 
 /* ---- scheduling ------------------------------------------------------ */
 
-/* Read a due message, claim it, queue its recipients per destination. */
+/* Read a due message, plan it, claim it, queue its recipients per
+ * destination.  The plan is made once; it is made again only when the
+ * envelope changed between the read and the claim. */
 static void take(sched_state *d, entry *e, int64_t now)
 {
-	ms_envelope env;
+	slot *s = calloc(1, sizeof *s);
 	ms_error err;
-	ms_status st = ms_spool_read(d->sp, e->id, &env, &err);
+	if (!s)
+		return;
+	ms_status st = ms_spool_read(d->sp, e->id, &s->env, &err);
 	if (st != MS_OK) {
 		if (st == MS_ERR_DATA)
 			logf_(d, "%s", err.msg);
 		e->due = INT64_MAX; /* gone or moved aside: the next listing drops it */
+		free(s);
 		return;
 	}
-	e->mtime = ms_spool_env_mtime(d->sp, e->id);
+	int64_t seen = ms_spool_env_mtime(d->sp, e->id);
+	e->mtime = seen;
 	ms_sched_plan plan;
-	if (ms_sched_plan_make(d->c, &env, now, &plan, &err) != MS_OK) {
-		ms_env_free(&env);
+	if (ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
+		slot_free(s);
 		e->due = now + SETTLE_RETRY_S;
 		return;
 	}
 	/* Nothing due after all, or only destinations in back-off: no claim. */
 	int64_t later = INT64_MAX;
-	int any = plan.nunroutable > 0;
+	int any = plan.nunroutable > 0 || plan.bounce_due;
 	for (size_t g = 0; g < plan.ngroups; g++) {
-		dest *x = dest_get(d, plan.groups[g].key);
+		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (x && x->backoff_until > now) {
 			if (x->backoff_until < later)
 				later = x->backoff_until;
@@ -557,29 +836,38 @@ static void take(sched_state *d, entry *e, int64_t now)
 			any = 1;
 		}
 	}
-	if (plan.ngroups == 0 && plan.nunroutable == 0)
-		later = (env.flags & MS_ENV_HOLD) ? INT64_MAX : ms_env_next_due(&env);
-	ms_sched_plan_free(&plan);
-	ms_env_free(&env);
+	if (plan.ngroups == 0 && plan.nunroutable == 0 && !plan.bounce_due)
+		later = (s->env.flags & MS_ENV_HOLD) ? INT64_MAX : ms_env_next_due(&s->env);
 	if (!any) {
+		ms_sched_plan_free(&plan);
+		slot_free(s);
 		e->due = later;
 		return;
 	}
-	slot *s = calloc(1, sizeof *s);
-	if (!s)
-		return;
 	if (ms_spool_claim(d->sp, e->id, d->o->node, &s->claim, &err) != MS_OK) {
-		free(s);
+		ms_sched_plan_free(&plan);
+		slot_free(s);
 		e->due = now + 5; /* someone else is on it: look again soon */
 		return;
 	}
-	/* Under the claim, the envelope as it is now. */
-	if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK ||
-	    grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0 ||
-	    ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
+	/* Under the claim: the envelope as it is now (re-read only if it
+	 * changed since our read). */
+	if (ms_spool_env_mtime(d->sp, e->id) != seen) {
+		ms_sched_plan_free(&plan);
+		ms_env_free(&s->env);
+		ms_env_init(&s->env);
+		if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK ||
+		    ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
+			ms_spool_release(d->sp, &s->claim, NULL);
+			slot_free(s);
+			e->due = INT64_MIN; /* read again next time */
+			return;
+		}
+	}
+	if (grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0) {
+		ms_sched_plan_free(&plan);
 		ms_spool_release(d->sp, &s->claim, NULL);
 		slot_free(s);
-		e->due = INT64_MIN; /* read again next time */
 		return;
 	}
 	d->slots[d->nslots++] = s;
@@ -590,27 +878,128 @@ static void take(sched_state *d, entry *e, int64_t now)
 		add_result(s, &plan.unroutable[i]); /* deferred now, with the reason */
 	s->groups_left = 1; /* held while items are made */
 	for (size_t g = 0; g < plan.ngroups; g++) {
-		dest *x = dest_get(d, plan.groups[g].key);
+		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (!x || x->backoff_until > now)
 			continue; /* left due; tried when the back-off ends */
-		item it = { .s = s, .idx = plan.groups[g].idx, .n = plan.groups[g].n };
-		if (push_item(x, it) < 0)
+		item it = { .s = s, .idx = plan.groups[g].idx, .n = plan.groups[g].n,
+			        .dkey = strdup(plan.groups[g].key) };
+		if (!it.dkey || push_item(d, x, it) < 0) {
+			free(it.dkey);
 			continue;
+		}
 		plan.groups[g].idx = NULL; /* the item has it now */
 		s->groups_left++;
 	}
 	ms_sched_plan_free(&plan);
 	if (--s->groups_left == 0)
-		settle(d, s); /* nothing handed out: settled (or released) at once */
+		queue_settle(d, s); /* nothing handed out: settled (or released) at once */
 }
 
-/* How many messages we hold claimed at once: what our workers can start
- * soon (twice a connection's share for every connection), so that other
+/* How many messages we hold claimed at once: what the sessions can start
+ * soon (twice a connection's share for every session), so that other
  * daemons sharing the spool get their part and leases stay few. */
 static size_t claim_limit(const ms_conf *c)
 {
 	size_t n = c->max_deliveries * c->connection_messages * 2;
 	return n < 100 ? 100 : n > MS_DAEMON_CLAIMED_MAX ? MS_DAEMON_CLAIMED_MAX : n;
+}
+
+/* Hand up to `count` waiting items of x to its agent as one unit. */
+static int launch(sched_state *d, dest *x, size_t count, int64_t now)
+{
+	agentp *a = &d->agents[x->agent];
+	if (!a->alive || a->in_fd < 0)
+		return -1;
+	unit *u = calloc(1, sizeof *u);
+	if (!u || !(u->items = malloc(count * sizeof *u->items))) {
+		free(u);
+		return -1;
+	}
+	/* Claims are checked before every hand-off: one lost (we were paused
+	 * past the lease) is not sent. */
+	size_t n = 0, taken = 0;
+	for (; taken < x->nwait && n < count; taken++) {
+		item *it = &x->wait[taken];
+		if (it->s->lost || !ms_spool_claim_held(d->sp, &it->s->claim)) {
+			it->s->lost = 1;
+			item_done(d, it);
+			continue;
+		}
+		u->items[n++] = *it;
+	}
+	memmove(x->wait, x->wait + taken, (x->nwait - taken) * sizeof *x->wait);
+	x->nwait -= taken;
+	if (n == 0) {
+		free(u->items);
+		free(u);
+		return 0;
+	}
+	u->n = n;
+	u->x = x;
+	u->agent = x->agent;
+	u->id = ++d->next_unit;
+	char k[24];
+	snprintf(k, sizeof k, "%llu", (unsigned long long)u->id);
+	ms_buf work;
+	ms_buf_init(&work, MS_AGENT_WORK_MAX);
+	/* No message of the unit starts after two thirds of a lease unless we
+	 * renew (L): our claims hold that long even if we stop now. */
+	ms_status st = ms_agent_work_begin(&work, u->id, now + until_s(d->c), x->conn_msgs, x->key);
+	for (size_t i = 0; i < n && st == MS_OK; i++)
+		st = ms_agent_work_message(&work, i, &u->items[i].s->env, u->items[i].idx, u->items[i].n,
+		                           u->items[i].dkey);
+	if (st == MS_OK)
+		st = ms_agent_work_end(&work);
+	if (st != MS_OK || ms_hmap_put(&d->units, k, u) < 0) {
+		ms_buf_free(&work);
+		for (size_t i = 0; i < n; i++)
+			push_item(d, x, u->items[i]);
+		free(u->items);
+		free(u);
+		return -1;
+	}
+	x->active++;
+	x->inflight += n;
+	d->sessions++;
+	a->units++;
+	agent_say(d, x->agent, ms_buf_ptr(&work), ms_buf_avail(&work));
+	ms_buf_free(&work);
+	if (x->rate_cur > 0)
+		x->bucket -= (double)n;
+	return 0;
+}
+
+/* Units for one destination with waiting work, within its limits. */
+static void schedule_dest(sched_state *d, dest *x, int64_t now, int64_t ms)
+{
+	recover(x, now);
+	refill(x, ms);
+	while (x->nwait > 0 && x->active < x->conc_cur && d->sessions < d->c->max_deliveries &&
+	       !d->stopping) {
+		/* Connections for everything this destination has, waiting or
+		 * in flight; a small group waits for the running one (its
+		 * session is parked and taken again when it is done). */
+		size_t total = x->nwait + x->inflight;
+		size_t want = (total + x->conn_msgs - 1) / x->conn_msgs;
+		if (want > x->conc_cur)
+			want = x->conc_cur;
+		if (x->active > 0 && x->active >= want)
+			break;
+		size_t add = x->active >= want ? 1 : want - x->active;
+		size_t per = (x->nwait + add - 1) / add;
+		if (per > x->conn_msgs)
+			per = x->conn_msgs;
+		if (per > MS_DAEMON_GROUP_MAX)
+			per = MS_DAEMON_GROUP_MAX;
+		if (x->rate_cur > 0) {
+			if (x->bucket < 1)
+				break; /* the rate: wait for the bucket */
+			if ((double)per > x->bucket)
+				per = (size_t)x->bucket;
+		}
+		if (launch(d, x, per < x->nwait ? per : x->nwait, now) < 0)
+			break;
+	}
 }
 
 static void schedule(sched_state *d)
@@ -627,8 +1016,6 @@ static void schedule(sched_state *d)
 			entry *e = &d->idx[i];
 			if (!e->busy && e->due <= now) {
 				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH) {
-					/* More is due than we may hold, or than we read in one
-					 * go (workers start between batches): look again. */
 					full = 0;
 					earliest = now;
 					break;
@@ -642,36 +1029,39 @@ static void schedule(sched_state *d)
 		d->earliest = earliest;
 		d->dirty = !full;
 	}
-	/* Workers: one per destination with work, more for large groups. */
-	for (size_t i = 0; i < d->ndests && !d->stopping; i++) {
-		dest *x = d->dests[i];
-		if (x->nwait == 0 || x->active >= d->c->destination_concurrency)
-			continue;
-		/* Connections for everything this destination has, waiting or
-		 * in flight (messages arrive here a batch of reads at a time). */
-		size_t total = x->nwait + x->inflight;
-		size_t want = (total + d->c->connection_messages - 1) / d->c->connection_messages;
-		if (want > d->c->destination_concurrency)
-			want = d->c->destination_concurrency;
-		if (x->active > 0 && x->active >= want)
-			continue; /* a small group waits for the running connection */
-		size_t add = x->active >= want ? 1 : want - x->active;
-		size_t per = (x->nwait + add - 1) / add;
-		if (per > MS_DAEMON_GROUP_MAX)
-			per = MS_DAEMON_GROUP_MAX;
-		for (size_t k = 0; k < add && x->nwait > 0 && d->njobs < d->c->max_deliveries; k++)
-			if (launch(d, x, per < x->nwait ? per : x->nwait) < 0)
-				break;
+	for (size_t k = 0; k < d->nagents && !d->stopping; k++)
+		if (!d->agents[k].alive && ms_now_ms() >= d->agents[k].respawn_ms)
+			agent_start(d, (int)k);
+	/* Only destinations with waiting work are looked at. */
+	int64_t ms = ms_now_ms();
+	size_t keep = 0;
+	for (size_t i = 0; i < d->nready; i++) {
+		dest *x = d->ready[i];
+		if (!d->stopping)
+			schedule_dest(d, x, now, ms);
+		if (x->nwait)
+			d->ready[keep++] = x;
+		else
+			x->ready = 0;
 	}
+	d->nready = keep;
 }
 
+/* Renew every claim, then tell the agents how long they now hold: two
+ * thirds of a lease from now (the next renewal comes after one third). */
 static void renew(sched_state *d)
 {
+	int64_t now = now_s();
 	for (size_t i = 0; i < d->nslots; i++) {
 		slot *s = d->slots[i];
 		if (!s->lost && ms_spool_renew(d->sp, &s->claim, NULL) != MS_OK)
 			s->lost = 1;
 	}
+	char line[48];
+	int n = snprintf(line, sizeof line, "L %lld\n", (long long)(now + until_s(d->c)));
+	for (size_t k = 0; k < d->nagents; k++)
+		if (d->agents[k].alive)
+			agent_say(d, (int)k, line, (size_t)n);
 }
 
 static int64_t next_due(sched_state *d)
@@ -681,12 +1071,7 @@ static int64_t next_due(sched_state *d)
 
 static int idle(sched_state *d)
 {
-	if (d->njobs)
-		return 0;
-	for (size_t i = 0; i < d->ndests; i++)
-		if (d->dests[i]->nwait)
-			return 0;
-	return 1;
+	return d->sessions == 0 && d->nready == 0 && d->nsettle == 0;
 }
 
 static void reload(sched_state *d)
@@ -708,8 +1093,12 @@ static void reload(sched_state *d)
 			d->sp = sp;
 			ms_spool_set_report(d->sp, d->o->log, d->o->log_ctx);
 			*d->c = *nc;
-			for (size_t i = 0; i < d->ndests; i++)
-				d->dests[i]->backoff_until = 0;
+			const char *k;
+			void *v;
+			for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
+				((dest *)v)->backoff_until = 0;
+				dest_shape(d, v, NULL);
+			}
 			logf_(d, "configuration reloaded from %s", d->c->path[0] ? d->c->path : "defaults");
 		}
 	}
@@ -729,6 +1118,63 @@ static int drain_wake(sched_state *d)
 	return what;
 }
 
+/* Stop: waiting work is released, agents get no more work (their input
+ * ends: they start nothing new and finish what is in flight). */
+static void begin_stop(sched_state *d)
+{
+	d->stopping = 1;
+	d->stop_deadline = ms_now_ms() + MS_DAEMON_GRACE_MS;
+	logf_(d, "stopping: %zu sessions in flight", d->sessions);
+	for (size_t i = 0; i < d->nready; i++) {
+		dest *x = d->ready[i];
+		for (size_t k = 0; k < x->nwait; k++)
+			item_done(d, &x->wait[k]);
+		x->nwait = 0;
+		x->ready = 0;
+	}
+	d->nready = 0;
+	for (size_t k = 0; k < d->nagents; k++)
+		if (d->agents[k].in_fd >= 0) {
+			close(d->agents[k].in_fd);
+			d->agents[k].in_fd = -1;
+		}
+}
+
+static int agents_alive(sched_state *d)
+{
+	for (size_t k = 0; k < d->nagents; k++)
+		if (d->agents[k].alive)
+			return 1;
+	return 0;
+}
+
+static size_t default_agents(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > 16 ? 16 : (size_t)n;
+}
+
+static void free_all(sched_state *d)
+{
+	const char *k;
+	void *v;
+	for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
+		dest *x = v;
+		free(x->wait);
+		free(x->key);
+		free(x);
+	}
+	ms_hmap_free(&d->dests);
+	for (size_t i = 0; (i = ms_hmap_next(&d->sites, i, &k, &v)) != 0;)
+		free(v);
+	ms_hmap_free(&d->sites);
+	ms_hmap_free(&d->units);
+	free(d->ready);
+	free(d->settleq);
+	free(d->slots);
+	free(d->idx);
+}
+
 ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 {
 	sched_state D;
@@ -737,6 +1183,9 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	d->o = o;
 	d->c = o->conf;
 	d->wake_fd = -1;
+	ms_hmap_init(&d->dests);
+	ms_hmap_init(&d->units);
+	ms_hmap_init(&d->sites);
 	ms_status st = ms_spool_open(d->c, 1, &d->sp, err);
 	if (st != MS_OK)
 		return st;
@@ -754,37 +1203,39 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		ms_spool_close(d->sp);
 		return st;
 	}
-	logf_(d, "daemon started: node %s, spool %s, up to %zu deliveries", o->node,
-	      d->c->spool_dir, d->c->max_deliveries);
+	d->nagents = d->c->delivery_agents ? d->c->delivery_agents : default_agents();
+	if (d->nagents > AGENTS_MAX)
+		d->nagents = AGENTS_MAX;
+	for (size_t k = 0; k < d->nagents; k++) {
+		d->agents[k].in_fd = d->agents[k].out_fd = -1;
+		agent_start(d, (int)k);
+	}
+	logf_(d, "daemon started: node %s, spool %s, %zu delivery agents, up to %zu sessions",
+	      o->node, d->c->spool_dir, d->nagents, d->c->max_deliveries);
 	int woken = 2;
 	int64_t last_list = 0;
-	for (;;) {
+	struct pollfd *pf = calloc(d->nagents + 1, sizeof *pf);
+	if (!pf)
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	while (pf) {
 		int64_t now = now_s();
 		if (o->reload && *o->reload) {
 			*o->reload = 0;
 			reload(d);
 			woken = 1;
 		}
-		if (o->stop && *o->stop && !d->stopping) {
-			d->stopping = 1;
-			d->stop_deadline = mono_ms() + MS_DAEMON_GRACE_MS;
-			logf_(d, "stopping: %zu deliveries in flight", d->njobs);
-			for (size_t i = 0; i < d->ndests; i++) { /* waiting work is released */
-				dest *x = d->dests[i];
-				for (size_t k = 0; k < x->nwait; k++)
-					item_done(d, &x->wait[k]);
-				x->nwait = 0;
-			}
-		}
-		if (d->stopping && mono_ms() >= d->stop_deadline)
-			for (size_t i = 0; i < d->njobs; i++)
-				kill(d->jobs[i]->pid, SIGKILL);
-		if (d->stopping && d->njobs == 0)
+		if (o->stop && *o->stop && !d->stopping)
+			begin_stop(d);
+		if (d->stopping && ms_now_ms() >= d->stop_deadline)
+			for (size_t k = 0; k < d->nagents; k++)
+				if (d->agents[k].alive && !d->agents[k].reaped)
+					kill(d->agents[k].pid, SIGKILL);
+		if (d->stopping && !agents_alive(d))
 			break;
 		/* What is queued: a listing when env/ changed (at most every
 		 * LIST_MIN_MS, as our own updates change it too; at once for a
 		 * new submission), mtimes when told or now and then. */
-		int64_t dm = env_dir_mtime(d), ms = mono_ms();
+		int64_t dm = env_dir_mtime(d), ms = ms_now_ms();
 		if (!d->stopping && dm != d->env_mtime &&
 		    (woken || ms - last_list >= LIST_MIN_MS || (o->once && idle(d)))) {
 			d->env_mtime = dm;
@@ -797,28 +1248,25 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			d->last_scan = now;
 		}
 		woken = 0;
+		/* Renewal on its own clock, before any work of this round. */
 		if (now - d->last_renew >= (d->c->claim_lease + 2) / 3) {
 			renew(d);
 			d->last_renew = now;
 		}
 		if (!d->stopping)
 			schedule(d);
+		settle_queued(d);
 		/* --once: done when nothing runs or waits and nothing is due
 		 * (a bounce queued meanwhile is due, and goes too). */
-		if (o->once && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
-			break;
+		if (o->once && !d->stopping && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
+			begin_stop(d);
 		/* Wait for results, a wake-up, or the next due message. */
-		size_t nfds = d->njobs + 1;
-		struct pollfd *pf = calloc(nfds, sizeof *pf);
-		if (!pf) {
-			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-			break;
-		}
 		pf[0].fd = d->wake_fd;
 		pf[0].events = POLLIN;
-		for (size_t i = 0; i < d->njobs; i++) {
-			pf[i + 1].fd = d->jobs[i]->eof ? -1 : d->jobs[i]->fd;
-			pf[i + 1].events = POLLIN;
+		for (size_t k = 0; k < d->nagents; k++) {
+			agentp *a = &d->agents[k];
+			pf[k + 1].fd = a->alive && !a->eof ? a->out_fd : -1;
+			pf[k + 1].events = POLLIN;
 		}
 		int64_t wait_s = d->c->queue_scan_interval;
 		int64_t nd = next_due(d);
@@ -830,35 +1278,40 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		if (d->nslots && lease_wait < wait_s)
 			wait_s = lease_wait < 0 ? 0 : lease_wait;
 		int timeout = (int)(wait_s * 1000);
-		if (d->njobs && timeout > 200)
-			timeout = 200; /* reap exited workers promptly */
+		if ((d->sessions || d->nready || d->stopping) && timeout > 200)
+			timeout = 200; /* rates, respawns, reaping */
 		if (timeout < 50 && !idle(d))
 			timeout = 50;
 		if (nd <= now && d->claimed >= claim_limit(d->c))
 			timeout = 200;
-		for (size_t i = 0; i < d->njobs; i++)
-			if (d->jobs[i]->more)
-				timeout = 0; /* results already read wait to be settled */
-		int r = poll(pf, (nfds_t)nfds, timeout);
+		if (d->nsettle)
+			timeout = 0;
+		int r = poll(pf, (nfds_t)(d->nagents + 1), timeout);
 		if (r > 0 && (pf[0].revents & POLLIN))
 			woken = drain_wake(d);
-		for (size_t i = 0; i < d->njobs; i++)
-			if ((r > 0 && pf[i + 1].revents) || d->jobs[i]->more)
-				job_read(d, d->jobs[i]);
-		free(pf);
+		for (size_t k = 0; k < d->nagents; k++)
+			if (r > 0 && pf[k + 1].revents && d->agents[k].alive)
+				agent_read(d, (int)k);
 		reap(d);
 	}
-	/* Claims never outlive the daemon. */
-	while (d->nslots)
-		settle(d, d->slots[0]);
-	for (size_t i = 0; i < d->ndests; i++) {
-		free(d->dests[i]->wait);
-		free(d->dests[i]);
-	}
-	free(d->dests);
-	free(d->jobs);
-	free(d->slots);
-	free(d->idx);
+	free(pf);
+	/* Whatever the agents reported is applied; claims never outlive the
+	 * daemon. */
+	for (size_t k = 0; k < d->nagents; k++)
+		if (d->agents[k].alive) {
+			kill(d->agents[k].pid, SIGKILL);
+			waitpid(d->agents[k].pid, &d->agents[k].status, 0);
+			d->agents[k].reaped = 1;
+			agent_read(d, (int)k);
+			agent_end(d, (int)k);
+		}
+	for (size_t i = 0; i < d->nslots; i++)
+		if (d->slots[i]->groups_left > 0) {
+			d->slots[i]->groups_left = 0;
+			queue_settle(d, d->slots[i]);
+		}
+	settle_queued(d);
+	free_all(d);
 	if (d->wake_fd >= 0)
 		ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
 	logf_(d, "daemon stopped");

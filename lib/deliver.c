@@ -14,6 +14,8 @@
 
 #include "mailspool/client.h"
 #include "mailspool/dns.h"
+#include "mailspool/dnscache.h"
+#include "mailspool/pool.h"
 #include "mailspool/relay.h"
 #include "mailspool/route.h"
 
@@ -80,11 +82,53 @@ static void session_opts(const ms_conf *c, ms_transcript *tx, ms_client_opts *co
 typedef struct relay_ctx {
 	const ms_deliver_opts *o;
 	const char *relay;
+	int stash;            /* a reused session: keep unattempted messages back */
+	ms_message **retry;   /* kept back, to go again on a fresh connection */
+	size_t nretry;
+	ms_deliver_report *rep;
 } relay_ctx;
+
+int ms_deliver_throttle_reply(int code, const char *enh, const char *text)
+{
+	if (code == 421 || (enh && !strncmp(enh, "4.7.", 4)))
+		return 1;
+	if (code < 400 || code > 499 || !text)
+		return 0;
+	static const char *const says[] = { "too many connections", "too many concurrent",
+		                                "too many messages", "rate limit", "throttl" };
+	char low[256];
+	size_t i = 0;
+	for (; text[i] && i + 1 < sizeof low; i++)
+		low[i] = (char)tolower((unsigned char)text[i]);
+	low[i] = '\0';
+	for (size_t k = 0; k < sizeof says / sizeof says[0]; k++)
+		if (strstr(low, says[k]))
+			return 1;
+	return 0;
+}
+
+static void note_throttle(relay_ctx *r, const ms_message *m)
+{
+	for (size_t i = 0; i < m->nrcpts && !r->rep->throttled; i++)
+		if (m->rcpts[i].state == MS_RCPT_DEFERRED &&
+		    ms_deliver_throttle_reply(m->rcpts[i].out.code, m->rcpts[i].out.enh,
+		                              m->rcpts[i].out.text))
+			r->rep->throttled = 1;
+}
 
 static void forward(void *ctx, ms_message *m)
 {
 	relay_ctx *r = ctx;
+	if (r->stash && ms_message_untried(m)) {
+		ms_message **q = realloc(r->retry, (r->nretry + 1) * sizeof *q);
+		if (q) {
+			r->retry = q;
+			r->retry[r->nretry++] = m;
+			return;
+		}
+	}
+	if (r->rep)
+		note_throttle(r, m);
 	if (r->o->on_result)
 		r->o->on_result(r->o->ctx, m, r->relay);
 }
@@ -117,7 +161,7 @@ static ms_status via_relays(const ms_deliver_opts *o, const char *names, ms_mess
 	ms_client_opts co;
 	session_opts(c, o->transcript, &co);
 	snprintf(rep->relay, sizeof rep->relay, "relay %s", names);
-	relay_ctx rc = { o, rep->relay };
+	relay_ctx rc = { .o = o, .relay = rep->relay, .rep = rep };
 	co.smtp.on_result = forward;
 	co.smtp.ctx = &rc;
 	ms_relay_report rr;
@@ -133,37 +177,141 @@ static ms_status via_relays(const ms_deliver_opts *o, const char *names, ms_mess
 	return MS_OK;
 }
 
-/* One address: a session, then the whole group.  MS_OK: the session
- * started (every message is reported); otherwise err says why not and no
- * message was touched. */
+/* The pool's key for a server: everything that makes two sessions
+ * interchangeable (protocol, address, port, the name TLS checks). */
+static void pool_key(const ms_route *rt, const char *tls_name, char *key, size_t n)
+{
+	snprintf(key, n, "%d|%d|%d|%d|%s|%s|%s", (int)rt->proto, rt->implicit_tls,
+	         (int)rt->qmtp_replies, (int)rt->qmtp_encoding, rt->host, rt->port,
+	         tls_name ? tls_name : "");
+}
+
+static void add_stats(ms_deliver_report *rep, const ms_client *cl)
+{
+	ms_client_stats s = ms_client_get_stats(cl);
+	rep->bytes_out += s.bytes_out;
+	rep->round_trips += s.round_trips;
+}
+
+/* Hand msgs to the session cl one by one (admit first, a new connection
+ * after conn_messages).  Returns how many were handed over; the rest were
+ * settled as not attempted. */
+static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_client_opts *co,
+                        ms_client **clp, size_t *carried, ms_message **msgs, size_t n,
+                        ms_deliver_report *rep)
+{
+	ms_error err;
+	for (size_t i = 0; i < n; i++) {
+		if (o->conn_messages && *carried >= o->conn_messages && *clp) {
+			/* This connection has carried its share: a fresh one. */
+			ms_client_close(*clp, &err);
+			add_stats(rep, *clp);
+			ms_client_free(*clp);
+			*clp = NULL;
+			*carried = 0;
+			ms_client *nc = ms_client_new(rt, co, &err);
+			if (nc && ms_client_connect(nc, &err) == MS_OK) {
+				*clp = nc;
+				rep->connections++;
+			} else {
+				ms_client_free(nc);
+			}
+		}
+		if (!*clp || (o->admit && !o->admit(o->ctx, *clp, msgs[i]))) {
+			for (; i < n; i++) {
+				ms_message_settle(msgs[i], MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.4.2",
+				                  !*clp ? "not attempted: no new connection to the server"
+				                        : "not attempted: handed back to the scheduler");
+				msgs[i]->engaged = 0;
+				if (o->on_result)
+					o->on_result(o->ctx, msgs[i], rep->relay);
+			}
+			return;
+		}
+		ms_client_submit(*clp, msgs[i], &err); /* failures land in the messages */
+		(*carried)++;
+	}
+}
+
+/* One address: a session (parked or new), then the whole group.  MS_OK:
+ * every message is reported; otherwise err says why not and no message
+ * was touched. */
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
                             ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
 {
 	ms_client_opts co;
 	session_opts(o->conf, o->transcript, &co);
-	relay_ctx rc = { o, rep->relay };
+	relay_ctx rc = { .o = o, .relay = rep->relay, .rep = rep };
 	co.smtp.on_result = co.qmtp.on_result = forward;
 	co.smtp.ctx = co.qmtp.ctx = &rc;
 	co.smtp.tls_name = tls_name;
-	rep->tried++;
-	ms_transcript_addf(o->transcript, MS_TX_NOTE, "trying %s", rep->relay);
-	ms_client *cl = ms_client_new(rt, &co, err);
-	if (!cl)
-		return err->status;
-	ms_status st = ms_client_connect(cl, err);
-	if (st != MS_OK) {
-		ms_client_free(cl);
-		return st;
+	char key[MS_POOL_KEY_MAX];
+	pool_key(rt, tls_name, key, sizeof key);
+	size_t carried = 0;
+	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
+	if (cl) {
+		rep->reused++;
+		rc.stash = 1;
+		ms_client_set_result(cl, forward, &rc);
+		ms_client_set_transcript(cl, o->transcript);
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "reusing the session to %s", rep->relay);
+	} else {
+		rep->tried++;
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "trying %s", rep->relay);
+		if (!(cl = ms_client_new(rt, &co, err)))
+			return err->status;
+		ms_status st = ms_client_connect(cl, err);
+		if (st != MS_OK) {
+			if (strstr(err->msg, " 421") || strstr(err->msg, "\"421"))
+				rep->throttled = 1;
+			ms_client_free(cl);
+			return st;
+		}
+		rep->connections++;
 	}
 	rep->reached = 1;
-	for (size_t i = 0; i < n; i++)
-		ms_client_submit(cl, msgs[i], err); /* failures land in the messages */
-	ms_client_close(cl, err);
-	ms_client_stats s = ms_client_get_stats(cl);
-	rep->bytes_out += s.bytes_out;
-	rep->round_trips += s.round_trips;
-	rep->connections += s.connections;
-	ms_client_free(cl);
+	run_session(o, rt, &co, &cl, &carried, msgs, n, rep);
+	if (cl)
+		ms_client_flush(cl, err);
+	rc.stash = 0;
+	if (rc.nretry) {
+		/* The parked session had gone stale under its first command: what
+		 * it had not started goes over a fresh connection, once. */
+		if (cl) {
+			add_stats(rep, cl);
+			ms_client_free(cl);
+		}
+		cl = NULL;
+		carried = 0;
+		for (size_t i = 0; i < rc.nretry; i++)
+			ms_message_reset(rc.retry[i]);
+		ms_transcript_addf(o->transcript, MS_TX_NOTE,
+		                   "the reused session broke before %zu message(s) started: a new "
+		                   "connection to %s", rc.nretry, rep->relay);
+		ms_client *nc = ms_client_new(rt, &co, err);
+		if (nc && ms_client_connect(nc, err) == MS_OK) {
+			cl = nc;
+			rep->connections++;
+			run_session(o, rt, &co, &cl, &carried, rc.retry, rc.nretry, rep);
+			if (cl)
+				ms_client_flush(cl, err);
+		} else {
+			ms_client_free(nc);
+			settle_all(o, rc.retry, rc.nretry, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.4.2",
+			           err->msg, rep->relay);
+		}
+		free(rc.retry);
+	}
+	if (!cl)
+		return MS_OK;
+	add_stats(rep, cl);
+	if (o->pool && !ms_client_failed(cl, NULL) &&
+	    (!o->conn_messages || carried < o->conn_messages)) {
+		ms_pool_put(o->pool, key, cl, carried);
+	} else {
+		ms_client_close(cl, err);
+		ms_client_free(cl);
+	}
 	return MS_OK;
 }
 
@@ -180,6 +328,26 @@ static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, cons
 	if (st != MS_OK)
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
 	return st;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* "site:" and the MX host names, sorted and without repeats. */
+static void site_of(const ms_dns_targets *tg, char *out, size_t n)
+{
+	const char *names[MS_DNS_MAX_TARGETS];
+	for (size_t i = 0; i < tg->n; i++)
+		names[i] = tg->t[i].name;
+	qsort(names, tg->n, sizeof names[0], cmp_str);
+	int w = snprintf(out, n, "site:");
+	for (size_t i = 0; i < tg->n && w > 0 && (size_t)w < n; i++)
+		if (i == 0 || strcmp(names[i], names[i - 1]))
+			w += snprintf(out + w, n - (size_t)w, "%s%s", w > 5 ? "," : "", names[i]);
+	if (w < 0 || (size_t)w >= n)
+		out[0] = '\0'; /* too long to share: the domain stays on its own */
 }
 
 /* No server gave a session: every message waits, with the last reason. */
@@ -228,7 +396,9 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 	dop.timeout_ms = (int)(o->conf->dns_timeout * 1000);
 	dop.address_limit = o->conf->mx_address_limit;
 	dop.myname = o->conf->hostname;
-	ms_status st = ms_dns_targets_for(domain, &dop, tg, &e);
+	int hit = 0;
+	ms_status st = o->dns_cache ? ms_dns_cache_targets(o->dns_cache, domain, &dop, tg, &e, &hit)
+	                            : ms_dns_targets_for(domain, &dop, tg, &e);
 	ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
 	                   st == MS_OK ? "resolved" : e.msg);
 	if (st != MS_OK) {
@@ -240,7 +410,22 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		free(tg);
 		return MS_OK;
 	}
-	/* The MX hosts' addresses in order; the MX name is the TLS name. */
+	if (!tg->implicit && domain[0] != '[')
+		site_of(tg, rep->site, sizeof rep->site);
+	/* The MX hosts' addresses in order; the MX name is the TLS name.  A
+	 * parked session to any of them is taken first. */
+	for (size_t i = 0; o->pool && i < tg->n; i++) {
+		ms_route rt = base;
+		char key[MS_POOL_KEY_MAX];
+		snprintf(rt.host, sizeof rt.host, "%s", tg->t[i].addr);
+		pool_key(&rt, tg->t[i].name, key, sizeof key);
+		if (i > 0 && tg->t[i].pref == tg->t[0].pref && ms_pool_has(o->pool, key) &&
+		    try_server(o, &base, tg->t[i].name, tg->t[i].addr, tg->t[i].name, msgs, n, rep,
+		               &e) == MS_OK) {
+			free(tg);
+			return MS_OK;
+		}
+	}
 	for (size_t i = 0; i < tg->n; i++)
 		if (try_server(o, &base, tg->t[i].name, tg->t[i].addr, tg->t[i].name, msgs, n, rep,
 		               &e) == MS_OK) {

@@ -12,7 +12,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -36,6 +38,7 @@ typedef struct host_q {
 	int status; /* ares status once answered */
 	char addrs[HOST_ADDRS_MAX][46];
 	size_t naddrs;
+	unsigned ttl; /* the smallest TTL of its address records */
 } host_q;
 
 typedef struct mx_q {
@@ -157,10 +160,21 @@ static void on_addr(void *arg, int status, int timeouts, struct ares_addrinfo *r
 		                    ? (const void *)&((struct sockaddr_in6 *)n->ai_addr)->sin6_addr
 		                    : (const void *)&((struct sockaddr_in *)n->ai_addr)->sin_addr;
 		if ((n->ai_family == AF_INET || n->ai_family == AF_INET6) &&
-		    inet_ntop(n->ai_family, a, h->addrs[h->naddrs], sizeof h->addrs[0]))
+		    inet_ntop(n->ai_family, a, h->addrs[h->naddrs], sizeof h->addrs[0])) {
 			h->naddrs++;
+			if (n->ai_ttl >= 0 && (unsigned)n->ai_ttl < h->ttl)
+				h->ttl = (unsigned)n->ai_ttl;
+		}
 	}
 	ares_freeaddrinfo(res);
+}
+
+static pthread_once_t ares_once = PTHREAD_ONCE_INIT;
+static int ares_init_status = ARES_ENOTINITIALIZED;
+
+static void init_ares(void)
+{
+	ares_init_status = ares_library_init(ARES_LIB_INIT_ALL);
 }
 
 static int temporary(int status)
@@ -243,12 +257,11 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
 	if (limit > MS_DNS_MAX_TARGETS)
 		limit = MS_DNS_MAX_TARGETS;
 
-	static int initialised;
-	if (!initialised) {
-		if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS)
-			return ms_error_set(err, MS_ERR_USAGE, "c-ares cannot be initialised");
-		initialised = 1;
-	}
+	/* Once per process, whichever thread gets here first (the daemon's
+	 * agents look up many domains at once). */
+	pthread_once(&ares_once, init_ares);
+	if (ares_init_status != ARES_SUCCESS)
+		return ms_error_set(err, MS_ERR_USAGE, "c-ares cannot be initialised");
 	int timeout = o->timeout_ms > 0 ? o->timeout_ms : 30000;
 	struct ares_options ao;
 	memset(&ao, 0, sizeof ao);
@@ -332,13 +345,17 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
 	hints.ai_flags = ARES_AI_NOSORT;
 	for (size_t i = 0; i < nhosts; i++) {
 		hosts[i].status = ARES_ECANCELLED;
+		hosts[i].ttl = UINT_MAX;
 		ares_getaddrinfo(ch, hosts[i].name, NULL, &hints, on_addr, &hosts[i]);
 	}
 	run(ch, deadline);
 	int any_temp = 0;
+	out->ttl = UINT_MAX;
 	for (size_t i = 0; i < nhosts; i++) {
 		if (temporary(hosts[i].status))
 			any_temp = 1;
+		if (hosts[i].naddrs && hosts[i].ttl < out->ttl)
+			out->ttl = hosts[i].ttl;
 		for (size_t k = 0; k < hosts[i].naddrs && out->n < limit; k++) {
 			ms_dns_target *t = &out->t[out->n++];
 			snprintf(t->name, sizeof t->name, "%s", hosts[i].name);

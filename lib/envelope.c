@@ -152,7 +152,7 @@ int ms_env_id_ok(const char *id)
 
 const char *ms_env_state_name(ms_env_state s)
 {
-	static const char *names[] = { "pending", "deferred", "delivered", "failed" };
+	static const char *names[] = { "pending", "deferred", "delivered", "failed", "bouncing" };
 	return (unsigned)s < MS_ENV_NSTATES ? names[s] : "?";
 }
 
@@ -161,7 +161,9 @@ int64_t ms_env_next_due(const ms_envelope *e)
 	int64_t due = INT64_MAX;
 	for (size_t i = 0; i < e->nrcpts; i++) {
 		const ms_env_rcpt *r = &e->rcpts[i];
-		if ((r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED) && r->next < due)
+		if ((r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED ||
+		     r->state == MS_ENV_BOUNCING) &&
+		    r->next < due)
 			due = r->next;
 	}
 	return due;

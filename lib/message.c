@@ -201,6 +201,38 @@ void ms_message_settle(ms_message *m, ms_rcpt_state state, ms_stage stage, int c
 	m->done = 1;
 }
 
+int ms_message_untried(const ms_message *m)
+{
+	if (m->engaged)
+		return 0;
+	int open = 0;
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		const ms_rcpt *r = &m->rcpts[i];
+		if (r->state == MS_RCPT_DELIVERED || r->state == MS_RCPT_FAILED)
+			return 0; /* a server decided part of it: it was attempted */
+		if (r->out.stage != MS_STAGE_SESSION)
+			return 0;
+		open = 1;
+	}
+	return open;
+}
+
+void ms_message_reset(ms_message *m)
+{
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		ms_rcpt *r = &m->rcpts[i];
+		r->state = MS_RCPT_PENDING;
+		ms_outcome_free(&r->out);
+		memset(&r->out, 0, sizeof r->out);
+		r->rcpt_code = 0;
+		r->busy = r->retry = 0;
+	}
+	ms_outcome_free(&m->out);
+	memset(&m->out, 0, sizeof m->out);
+	m->done = 0;
+	m->engaged = 0;
+}
+
 const char *ms_rcpt_state_name(ms_rcpt_state s)
 {
 	switch (s) {

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,6 +439,7 @@ static ms_status start_package(ms_qmtp *q, pkg *p)
 	ms_reader_init(&p->rd, p->m);
 	q->seq++;
 	q->conn_started++;
+	p->m->engaged = 1; /* its bytes go out from here on */
 	p->m->transactions++;
 	if (q->o.transcript && !ms_transcript_full_bodies(q->o.transcript)) {
 		p->sha = EVP_MD_CTX_new();
@@ -984,6 +986,25 @@ ms_status ms_qmtp_reconnect(ms_qmtp *q, ms_error *err)
 }
 
 const ms_qmtp_stats *ms_qmtp_get_stats(const ms_qmtp *q) { return &q->st; }
+
+void ms_qmtp_set_result(ms_qmtp *q, ms_qmtp_result_fn fn, void *ctx)
+{
+	q->o.on_result = fn;
+	q->o.ctx = ctx;
+}
+
+void ms_qmtp_set_transcript(ms_qmtp *q, ms_transcript *tx)
+{
+	q->o.transcript = tx;
+}
+
+int ms_qmtp_reusable(const ms_qmtp *q)
+{
+	if (q->broken || !q->have_io || q->live || q->head || q->cycling)
+		return 0;
+	struct pollfd pf = { .fd = q->io.fd, .events = POLLIN };
+	return poll(&pf, 1, 0) == 0;
+}
 
 int ms_qmtp_failed(const ms_qmtp *q, ms_error *err)
 {

@@ -4,6 +4,7 @@
  */
 #include "mailspool/sched.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +14,11 @@
 
 #include "mailspool/dsn.h"
 #include "mailspool/headers.h"
+#include "mailspool/hmap.h"
 #include "mailspool/printable.h"
 #include "mailspool/submit.h"
+
+#define SCHED_BOUNCE_RETRY_S 300 /* a bounce that could not be queued, again */
 
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)
 {
@@ -173,6 +177,38 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	size_t nfail = 0;
 	ms_status st = MS_OK;
 	const char **status = calloc(n ? n : 1, sizeof *status);
+	/* Bounces that could not be queued before come first: their
+	 * recipients failed then; each keeps its last reply for the DSN. */
+	int *was_bouncing = calloc(e->nrcpts ? e->nrcpts : 1, sizeof *was_bouncing);
+	size_t fcap = n;
+	for (size_t i = 0; i < e->nrcpts; i++)
+		if (e->rcpts[i].state == MS_ENV_BOUNCING)
+			fcap++;
+	if (fcap > n) {
+		ms_dsn_rcpt *f2 = realloc(fails, fcap * sizeof *f2);
+		char (*m2)[MS_RELAY_DESC_MAX] = f2 ? realloc(mta, fcap * sizeof *m2) : NULL;
+		if (f2)
+			fails = f2;
+		if (m2)
+			mta = m2;
+		if (!f2 || !m2)
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	for (size_t i = 0; st == MS_OK && was_bouncing && i < e->nrcpts; i++) {
+		ms_env_rcpt *r = &e->rcpts[i];
+		if (r->state != MS_ENV_BOUNCING)
+			continue;
+		was_bouncing[i] = 1;
+		r->state = MS_ENV_FAILED;
+		r->next = INT64_MAX;
+		mta[nfail][0] = '\0';
+		fails[nfail] = (ms_dsn_rcpt){ .addr = r->addr, .code = r->code, .enh = r->enh,
+			                          .text = r->text ? r->text : "",
+			                          .remote_mta = mta[nfail], .last_attempt = r->last };
+		nfail++;
+	}
+	if (!was_bouncing && st == MS_OK)
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; i < n && st == MS_OK && status; i++) {
 		const ms_sched_result *s = &res[i];
 		if (s->rcpt >= e->nrcpts)
@@ -200,6 +236,8 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		r->state = MS_ENV_FAILED;
 		r->next = INT64_MAX;
 		status[i] = "bounced";
+		if (was_bouncing)
+			was_bouncing[s->rcpt] = 2; /* failed in this call */
 		sum->failed++;
 		relay_host(s->relay, mta[nfail], sizeof mta[nfail]);
 		fails[nfail] = (ms_dsn_rcpt){ .addr = r->addr, .code = s->code, .enh = s->enh,
@@ -214,13 +252,32 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	 * envelope as it was: that would deliver the delivered recipients
 	 * again (B1: a failed bounce is logged). */
 	ms_error berr;
-	if (st == MS_OK && nfail && o->bounce && e->sender[0] &&
-	    bounce(sp, o, e, fails, nfail, now, sum->bounce_id, &berr) != MS_OK && o->log) {
-		char line[MS_LOG_LINE_MAX], who[MS_PRINTABLE_SIZE(256)], why[MS_PRINTABLE_SIZE(512)];
-		snprintf(line, sizeof line, "%s: cannot queue the non-delivery notification to <%s>: %s",
-		         e->id, ms_printable_str(e->sender, who, sizeof who),
-		         ms_printable(berr.msg, strnlen(berr.msg, 512), why, sizeof why));
-		o->log(o->log_ctx, line);
+	ms_status bst = MS_OK;
+	if (st == MS_OK && nfail && o->bounce && e->sender[0]) {
+		/* Our own bounces may use the reserve under min_free_space. */
+		ms_spool_reserve(sp, 1);
+		bst = bounce(sp, o, e, fails, nfail, now, sum->bounce_id, &berr);
+		ms_spool_reserve(sp, 0);
+	}
+	if (bst != MS_OK) {
+		/* Not lost: the failed recipients wait, BOUNCING, and the message
+		 * stays until their bounce is queued. */
+		for (size_t i = 0; i < e->nrcpts; i++)
+			if (e->rcpts[i].state == MS_ENV_FAILED &&
+			    was_bouncing[i]) {
+				e->rcpts[i].state = MS_ENV_BOUNCING;
+				e->rcpts[i].next = now + SCHED_BOUNCE_RETRY_S;
+			}
+		if (o->log) {
+			char line[MS_LOG_LINE_MAX], who[MS_PRINTABLE_SIZE(256)], why[MS_PRINTABLE_SIZE(512)];
+			snprintf(line, sizeof line,
+			         "%s: cannot queue the non-delivery notification to <%s>: %s; kept, tried "
+			         "again in %ds",
+			         e->id, ms_printable_str(e->sender, who, sizeof who),
+			         ms_printable(berr.msg, strnlen(berr.msg, 512), why, sizeof why),
+			         SCHED_BOUNCE_RETRY_S);
+			o->log(o->log_ctx, line);
+		}
 	}
 	if (st == MS_OK) {
 		for (size_t i = 0; i < n; i++)
@@ -252,6 +309,7 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		}
 	}
 	free(status);
+	free(was_bouncing);
 	free(fails);
 	free(mta);
 	return st;
@@ -263,17 +321,27 @@ ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now
 	memset(p, 0, sizeof *p);
 	size_t cap = e->nrcpts ? e->nrcpts : 1;
 	size_t *due = malloc(cap * sizeof *due);
+	size_t *gof = malloc(cap * sizeof *gof); /* group of each due recipient */
 	p->groups = calloc(cap, sizeof *p->groups);
 	p->unroutable = calloc(cap, sizeof *p->unroutable);
-	if (!due || !p->groups || !p->unroutable) {
-		free(due);
-		ms_sched_plan_free(p);
-		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	ms_hmap byname; /* key -> group index + 1: one lookup per recipient */
+	ms_hmap_init(&byname);
+	ms_status st = MS_OK;
+	if (!due || !gof || !p->groups || !p->unroutable) {
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		goto out;
 	}
+	for (size_t i = 0; i < e->nrcpts && !(e->flags & MS_ENV_HOLD); i++)
+		if (e->rcpts[i].state == MS_ENV_BOUNCING && e->rcpts[i].next <= now)
+			p->bounce_due = 1;
 	size_t ndue = ms_sched_due(e, now, due);
+	/* Pass 1: each recipient's key and group; pass 2: exact-size index
+	 * arrays, so a message to 10,000 domains costs 10,000 lookups and one
+	 * allocation per group. */
 	for (size_t i = 0; i < ndue; i++) {
 		char key[MS_DEST_MAX];
 		ms_error kerr;
+		gof[i] = SIZE_MAX;
 		if (ms_dest_for(c, e->sender, e->rcpts[due[i]].addr, key, sizeof key, &kerr) != MS_OK) {
 			ms_sched_result *r = &p->unroutable[p->nunroutable++];
 			r->rcpt = due[i];
@@ -283,22 +351,38 @@ ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now
 			snprintf(r->relay, sizeof r->relay, "none");
 			continue;
 		}
-		size_t g = 0;
-		while (g < p->ngroups && strcmp(p->groups[g].key, key))
-			g++;
-		if (g == p->ngroups) {
+		size_t g = (size_t)(uintptr_t)ms_hmap_get(&byname, key);
+		if (g == 0) {
+			g = p->ngroups;
 			memcpy(p->groups[g].key, key, sizeof key);
-			if (!(p->groups[g].idx = malloc(ndue * sizeof *p->groups[g].idx))) {
-				free(due);
-				ms_sched_plan_free(p);
-				return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-			}
 			p->ngroups++;
+			if (ms_hmap_put(&byname, key, (void *)(uintptr_t)(g + 1)) < 0) {
+				st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+				goto out;
+			}
+		} else {
+			g--;
 		}
-		p->groups[g].idx[p->groups[g].n++] = due[i];
+		gof[i] = g;
+		p->groups[g].n++;
 	}
+	for (size_t g = 0; g < p->ngroups; g++) {
+		if (!(p->groups[g].idx = malloc(p->groups[g].n * sizeof *p->groups[g].idx))) {
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		p->groups[g].n = 0;
+	}
+	for (size_t i = 0; i < ndue; i++)
+		if (gof[i] != SIZE_MAX)
+			p->groups[gof[i]].idx[p->groups[gof[i]].n++] = due[i];
+out:
+	ms_hmap_free(&byname);
 	free(due);
-	return MS_OK;
+	free(gof);
+	if (st != MS_OK)
+		ms_sched_plan_free(p);
+	return st;
 }
 
 void ms_sched_plan_free(ms_sched_plan *p)

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -1065,6 +1066,8 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 	size_t ri = e->ri;
 	pop(s);
 	int cls = ms_reply_class(r->code);
+	if (t)
+		t->m->engaged = 1;
 
 	if (r->code == 421 && kind != EX_QUIT) {
 		/* R9: the server is closing; this reply answers the current
@@ -1576,6 +1579,30 @@ const ms_tls_info *ms_smtp_tls(const ms_smtp *s) { return s->tls_active ? &s->tl
 const char *ms_smtp_auth_mech(const ms_smtp *s)
 {
 	return s->authenticated && s->sasl ? ms_sasl_mech(s->sasl) : NULL;
+}
+
+void ms_smtp_set_result(ms_smtp *s, ms_smtp_result_fn fn, void *ctx)
+{
+	s->o.on_result = fn;
+	s->o.ctx = ctx;
+}
+
+void ms_smtp_set_transcript(ms_smtp *s, ms_transcript *tx)
+{
+	s->o.transcript = tx;
+}
+
+int ms_smtp_reusable(const ms_smtp *s)
+{
+	if (s->broken || s->state != S_READY || s->live || s->flen || s->closing || !s->have_io)
+		return 0;
+	/* Idle, nothing outstanding: anything readable now is the server
+	 * closing (EOF, or a 421 before it hangs up), so the session is not
+	 * to be used again. */
+	struct pollfd pf = { .fd = s->io.fd, .events = POLLIN };
+	if (poll(&pf, 1, 0) != 0)
+		return 0;
+	return !(s->io.tr.pending && s->io.tr.pending(s->io.tr.ctx));
 }
 
 int ms_smtp_failed(const ms_smtp *s, ms_error *err)

@@ -36,6 +36,12 @@ struct ms_spool {
 	uid_t owner; /* of spool_dir: every directory and file must be its */
 	ms_spool_report_fn report;
 	void *report_ctx;
+	/* Group commit (ms_spool_batch_begin): env/ is fsynced once at the
+	 * end, and the data files of removed messages go only after that. */
+	int batching, batch_dirty;
+	char (*batch_removed)[MS_ENV_ID_MAX + 1];
+	size_t nbatch_removed, capbatch_removed;
+	uint64_t floor; /* min_free_space in force (lowered for our own bounces) */
 };
 
 struct ms_spool_tx {
@@ -282,7 +288,13 @@ void ms_spool_close(ms_spool *sp)
 	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
+	free(sp->batch_removed);
 	free(sp);
+}
+
+void ms_spool_reserve(ms_spool *sp, int on)
+{
+	sp->floor = on ? 1 : 0;
 }
 
 uid_t ms_spool_owner(const ms_spool *sp)
@@ -320,12 +332,12 @@ ms_status ms_spool_space_ok(ms_spool *sp, uint64_t extra, ms_error *err)
 	if (fstatvfs(sp->dfd_data, &v) < 0)
 		return ms_error_set(err, MS_ERR_IO, "cannot check free space: %s", strerror(errno));
 	uint64_t avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
-	if (avail < sp->conf.min_free_space || avail - sp->conf.min_free_space < extra)
+	uint64_t floor = sp->floor ? sp->conf.min_free_space / 2 : sp->conf.min_free_space;
+	if (avail < floor || avail - floor < extra)
 		return ms_error_set(err, MS_ERR_TEMP,
 		                    "spool file system has %llu bytes free, below the floor of %llu "
 		                    "(min_free_space): try again later",
-		                    (unsigned long long)avail,
-		                    (unsigned long long)sp->conf.min_free_space);
+		                    (unsigned long long)avail, (unsigned long long)floor);
 	return MS_OK;
 }
 
@@ -672,9 +684,34 @@ ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err)
 		unlinkat(sp->dfd_tmp, tmp, 0);
 		return st;
 	}
+	if (sp->batching) {
+		sp->batch_dirty = 1;
+		return MS_OK;
+	}
 	if (fsync(sp->dfd_env) < 0)
 		return sys_err(err, "cannot fsync", "env/");
 	return MS_OK;
+}
+
+void ms_spool_batch_begin(ms_spool *sp)
+{
+	sp->batching = 1;
+}
+
+ms_status ms_spool_batch_commit(ms_spool *sp, ms_error *err)
+{
+	ms_status st = MS_OK;
+	sp->batching = 0;
+	if (sp->batch_dirty && fsync(sp->dfd_env) < 0)
+		st = sys_err(err, "cannot fsync", "env/");
+	sp->batch_dirty = 0;
+	/* Data goes only once its envelope's removal is durable: a crash
+	 * before leaves a message that is sent again, never one without data. */
+	for (size_t i = 0; st == MS_OK && i < sp->nbatch_removed; i++)
+		if (unlinkat(sp->dfd_data, sp->batch_removed[i], 0) < 0 && errno != ENOENT)
+			st = sys_err(err, "cannot remove data", sp->batch_removed[i]);
+	sp->nbatch_removed = 0;
+	return st;
 }
 
 ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *err)
@@ -702,6 +739,20 @@ ms_status ms_spool_remove(ms_spool *sp, const char *id, ms_error *err)
 	if (unlinkat(sp->dfd_env, id, 0) < 0)
 		return errno == ENOENT ? ms_error_set(err, MS_ERR_USAGE, "no message %s", id)
 		                       : sys_err(err, "cannot remove envelope", id);
+	if (sp->batching) {
+		if (sp->nbatch_removed == sp->capbatch_removed) {
+			size_t nc = sp->capbatch_removed ? sp->capbatch_removed * 2 : 64;
+			void *q = realloc(sp->batch_removed, nc * sizeof *sp->batch_removed);
+			if (!q)
+				goto now; /* no room to remember it: done the slow way */
+			sp->batch_removed = q;
+			sp->capbatch_removed = nc;
+		}
+		snprintf(sp->batch_removed[sp->nbatch_removed++], MS_ENV_ID_MAX + 1, "%s", id);
+		sp->batch_dirty = 1;
+		return MS_OK;
+	}
+now:
 	if (fsync(sp->dfd_env) < 0)
 		return sys_err(err, "cannot fsync", "env/");
 	if (unlinkat(sp->dfd_data, id, 0) < 0 && errno != ENOENT)

@@ -1,35 +1,63 @@
 /*
- * mailspool/agent.h - the delivery agent's two grammars: the work the
- * scheduler hands an agent, and the results the agent sends back.
+ * mailspool/agent.h - the delivery agent: a long-lived process that
+ * drives many delivery sessions at once, and the two grammars by which
+ * the daemon's scheduler talks to it.
  *
- * The daemon's scheduler never delivers and never forks a copy of itself:
- * for each group of messages to one destination it execs the agent
- * program (mailspool-deliver, cmd/agent.c), qmail-remote style, writes the
- * work to its standard input and reads results from its standard output.
- * The agent runs as the queue's owner, opens each data file itself
- * (checked as every spool file is), delivers the group over one session
- * (mailspool/deliver.h) and never writes the spool.
+ * The scheduler never delivers and never forks a copy of itself: it
+ * starts a few agents (delivery_agents, about one per core) with
+ * posix_spawn (the program mailspool-deliver, cmd/agent.c), writes units
+ * of work to their standard input as messages become due, and reads
+ * results from their standard output.  An agent runs as the queue's
+ * owner, opens each data file itself (checked as every spool file is) and
+ * never writes the spool.
+ *
+ * Inside an agent each unit (one destination's messages) runs on its own
+ * thread with a small stack, over one session at a time
+ * (mailspool/deliver.h); the agent shares among its units a DNS cache
+ * (mailspool/dnscache.h) and a pool of idle sessions (mailspool/pool.h),
+ * so two domains with the same MX hosts ride one connection and a
+ * session's greeting, EHLO and TLS are paid once.  A slow or hostile
+ * server holds only its own unit's thread.
+ *
+ * Bounded duplicates: an agent holds at most `tokens` messages between
+ * handing a message to a session and hearing that the scheduler committed
+ * its result (A lines).  A scheduler killed at any moment therefore
+ * leaves at most that many messages delivered but not recorded per agent
+ * (each is sent again by the next holder).  A unit also carries a
+ * deadline within its claims' lease: no message of it is started after
+ * it, so a scheduler that stops (SIGSTOP) and loses its claims cannot have
+ * its agents go on with mail another daemon now holds.
  *
  * Work, one record per line, every string escaped as envelope fields are
  * (ms_env_escape, after '='), so each is one token:
- *     K =<destination key>
- *     M <item> <queue id> <size> =<sender> <recipients>
+ *     K <unit> <deadline> <conn-messages> =<unit key>   a unit begins
+ *     M <item> <queue id> <size> =<sender> <recipients> =<destination key>
  *     T <envelope recipient index> =<address>      (that many per M)
- *     E                                            end of the work
+ *     E                                            the unit is complete
+ *     A <n>                    n more results were committed (tokens back)
  * Results, as soon as each message is decided:
- *     R <item> <rcpt> <state> <code> <enh|-> =<relay> =<text>
- *     D <item>                 every result of that message was sent
- *     U                        no address of the destination answered
+ *     R <unit> <item> <rcpt> <state> <code> <enh|-> =<relay> =<text>
+ *     D <unit> <item> <token>  every result of that message was sent
+ *     N <unit> <item> <token>  not attempted (its session broke before a
+ *                              server saw it, or the deadline came): the
+ *                              scheduler sends it again, no attempt counted
+ *     S <unit> =<site>         the MX rollup key of the unit's destination
+ *     U <unit>                 no address of the destination answered
+ *     H <unit>                 a server asked us to slow down (421, 4.7.x)
+ *     X <unit>                 every message of the unit was reported
+ * <token> is 1 when the message held one of the agent's tokens: the
+ * scheduler returns it with A once the result is committed.
  *
- * Invariants: work over MS_AGENT_WORK_MAX octets, a malformed line or a
- * missing E is refused before anything is delivered; the scheduler reads
+ * Invariants: a unit over MS_AGENT_WORK_MAX octets or a malformed line
+ * ends the agent before that unit is delivered; the scheduler reads
  * results line by line with a capped line length and settles nothing an
- * agent did not report (a dead agent's recipients are deferred).
+ * agent did not report (a dead agent's messages are deferred).
  */
 #ifndef MAILSPOOL_AGENT_H
 #define MAILSPOOL_AGENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "mailspool/buf.h"
 #include "mailspool/conf.h"
 #include "mailspool/envelope.h"
@@ -37,23 +65,40 @@
 #include "mailspool/sched.h"
 #include "mailspool/spool.h"
 
-#define MS_AGENT_WORK_MAX (256u << 20)
+#define MS_AGENT_WORK_MAX (64u << 20) /* one unit */
 /* A result line's cap: text and relay fully escaped, and the fields. */
 #define MS_AGENT_LINE_MAX (MS_ENV_TEXT_MAX * 3 + MS_RELAY_DESC_MAX * 3 + 128)
+#define MS_AGENT_TOKENS_DEFAULT 48
+#define MS_AGENT_STACK (256u << 10) /* per unit thread */
 
-/* Scheduler side: the work records for one destination. */
-ms_status ms_agent_work_begin(ms_buf *b, const char *key);
+/* Scheduler side: one unit's records. */
+ms_status ms_agent_work_begin(ms_buf *b, uint64_t unit, int64_t deadline, size_t conn_messages,
+                              const char *key);
 ms_status ms_agent_work_message(ms_buf *b, size_t item, const ms_envelope *e, const size_t *idx,
-                                size_t n);
+                                size_t n, const char *dest);
 ms_status ms_agent_work_end(ms_buf *b);
 
-/* Scheduler side: one result line (NUL-terminated, no LF).  Returns 'R'
- * with *item and *r filled, 'D' with *item, 'U', or 0 for a line that is
- * not one of ours (ignored). */
-int ms_agent_parse_result(const char *line, size_t *item, ms_sched_result *r);
+/* Scheduler side: one result line (NUL-terminated, no LF). */
+typedef struct ms_agent_result {
+	int kind;       /* 'R' 'D' 'N' 'S' 'U' 'H' 'X', or 0: not ours (ignored) */
+	uint64_t unit;
+	size_t item;
+	int token;      /* D, N */
+	ms_sched_result r; /* R */
+	char site[MS_DEST_MAX]; /* S */
+} ms_agent_result;
+void ms_agent_parse_result(const char *line, ms_agent_result *out);
 
-/* Agent side: read the work from in_fd, deliver it, write results to
- * out_fd.  MS_ERR_USAGE: the work was malformed (nothing was delivered). */
-ms_status ms_agent_run(const ms_conf *conf, ms_spool *sp, int in_fd, int out_fd, ms_error *err);
+typedef struct ms_agent_opts {
+	size_t tokens;       /* uncommitted messages at most (MS_AGENT_TOKENS_DEFAULT) */
+	int64_t idle_ms;     /* sessions parked this long for reuse (conf connection_reuse_time) */
+	size_t max_idle;     /* sessions parked at once */
+} ms_agent_opts;
+
+/* Agent side: serve units from in_fd until it ends, results to out_fd;
+ * returns when every unit has been reported.  MS_ERR_USAGE: malformed work
+ * (the units already running are finished first). */
+ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts *o, int in_fd,
+                         int out_fd, ms_error *err);
 
 #endif

@@ -47,6 +47,11 @@ ms_status ms_client_close(ms_client *c, ms_error *err);
 ms_client_stats ms_client_get_stats(const ms_client *c);
 int ms_client_failed(const ms_client *c, ms_error *err);
 const ms_route *ms_client_route(const ms_client *c);
+/* Reuse (mailspool/pool.h): a new result callback and transcript for the
+ * next messages, and whether the idle session may carry them. */
+void ms_client_set_result(ms_client *c, void (*fn)(void *ctx, ms_message *m), void *ctx);
+void ms_client_set_transcript(ms_client *c, ms_transcript *tx);
+int ms_client_reusable(const ms_client *c);
 /* SMTP only: the TLS session (NULL if plain) and the AUTH mechanism used. */
 const ms_tls_info *ms_client_tls(const ms_client *c);
 const char *ms_client_auth_mech(const ms_client *c);

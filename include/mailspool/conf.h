@@ -45,6 +45,19 @@
 #define MS_CONF_MAX_SENDER_RELAYS 64
 #define MS_CONF_VALUE_MAX 512
 #define MS_CONF_MAX_ROUTES 128
+#define MS_CONF_MAX_SHAPES 64
+#define MS_CONF_UNCOMMITTED_DEFAULT 48
+
+/* Traffic shaping for destinations matching a pattern (destination.P.*):
+ * P is a domain ("example.com"), every subdomain of one (".example.com")
+ * or an MX host pattern ("*.mail.protection.outlook.com"); 0 = the global
+ * setting. */
+typedef struct ms_conf_shape {
+	char pattern[256];
+	size_t concurrency;      /* destination.P.concurrency */
+	size_t conn_messages;    /* destination.P.connection_messages */
+	size_t rate;             /* destination.P.rate: messages per minute (0: no limit) */
+} ms_conf_shape;
 
 /* One relay: how to reach it, how to secure and log in to it. */
 typedef struct ms_conf_relay {
@@ -109,10 +122,17 @@ typedef struct ms_conf {
 	int64_t dns_timeout;               /* dns_timeout (30 s) for one domain's lookup */
 	char mx_port[6];                   /* mx_port (25) */
 	size_t mx_address_limit;           /* mx_address_limit (5) addresses tried */
-	size_t max_deliveries;             /* max_deliveries (20) connections at once */
+	size_t max_deliveries;             /* max_deliveries (1000) sessions at once, all agents */
+	size_t delivery_agents;            /* delivery_agents (0: one per core, at most 16) */
+	int64_t connection_reuse_time;     /* connection_reuse_time (5 s; 0: never reuse) */
+	size_t agent_uncommitted;          /* agent_uncommitted (48): messages per agent
+	                                    * between hand-off and committed result */
+	size_t destination_rate;           /* destination_rate (0: none) messages per minute */
+	ms_conf_shape shapes[MS_CONF_MAX_SHAPES];
+	size_t nshapes;
 	size_t destination_concurrency;    /* destination_concurrency (10) per destination */
-	size_t connection_messages;        /* connection_messages (100): a group this large
-	                                    * earns another connection */
+	size_t connection_messages;        /* connection_messages (100): messages per
+	                                    * connection; a group this large earns another */
 	int64_t destination_backoff;       /* destination_backoff (5m) after it failed */
 	int64_t queue_scan_interval;       /* queue_scan_interval (60 s) */
 	int64_t connect_timeout;           /* connect_timeout (30 s) */

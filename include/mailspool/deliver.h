@@ -18,6 +18,13 @@
  * address took is deferred with the last reason; a DNS answer that is
  * final (NXDOMAIN, null MX) fails every recipient at once.
  *
+ * With a pool (mailspool/pool.h) the session is taken from it when one to
+ * the same server is parked, and parked again when the group is done; a
+ * taken session that breaks before the server answered anything of a
+ * message has that message sent again over a fresh connection.  With
+ * conn_messages a session is closed after that many messages and the rest
+ * go over a new one.
+ *
  * Invariant: on_result is called exactly once per message, with the server
  * that decided it ("mx1.example.org[192.0.2.1]:25", or "none").
  */
@@ -36,11 +43,27 @@
 
 typedef void (*ms_deliver_fn)(void *ctx, ms_message *m, const char *relay);
 
+struct ms_pool;
+struct ms_dns_cache;
+struct ms_client;
+
+/* Called before each message is handed to the session: 1 to go ahead, 0
+ * to stop (the rest are deferred as not attempted, ms_message_untried).
+ * It may wait (the daemon's agents bound their uncommitted results this
+ * way); before it waits it must let the session finish what it holds
+ * (ms_client_flush), or its results would never come. */
+typedef int (*ms_deliver_admit_fn)(void *ctx, struct ms_client *cl, ms_message *m);
+
 typedef struct ms_deliver_opts {
 	const ms_conf *conf;
 	ms_transcript *transcript; /* optional */
 	ms_deliver_fn on_result;
 	void *ctx;
+	/* The daemon's agents (all optional): */
+	struct ms_pool *pool;           /* idle sessions reused, and parked after */
+	struct ms_dns_cache *dns_cache; /* MX answers kept for their TTL */
+	size_t conn_messages;           /* messages per connection; 0: no cap */
+	ms_deliver_admit_fn admit;
 } ms_deliver_opts;
 
 typedef struct ms_deliver_report {
@@ -49,7 +72,17 @@ typedef struct ms_deliver_report {
 	int unreachable;    /* no address gave a session (the destination is down) */
 	size_t tried;       /* addresses (or relays) tried */
 	uint64_t bytes_out, round_trips, connections;
+	/* MX rollup: "site:" and the destination's MX host names, sorted -
+	 * domains with the same site share the daemon's queue, limits and
+	 * sessions.  "" when not resolved by MX. */
+	char site[MS_DEST_MAX];
+	int throttled;      /* a server answered with a rate or connection limit */
+	size_t reused;      /* sessions taken from the pool */
 } ms_deliver_report;
+
+/* Does this reply say "slow down" (421, 4.7.x, or a 4xx whose text speaks
+ * of too many connections or messages, or a rate)? */
+int ms_deliver_throttle_reply(int code, const char *enh, const char *text);
 
 /* The destination key for mail from `sender` to `rcpt` (a wire mailbox). */
 ms_status ms_dest_for(const ms_conf *c, const char *sender, const char *rcpt, char *key,

@@ -46,6 +46,8 @@ typedef struct ms_dns_targets {
 	ms_dns_target t[MS_DNS_MAX_TARGETS];
 	size_t n;
 	int implicit;    /* no MX records: the domain's own addresses */
+	unsigned ttl;    /* seconds the answer may be kept: the smallest address
+	                  * TTL (c-ares 1.18 does not give the MX record's) */
 	int code;        /* on failure: the SMTP-style code to report (556, 550, 451) */
 	char enh[16];    /* on failure: the enhanced status code */
 } ms_dns_targets;

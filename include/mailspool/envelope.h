@@ -53,6 +53,8 @@ typedef enum ms_env_state {
 	MS_ENV_DEFERRED,    /* tried, failed temporarily: due again at `next` */
 	MS_ENV_DELIVERED,
 	MS_ENV_FAILED,      /* permanent failure (or tiers exhausted) */
+	MS_ENV_BOUNCING,    /* failed, its non-delivery notification not yet queued:
+	                     * never sent again; due at `next` to queue the bounce */
 	MS_ENV_NSTATES
 } ms_env_state;
 

@@ -88,6 +88,10 @@ typedef struct ms_message {
 	int done;
 	ms_outcome out;     /* the last reply that concerned the whole message */
 	size_t transactions; /* MAIL transactions used (more than one after 452) */
+	/* The server answered a command of this message (SMTP) or was sent a
+	 * byte of it (QMTP).  A message deferred by a broken session without
+	 * this was never attempted: no server can have taken it. */
+	int engaged;
 	void *user;         /* for the caller */
 	size_t id;          /* for the caller */
 } ms_message;
@@ -124,6 +128,14 @@ void ms_outcome_free(ms_outcome *o);
 void ms_message_settle(ms_message *m, ms_rcpt_state state, ms_stage stage, int code,
                        const char *enh, const char *text);
 
+/* Deferred only because its session broke before any server saw or
+ * answered it (every recipient deferred at MS_STAGE_SESSION, !engaged):
+ * no copy can have been delivered, so trying it again at once on another
+ * session costs nothing and is not an attempt. */
+int ms_message_untried(const ms_message *m);
+/* Back to "not yet sent" (every recipient pending, no outcome), for
+ * another session. */
+void ms_message_reset(ms_message *m);
 const char *ms_rcpt_state_name(ms_rcpt_state s);
 const char *ms_stage_name(ms_stage s);
 

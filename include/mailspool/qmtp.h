@@ -139,6 +139,10 @@ ms_status ms_qmtp_reconnect(ms_qmtp *q, ms_error *err);
 const ms_qmtp_stats *ms_qmtp_get_stats(const ms_qmtp *q);
 /* Did the session break (closed early, timed out, protocol error)? */
 int ms_qmtp_failed(const ms_qmtp *q, ms_error *err);
+/* For sessions kept for reuse, as in mailspool/smtp.h. */
+void ms_qmtp_set_result(ms_qmtp *q, ms_qmtp_result_fn fn, void *ctx);
+void ms_qmtp_set_transcript(ms_qmtp *q, ms_transcript *tx);
+int ms_qmtp_reusable(const ms_qmtp *q);
 
 /* ---- the pieces, for tests and for callers with their own transport ---- */
 

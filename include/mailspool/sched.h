@@ -15,7 +15,11 @@
  * of them (never for the null sender: B1), and the envelope is then
  * rewritten - or removed when no recipient is left to try.  The bounce is
  * committed before the envelope changes, so a crash between the two can
- * repeat a bounce but never lose one (T4).
+ * repeat a bounce but never lose one (T4).  A bounce that cannot be queued
+ * (a full disk, an I/O error) leaves its recipients BOUNCING: the message
+ * stays, is never sent to them again, and the bounce is tried again every
+ * SCHED_BOUNCE_RETRY_S; the daemon's bounces may dig into a reserve under
+ * min_free_space (mailspool/spool.h ms_spool_reserve).
  *
  * Log lines are in the style operators know from Postfix:
  *     ID: to=<rcpt>, relay=mx.example[192.0.2.1]:25, delay=1.2, attempt=1,
@@ -85,6 +89,7 @@ typedef struct ms_sched_plan {
 	size_t ngroups;
 	ms_sched_result *unroutable;
 	size_t nunroutable;
+	int bounce_due;  /* a bounce that could not be queued before is due again */
 } ms_sched_plan;
 
 ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now,

@@ -149,5 +149,12 @@ const char *ms_smtp_auth_mech(const ms_smtp *s);
 const char *ms_smtp_greeting(const ms_smtp *s);
 /* Did the session break (closed, timed out, protocol error)? Why, in err. */
 int ms_smtp_failed(const ms_smtp *s, ms_error *err);
+/* A session kept open for reuse (mailspool/pool.h) reports its next
+ * messages to a new callback, and notes in a new transcript (or none). */
+void ms_smtp_set_result(ms_smtp *s, ms_smtp_result_fn fn, void *ctx);
+void ms_smtp_set_transcript(ms_smtp *s, ms_transcript *tx);
+/* Ready, nothing outstanding, and the server has said nothing since (an
+ * idle server that closes, or sends 421 first, is not reusable). */
+int ms_smtp_reusable(const ms_smtp *s);
 
 #endif

@@ -104,6 +104,15 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 /* Replace an envelope atomically (the caller holds the claim). */
 ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err);
 /* Open the data file for reading. */
+/* Group commit: until ms_spool_batch_commit, ms_spool_update and
+ * ms_spool_remove leave the env/ fsync (and removed messages' data) to the
+ * commit, which does one fsync for all of them.  Nothing is durable before
+ * the commit returns MS_OK: claims are released only after it. */
+void ms_spool_batch_begin(ms_spool *sp);
+ms_status ms_spool_batch_commit(ms_spool *sp, ms_error *err);
+/* The daemon's own bounces may use a reserve under min_free_space (half
+ * of it): between begin and end, the floor is min_free_space / 2. */
+void ms_spool_reserve(ms_spool *sp, int on);
 ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *err);
 /* Remove a message (envelope first: it stops being queued at once). */
 ms_status ms_spool_remove(ms_spool *sp, const char *id, ms_error *err);

@@ -257,30 +257,47 @@ static void test_handoff(void **state)
 static void test_agent_grammar(void **state)
 {
 	(void)state;
-	ms_sched_result r;
-	size_t item;
-	assert_int_equal(ms_agent_parse_result("U", &item, &r), 'U');
-	assert_int_equal(ms_agent_parse_result("D 7", &item, &r), 'D');
-	assert_int_equal(item, 7);
-	assert_int_equal(ms_agent_parse_result("D 7 x", &item, &r), 0);
-	assert_int_equal(ms_agent_parse_result("R 1 2 2 250 2.0.0 =mx[1.2.3.4]:25 =ok%20fine", &item,
-	                                       &r),
-	                 'R');
-	assert_int_equal(item, 1);
-	assert_int_equal(r.rcpt, 2);
-	assert_int_equal(r.code, 250);
-	assert_string_equal(r.relay, "mx[1.2.3.4]:25");
-	assert_string_equal(r.text, "ok fine");
-	assert_int_equal(ms_agent_parse_result("R 1 2 99 250 - =x =y", &item, &r), 0);
-	assert_int_equal(ms_agent_parse_result("garbage", &item, &r), 0);
-	/* Work the agent refuses before delivering anything. */
+	ms_agent_result r;
+	ms_agent_parse_result("U 3", &r);
+	assert_int_equal(r.kind, 'U');
+	assert_int_equal(r.unit, 3);
+	ms_agent_parse_result("D 3 7 1", &r);
+	assert_int_equal(r.kind, 'D');
+	assert_int_equal(r.item, 7);
+	assert_int_equal(r.token, 1);
+	ms_agent_parse_result("N 3 7 0", &r);
+	assert_int_equal(r.kind, 'N');
+	ms_agent_parse_result("D 3 7 2", &r);
+	assert_int_equal(r.kind, 0);
+	ms_agent_parse_result("D 3 7 1 x", &r);
+	assert_int_equal(r.kind, 0);
+	ms_agent_parse_result("S 3 =site:mx1.test,mx2.test", &r);
+	assert_int_equal(r.kind, 'S');
+	assert_string_equal(r.site, "site:mx1.test,mx2.test");
+	ms_agent_parse_result("R 9 1 2 2 250 2.0.0 =mx[1.2.3.4]:25 =ok%20fine", &r);
+	assert_int_equal(r.kind, 'R');
+	assert_int_equal(r.unit, 9);
+	assert_int_equal(r.item, 1);
+	assert_int_equal(r.r.rcpt, 2);
+	assert_int_equal(r.r.code, 250);
+	assert_string_equal(r.r.relay, "mx[1.2.3.4]:25");
+	assert_string_equal(r.r.text, "ok fine");
+	ms_agent_parse_result("R 9 1 2 99 250 - =x =y", &r);
+	assert_int_equal(r.kind, 0);
+	ms_agent_parse_result("garbage", &r);
+	assert_int_equal(r.kind, 0);
+	/* Work the agent refuses before delivering anything of it. */
 	ms_conf c;
 	ms_spool *sp;
 	tmp_spool(&c, &sp, NULL);
-	static const char *const bad[] = { "", "K =mx:x.test\n", "M 0 abc 1 =a@x 1\nE\n",
-		                               "K =mx:x.test\nM 0 abc 1 =a@x 2\nT 0 =b@y\nE\n",
-		                               "K =mx:x.test\nM 0 ../x 1 =a@x 1\nT 0 =b@y\nE\n",
-		                               "K =mx:x.test\nE\nE\n" };
+	static const char *const bad[] = {
+		"M 0 abc 1 =a@x 1 =mx:x\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 2 =mx:x.test\nT 0 =b@y\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 ../x 1 =a@x 1 =mx:x.test\nT 0 =b@y\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nK 2 9999999999 10 =mx:x.test\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1\nT 0 =b@y\nE\n",
+		"A x\n",
+	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		int in[2], out[2];
 		assert_int_equal(pipe(in), 0);
@@ -288,7 +305,7 @@ static void test_agent_grammar(void **state)
 		(void)!write(in[1], bad[i], strlen(bad[i]));
 		close(in[1]);
 		ms_error err;
-		assert_int_equal(ms_agent_run(&c, sp, in[0], out[1], &err), MS_ERR_USAGE);
+		assert_int_equal(ms_agent_serve(&c, sp, NULL, in[0], out[1], &err), MS_ERR_USAGE);
 		close(out[1]);
 		char buf[16];
 		assert_int_equal(read(out[0], buf, sizeof buf), 0); /* said nothing */
@@ -296,7 +313,8 @@ static void test_agent_grammar(void **state)
 		close(out[0]);
 	}
 	/* Work round trip: written by the scheduler's side, read by the agent,
-	 * which reports the missing data file as deferred. */
+	 * which reports the missing data file as deferred (an attempt: no
+	 * token, not "not attempted"), then the unit's end. */
 	ms_envelope e;
 	envelope(&e, "a@x.test", "b@y.test");
 	ms_env_add_rcpt(&e, "c@y.test", 0, NULL);
@@ -304,15 +322,15 @@ static void test_agent_grammar(void **state)
 	ms_buf w;
 	ms_buf_init(&w, 0);
 	size_t idx[] = { 1 };
-	assert_int_equal(ms_agent_work_begin(&w, "mx:y.test"), MS_OK);
-	assert_int_equal(ms_agent_work_message(&w, 0, &e, idx, 1), MS_OK);
+	assert_int_equal(ms_agent_work_begin(&w, 5, 9999999999, 100, "mx:y.test"), MS_OK);
+	assert_int_equal(ms_agent_work_message(&w, 0, &e, idx, 1, "mx:y.test"), MS_OK);
 	assert_int_equal(ms_agent_work_end(&w), MS_OK);
 	int in[2], out[2];
 	assert_int_equal(pipe(in), 0);
 	assert_int_equal(pipe(out), 0);
 	(void)!write(in[1], ms_buf_ptr(&w), ms_buf_avail(&w));
 	close(in[1]);
-	assert_int_equal(ms_agent_run(&c, sp, in[0], out[1], NULL), MS_OK);
+	assert_int_equal(ms_agent_serve(&c, sp, NULL, in[0], out[1], NULL), MS_OK);
 	close(out[1]);
 	char buf[4096];
 	ssize_t k = read(out[0], buf, sizeof buf - 1);
@@ -320,10 +338,12 @@ static void test_agent_grammar(void **state)
 	char *nl = strchr(buf, '\n');
 	assert_non_null(nl);
 	*nl = '\0';
-	assert_int_equal(ms_agent_parse_result(buf, &item, &r), 'R');
-	assert_int_equal(r.rcpt, 1); /* the envelope's index, not the group's */
-	assert_int_equal(r.state, MS_RCPT_DEFERRED);
-	assert_string_equal(nl + 1, "D 0\n");
+	ms_agent_parse_result(buf, &r);
+	assert_int_equal(r.kind, 'R');
+	assert_int_equal(r.unit, 5);
+	assert_int_equal(r.r.rcpt, 1); /* the envelope's index, not the group's */
+	assert_int_equal(r.r.state, MS_RCPT_DEFERRED);
+	assert_string_equal(nl + 1, "D 5 0 0\nX 5\n");
 	close(in[0]);
 	close(out[0]);
 	ms_buf_free(&w);

@@ -1,0 +1,187 @@
+/*
+ * dnscache.c - MX answers kept for their TTL (see mailspool/dnscache.h).
+ *
+ * An entry stores only the targets it has (not the whole fixed-size
+ * ms_dns_targets), so a cache of thousands of domains stays small.
+ */
+#include "mailspool/dnscache.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mailspool/hmap.h"
+#include "mailspool/io.h"
+
+typedef struct entry {
+	int64_t expires_ms, made_ms;
+	ms_status st;
+	char msg[MS_ERROR_MSG_MAX];
+	int implicit, code;
+	char enh[16];
+	unsigned ttl;
+	size_t n;
+	ms_dns_target t[]; /* n of them */
+} entry;
+
+struct ms_dns_cache {
+	pthread_mutex_t mu;
+	ms_dns_cache_opts o;
+	ms_hmap map;
+	ms_dns_cache_stats st;
+};
+
+void ms_dns_cache_opts_default(ms_dns_cache_opts *o)
+{
+	o->max_ttl = 3600;
+	o->negative_ttl = 300;
+	o->temp_ttl = 5;
+	o->max_entries = 100000;
+}
+
+ms_dns_cache *ms_dns_cache_new(const ms_dns_cache_opts *o)
+{
+	ms_dns_cache *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	if (o)
+		c->o = *o;
+	else
+		ms_dns_cache_opts_default(&c->o);
+	ms_hmap_init(&c->map);
+	pthread_mutex_init(&c->mu, NULL);
+	return c;
+}
+
+static void clear(ms_hmap *m)
+{
+	const char *k;
+	void *v;
+	for (size_t i = 0; (i = ms_hmap_next(m, i, &k, &v)) != 0;)
+		free(v);
+	ms_hmap_free(m);
+}
+
+void ms_dns_cache_free(ms_dns_cache *c)
+{
+	if (!c)
+		return;
+	clear(&c->map);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+/* Full: keep the newer half (entries made after the median age, roughly:
+ * those younger than the mean). */
+static void shrink(ms_dns_cache *c, int64_t now)
+{
+	const char *k;
+	void *v;
+	int64_t sum = 0;
+	size_t n = 0;
+	for (size_t i = 0; (i = ms_hmap_next(&c->map, i, &k, &v)) != 0; n++)
+		sum += now - ((entry *)v)->made_ms;
+	int64_t mean = n ? sum / (int64_t)n : 0;
+	ms_hmap keep;
+	ms_hmap_init(&keep);
+	for (size_t i = 0; (i = ms_hmap_next(&c->map, i, &k, &v)) != 0;) {
+		entry *e = v;
+		if (e->expires_ms > now && now - e->made_ms < mean && ms_hmap_put(&keep, k, e) == 0)
+			continue;
+		free(e);
+	}
+	ms_hmap_free(&c->map);
+	c->map = keep;
+}
+
+static void lower(const char *in, char *out, size_t n)
+{
+	size_t i = 0;
+	for (; in[i] && i + 1 < n; i++)
+		out[i] = (char)tolower((unsigned char)in[i]);
+	out[i] = '\0';
+}
+
+static ms_status answer(const entry *e, ms_dns_targets *out, ms_error *err)
+{
+	memset(out, 0, sizeof *out);
+	out->n = e->n;
+	memcpy(out->t, e->t, e->n * sizeof *e->t);
+	out->implicit = e->implicit;
+	out->code = e->code;
+	out->ttl = e->ttl;
+	snprintf(out->enh, sizeof out->enh, "%s", e->enh);
+	if (e->st != MS_OK)
+		return ms_error_set(err, e->st, "%s", e->msg);
+	return MS_OK;
+}
+
+ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns_opts *o,
+                               ms_dns_targets *out, ms_error *err, int *hit)
+{
+	char key[MS_DNS_NAME_MAX + 1];
+	lower(domain, key, sizeof key);
+	int64_t now = ms_now_ms();
+	pthread_mutex_lock(&c->mu);
+	entry *e = ms_hmap_get(&c->map, key);
+	if (e && e->expires_ms > now) {
+		ms_status st = answer(e, out, err);
+		c->st.hits++;
+		pthread_mutex_unlock(&c->mu);
+		*hit = 1;
+		return st;
+	}
+	c->st.misses++;
+	pthread_mutex_unlock(&c->mu);
+	*hit = 0;
+
+	ms_error e2;
+	ms_status st = ms_dns_targets_for(domain, o, out, &e2);
+	if (err)
+		*err = e2;
+	unsigned ttl;
+	if (st == MS_OK)
+		ttl = out->ttl < c->o.max_ttl ? out->ttl : c->o.max_ttl;
+	else if (st == MS_ERR_PERM)
+		ttl = c->o.negative_ttl;
+	else if (st == MS_ERR_TEMP)
+		ttl = c->o.temp_ttl;
+	else
+		return st; /* the resolver could not be set up: nothing to keep */
+	if (ttl == 0)
+		return st;
+	entry *ne = malloc(sizeof *ne + out->n * sizeof out->t[0]);
+	if (!ne)
+		return st;
+	ne->made_ms = now;
+	ne->expires_ms = now + (int64_t)ttl * 1000;
+	ne->st = st;
+	snprintf(ne->msg, sizeof ne->msg, "%s", st == MS_OK ? "" : e2.msg);
+	ne->implicit = out->implicit;
+	ne->code = out->code;
+	ne->ttl = out->ttl;
+	snprintf(ne->enh, sizeof ne->enh, "%s", out->enh);
+	ne->n = out->n;
+	memcpy(ne->t, out->t, out->n * sizeof out->t[0]);
+	pthread_mutex_lock(&c->mu);
+	if (c->map.n >= c->o.max_entries)
+		shrink(c, now);
+	entry *old = ms_hmap_get(&c->map, key);
+	if (ms_hmap_put(&c->map, key, ne) < 0)
+		free(ne);
+	else
+		free(old);
+	pthread_mutex_unlock(&c->mu);
+	return st;
+}
+
+ms_dns_cache_stats ms_dns_cache_get_stats(ms_dns_cache *c)
+{
+	pthread_mutex_lock(&c->mu);
+	ms_dns_cache_stats s = c->st;
+	s.entries = c->map.n;
+	pthread_mutex_unlock(&c->mu);
+	return s;
+}

@@ -1,0 +1,163 @@
+/*
+ * pool.c - idle delivery sessions kept for reuse (see mailspool/pool.h).
+ *
+ * The table is a plain array searched linearly: it holds at most
+ * max_idle entries and a take costs one pass of string compares, small
+ * next to the round trip a reuse saves.
+ */
+#include "mailspool/pool.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mailspool/io.h"
+
+typedef struct parked {
+	char key[MS_POOL_KEY_MAX];
+	ms_client *c;
+	size_t carried;
+	int64_t since_ms;
+} parked;
+
+struct ms_pool {
+	pthread_mutex_t mu;
+	parked *v;
+	size_t n, max;
+	int64_t idle_ms;
+	ms_pool_stats st;
+};
+
+static void quit(ms_client *c)
+{
+	ms_error err;
+	ms_client_close(c, &err); /* QUIT, bounded by its timeout */
+	ms_client_free(c);
+}
+
+ms_pool *ms_pool_new(int64_t idle_ms, size_t max_idle)
+{
+	ms_pool *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->max = max_idle ? max_idle : 1;
+	p->v = calloc(p->max, sizeof *p->v);
+	if (!p->v) {
+		free(p);
+		return NULL;
+	}
+	p->idle_ms = idle_ms;
+	pthread_mutex_init(&p->mu, NULL);
+	return p;
+}
+
+void ms_pool_free(ms_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n; i++)
+		quit(p->v[i].c);
+	pthread_mutex_destroy(&p->mu);
+	free(p->v);
+	free(p);
+}
+
+ms_client *ms_pool_take(ms_pool *p, const char *key, size_t *carried)
+{
+	for (;;) {
+		ms_client *c = NULL;
+		pthread_mutex_lock(&p->mu);
+		/* The most recently parked first: the warmest connection. */
+		for (size_t i = p->n; i-- > 0;)
+			if (!strcmp(p->v[i].key, key)) {
+				c = p->v[i].c;
+				*carried = p->v[i].carried;
+				p->v[i] = p->v[--p->n];
+				break;
+			}
+		pthread_mutex_unlock(&p->mu);
+		if (!c)
+			return NULL;
+		if (ms_client_reusable(c)) {
+			pthread_mutex_lock(&p->mu);
+			p->st.reused++;
+			pthread_mutex_unlock(&p->mu);
+			return c;
+		}
+		pthread_mutex_lock(&p->mu);
+		p->st.stale++;
+		pthread_mutex_unlock(&p->mu);
+		ms_client_free(c); /* closed by the server: no QUIT to send */
+	}
+}
+
+int ms_pool_has(ms_pool *p, const char *key)
+{
+	int found = 0;
+	pthread_mutex_lock(&p->mu);
+	for (size_t i = 0; i < p->n && !found; i++)
+		found = !strcmp(p->v[i].key, key);
+	pthread_mutex_unlock(&p->mu);
+	return found;
+}
+
+void ms_pool_put(ms_pool *p, const char *key, ms_client *c, size_t carried)
+{
+	if (!ms_client_reusable(c) || p->idle_ms <= 0 || strlen(key) >= MS_POOL_KEY_MAX) {
+		quit(c);
+		return;
+	}
+	ms_client_set_result(c, NULL, NULL);
+	ms_client_set_transcript(c, NULL);
+	ms_client *evict = NULL;
+	pthread_mutex_lock(&p->mu);
+	if (p->n == p->max) {
+		/* Full: the oldest parked session makes room. */
+		size_t old = 0;
+		for (size_t i = 1; i < p->n; i++)
+			if (p->v[i].since_ms < p->v[old].since_ms)
+				old = i;
+		evict = p->v[old].c;
+		p->v[old] = p->v[--p->n];
+	}
+	parked *e = &p->v[p->n++];
+	snprintf(e->key, sizeof e->key, "%s", key);
+	e->c = c;
+	e->carried = carried;
+	e->since_ms = ms_now_ms();
+	p->st.parked++;
+	pthread_mutex_unlock(&p->mu);
+	if (evict)
+		quit(evict);
+}
+
+size_t ms_pool_expire(ms_pool *p)
+{
+	int64_t now = ms_now_ms();
+	for (;;) {
+		ms_client *c = NULL;
+		pthread_mutex_lock(&p->mu);
+		for (size_t i = 0; i < p->n; i++)
+			if (now - p->v[i].since_ms >= p->idle_ms || !ms_client_reusable(p->v[i].c)) {
+				c = p->v[i].c;
+				p->v[i] = p->v[--p->n];
+				p->st.expired++;
+				break;
+			}
+		size_t left = p->n;
+		pthread_mutex_unlock(&p->mu);
+		if (!c)
+			return left;
+		quit(c);
+	}
+}
+
+ms_pool_stats ms_pool_get_stats(ms_pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	ms_pool_stats s = p->st;
+	s.idle = p->n;
+	pthread_mutex_unlock(&p->mu);
+	return s;
+}
