@@ -410,6 +410,13 @@ static void *unit_run(void *arg)
 	char site[MS_DEST_MAX] = "";
 	/* Messages by destination key, in the order given (a site's unit
 	 * holds several domains: one ms_deliver each, the session reused). */
+	if (u->n == 0) {
+		/* A unit without messages asks where its destination goes: the
+		 * scheduler groups domains by site before it hands any out. */
+		ms_error rerr;
+		ms_deliver_resolve(a->conf, a->dns, u->key, site, sizeof site, &rerr);
+		unreachable = 0;
+	}
 	work_msg **ws = calloc(u->n ? u->n : 1, sizeof *ws);
 	char *done = calloc(u->n ? u->n : 1, 1);
 	for (size_t i = 0; ws && done && i < u->n; i++) {

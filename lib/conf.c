@@ -35,6 +35,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->mx_address_limit = 5;
 	c->max_deliveries = 1000;
 	c->connection_reuse_time = 5;
+	c->claim_window = 4000;
 	c->agent_uncommitted = MS_CONF_UNCOMMITTED_DEFAULT;
 	c->destination_concurrency = 10;
 	c->connection_messages = 100;
@@ -325,6 +326,7 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 	} counts[] = { { "mx_address_limit", &c->mx_address_limit, 32 },
 		           { "max_deliveries", &c->max_deliveries, 100000 },
 		           { "delivery_agents", &c->delivery_agents, 64 },
+		           { "claim_window", &c->claim_window, 20000 },
 		           { "agent_uncommitted", &c->agent_uncommitted, 63 },
 		           { "destination_concurrency", &c->destination_concurrency, 1000 },
 		           { "connection_messages", &c->connection_messages, 1000000 } };

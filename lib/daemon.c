@@ -98,6 +98,8 @@ typedef struct dest {
 	int64_t backoff_until;
 	int agent;
 	int ready;       /* in the ready list */
+	int resolving;   /* an MX domain whose site is being asked (a resolve unit) */
+	int64_t resolved_until; /* its site (or that it has none) is known until then */
 	/* Shaping: configured limits, and the current ones after throttling. */
 	size_t conc_max, conc_cur, conn_msgs;
 	double rate_max, rate_cur; /* messages per minute; 0: none */
@@ -110,6 +112,7 @@ typedef struct unit {
 	uint64_t id;
 	dest *x;
 	int agent;
+	int resolve;     /* no messages: asks for x's site */
 	item *items;
 	size_t n;
 } unit;
@@ -333,12 +336,17 @@ static dest *dest_get(sched_state *d, const char *key, const char *dkey)
 
 /* The destination an item's recipients go to now: the site its domain
  * rolled up into, while that is fresh; else its own key. */
+static void ask_site(sched_state *d, dest *x, int64_t now);
+
 static dest *dest_for_item(sched_state *d, const char *dkey, int64_t now)
 {
 	site_ent *se = ms_hmap_get(&d->sites, dkey);
 	if (se && se->until > now)
 		return dest_get(d, se->site, dkey);
-	return dest_get(d, dkey, dkey);
+	dest *x = dest_get(d, dkey, dkey);
+	if (x && !strncmp(dkey, "mx:", 3) && x->resolved_until <= now && !x->resolving)
+		ask_site(d, x, now);
+	return x;
 }
 
 static void mark_ready(sched_state *d, dest *x)
@@ -621,6 +629,29 @@ static unit *unit_find(sched_state *d, uint64_t id)
 /* A unit is over: whatever it did not report is deferred with `why`. */
 static void unit_end(sched_state *d, unit *u, const char *why)
 {
+	if (u->resolve) {
+		/* The site is known (or that there is none): what waited for the
+		 * answer moves to the site's queue, or goes on its own. */
+		dest *x = u->x;
+		x->resolving = 0;
+		x->resolved_until = now_s() + SITE_TTL_S;
+		site_ent *se = ms_hmap_get(&d->sites, x->key);
+		dest *to = se ? dest_get(d, se->site, x->key) : NULL;
+		if (to && to != x) {
+			for (size_t i = 0; i < x->nwait; i++)
+				if (push_item(d, to, x->wait[i]) < 0)
+					item_done(d, &x->wait[i]);
+			x->nwait = 0;
+		} else if (x->nwait) {
+			mark_ready(d, x);
+		}
+		d->agents[u->agent].units--;
+		char k[24];
+		snprintf(k, sizeof k, "%llu", (unsigned long long)u->id);
+		ms_hmap_del(&d->units, k);
+		free(u);
+		return;
+	}
 	for (size_t i = 0; i < u->n; i++)
 		if (!u->items[i].done)
 			item_defer(d, &u->items[i], why);
@@ -689,6 +720,18 @@ static void agent_line(sched_state *d, int k, const char *line)
 			item_defer(d, it, "not attempted: every session it was given broke first");
 		break;
 	case 'S':
+		if (u->resolve) {
+			site_ent *se = ms_hmap_get(&d->sites, u->x->key);
+			if (!se && (se = malloc(sizeof *se)) && ms_hmap_put(&d->sites, u->x->key, se) < 0) {
+				free(se);
+				se = NULL;
+			}
+			if (se) {
+				snprintf(se->site, sizeof se->site, "%s", r.site);
+				se->until = now + SITE_TTL_S;
+			}
+			break;
+		}
 		for (size_t i = 0; i < u->n; i++) {
 			const char *dk = u->items[i].dkey;
 			if (!dk || strncmp(dk, "mx:", 3) || ms_hmap_get(&d->sites, dk))
@@ -706,6 +749,12 @@ static void agent_line(sched_state *d, int k, const char *line)
 		u->x->backoff_until = now + d->c->destination_backoff;
 		logf_(d, "%s: no server answered; not tried again for %llds", u->x->key,
 		      (long long)d->c->destination_backoff);
+		/* What waits for it is released untouched: no attempt against a
+		 * destination known to be down (read again when the back-off
+		 * ends). */
+		for (size_t i = 0; i < u->x->nwait; i++)
+			item_done(d, &u->x->wait[i]);
+		u->x->nwait = 0;
 		break;
 	case 'H':
 		throttle(d, u->x, now);
@@ -895,13 +944,41 @@ static void take(sched_state *d, entry *e, int64_t now)
 		queue_settle(d, s); /* nothing handed out: settled (or released) at once */
 }
 
-/* How many messages we hold claimed at once: what the sessions can start
- * soon (twice a connection's share for every session), so that other
+/* How many messages we hold claimed at once (claim_window), so that other
  * daemons sharing the spool get their part and leases stay few. */
 static size_t claim_limit(const ms_conf *c)
 {
-	size_t n = c->max_deliveries * c->connection_messages * 2;
+	size_t n = c->claim_window;
 	return n < 100 ? 100 : n > MS_DAEMON_CLAIMED_MAX ? MS_DAEMON_CLAIMED_MAX : n;
+}
+
+/* Ask x's agent for x's site: a unit without messages. */
+static void ask_site(sched_state *d, dest *x, int64_t now)
+{
+	agentp *a = &d->agents[x->agent];
+	if (!a->alive || a->in_fd < 0)
+		return; /* asked when it is back; meanwhile x goes on its own */
+	unit *u = calloc(1, sizeof *u);
+	if (!u)
+		return;
+	u->x = x;
+	u->agent = x->agent;
+	u->resolve = 1;
+	u->id = ++d->next_unit;
+	char k[24];
+	snprintf(k, sizeof k, "%llu", (unsigned long long)u->id);
+	ms_buf work;
+	ms_buf_init(&work, 4096);
+	if (ms_agent_work_begin(&work, u->id, now + until_s(d->c), 0, x->key) != MS_OK ||
+	    ms_agent_work_end(&work) != MS_OK || ms_hmap_put(&d->units, k, u) < 0) {
+		ms_buf_free(&work);
+		free(u);
+		return;
+	}
+	x->resolving = 1;
+	a->units++;
+	agent_say(d, x->agent, ms_buf_ptr(&work), ms_buf_avail(&work));
+	ms_buf_free(&work);
 }
 
 /* Hand up to `count` waiting items of x to its agent as one unit. */
@@ -974,6 +1051,16 @@ static void schedule_dest(sched_state *d, dest *x, int64_t now, int64_t ms)
 {
 	recover(x, now);
 	refill(x, ms);
+	if (x->backoff_until > now) {
+		/* Down: what reached its queue meanwhile (handed back) goes back
+		 * to the index untouched. */
+		for (size_t i = 0; i < x->nwait; i++)
+			item_done(d, &x->wait[i]);
+		x->nwait = 0;
+		return;
+	}
+	if (x->resolving)
+		return; /* its site comes first */
 	while (x->nwait > 0 && x->active < x->conc_cur && d->sessions < d->c->max_deliveries &&
 	       !d->stopping) {
 		/* Connections for everything this destination has, waiting or

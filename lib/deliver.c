@@ -335,9 +335,12 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* "site:" and the MX host names, sorted and without repeats. */
-static void site_of(const ms_dns_targets *tg, char *out, size_t n)
+void ms_deliver_site(const ms_dns_targets *tg, char *out, size_t n)
 {
+	if (n)
+		out[0] = '\0';
+	if (tg->implicit || tg->n == 0)
+		return; /* no MX hosts to share */
 	const char *names[MS_DNS_MAX_TARGETS];
 	for (size_t i = 0; i < tg->n; i++)
 		names[i] = tg->t[i].name;
@@ -348,6 +351,30 @@ static void site_of(const ms_dns_targets *tg, char *out, size_t n)
 			w += snprintf(out + w, n - (size_t)w, "%s%s", w > 5 ? "," : "", names[i]);
 	if (w < 0 || (size_t)w >= n)
 		out[0] = '\0'; /* too long to share: the domain stays on its own */
+}
+
+ms_status ms_deliver_resolve(const ms_conf *c, struct ms_dns_cache *cache, const char *dest,
+                             char *site, size_t n, ms_error *err)
+{
+	site[0] = '\0';
+	if (strncmp(dest, "mx:", 3) || dest[3] == '[')
+		return MS_OK; /* routes, relays and literals are their own destination */
+	ms_dns_targets *tg = calloc(1, sizeof *tg);
+	if (!tg)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	ms_dns_opts dop;
+	ms_dns_opts_default(&dop);
+	dop.servers = c->dns_servers[0] ? c->dns_servers : NULL;
+	dop.timeout_ms = (int)(c->dns_timeout * 1000);
+	dop.address_limit = c->mx_address_limit;
+	dop.myname = c->hostname;
+	int hit;
+	ms_status st = cache ? ms_dns_cache_targets(cache, dest + 3, &dop, tg, err, &hit)
+	                     : ms_dns_targets_for(dest + 3, &dop, tg, err);
+	if (st == MS_OK)
+		ms_deliver_site(tg, site, n);
+	free(tg);
+	return st;
 }
 
 /* No server gave a session: every message waits, with the last reason. */
@@ -410,8 +437,8 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		free(tg);
 		return MS_OK;
 	}
-	if (!tg->implicit && domain[0] != '[')
-		site_of(tg, rep->site, sizeof rep->site);
+	if (domain[0] != '[')
+		ms_deliver_site(tg, rep->site, sizeof rep->site);
 	/* The MX hosts' addresses in order; the MX name is the TLS name.  A
 	 * parked session to any of them is taken first. */
 	for (size_t i = 0; o->pool && i < tg->n; i++) {

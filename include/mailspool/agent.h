@@ -34,6 +34,9 @@
  *     M <item> <queue id> <size> =<sender> <recipients> =<destination key>
  *     T <envelope recipient index> =<address>      (that many per M)
  *     E                                            the unit is complete
+ *                    (a unit without M records only resolves its key: S, X)
+ *     L <time>                 the scheduler's claims hold until then: no
+ *                              message is started later (renewed as it goes)
  *     A <n>                    n more results were committed (tokens back)
  * Results, as soon as each message is decided:
  *     R <unit> <item> <rcpt> <state> <code> <enh|-> =<relay> =<text>

@@ -123,6 +123,7 @@ typedef struct ms_conf {
 	char mx_port[6];                   /* mx_port (25) */
 	size_t mx_address_limit;           /* mx_address_limit (5) addresses tried */
 	size_t max_deliveries;             /* max_deliveries (1000) sessions at once, all agents */
+	size_t claim_window;               /* claim_window (4000): messages claimed at once */
 	size_t delivery_agents;            /* delivery_agents (0: one per core, at most 16) */
 	int64_t connection_reuse_time;     /* connection_reuse_time (5 s; 0: never reuse) */
 	size_t agent_uncommitted;          /* agent_uncommitted (48): messages per agent

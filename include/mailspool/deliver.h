@@ -80,6 +80,15 @@ typedef struct ms_deliver_report {
 	size_t reused;      /* sessions taken from the pool */
 } ms_deliver_report;
 
+/* MX rollup: "site:" and the MX host names of tg, sorted, without
+ * repeats ("" for an implicit MX, or when too long to share). */
+struct ms_dns_targets;
+void ms_deliver_site(const struct ms_dns_targets *tg, char *out, size_t n);
+/* The site of destination `dest` (resolved through the cache when one is
+ * given); "" when it has none (not an MX destination, implicit MX). */
+ms_status ms_deliver_resolve(const ms_conf *c, struct ms_dns_cache *cache, const char *dest,
+                             char *site, size_t n, ms_error *err);
+
 /* Does this reply say "slow down" (421, 4.7.x, or a 4xx whose text speaks
  * of too many connections or messages, or a rate)? */
 int ms_deliver_throttle_reply(int code, const char *enh, const char *text);
