@@ -36,6 +36,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->max_deliveries = 1000;
 	c->connection_reuse_time = 5;
 	c->claim_window = 4000;
+	c->destination_recovery = 30;
 	c->agent_uncommitted = MS_CONF_UNCOMMITTED_DEFAULT;
 	c->destination_concurrency = 10;
 	c->connection_messages = 100;
@@ -343,7 +344,8 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		              { "queue_scan_interval", &c->queue_scan_interval, 0 },
 		              { "connect_timeout", &c->connect_timeout, 0 },
 		              { "command_timeout", &c->command_timeout, 1 },
-		              { "connection_reuse_time", &c->connection_reuse_time, 1 } };
+		              { "connection_reuse_time", &c->connection_reuse_time, 1 },
+		              { "destination_recovery", &c->destination_recovery, 0 } };
 	for (size_t i = 0; i < sizeof durations / sizeof durations[0]; i++)
 		if (!strcmp(key, durations[i].name)) {
 			int64_t d = ms_conf_duration(val);

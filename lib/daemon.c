@@ -55,11 +55,9 @@
 
 #define LINE_MAX_ MS_AGENT_LINE_MAX
 #define LIST_MIN_MS 1000
-#define SETTLE_RETRY_S 60
 #define TAKE_BATCH 1000 /* envelopes read per walk of the index */
 #define SITE_TTL_S 3600 /* a domain's MX rollup is remembered this long */
 #define AGENTS_MAX 64
-#define THROTTLE_RECOVER_S 30 /* one step back up per this long without a throttle */
 
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
@@ -75,6 +73,7 @@ typedef struct slot {
 	int lost;                 /* the claim stopped being ours */
 	int untried;              /* times handed back not attempted */
 	int queued;               /* in the settle queue */
+	int bounce_due;           /* a bounce not queued before is to be tried */
 	ms_sched_result *res;
 	size_t nres, capres;
 	int *toks;                /* agents owed a token once this is committed */
@@ -106,6 +105,8 @@ typedef struct dest {
 	double bucket;             /* messages that may start now (rate) */
 	int64_t bucket_ms;
 	int64_t last_throttle, last_raise;
+	int64_t win_start;         /* messages handed out since then (the rate it gets) */
+	size_t win_count;
 } dest;
 
 typedef struct unit {
@@ -374,7 +375,9 @@ static void throttle(sched_state *d, dest *x, int64_t now)
 	if (x->conc_cur > was)
 		x->conc_cur = was;
 	/* Without a configured rate, the rate it was getting is the start. */
-	double per_min = x->rate_cur > 0 ? x->rate_cur : (double)(x->inflight ? x->inflight : 1) * 6;
+	int64_t span = now - x->win_start > 1 ? now - x->win_start : 1;
+	double got = (double)x->win_count * 60.0 / (double)span;
+	double per_min = x->rate_cur > 0 ? x->rate_cur : got > 1 ? got : 1;
 	x->rate_cur = per_min / 2 < 1 ? 1 : per_min / 2;
 	if (x->bucket > 1)
 		x->bucket = 1;
@@ -384,22 +387,26 @@ static void throttle(sched_state *d, dest *x, int64_t now)
 }
 
 /* Recover gradually: one more connection and half again the rate per
- * THROTTLE_RECOVER_S without a throttle, up to the configured limits. */
-static void recover(dest *x, int64_t now)
+ * destination_recovery without a throttle, up to the configured limits. */
+static void recover(sched_state *d, dest *x, int64_t now)
 {
-	if (!x->last_throttle || now - x->last_raise < THROTTLE_RECOVER_S)
+	if (!x->last_throttle || now - x->last_raise < d->c->destination_recovery)
 		return;
 	x->last_raise = now;
 	if (x->conc_cur < x->conc_max)
 		x->conc_cur++;
 	if (x->rate_cur > 0) {
 		x->rate_cur *= 1.5;
-		if (x->rate_max > 0 ? x->rate_cur >= x->rate_max : x->rate_cur >= 60000) {
+		/* A configured rate is the ceiling; without one the limit the
+		 * throttle set goes when the concurrency is back in full. */
+		if (x->rate_max > 0 ? x->rate_cur >= x->rate_max : x->conc_cur == x->conc_max)
 			x->rate_cur = x->rate_max;
-		}
 	}
-	if (x->conc_cur == x->conc_max && x->rate_cur == x->rate_max)
-		x->last_throttle = 0; /* fully recovered */
+	if (x->conc_cur == x->conc_max && x->rate_cur == x->rate_max) {
+		x->last_throttle = 0;
+		logf_(d, "%s: back to its limits: concurrency %zu%s", x->key, x->conc_max,
+		      x->rate_max > 0 ? "" : ", no rate limit");
+	}
 }
 
 static void refill(dest *x, int64_t ms)
@@ -407,8 +414,8 @@ static void refill(dest *x, int64_t ms)
 	if (x->rate_cur <= 0)
 		return;
 	x->bucket += (double)(ms - x->bucket_ms) * x->rate_cur / 60000.0;
-	/* A burst of at most one connection's worth, or a tenth of a minute. */
-	double cap = x->rate_cur / 10 > 1 ? x->rate_cur / 10 : 1;
+	/* A burst of at most one second's worth (at least one message). */
+	double cap = x->rate_cur / 60 > 1 ? x->rate_cur / 60 : 1;
 	if (x->bucket > cap)
 		x->bucket = cap;
 	x->bucket_ms = ms;
@@ -493,6 +500,15 @@ static void item_defer(sched_state *d, item *it, const char *why)
 	item_done(d, it);
 }
 
+/* After results could not be recorded (a full disk): the first retry
+ * tier, at most a minute - not at once, or the delivered recipients
+ * would get the message again. */
+static int64_t settle_retry(const ms_conf *c)
+{
+	int64_t t = c->ntiers > 1 ? c->retry_tiers[1] : 60;
+	return t < 1 ? 1 : t > 60 ? 60 : t;
+}
+
 /* Apply one slot's results (inside the group commit). */
 static void settle_one(sched_state *d, slot *s, entry *e)
 {
@@ -506,7 +522,7 @@ static void settle_one(sched_state *d, slot *s, entry *e)
 		s->lost = 1;
 		return;
 	}
-	if (!s->nres)
+	if (!s->nres && !s->bounce_due)
 		return;
 	ms_sched_opts so = { .conf = d->c, .bounce = 1, .log = d->o->log, .log_ctx = d->o->log_ctx };
 	ms_sched_summary sum;
@@ -516,10 +532,10 @@ static void settle_one(sched_state *d, slot *s, entry *e)
 	if (st != MS_OK) {
 		/* The envelope could not be written (a full disk): not again
 		 * at once, or the delivered recipients would get it again. */
-		logf_(d, "%s: cannot record the results: %s; next look in %ds", s->env.id, err.msg,
-		      SETTLE_RETRY_S);
+		logf_(d, "%s: cannot record the results: %s; next look in %llds", s->env.id, err.msg,
+		      (long long)settle_retry(d->c));
 		if (e)
-			e->due = now_s() + SETTLE_RETRY_S;
+			e->due = now_s() + settle_retry(d->c);
 	} else if (e) {
 		e->due = sum.removed ? INT64_MAX : sum.next_due;
 		e->mtime = sum.removed ? 0 : ms_spool_env_mtime(d->sp, s->env.id);
@@ -547,7 +563,7 @@ static void settle_queued(sched_state *d)
 			ms_spool_release(d->sp, &s->claim, NULL);
 		if (e) {
 			e->busy = 0;
-			if (s->lost || !s->nres)
+			if (s->lost || (!s->nres && !s->bounce_due))
 				e->due = INT64_MIN;
 		}
 		for (size_t k = 0; k < s->ntoks; k++)
@@ -701,10 +717,10 @@ static void agent_line(sched_state *d, int k, const char *line)
 			d->agents[k].owed++; /* nothing of it to commit */
 		if (!d->stopping && !it->s->lost && it->s->untried < MS_DAEMON_UNTRIED_MAX) {
 			/* Not attempted: straight back to its destination, no attempt
-			 * recorded, no tier consumed.  Only one a session broke under
-			 * (it held a token) counts towards the limit; one never
-			 * started (a deadline) does not. */
-			it->s->untried += r.token;
+			 * recorded, no tier consumed (at most MS_DAEMON_UNTRIED_MAX
+			 * times per claim, so a server that throttles or drops every
+			 * session still meets the tiers). */
+			it->s->untried++;
 			item again = *it;
 			dest *x = dest_for_item(d, again.dkey, now);
 			if (x && push_item(d, x, again) == 0) {
@@ -870,7 +886,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 	ms_sched_plan plan;
 	if (ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
 		slot_free(s);
-		e->due = now + SETTLE_RETRY_S;
+		e->due = now + settle_retry(d->c);
 		return;
 	}
 	/* Nothing due after all, or only destinations in back-off: no claim. */
@@ -925,6 +941,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 	e->mtime = ms_spool_env_mtime(d->sp, e->id);
 	for (size_t i = 0; i < plan.nunroutable; i++)
 		add_result(s, &plan.unroutable[i]); /* deferred now, with the reason */
+	s->bounce_due = plan.bounce_due;
 	s->groups_left = 1; /* held while items are made */
 	for (size_t g = 0; g < plan.ngroups; g++) {
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
@@ -1043,13 +1060,18 @@ static int launch(sched_state *d, dest *x, size_t count, int64_t now)
 	ms_buf_free(&work);
 	if (x->rate_cur > 0)
 		x->bucket -= (double)n;
+	if (now - x->win_start >= 60) {
+		x->win_start = now;
+		x->win_count = 0;
+	}
+	x->win_count += n;
 	return 0;
 }
 
 /* Units for one destination with waiting work, within its limits. */
 static void schedule_dest(sched_state *d, dest *x, int64_t now, int64_t ms)
 {
-	recover(x, now);
+	recover(d, x, now);
 	refill(x, ms);
 	if (x->backoff_until > now) {
 		/* Down: what reached its queue meanwhile (handed back) goes back
@@ -1126,7 +1148,8 @@ static void schedule(sched_state *d)
 		dest *x = d->ready[i];
 		if (!d->stopping)
 			schedule_dest(d, x, now, ms);
-		if (x->nwait)
+		/* A throttled one stays until it has recovered, work or not. */
+		if (x->nwait || x->last_throttle)
 			d->ready[keep++] = x;
 		else
 			x->ready = 0;
@@ -1158,7 +1181,12 @@ static int64_t next_due(sched_state *d)
 
 static int idle(sched_state *d)
 {
-	return d->sessions == 0 && d->nready == 0 && d->nsettle == 0;
+	if (d->sessions || d->nsettle)
+		return 0;
+	for (size_t i = 0; i < d->nready; i++)
+		if (d->ready[i]->nwait)
+			return 0;
+	return 1; /* (throttled destinations recovering have no work) */
 }
 
 static void reload(sched_state *d)

@@ -383,6 +383,14 @@ static ms_status give_up(const ms_deliver_opts *o, ms_message **msgs, size_t n,
 {
 	char last[MS_ERROR_MSG_MAX];
 	snprintf(last, sizeof last, "%.300s: %.200s", rep->relay, why);
+	if (rep->throttled) {
+		/* Refused as "too many connections": the servers are up, just
+		 * busy - not attempted (the daemon slows down and sends them
+		 * again), and not a destination that is down. */
+		settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_SESSION, 421, "4.7.0", last,
+		           rep->relay);
+		return MS_OK;
+	}
 	rep->unreachable = 1;
 	settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.4.1", last, rep->relay);
 	return MS_OK;

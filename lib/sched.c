@@ -18,7 +18,13 @@
 #include "mailspool/printable.h"
 #include "mailspool/submit.h"
 
-#define SCHED_BOUNCE_RETRY_S 300 /* a bounce that could not be queued, again */
+/* A bounce that could not be queued is tried again after the first retry
+ * tier, at most five minutes. */
+static int64_t bounce_retry(const ms_conf *c)
+{
+	int64_t t = c->ntiers > 1 ? c->retry_tiers[1] : 300;
+	return t < 1 ? 1 : t > 300 ? 300 : t;
+}
 
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)
 {
@@ -266,16 +272,16 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 			if (e->rcpts[i].state == MS_ENV_FAILED &&
 			    was_bouncing[i]) {
 				e->rcpts[i].state = MS_ENV_BOUNCING;
-				e->rcpts[i].next = now + SCHED_BOUNCE_RETRY_S;
+				e->rcpts[i].next = now + bounce_retry(c);
 			}
 		if (o->log) {
 			char line[MS_LOG_LINE_MAX], who[MS_PRINTABLE_SIZE(256)], why[MS_PRINTABLE_SIZE(512)];
 			snprintf(line, sizeof line,
 			         "%s: cannot queue the non-delivery notification to <%s>: %s; kept, tried "
-			         "again in %ds",
+			         "again in %llds",
 			         e->id, ms_printable_str(e->sender, who, sizeof who),
 			         ms_printable(berr.msg, strnlen(berr.msg, 512), why, sizeof why),
-			         SCHED_BOUNCE_RETRY_S);
+			         (long long)bounce_retry(c));
 			o->log(o->log_ctx, line);
 		}
 	}

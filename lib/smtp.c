@@ -1066,7 +1066,9 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 	size_t ri = e->ri;
 	pop(s);
 	int cls = ms_reply_class(r->code);
-	if (t)
+	/* A 421 is the session ending, not an answer about this message (a
+	 * server's per-connection message cap, say): it was not attempted. */
+	if (t && r->code != 421)
 		t->m->engaged = 1;
 
 	if (r->code == 421 && kind != EX_QUIT) {

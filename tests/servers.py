@@ -286,9 +286,10 @@ class Exim(Daemon):
     STARTTLS; auth=(user, password) offers AUTH PLAIN and LOGIN (Exim's
     plaintext authenticator) - only inside TLS unless auth_in_clear."""
 
-    def __init__(self, tls=None, auth=None, auth_in_clear=False):
+    def __init__(self, tls=None, auth=None, auth_in_clear=False, extra_main=""):
         super().__init__("ms-exim-", 0o755)  # Exim's own user must reach spool/
         self.tls, self.auth, self.auth_in_clear = tls, auth, auth_in_clear
+        self.extra_main = extra_main
 
     def __enter__(self):
         d = self.dir
@@ -298,6 +299,8 @@ class Exim(Daemon):
             shutil.chown(os.path.join(d, sub), "Debian-exim", "Debian-exim")
         self.conf = os.path.join(d, "exim.conf")
         conf = EXIM_CONF.format(d=d, size=SIZE_LIMIT)
+        if self.extra_main:
+            conf = conf.replace("begin acl\n", self.extra_main + "\nbegin acl\n", 1)
         if self.tls:
             conf = conf.replace("tls_advertise_hosts =\n",
                                 f"tls_advertise_hosts = *\ntls_certificate = {self.tls[0]}\n"

@@ -128,6 +128,8 @@ typedef struct ms_conf {
 	int64_t connection_reuse_time;     /* connection_reuse_time (5 s; 0: never reuse) */
 	size_t agent_uncommitted;          /* agent_uncommitted (48): messages per agent
 	                                    * between hand-off and committed result */
+	int64_t destination_recovery;      /* destination_recovery (30 s): one step back up
+	                                    * after a throttle, per this long */
 	size_t destination_rate;           /* destination_rate (0: none) messages per minute */
 	ms_conf_shape shapes[MS_CONF_MAX_SHAPES];
 	size_t nshapes;

@@ -43,7 +43,7 @@
 
 #define MS_DAEMON_GRACE_MS 5000
 #define MS_DAEMON_GROUP_MAX 2000    /* messages handed to one unit */
-#define MS_DAEMON_UNTRIED_MAX 3     /* not-attempted hand-backs per claim */
+#define MS_DAEMON_UNTRIED_MAX 5     /* not-attempted hand-backs per claim */
 #define MS_DAEMON_CLAIMED_MAX 20000 /* messages claimed at once, at most (and at
                                      * most 2 x max_deliveries x connection_messages) */
 

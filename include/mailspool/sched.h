@@ -18,7 +18,7 @@
  * repeat a bounce but never lose one (T4).  A bounce that cannot be queued
  * (a full disk, an I/O error) leaves its recipients BOUNCING: the message
  * stays, is never sent to them again, and the bounce is tried again every
- * SCHED_BOUNCE_RETRY_S; the daemon's bounces may dig into a reserve under
+ * the first retry tier (at most 5 minutes); the daemon's bounces may dig into a reserve under
  * min_free_space (mailspool/spool.h ms_spool_reserve).
  *
  * Log lines are in the style operators know from Postfix:
