@@ -2,10 +2,12 @@
  * latproxy - a TCP proxy that adds latency, for benchmarks on a kernel
  * without netem.
  *
- *   latproxy -l LISTEN_PORT -t TARGET_PORT -d ONE_WAY_MS [-s STATS_FILE]
+ *   latproxy -l LISTEN_PORT -t TARGET_PORT -d ONE_WAY_MS [-s STATS_FILE] [-a ADDR]
  *
- * Listens on 127.0.0.1:LISTEN_PORT and forwards each connection to
- * 127.0.0.1:TARGET_PORT.  Every chunk read from either side is held for
+ * Listens on 127.0.0.1:LISTEN_PORT (or ADDR: the many-destination bench
+ * gives 0.0.0.0 inside a network namespace of its own, where every address
+ * is a loopback one, so that each destination's MX has an address of its
+ * own) and forwards each connection to 127.0.0.1:TARGET_PORT.  Every chunk read from either side is held for
  * ONE_WAY_MS milliseconds before it is written to the other side, so a round
  * trip costs 2 * ONE_WAY_MS.  Order is kept; bandwidth is not limited.
  *
@@ -32,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 128
+#define MAX_CONNS 8192
 #define QUEUE_CAP (16u << 20) /* stop reading a side while this much is held */
 #define CHUNK 65536
 
@@ -164,8 +166,10 @@ static int push(conn *c, int from)
 int main(int argc, char **argv)
 {
 	int lport = 0, tport = 0, opt;
-	while ((opt = getopt(argc, argv, "l:t:d:s:")) != -1) {
+	const char *laddr = "127.0.0.1";
+	while ((opt = getopt(argc, argv, "l:t:d:s:a:")) != -1) {
 		switch (opt) {
+		case 'a': laddr = optarg; break;
 		case 'l': lport = atoi(optarg); break;
 		case 't': tport = atoi(optarg); break;
 		case 'd': delay_ms = atoi(optarg); break;
@@ -183,21 +187,27 @@ int main(int argc, char **argv)
 	int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	struct sockaddr_in la = { .sin_family = AF_INET, .sin_port = htons((uint16_t)lport) };
-	la.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(ls, (struct sockaddr *)&la, sizeof la) < 0 || listen(ls, 64) < 0) {
+	if (inet_pton(AF_INET, laddr, &la.sin_addr) != 1) {
+		fprintf(stderr, "latproxy: bad address %s\n", laddr);
+		return 64;
+	}
+	if (bind(ls, (struct sockaddr *)&la, sizeof la) < 0 || listen(ls, 4096) < 0) {
 		perror("latproxy: bind");
 		return 1;
 	}
 	nonblock(ls);
+	int hi = 0; /* slots in use lie below */
+	static struct pollfd p[1 + 2 * MAX_CONNS];
+	static int idx[1 + 2 * MAX_CONNS];
 	for (;;) {
-		struct pollfd p[1 + 2 * MAX_CONNS];
-		int idx[1 + 2 * MAX_CONNS];
 		int np = 0;
 		int64_t t = now_ms(), next = t + 1000;
 		p[np].fd = ls;
 		p[np].events = POLLIN;
 		idx[np++] = -1;
-		for (int i = 0; i < MAX_CONNS; i++) {
+		while (hi > 0 && !conns[hi - 1].used)
+			hi--;
+		for (int i = 0; i < hi; i++) {
 			conn *c = &conns[i];
 			if (!c->used)
 				continue;
@@ -220,9 +230,11 @@ int main(int argc, char **argv)
 		int timeout = (int)(next - t);
 		if (poll(p, (nfds_t)np, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
 			return 1;
-		if (p[0].revents & POLLIN) {
+		while (p[0].revents & POLLIN) {
 			int cfd = accept(ls, NULL, NULL);
-			if (cfd >= 0) {
+			if (cfd < 0)
+				break;
+			{
 				int slot = -1;
 				for (int i = 0; i < MAX_CONNS && slot < 0; i++)
 					if (!conns[i].used)
@@ -240,6 +252,8 @@ int main(int argc, char **argv)
 					conns[slot].used = 1;
 					conns[slot].fd[0] = cfd;
 					conns[slot].fd[1] = sfd;
+					if (slot >= hi)
+						hi = slot + 1;
 				}
 			}
 		}
@@ -259,7 +273,7 @@ int main(int argc, char **argv)
 			}
 		}
 		/* Deliver what became due, and end connections that are done. */
-		for (int i = 0; i < MAX_CONNS; i++) {
+		for (int i = 0; i < hi; i++) {
 			conn *c = &conns[i];
 			if (!c->used)
 				continue;

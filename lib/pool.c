@@ -36,6 +36,34 @@ static void quit(ms_client *c)
 	ms_client_free(c);
 }
 
+static void *quit_thread(void *arg)
+{
+	quit(arg);
+	return NULL;
+}
+
+/* QUIT many sessions at once: one round trip for all, not one each (a
+ * thread per session; those that cannot get one are closed in line). */
+static void quit_all(ms_client **cs, size_t n)
+{
+	pthread_t *t = calloc(n ? n : 1, sizeof *t);
+	char *started = calloc(n ? n : 1, 1);
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setstacksize(&at, 128u << 10);
+	for (size_t i = 0; i < n; i++)
+		if (!t || !started || pthread_create(&t[i], &at, quit_thread, cs[i]) != 0)
+			quit(cs[i]);
+		else
+			started[i] = 1;
+	pthread_attr_destroy(&at);
+	for (size_t i = 0; t && started && i < n; i++)
+		if (started[i])
+			pthread_join(t[i], NULL);
+	free(t);
+	free(started);
+}
+
 ms_pool *ms_pool_new(int64_t idle_ms, size_t max_idle)
 {
 	ms_pool *p = calloc(1, sizeof *p);
@@ -56,8 +84,15 @@ void ms_pool_free(ms_pool *p)
 {
 	if (!p)
 		return;
+	ms_client **cs = malloc((p->n ? p->n : 1) * sizeof *cs);
 	for (size_t i = 0; i < p->n; i++)
-		quit(p->v[i].c);
+		if (cs)
+			cs[i] = p->v[i].c;
+		else
+			quit(p->v[i].c);
+	if (cs)
+		quit_all(cs, p->n);
+	free(cs);
 	pthread_mutex_destroy(&p->mu);
 	free(p->v);
 	free(p);
@@ -135,22 +170,23 @@ void ms_pool_put(ms_pool *p, const char *key, ms_client *c, size_t carried)
 size_t ms_pool_expire(ms_pool *p)
 {
 	int64_t now = ms_now_ms();
-	for (;;) {
-		ms_client *c = NULL;
-		pthread_mutex_lock(&p->mu);
-		for (size_t i = 0; i < p->n; i++)
-			if (now - p->v[i].since_ms >= p->idle_ms || !ms_client_reusable(p->v[i].c)) {
-				c = p->v[i].c;
-				p->v[i] = p->v[--p->n];
-				p->st.expired++;
-				break;
-			}
-		size_t left = p->n;
-		pthread_mutex_unlock(&p->mu);
-		if (!c)
-			return left;
-		quit(c);
-	}
+	pthread_mutex_lock(&p->mu);
+	ms_client **cs = malloc((p->n ? p->n : 1) * sizeof *cs);
+	size_t n = 0;
+	for (size_t i = 0; cs && i < p->n;)
+		if (now - p->v[i].since_ms >= p->idle_ms || !ms_client_reusable(p->v[i].c)) {
+			cs[n++] = p->v[i].c;
+			p->v[i] = p->v[--p->n];
+			p->st.expired++;
+		} else {
+			i++;
+		}
+	size_t left = p->n;
+	pthread_mutex_unlock(&p->mu);
+	if (cs)
+		quit_all(cs, n);
+	free(cs);
+	return left;
 }
 
 ms_pool_stats ms_pool_get_stats(ms_pool *p)

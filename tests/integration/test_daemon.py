@@ -519,9 +519,11 @@ def test_kill_9_mid_run_loses_nothing(tmp_path, port):
     mx = [(f"d{i}.test", "mx0.d.test", 10) for i in range(ndom)]
     with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2"}) as dns, \
             SmtpSink("-W", "data:1", host="127.0.0.2", port=port) as sink:
-        # One second per DATA: ten connections (one per domain) at about
-        # ten messages a second, so the kill lands mid-run.
-        w = World(str(tmp_path), dns, port, extra="claim_lease = 2s\nclock_skew = 0\n")
+        # One second per DATA: ten connections (the domains share their MX,
+        # twenty messages earn a connection) at about ten messages a
+        # second, so the kill lands mid-run.
+        w = World(str(tmp_path), dns, port,
+                  extra="claim_lease = 2s\nclock_skew = 0\nconnection_messages = 20\n")
         files = make_messages(tmp_path, 200, ndom)
         queue_files(w, files)
         a = w.start("--node", "victim")

@@ -179,7 +179,8 @@ def test_a_scheduler_paused_past_its_lease_settles_nothing_it_lost(tmp_path, por
     with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2"}) as dns, \
             SmtpSink("-W", "data:1", host="127.0.0.2", port=port) as sink:
         # One second per DATA: ten connections at about ten messages a second.
-        w = World(str(tmp_path), dns, port, extra="claim_lease = 3s\nclock_skew = 0\n")
+        w = World(str(tmp_path), dns, port,
+                  extra="claim_lease = 3s\nclock_skew = 0\nconnection_messages = 15\n")
         queue_files(w, make_messages(tmp_path, 150, ndom))
         a = w.start("--node", "sleeper")
         b = None
