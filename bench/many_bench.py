@@ -195,8 +195,9 @@ def run_mailspool(link, files, tmp, extra=()):
     link.reset()
     c0 = child_cpu()
     t0 = time.monotonic()
+    errf = open(os.path.join(root, "daemon.err"), "w+b")  # (a pipe nobody reads would fill)
     p = subprocess.Popen([MAILSPOOL, "daemon", "-C", conf, "--once"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         stdout=subprocess.DEVNULL, stderr=errf)
     s = Sampler(p.pid)
     while p.poll() is None:
         s.sample()
@@ -205,8 +206,10 @@ def run_mailspool(link, files, tmp, extra=()):
     cpu = child_cpu() - c0
     left = os.listdir(os.path.join(root, "spool", "env"))
     if p.returncode != 0 or left:
+        errf.seek(0)
         raise RuntimeError(f"daemon: rc {p.returncode}, {len(left)} left: "
-                           f"{p.stderr.read().decode()[-800:]}")
+                           f"{errf.read().decode()[-800:]}")
+    errf.close()
     shutil.rmtree(root, ignore_errors=True)
     return dt, cpu, s
 

@@ -573,6 +573,12 @@ static void settle_queued(sched_state *d)
 	}
 	d->nsettle = 0;
 	d->dirty = 1;
+}
+
+/* Tokens back to the agents: for what was committed, and for what came
+ * back not attempted (nothing to commit). */
+static void give_tokens(sched_state *d)
+{
 	for (size_t k = 0; k < d->nagents; k++)
 		if (d->agents[k].owed && d->agents[k].alive) {
 			char line[32];
@@ -1371,6 +1377,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		if (!d->stopping)
 			schedule(d);
 		settle_queued(d);
+		give_tokens(d);
 		/* --once: done when nothing runs or waits and nothing is due
 		 * (a bounce queued meanwhile is due, and goes too). */
 		if (o->once && !d->stopping && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
