@@ -145,8 +145,7 @@ int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int f
 			*first = 0;
 		return cli_deliver_now(sp, conf, res.id, name, quiet, json, mode);
 	}
-	if (sp)
-		ms_spool_wake(sp, 0);
+	/* (The queue side woke the daemons with the new id: mailspool/drop.h.) */
 	if (json) {
 		ms_buf b;
 		ms_buf_init(&b, 0);

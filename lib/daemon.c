@@ -59,11 +59,14 @@
 #define SITE_TTL_S 3600 /* a domain's MX rollup is remembered this long */
 #define AGENTS_MAX 64
 
+struct dest;
+
 typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
+	int busy;      /* claimed by us */
 	int64_t due;   /* INT64_MIN: not read yet */
 	int64_t mtime; /* of the envelope when last read */
-	int busy;      /* claimed by us */
+	struct dest *x; /* its one destination when last read (NULL: several) */
 } entry;
 
 typedef struct slot {
@@ -98,6 +101,9 @@ typedef struct dest {
 	int agent;
 	int ready;       /* in the ready list */
 	int resolving;   /* an MX domain whose site is being asked (a resolve unit) */
+	int probing;     /* its back-off ended: one message tries it first */
+	int probe_out;   /* that message is out */
+	int64_t probe_at; /* since then (a probe lost on the way is given up after a while) */
 	int64_t resolved_until; /* its site (or that it has none) is known until then */
 	/* Shaping: configured limits, and the current ones after throttling. */
 	size_t conc_max, conc_cur, conn_msgs;
@@ -161,6 +167,14 @@ typedef struct sched_state {
 	int64_t stop_deadline;
 	int dirty;                /* the index changed since the last full look */
 	int64_t earliest;         /* the earliest due time of an entry not taken */
+	/* New ids from the wake FIFO ("n<ID>\n"): taken before the index is
+	 * walked, and without listing env/. */
+	char (*fresh)[MS_ENV_ID_MAX + 1];
+	size_t nfresh, capfresh;
+	char wbuf[512];           /* a wake message split between reads */
+	size_t wlen;
+	int relist_wanted;        /* a bare wake-up: something new, id unknown */
+	int64_t last_full_list;
 } sched_state;
 
 static int64_t now_s(void)
@@ -500,6 +514,8 @@ static void item_defer(sched_state *d, item *it, const char *why)
 	item_done(d, it);
 }
 
+static void add_fresh(sched_state *d, const char *id);
+
 /* After results could not be recorded (a full disk): the first retry
  * tier, at most a minute - not at once, or the delivered recipients
  * would get the message again. */
@@ -528,7 +544,7 @@ static void settle_one(sched_state *d, slot *s, entry *e)
 	ms_sched_summary sum;
 	ms_status st = ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err);
 	if (sum.bounce_id[0])
-		ms_spool_wake(d->sp, 0);
+		add_fresh(d, sum.bounce_id); /* (its submission woke the others) */
 	if (st != MS_OK) {
 		/* The envelope could not be written (a full disk): not again
 		 * at once, or the delivered recipients would get it again. */
@@ -769,6 +785,8 @@ static void agent_line(sched_state *d, int k, const char *line)
 		break;
 	case 'U':
 		u->x->backoff_until = now + d->c->destination_backoff;
+		u->x->probing = 1; /* when it ends, one message goes first */
+		u->x->probe_out = 0;
 		logf_(d, "%s: no server answered; not tried again for %llds", u->x->key,
 		      (long long)d->c->destination_backoff);
 		/* What waits for it is released untouched: no attempt against a
@@ -782,6 +800,12 @@ static void agent_line(sched_state *d, int k, const char *line)
 		throttle(d, u->x, now);
 		break;
 	case 'X':
+		if (u->x->probing && u->x->backoff_until <= now && !u->resolve) {
+			/* The probe got through (no U before its X): all may go. */
+			u->x->probing = u->x->probe_out = 0;
+			mark_ready(d, u->x);
+			d->dirty = 1;
+		}
 		unit_end(d, u, "the delivery agent ended the work without reporting it");
 		break;
 	}
@@ -870,6 +894,12 @@ static void reap(sched_state *d)
 
 /* ---- scheduling ------------------------------------------------------ */
 
+/* How long the others wait for a probe's answer before one of them tries. */
+static int64_t probe_patience(const ms_conf *c)
+{
+	return c->connect_timeout * 2 + 30;
+}
+
 /* Read a due message, plan it, claim it, queue its recipients per
  * destination.  The plan is made once; it is made again only when the
  * envelope changed between the read and the claim. */
@@ -898,12 +928,22 @@ static void take(sched_state *d, entry *e, int64_t now)
 	/* Nothing due after all, or only destinations in back-off: no claim. */
 	int64_t later = INT64_MAX;
 	int any = plan.nunroutable > 0 || plan.bounce_due;
+	e->x = NULL;
 	for (size_t g = 0; g < plan.ngroups; g++) {
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
+		if (plan.ngroups == 1)
+			e->x = x; /* remembered: while x is down, e is not read again */
 		if (x && x->backoff_until > now) {
 			if (x->backoff_until < later)
 				later = x->backoff_until;
+		} else if (x && x->probing && x->probe_out && now - x->probe_at < probe_patience(d->c)) {
+			if (now + 2 < later)
+				later = now + 2; /* its probe is out: wait for the answer */
 		} else {
+			if (x && x->probing) {
+				x->probe_out = 1; /* this one is the probe */
+				x->probe_at = now;
+			}
 			any = 1;
 		}
 	}
@@ -1129,6 +1169,14 @@ static void schedule(sched_state *d)
 		size_t taken = 0;
 		for (size_t i = 0; i < d->nidx; i++) {
 			entry *e = &d->idx[i];
+			if (!e->busy && e->due <= now && e->x && e->due != INT64_MIN) {
+				/* Its destination is down, or being probed: not read. */
+				if (e->x->backoff_until > now)
+					e->due = e->x->backoff_until;
+				else if (e->x->probing && e->x->probe_out &&
+				         now - e->x->probe_at < probe_patience(d->c))
+					e->due = now + 2;
+			}
 			if (!e->busy && e->due <= now) {
 				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH) {
 					full = 0;
@@ -1226,17 +1274,115 @@ static void reload(sched_state *d)
 	free(nc);
 }
 
-/* Read the wake FIFO: 'n' a new message, 'c' envelopes changed (flush,
- * release).  Returns 2 when something changed, else 1. */
+static void add_fresh(sched_state *d, const char *id)
+{
+	if (!ms_env_id_ok(id) ||
+	    grow(&d->fresh, &d->capfresh, d->nfresh, sizeof *d->fresh, 64) < 0) {
+		d->relist_wanted = 1; /* found by the next listing instead */
+		return;
+	}
+	snprintf(d->fresh[d->nfresh++], MS_ENV_ID_MAX + 1, "%s", id);
+}
+
+/* Read the wake FIFO: "n<ID>\n" a new message, 'n' alone something new,
+ * 'c' envelopes changed (flush, release).  Returns 2 when something
+ * changed, else 1. */
 static int drain_wake(sched_state *d)
 {
-	char b[256];
 	ssize_t n;
 	int what = 1;
-	while ((n = read(d->wake_fd, b, sizeof b)) > 0)
-		if (memchr(b, 'c', (size_t)n))
-			what = 2;
+	while ((n = read(d->wake_fd, d->wbuf + d->wlen, sizeof d->wbuf - 1 - d->wlen)) > 0) {
+		d->wlen += (size_t)n;
+		size_t i = 0;
+		while (i < d->wlen) {
+			char c = d->wbuf[i];
+			if (c == 'c') {
+				what = 2;
+				i++;
+			} else if (c == 'n' && i + 1 < d->wlen && d->wbuf[i + 1] != 'n' &&
+			           d->wbuf[i + 1] != 'c') {
+				char *nl = memchr(d->wbuf + i, '\n', d->wlen - i);
+				if (!nl)
+					break; /* the rest comes with the next read */
+				*nl = '\0';
+				add_fresh(d, d->wbuf + i + 1);
+				i = (size_t)(nl - d->wbuf) + 1;
+			} else if (c == 'n' && i + 1 == d->wlen) {
+				break; /* "n" alone or the start of "n<ID>": wait for more */
+			} else {
+				if (c == 'n')
+					d->relist_wanted = 1;
+				i++;
+			}
+		}
+		memmove(d->wbuf, d->wbuf + i, d->wlen - i);
+		d->wlen -= i;
+		if (d->wlen == sizeof d->wbuf - 1) {
+			d->wlen = 0; /* garbage: a listing finds whatever it was */
+			d->relist_wanted = 1;
+		}
+	}
+	if (d->wlen == 1 && d->wbuf[0] == 'n') {
+		d->wlen = 0; /* a bare "n" with nothing after it */
+		d->relist_wanted = 1;
+	}
 	return what;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* New ids into the index (one merge for the lot), then taken at once:
+ * a fresh message does not wait for a walk of a million others. */
+static void take_fresh(sched_state *d)
+{
+	if (!d->nfresh)
+		return;
+	int64_t now = now_s();
+	qsort(d->fresh, d->nfresh, sizeof *d->fresh, cmp_id);
+	size_t nnew = 0;
+	for (size_t i = 0; i < d->nfresh; i++) {
+		if (i && !strcmp(d->fresh[i], d->fresh[i - 1]))
+			continue;
+		entry *e = find_entry(d, d->fresh[i]);
+		if (e) {
+			if (!e->busy)
+				e->due = INT64_MIN;
+		} else {
+			memmove(d->fresh[nnew++], d->fresh[i], MS_ENV_ID_MAX + 1);
+		}
+	}
+	if (nnew) {
+		entry *m = malloc((d->nidx + nnew) * sizeof *m);
+		if (!m) {
+			d->relist_wanted = 1;
+			d->nfresh = 0;
+			return;
+		}
+		size_t a = 0, b = 0, k = 0;
+		while (a < d->nidx || b < nnew) {
+			if (b == nnew || (a < d->nidx && strcmp(d->idx[a].id, d->fresh[b]) < 0)) {
+				m[k++] = d->idx[a++];
+			} else {
+				memset(&m[k], 0, sizeof m[k]);
+				snprintf(m[k].id, sizeof m[k].id, "%s", d->fresh[b++]);
+				m[k].due = INT64_MIN;
+				k++;
+			}
+		}
+		free(d->idx);
+		d->idx = m;
+		d->nidx = k;
+	}
+	for (size_t i = 0; i < d->nfresh && d->claimed < claim_limit(d->c); i++) {
+		entry *e = find_entry(d, d->fresh[i]);
+		if (e && !e->busy && e->due <= now)
+			take(d, e, now);
+	}
+	d->nfresh = 0;
+	d->dirty = 1;
 }
 
 /* Stop: waiting work is released, agents get no more work (their input
@@ -1291,6 +1437,7 @@ static void free_all(sched_state *d)
 	ms_hmap_free(&d->sites);
 	ms_hmap_free(&d->units);
 	free(d->ready);
+	free(d->fresh);
 	free(d->settleq);
 	free(d->slots);
 	free(d->idx);
@@ -1333,7 +1480,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	}
 	logf_(d, "daemon started: node %s, spool %s, %zu delivery agents, up to %zu sessions",
 	      o->node, d->c->spool_dir, d->nagents, d->c->max_deliveries);
-	int woken = 2;
+	int woken = 3; /* 3: the first round lists env/ */
 	int64_t last_list = 0;
 	struct pollfd *pf = calloc(d->nagents + 1, sizeof *pf);
 	if (!pf)
@@ -1356,15 +1503,26 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		/* What is queued: a listing when env/ changed (at most every
 		 * LIST_MIN_MS, as our own updates change it too; at once for a
 		 * new submission), mtimes when told or now and then. */
+		/* What is queued: new messages name themselves on the wake FIFO,
+		 * so env/ is listed only at start, when a wake-up gives no id,
+		 * every queue_scan_interval (other hosts' submissions), and in
+		 * --once mode when there is nothing else to do.  Our own updates
+		 * change env/ all the time: they are not a reason. */
 		int64_t dm = env_dir_mtime(d), ms = ms_now_ms();
 		if (!d->stopping && dm != d->env_mtime &&
-		    (woken || ms - last_list >= LIST_MIN_MS || (o->once && idle(d)))) {
+		    (woken == 3 || d->relist_wanted || now - d->last_full_list >= d->c->queue_scan_interval ||
+		     (o->once && idle(d))) &&
+		    ms - last_list >= (woken == 3 ? 0 : LIST_MIN_MS)) {
 			d->env_mtime = dm;
 			last_list = ms;
+			d->relist_wanted = 0;
+			d->last_full_list = now;
 			if (relist(d, err) != MS_OK)
 				logf_(d, "cannot list the queue: %s", err->msg);
 		}
-		if (!d->stopping && (woken == 2 || now - d->last_scan >= d->c->queue_scan_interval)) {
+		if (!d->stopping)
+			take_fresh(d);
+		if (!d->stopping && (woken >= 2 || now - d->last_scan >= d->c->queue_scan_interval)) {
 			recheck_mtimes(d);
 			d->last_scan = now;
 		}

@@ -173,7 +173,7 @@ ms_status ms_drop_commit(ms_drop *d, const ms_envelope *in, ms_submit_result *re
 		/* The message is safe; a usage line that cannot be written does
 		 * not undo that.  The uid goes with it: who submitted what. */
 		ms_spool_usage_uid(d->sp, "spooled", env.size, env.id, d->uid, NULL);
-		ms_spool_wake(d->sp, 0);
+		ms_spool_wake_id(d->sp, env.id);
 	}
 	ms_env_free(&env);
 	free(d);

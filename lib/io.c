@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -59,6 +61,13 @@ ms_status ms_io_init_fd(ms_io *io, int fd, ms_error *err)
 	if (set_nonblock(fd) < 0)
 		return ms_error_set(err, MS_ERR_IO, "cannot make socket non-blocking: %s",
 		                    strerror(errno));
+	/* Every write is a whole pipelined group already (commands, or a body
+	 * with the next envelope behind it): Nagle's algorithm would only hold
+	 * its small tail back until the previous segment is acknowledged -
+	 * 40 ms of delayed ACK per message against some servers.  (Not a TCP
+	 * socket, for tests over socketpairs: the call fails, harmlessly.) */
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	io->tr.read = plain_read;
 	io->tr.write = plain_write;
 	io->tr.close = plain_close;
@@ -127,6 +136,17 @@ static ms_status do_read(ms_io *io, int *progress, ms_error *err)
 		                    MS_IO_IN_MAX);
 	for (;;) {
 		ssize_t r = io->tr.read(io->tr.ctx, ms_buf_tail(&io->in), want);
+		if (r > 0) {
+			/* Acknowledge at once what arrived (plain or TLS): a server
+			 * that writes its pipelined replies in pieces with Nagle's
+			 * algorithm on holds the next piece until this one is
+			 * acknowledged, and a delayed ACK costs 40 ms a message
+			 * (Postfix's smtpd on loopback: 300 messages took 12.7 s,
+			 * 0.37 s with this).  Linux clears the flag as it goes, so
+			 * it is set again after every read. */
+			int one = 1;
+			(void)setsockopt(io->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+		}
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;

@@ -1131,7 +1131,26 @@ void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd)
 		close(fd);
 }
 
+static void wake_with(ms_spool *sp, const char *msg, size_t n);
+
 void ms_spool_wake(ms_spool *sp, int changed)
+{
+	wake_with(sp, changed ? "c" : "n", 1);
+}
+
+void ms_spool_wake_id(ms_spool *sp, const char *id)
+{
+	char msg[MS_ENV_ID_MAX + 3];
+	int n = snprintf(msg, sizeof msg, "n%s\n", id);
+	if (n > 0 && (size_t)n < sizeof msg && ms_env_id_ok(id))
+		wake_with(sp, msg, (size_t)n);
+	else
+		ms_spool_wake(sp, 0);
+}
+
+/* One write to every daemon's FIFO: at most PIPE_BUF octets, so it arrives
+ * whole or not at all (a full FIFO is already awake; its reader relists). */
+static void wake_with(ms_spool *sp, const char *msg, size_t n)
 {
 	DIR *d = open_dir(sp->dfd_wake);
 	if (!d)
@@ -1148,7 +1167,7 @@ void ms_spool_wake(ms_spool *sp, int changed)
 		}
 		struct stat st;
 		if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && st.st_uid == sp->owner)
-			(void)!write(fd, changed ? "c" : "n", 1); /* a full FIFO is already awake */
+			(void)!write(fd, msg, n);
 		close(fd);
 	}
 	closedir(d);

@@ -148,6 +148,9 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err);
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
 void ms_spool_wake(ms_spool *sp, int changed); /* changed: envelopes were edited */
+/* A new message: "n<ID>\n", so a daemon takes it at once without listing
+ * the whole queue. */
+void ms_spool_wake_id(ms_spool *sp, const char *id);
 
 /* A rate limit kept in the spool: 1 (and the stamp `name` in spool_dir
  * renewed) when it was last renewed at least `seconds` ago, else 0. */
