@@ -164,12 +164,7 @@ class Link:
 
     def counts(self):
         time.sleep(0.3 + self.rtt / 1000)
-        flights = conns = 0
-        with open(self.stats) as f:
-            for line in f:
-                kv = dict(x.split("=") for x in line.split())
-                flights += int(kv["flights"])
-                conns += 1
+        flights, conns = run.proxy_stats(self.stats)
         return flights, conns, cpu_s(self.proxy.pid) - self.cpu0
 
     def __exit__(self, *exc):
@@ -262,6 +257,11 @@ def run_postfix(link, files, tmp, more=""):
 def main():
     in_namespace()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # Thousands of connections: every process started here may open as
+    # many descriptors as the hard limit allows (smtp-sink, the proxy).
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10000)
     ap.add_argument("--domains", default="100,1000,5000")

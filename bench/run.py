@@ -69,6 +69,17 @@ def make_messages(d, n, size=4096, eol="\r\n"):
     return files
 
 
+def proxy_stats(path):
+    """(round trips, connections) from latproxy's statistics file."""
+    total = conns = 0
+    with open(path) as f:
+        for line in f:
+            kv = dict(x.split("=") for x in line.split())
+            total += int(kv["flights"])
+            conns += 1
+    return total, conns
+
+
 class Link:
     """smtp-sink (or qmtpfront-echo) behind the latency proxy."""
 
@@ -99,13 +110,7 @@ class Link:
 
     def flights(self, settle=0.3):
         time.sleep(settle + self.rtt / 1000)
-        total = conns = 0
-        with open(self.stats) as f:
-            for line in f:
-                kv = dict(x.split("=") for x in line.split())
-                total += int(kv["flights"])
-                conns += 1
-        return total, conns
+        return proxy_stats(self.stats)
 
     def __exit__(self, *exc):
         servers.stop(self.proxy)
