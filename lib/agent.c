@@ -154,7 +154,7 @@ typedef struct work_msg {
 	size_t *idx;      /* their indexes in the queued envelope */
 	char *dest;       /* its destination key (a domain's, within a site) */
 	int fd;
-	int token;        /* holds one of the agent's tokens */
+	int token;        /* its result holds one of the agent's tokens */
 } work_msg;
 
 typedef struct unit {
@@ -214,12 +214,6 @@ static void sayf(agent *a, const char *fmt, ...)
 
 /* ---- tokens ---- */
 
-static struct timespec abs_deadline(int64_t deadline_s)
-{
-	struct timespec ts = { .tv_sec = (time_t)deadline_s, .tv_nsec = 0 };
-	return ts;
-}
-
 /* The scheduler renews its claims and says so (L); a unit's own deadline
  * is the first such promise.  Past both, nothing more is started. */
 #define UNTIL(a, u) ((a)->lease_until > (u)->deadline ? (a)->lease_until : (u)->deadline)
@@ -239,38 +233,30 @@ typedef struct call {
 	work_msg **w;   /* w[m->id] */
 } call;
 
+/* Before each message goes to its session: only the deadline.  (The
+ * session is the engine's to run; cl is not needed here.) */
 static int admit(void *ctx, ms_client *cl, ms_message *m)
 {
 	call *c = ctx;
-	unit *u = c->u;
-	agent *a = u->a;
-	work_msg *w = c->w[m->id];
-	if (past_deadline(u))
-		return 0;
-	if (w->token)
-		return 1; /* handed over again (a stale parked session): it has one */
+	(void)cl;
+	(void)m;
+	return !past_deadline(c->u);
+}
+
+/* A result is known: a token before it is reported, waiting (and so not
+ * reading this session's further replies) while the agent already has
+ * `tokens` results the scheduler has not committed.  The scheduler commits
+ * every round and gives tokens back (A), so the wait is short unless the
+ * scheduler has stopped - which is the point. */
+static int take_token(agent *a)
+{
 	pthread_mutex_lock(&a->mu);
-	if (a->tokens == 0 && !a->stopping) {
-		/* Before waiting, let this session finish what it holds: its
-		 * results give tokens back (once committed), and another unit
-		 * cannot wait on ours for ever. */
-		pthread_mutex_unlock(&a->mu);
-		ms_error err;
-		ms_client_flush(cl, &err);
-		pthread_mutex_lock(&a->mu);
-		while (a->tokens == 0 && !a->stopping) {
-			/* Until the latest promise (an L may extend it meanwhile). */
-			struct timespec ts = abs_deadline(UNTIL(a, u));
-			if (pthread_cond_timedwait(&a->cv, &a->mu, &ts) == ETIMEDOUT &&
-			    (int64_t)time(NULL) >= UNTIL(a, u))
-				break;
-		}
-	}
-	int ok = a->tokens > 0 && !a->stopping && (int64_t)time(NULL) < UNTIL(a, u);
+	while (a->tokens == 0 && !a->stopping)
+		pthread_cond_wait(&a->cv, &a->mu);
+	int ok = a->tokens > 0;
 	if (ok)
 		a->tokens--;
 	pthread_mutex_unlock(&a->mu);
-	w->token = ok;
 	return ok;
 }
 
@@ -288,9 +274,10 @@ static void report(unit *u, work_msg *w, const ms_message *m, const char *relay)
 {
 	agent *a = u->a;
 	if (ms_message_untried(m)) {
-		sayf(a, "N %llu %zu %d\n", (unsigned long long)u->id, w->item, w->token);
+		sayf(a, "N %llu %zu 0\n", (unsigned long long)u->id, w->item);
 		return;
 	}
+	w->token = take_token(a);
 	ms_sched_result *r = calloc(m->nrcpts ? m->nrcpts : 1, sizeof *r);
 	if (!r) {
 		/* Out of memory: not reported as complete, so the scheduler
@@ -373,7 +360,6 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 			ms_message_settle(m, MS_RCPT_DEFERRED, MS_STAGE_LOCAL, 0, "4.3.0",
 			                  st == MS_ERR_NOMEM ? "out of memory" : merr.msg);
 			m->engaged = 1; /* an attempt: its data is what is wrong */
-			w->token = 0;
 			report(u, w, m, "none");
 			ms_message_free(m);
 			continue;

@@ -19,11 +19,13 @@
  * session's greeting, EHLO and TLS are paid once.  A slow or hostile
  * server holds only its own unit's thread.
  *
- * Bounded duplicates: an agent holds at most `tokens` messages between
- * handing a message to a session and hearing that the scheduler committed
- * its result (A lines).  A scheduler killed at any moment therefore
- * leaves at most that many messages delivered but not recorded per agent
- * (each is sent again by the next holder).  A unit also carries a
+ * Bounded duplicates: an agent holds at most `tokens` results between a
+ * server's reply and hearing that the scheduler committed them (A lines):
+ * a session whose next result finds no token waits before reporting it.
+ * A scheduler killed at any moment therefore leaves at most that many
+ * messages delivered but not recorded per agent, plus at most one per
+ * session whose final dot was out and whose reply was not yet read (each
+ * is sent again by the next holder).  A unit also carries a
  * deadline within its claims' lease: no message of it is started after
  * it, so a scheduler that stops (SIGSTOP) and loses its claims cannot have
  * its agents go on with mail another daemon now holds.

@@ -313,8 +313,8 @@ static void test_agent_grammar(void **state)
 		close(out[0]);
 	}
 	/* Work round trip: written by the scheduler's side, read by the agent,
-	 * which reports the missing data file as deferred (an attempt: no
-	 * token, not "not attempted"), then the unit's end. */
+	 * which reports the missing data file as deferred (an attempt, not
+	 * "not attempted": its result holds a token), then the unit's end. */
 	ms_envelope e;
 	envelope(&e, "a@x.test", "b@y.test");
 	ms_env_add_rcpt(&e, "c@y.test", 0, NULL);
@@ -343,7 +343,7 @@ static void test_agent_grammar(void **state)
 	assert_int_equal(r.unit, 5);
 	assert_int_equal(r.r.rcpt, 1); /* the envelope's index, not the group's */
 	assert_int_equal(r.r.state, MS_RCPT_DEFERRED);
-	assert_string_equal(nl + 1, "D 5 0 0\nX 5\n");
+	assert_string_equal(nl + 1, "D 5 0 1\nX 5\n");
 	close(in[0]);
 	close(out[0]);
 	ms_buf_free(&w);
