@@ -1564,6 +1564,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			timeout = 50;
 		if (nd <= now && d->claimed >= claim_limit(d->c))
 			timeout = 200;
+		if (o->once && timeout > LIST_MIN_MS)
+			timeout = LIST_MIN_MS; /* --once: look again soon whether all is done */
 		if (d->nsettle)
 			timeout = 0;
 		int r = poll(pf, (nfds_t)(d->nagents + 1), timeout);
