@@ -1284,9 +1284,10 @@ static void add_fresh(sched_state *d, const char *id)
 	snprintf(d->fresh[d->nfresh++], MS_ENV_ID_MAX + 1, "%s", id);
 }
 
-/* Read the wake FIFO: "n<ID>\n" a new message, 'n' alone something new,
- * 'c' envelopes changed (flush, release).  Returns 2 when something
- * changed, else 1. */
+/* Read the wake FIFO: "n<ID>\n" a new message ("n\n": something new, id
+ * unknown), 'c' envelopes changed (flush, release).  Each message arrives
+ * whole (one write of at most PIPE_BUF octets), but a read may end inside
+ * one: the rest waits in wbuf.  Returns 2 when something changed, else 1. */
 static int drain_wake(sched_state *d)
 {
 	ssize_t n;
@@ -1295,36 +1296,30 @@ static int drain_wake(sched_state *d)
 		d->wlen += (size_t)n;
 		size_t i = 0;
 		while (i < d->wlen) {
-			char c = d->wbuf[i];
-			if (c == 'c') {
-				what = 2;
-				i++;
-			} else if (c == 'n' && i + 1 < d->wlen && d->wbuf[i + 1] != 'n' &&
-			           d->wbuf[i + 1] != 'c') {
+			if (d->wbuf[i] == 'n') {
 				char *nl = memchr(d->wbuf + i, '\n', d->wlen - i);
 				if (!nl)
 					break; /* the rest comes with the next read */
 				*nl = '\0';
-				add_fresh(d, d->wbuf + i + 1);
-				i = (size_t)(nl - d->wbuf) + 1;
-			} else if (c == 'n' && i + 1 == d->wlen) {
-				break; /* "n" alone or the start of "n<ID>": wait for more */
-			} else {
-				if (c == 'n')
+				if (d->wbuf[i + 1])
+					add_fresh(d, d->wbuf + i + 1);
+				else
 					d->relist_wanted = 1;
+				i = (size_t)(nl - d->wbuf) + 1;
+			} else {
+				if (d->wbuf[i] == 'c')
+					what = 2;
+				else
+					d->relist_wanted = 1; /* not ours: a listing finds whatever it was */
 				i++;
 			}
 		}
 		memmove(d->wbuf, d->wbuf + i, d->wlen - i);
 		d->wlen -= i;
 		if (d->wlen == sizeof d->wbuf - 1) {
-			d->wlen = 0; /* garbage: a listing finds whatever it was */
+			d->wlen = 0; /* an id that never ends: a listing instead */
 			d->relist_wanted = 1;
 		}
-	}
-	if (d->wlen == 1 && d->wbuf[0] == 'n') {
-		d->wlen = 0; /* a bare "n" with nothing after it */
-		d->relist_wanted = 1;
 	}
 	return what;
 }

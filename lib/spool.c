@@ -1135,7 +1135,11 @@ static void wake_with(ms_spool *sp, const char *msg, size_t n);
 
 void ms_spool_wake(ms_spool *sp, int changed)
 {
-	wake_with(sp, changed ? "c" : "n", 1);
+	/* "n\n": something new, no id (the daemon lists env/); "c": changed. */
+	if (changed)
+		wake_with(sp, "c", 1);
+	else
+		wake_with(sp, "n\n", 2);
 }
 
 void ms_spool_wake_id(ms_spool *sp, const char *id)

@@ -142,8 +142,9 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
 /* ---- waking delivery daemons ----
  * A daemon listens on a FIFO wake/NODE.PID under the spool directory
  * (wake/ is the owner's alone; each FIFO is checked before it is written);
- * ms_spool_wake writes a byte to every one (submissions; flush and release
- * say that envelopes changed, so daemons read them again),
+ * ms_spool_wake writes to every one ("n<ID>\n" for a new message, "n\n"
+ * when its id is not known; "c" after flush and release: envelopes changed,
+ * so daemons read them again),
  * removing FIFOs nobody reads any more.  Never blocks. */
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err);
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
