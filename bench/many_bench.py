@@ -150,8 +150,11 @@ class Link:
         self.rtt, self.stats = rtt, os.path.join(tmp, "proxy.stats")
 
     def __enter__(self):
-        self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{SINK_PORT}",
-                                      "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # -m: sessions at once (smtp-sink's default, 256, would be the
+        # limit of any MTA with more connections than that).
+        self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", "-m", "10000",
+                                      f"127.0.0.1:{SINK_PORT}", "4096"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers.wait_port(SINK_PORT, self.sink)
         self.proxy = subprocess.Popen([LATPROXY, "-a", "0.0.0.0", "-l", "25", "-t",
                                        str(SINK_PORT), "-d", str(self.rtt // 2), "-s", self.stats])
