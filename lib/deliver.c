@@ -194,8 +194,8 @@ static void add_stats(ms_deliver_report *rep, const ms_client *cl)
 }
 
 /* Hand msgs to the session cl one by one (admit first, a new connection
- * after conn_messages).  Returns how many were handed over; the rest were
- * settled as not attempted. */
+ * after conn_messages).  Those that could not be handed over (a deadline,
+ * no new connection) are settled as not attempted. */
 static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_client_opts *co,
                         ms_client **clp, size_t *carried, ms_message **msgs, size_t n,
                         ms_deliver_report *rep)

@@ -1,37 +1,41 @@
 /*
- * mailspool/daemon.h - the delivery daemon: scheduler and workers.
+ * mailspool/daemon.h - the delivery daemon: the scheduler and its agents.
  *
  * The scheduler (the calling process) keeps an index of queued ids with
- * when each is next due and its envelope's mtime; only messages that are
- * due are read, so a queue of 100,000 deferred messages costs a directory
- * listing (when env/ changed) and a comparison per entry, not 100,000
- * reads.  A due message is read, its due recipients grouped by destination
- * (mailspool/deliver.h), and it is claimed (the spool's NFS-safe claims,
- * renewed while held) and re-read under the claim - no more at once than
- * the workers can start soon, so daemons sharing a spool share the work.  Each destination's
- * waiting messages go to worker processes, one connection each: one
- * worker, or more for large groups (connection_messages per connection, up
- * to destination_concurrency), never more than max_deliveries at once.
+ * when each is next due, its envelope's mtime and its destination; only
+ * messages that are due are read, and none whose destination is backed off,
+ * so a queue of a million deferred messages costs a comparison per entry
+ * per walk, not a million reads.  New messages name themselves on the wake
+ * FIFO and are taken first.  A due message is read, its due recipients
+ * grouped by destination (mailspool/deliver.h; domains sharing their MX
+ * hosts are one destination, a site), claimed (the spool's NFS-safe
+ * claims, renewed while held; at most claim_window at once, so daemons
+ * sharing a spool share the work), and handed to a delivery agent in a
+ * unit: per destination up to destination_concurrency units at once, one
+ * per connection_messages waiting, never more than max_deliveries in all,
+ * within the destination's rate.
  *
- * A worker is an exec'd delivery agent (mailspool/agent.h, the program
- * `agent`): it resolves, connects and delivers its group over one
- * pipelined session, and streams each recipient's result back over a pipe
- * as soon as its message is decided; it dies with the scheduler
- * (PDEATHSIG, checked against the pid it was given).  The library never
- * forks: agents are started with posix_spawn.  The
- * scheduler alone writes envelopes (mailspool/sched.h: tiers, bounces,
- * removal) and the log.  A slow or hostile destination holds only its own
- * worker; a destination nobody could be reached at is left alone for
- * destination_backoff (its messages are not even claimed).
+ * The agents (mailspool/agent.h, the program mailspool-deliver) are a
+ * few long-lived processes started with posix_spawn - the library never
+ * forks - each driving many sessions; they die with the scheduler
+ * (PDEATHSIG, checked against the pid they were given).  The scheduler
+ * alone writes envelopes (mailspool/sched.h: tiers, bounces, removal), in
+ * group commits, and the log.  A slow or hostile destination holds only
+ * its own session; one nobody could be reached at is left alone for
+ * destination_backoff, then probed by one message; one that asks us to
+ * slow down gets fewer sessions and a lower rate for a while.
  *
- * Wake-ups: the wake FIFO (submissions, flush, release), the earliest due
- * time in the index, queue_scan_interval (changes made by other daemons or
- * hosts, found by envelope mtimes).  Stop: *stop set (SIGTERM) - no new
- * work; workers get up to MS_DAEMON_GRACE_MS to finish, then are killed;
- * what they reported is applied, the rest is released untouched.
+ * Wake-ups: the wake FIFO (submissions with their ids, flush, release),
+ * the earliest due time in the index, claim renewals, queue_scan_interval
+ * (changes made by other daemons or hosts, found by envelope mtimes).
+ * Stop: *stop set (SIGTERM) - no new work; the agents' input ends, they
+ * finish what is in flight within MS_DAEMON_GRACE_MS or are killed; what
+ * they reported is applied, the rest is released untouched.
  *
  * Invariant: a message is settled only by the daemon holding its claim,
- * and only while the claim is still its own.
+ * checked just before; agents start no message after the deadline the
+ * scheduler last renewed, and hold at most agent_uncommitted results the
+ * spool has not committed.
  */
 #ifndef MAILSPOOL_DAEMON_H
 #define MAILSPOOL_DAEMON_H
