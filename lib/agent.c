@@ -26,7 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mailspool/client.h"
 #include "mailspool/deliver.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/message.h"
@@ -233,13 +232,10 @@ typedef struct call {
 	work_msg **w;   /* w[m->id] */
 } call;
 
-/* Before each message goes to its session: only the deadline.  (The
- * session is the engine's to run; cl is not needed here.) */
-static int admit(void *ctx, ms_client *cl, ms_message *m)
+/* Before each message goes to its session: the deadline. */
+static int admit(void *ctx)
 {
 	call *c = ctx;
-	(void)cl;
-	(void)m;
 	return !past_deadline(c->u);
 }
 

@@ -217,7 +217,7 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
 				ms_client_free(nc);
 			}
 		}
-		if (!*clp || (o->admit && !o->admit(o->ctx, *clp, msgs[i]))) {
+		if (!*clp || (o->admit && !o->admit(o->ctx))) {
 			for (; i < n; i++) {
 				ms_message_settle(msgs[i], MS_RCPT_DEFERRED, MS_STAGE_SESSION, 0, "4.4.2",
 				                  !*clp ? "not attempted: no new connection to the server"

@@ -45,14 +45,11 @@ typedef void (*ms_deliver_fn)(void *ctx, ms_message *m, const char *relay);
 
 struct ms_pool;
 struct ms_dns_cache;
-struct ms_client;
 
 /* Called before each message is handed to the session: 1 to go ahead, 0
  * to stop (the rest are deferred as not attempted, ms_message_untried).
- * It may wait (the daemon's agents bound their uncommitted results this
- * way); before it waits it must let the session finish what it holds
- * (ms_client_flush), or its results would never come. */
-typedef int (*ms_deliver_admit_fn)(void *ctx, struct ms_client *cl, ms_message *m);
+ * The daemon's agents stop at their claims' deadline this way. */
+typedef int (*ms_deliver_admit_fn)(void *ctx);
 
 typedef struct ms_deliver_opts {
 	const ms_conf *conf;
