@@ -521,8 +521,7 @@ static void add_fresh(sched_state *d, const char *id);
  * would get the message again. */
 static int64_t settle_retry(const ms_conf *c)
 {
-	int64_t t = c->ntiers > 1 ? c->retry_tiers[1] : 60;
-	return t < 1 ? 1 : t > 60 ? 60 : t;
+	return ms_sched_retry_soon(c, 60);
 }
 
 /* Apply one slot's results (inside the group commit). */

@@ -18,12 +18,17 @@
 #include "mailspool/printable.h"
 #include "mailspool/submit.h"
 
+int64_t ms_sched_retry_soon(const ms_conf *c, int64_t cap)
+{
+	int64_t t = c->ntiers > 1 ? c->retry_tiers[1] : cap;
+	return t < 1 ? 1 : t > cap ? cap : t;
+}
+
 /* A bounce that could not be queued is tried again after the first retry
  * tier, at most five minutes. */
 static int64_t bounce_retry(const ms_conf *c)
 {
-	int64_t t = c->ntiers > 1 ? c->retry_tiers[1] : 300;
-	return t < 1 ? 1 : t > 300 ? 300 : t;
+	return ms_sched_retry_soon(c, 300);
 }
 
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)

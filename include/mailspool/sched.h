@@ -70,6 +70,10 @@ typedef struct ms_sched_summary {
 	int64_t next_due;                   /* when the message is due again */
 } ms_sched_summary;
 
+/* When to try again after a fault of our own (a bounce or an envelope that
+ * could not be written): the first retry tier, from 1 s to `cap`. */
+int64_t ms_sched_retry_soon(const ms_conf *c, int64_t cap);
+
 /* Recipients of e due at `now` (pending or deferred, next <= now), written
  * to idx (room for e->nrcpts); returns how many.  A held message has none. */
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx);
