@@ -89,21 +89,28 @@ def vm_hwm_kib(pid):
     return 0
 
 
+def queue_for_dead(root, good, n):
+    """A spool in root whose dead.test refuses connections (backed off for
+    an hour) and whose good.test is `good`, with n messages of about 1 KiB
+    queued for dead.test.  Returns (configuration, seconds spent queueing)."""
+    dead = servers.free_port()  # nothing listens there
+    conf = write_conf(root, [f"route.dead.test = smtp://127.0.0.1:{dead}",
+                             f"route.good.test = {good.url()}",
+                             "destination_backoff = 1h", "connect_timeout = 5s"])
+    small = os.path.join(root, "small.eml")
+    with open(small, "w") as f:
+        f.write("Subject: queued\r\n\r\n" + ("x" * 78 + "\r\n") * 12)
+    t0 = time.monotonic()
+    queue(conf, [small] * n, rcpt="someone@dead.test")
+    return conf, time.monotonic() - t0
+
+
 def big_queue(n, tmp):
     """100,000 messages for a dead destination, then one fresh message for
     a healthy one: the scheduler's peak memory, and the fresh one's delay."""
     root = tempfile.mkdtemp(prefix="ms-dbench-big-", dir=tmp)
-    dead = servers.free_port()  # nothing listens there
     with servers.Aiosmtpd() as good:
-        conf = write_conf(root, [f"route.dead.test = smtp://127.0.0.1:{dead}",
-                                 f"route.good.test = {good.url()}",
-                                 "destination_backoff = 1h", "connect_timeout = 5s"])
-        small = os.path.join(root, "small.eml")
-        with open(small, "w") as f:
-            f.write("Subject: queued\r\n\r\n" + ("x" * 78 + "\r\n") * 12)
-        t0 = time.monotonic()
-        queue(conf, [small] * n, rcpt="someone@dead.test")
-        queued_s = time.monotonic() - t0
+        conf, queued_s = queue_for_dead(root, good, n)
         log = os.path.join(root, "log")
         d = subprocess.Popen([MAILSPOOL, "daemon", "-C", conf, "--foreground"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

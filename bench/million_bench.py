@@ -26,7 +26,7 @@ sys.path.insert(0, HERE)
 import run  # noqa: E402
 from run import FROM, MAILSPOOL, servers  # noqa: E402
 from spool_bench import write_section  # noqa: E402
-from daemon_bench import vm_hwm_kib, write_conf  # noqa: E402
+from daemon_bench import queue_for_dead, vm_hwm_kib  # noqa: E402
 
 MARK = "## A million queued messages (issue 12)"
 
@@ -49,22 +49,9 @@ def main():
     a = ap.parse_args()
     n = a.messages
     root = tempfile.mkdtemp(prefix="ms-million-", dir=os.path.join(run.ROOT, "build"))
-    dead = servers.free_port()  # nothing listens there
     try:
         with servers.Aiosmtpd() as good:
-            conf = write_conf(root, [f"route.dead.test = smtp://127.0.0.1:{dead}",
-                                     f"route.good.test = {good.url()}",
-                                     "destination_backoff = 1h", "connect_timeout = 5s"])
-            small = os.path.join(root, "small.eml")
-            with open(small, "w") as f:
-                f.write("Subject: queued\r\n\r\n" + ("x" * 78 + "\r\n") * 12)
-            t0 = time.monotonic()
-            batch = 2000
-            for k in range(0, n, batch):
-                subprocess.run([MAILSPOOL, "send", "-C", conf, "-q", "-f", FROM,
-                                "--to", "someone@dead.test"] + [small] * min(batch, n - k),
-                               check=True, capture_output=True)
-            queued_s = time.monotonic() - t0
+            conf, queued_s = queue_for_dead(root, good, n)
             print(f"queued {n} in {queued_s:.0f} s", flush=True)
             t1 = time.monotonic()
             out = subprocess.run([MAILSPOOL, "queue", "-C", conf], capture_output=True, check=True)
