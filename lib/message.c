@@ -231,6 +231,7 @@ void ms_message_reset(ms_message *m)
 	memset(&m->out, 0, sizeof m->out);
 	m->done = 0;
 	m->engaged = 0;
+	m->solo = 0;
 }
 
 const char *ms_rcpt_state_name(ms_rcpt_state s)

@@ -92,6 +92,9 @@ typedef struct ms_message {
 	 * byte of it (QMTP).  A message deferred by a broken session without
 	 * this was never attempted: no server can have taken it. */
 	int engaged;
+	/* SMTP: refused once when sent behind another message's data; the
+	 * engine sends it again only when nothing else is outstanding. */
+	int solo;
 	void *user;         /* for the caller */
 	size_t id;          /* for the caller */
 } ms_message;

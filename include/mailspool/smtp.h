@@ -22,6 +22,26 @@
  * by counting, through one FIFO that runs across message boundaries (R21).
  * Without PIPELINING the same engine goes lock-step.
  *
+ * Faster still with CHUNKING (RFC 3030): when the server offers CHUNKING and
+ * PIPELINING, each message goes as [RSET] MAIL FROM SIZE=n, its RCPTs and
+ * "BDAT n LAST" followed by the n octets (CRLF-normalised, not
+ * dot-stuffed), and the next message follows at once, without waiting for
+ * any reply: a stream costs about one round trip in all.  A window bounds
+ * what is unanswered (bdat_messages messages, bdat_bytes octets), so a
+ * broken connection leaves at most that many messages "outcome unknown".
+ *
+ * Safety of pipelining across messages (B-rules in PROTOCOL-RULES.md):
+ * every MAIL after the first is preceded by RSET (rset_first), so no
+ * message can inherit a previous sender or crash a server that expects
+ * one; a command written behind a message's data that the server refuses
+ * (503, RSET refused) or never answers is a session problem - its message
+ * is sent again without riding behind data, never failed - and the server
+ * is marked (ms_smtp_quirks) so later sessions do not try again.  Server
+ * limits end a session, not messages: after session_messages transactions,
+ * session_failures failed ones, a "too many messages" reply or a 421 after
+ * progress, the engine opens a new connection itself (a session connected
+ * with ms_smtp_connect) and sends the rest there.
+ *
  * Guarantees: every wait has a deadline (RFC 5321 4.5.3.2 defaults, R43);
  * the engine never blocks writing while replies are unread (R24); a reply
  * that arrives before its command was completely sent, a garbage line or a
@@ -71,6 +91,19 @@ typedef enum ms_pipelining {
 	MS_PIPELINING_OFF       /* lock-step even if offered (R27 escape hatch) */
 } ms_pipelining;
 
+typedef enum ms_chunking {
+	MS_CHUNKING_AUTO = 0, /* BDAT when the server offers CHUNKING and PIPELINING */
+	MS_CHUNKING_OFF       /* always DATA */
+} ms_chunking;
+
+/* What a server has shown it cannot take; learnt by a session
+ * (ms_smtp_quirks), passed to the next one (opts.quirks). */
+enum ms_smtp_quirk {
+	MS_QUIRK_NO_CROSS = 1u << 0,    /* refuses or loses commands written behind data */
+	MS_QUIRK_BDAT_SERIAL = 1u << 1, /* BDAT one message at a time (window 1) */
+	MS_QUIRK_NO_BDAT = 1u << 2,     /* BDAT streams broke even so: DATA */
+};
+
 typedef void (*ms_smtp_result_fn)(void *ctx, ms_message *m);
 
 typedef struct ms_smtp_opts {
@@ -79,7 +112,18 @@ typedef struct ms_smtp_opts {
 	int cross_message;      /* 1 (default): next envelope rides with the body */
 	size_t max_rcpts;       /* recipients per transaction (default 100, R11) */
 	int allow_long_lines;   /* send lines over 998 octets instead of refusing */
-	size_t window;          /* messages held before submit() waits (default 64) */
+	size_t window;          /* messages held before submit() waits (default 64;
+	                         * at least twice bdat_messages when BDAT streams) */
+	ms_chunking chunking;
+	size_t bdat_messages;   /* BDAT: messages with their reply outstanding (default 64) */
+	uint64_t bdat_bytes;    /* BDAT: octets of those (default 8 MiB; one always goes) */
+	uint64_t bdat_unsized_max; /* no SIZE offered: larger messages use DATA (10 MiB) */
+	int rset_first;         /* 1 (default): RSET before every MAIL after the first */
+	size_t session_messages; /* transactions per connection, then a new one (1000) */
+	size_t session_failures; /* failed transactions per connection, then a new one (8) */
+	int restarts;           /* new connections after a session problem (default 3) */
+	int probe_ms;           /* wait for the reply to a command behind data (5000) */
+	unsigned quirks;        /* MS_QUIRK_* already known of this server */
 	ms_smtp_timeouts timeouts;
 	ms_transcript *transcript; /* optional, not owned */
 	ms_smtp_result_fn on_result; /* called once per message when final */
@@ -104,6 +148,9 @@ typedef struct ms_smtp_stats {
 	uint64_t replies;
 	uint64_t transactions; /* MAIL commands sent */
 	uint64_t messages;     /* messages finished */
+	uint64_t bdat;         /* transactions whose data went with BDAT */
+	uint64_t connections;  /* connections opened (restarts included) */
+	uint64_t resent;       /* transactions sent again after a session problem */
 } ms_smtp_stats;
 
 typedef struct ms_smtp ms_smtp;
@@ -156,5 +203,11 @@ void ms_smtp_set_transcript(ms_smtp *s, ms_transcript *tx);
 /* Ready, nothing outstanding, and the server has said nothing since (an
  * idle server that closes, or sends 421 first, is not reusable). */
 int ms_smtp_reusable(const ms_smtp *s);
+/* MS_QUIRK_* known of this server: opts.quirks and what this session
+ * learnt (for the caller to remember per server). */
+unsigned ms_smtp_quirks(const ms_smtp *s);
+/* The shape the session used for its last transaction: "bdat-stream",
+ * "bdat", "data-cross", "data", "lock-step" (or "none"). */
+const char *ms_smtp_shape(const ms_smtp *s);
 
 #endif

@@ -6,7 +6,8 @@
  * at once (the greeting); after that each command line it reads is answered
  * with the next step, verbatim (so a step carries its own CRLFs, and may be
  * multiline, LF-only or garbage).  After a DATA answered with 3xx it reads
- * message data until the "." line, which is answered by the next step.
+ * message data until the "." line, which is answered by the next step; a
+ * "BDAT n" line is answered once its n octets have been read.
  * A step "" answers nothing (for timeouts); a step ending in "#CLOSE" sends
  * what precedes it and closes at once.  Everything the client sent is
  * captured and handed back, byte for byte, when the client closes.
@@ -61,6 +62,8 @@ static inline void sc_child(int fd, int cap, const char *const *steps)
 	ms_buf_init(&captured, 0);
 	size_t i = 0;
 	int in_data = 0, closed = 0;
+	unsigned long long chunk = 0; /* BDAT octets still to read */
+	int in_chunk = 0;
 	if (steps[i] && sc_step(fd, steps[i++]))
 		closed = 1;
 	char buf[65536];
@@ -72,12 +75,31 @@ static inline void sc_child(int fd, int cap, const char *const *steps)
 		ms_buf_append(&in, buf, (size_t)n);
 		for (;;) {
 			const char *p = ms_buf_ptr(&in);
+			if (in_chunk) {
+				size_t take = ms_buf_avail(&in) < chunk ? ms_buf_avail(&in) : (size_t)chunk;
+				ms_buf_consume(&in, take);
+				chunk -= take;
+				if (chunk > 0)
+					break;
+				in_chunk = 0;
+				if (sc_step(fd, steps[i] ? steps[i++] : "")) {
+					closed = 1;
+					break;
+				}
+				continue;
+			}
 			const char *nl = memchr(p, '\n', ms_buf_avail(&in));
 			if (!nl)
 				break;
 			size_t len = (size_t)(nl - p) + 1;
 			int is_dot = len == 3 && p[0] == '.' && p[1] == '\r';
 			int is_data = len == 6 && !strncmp(p, "DATA\r\n", 6);
+			if (!in_data && len > 5 && !strncmp(p, "BDAT ", 5)) {
+				chunk = strtoull(p + 5, NULL, 10);
+				in_chunk = 1;
+				ms_buf_consume(&in, len);
+				continue;
+			}
 			ms_buf_consume(&in, len);
 			if (in_data && !is_dot)
 				continue;

@@ -103,14 +103,16 @@ static void expect_rcpt(const ms_message *m, size_t i, ms_rcpt_state st, ms_stag
 static void test_pipelined_stream(void **state)
 {
 	(void)state;
-	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, OK, OK, GO, OK,
-	                        BYE, NULL };
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, OK, GO, OK, OK, OK, OK, GO,
+	                        OK, BYE, NULL };
+	/* B1: every MAIL written behind a previous message's data has RSET
+	 * in front of it. */
 	const char *want = "EHLO client.test\r\n"
 	                   "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
 	                   "h\xc3\xa9llo\r\n.\r\n"
-	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+	                   "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
 	                   "..dot\r\n.\r\n"
-	                   "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+	                   "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
 	                   ".\r\n"
 	                   "QUIT\r\n";
 	for (size_t c = 0; c < NCHUNKS; c++) {
@@ -136,7 +138,7 @@ static void test_pipelined_stream(void **state)
 static void test_cross_message_same_write(void **state)
 {
 	(void)state;
-	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, BYE, NULL };
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, OK, GO, OK, BYE, NULL };
 	ms_smtp_opts o;
 	fast_opts(&o);
 	ms_transcript *tx = ms_transcript_new(0);
@@ -220,18 +222,18 @@ static const scenario scenarios[] = {
 	  "b@x.test", "x\n", 1, 0, 0,
 	  { { T, MS_STAGE_DOT, 0, NULL, NULL, "may be delivered more than once" } } },
 	{ "R12 452: the rest in a second transaction",
-	  { GREET, EHLO_PIPE, OK, OK, OK, TOO_MANY, TOO_MANY, GO, OK, OK, OK, OK, GO, OK, BYE },
+	  { GREET, EHLO_PIPE, OK, OK, OK, TOO_MANY, TOO_MANY, GO, OK, OK, OK, OK, OK, GO, OK, BYE },
 	  "r1@x.test,r2@x.test,r3@x.test,r4@x.test", "x\n", 1, 0, 0,
 	  { { D, MS_STAGE_DOT, 250, NULL, NULL, NULL }, { D, MS_STAGE_DOT, 250, NULL, NULL, NULL },
 	    { D, MS_STAGE_DOT, 250, NULL, NULL, NULL }, { D, MS_STAGE_DOT, 250, NULL, NULL, NULL } },
 	  NULL,
-	  "x\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<r3@x.test>\r\nRCPT TO:<r4@x.test>\r\nDATA\r\n",
+	  "x\r\n.\r\nRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<r3@x.test>\r\nRCPT TO:<r4@x.test>\r\nDATA\r\n",
 	  NULL, 2 },
 	{ "R12 452 with nobody accepted: deferred, no endless retry",
 	  { GREET, EHLO_PIPE, OK, TOO_MANY, "503 5.5.1 no rcpts\r\n", OK, BYE },
 	  "r1@x.test", "x\n", 0, 0, 0, { { T, MS_STAGE_RCPT, 452, NULL, NULL, NULL } } },
 	{ "R11 more recipients than max_rcpts: several transactions",
-	  { GREET, EHLO_PIPE, OK, OK, OK, GO, OK, OK, OK, OK, GO, OK, OK, OK, GO, OK, BYE },
+	  { GREET, EHLO_PIPE, OK, OK, OK, GO, OK, OK, OK, OK, OK, GO, OK, OK, OK, OK, GO, OK, BYE },
 	  "r1@x.test,r2@x.test,r3@x.test,r4@x.test,r5@x.test", "x\n", 0, 2, 0,
 	  { { D, MS_STAGE_DOT, 250, NULL, NULL, NULL }, { D, MS_STAGE_DOT, 250, NULL, NULL, NULL },
 	    { D, MS_STAGE_DOT, 250, NULL, NULL, NULL }, { D, MS_STAGE_DOT, 250, NULL, NULL, NULL },
@@ -438,7 +440,7 @@ static void test_early_552_during_body(void **state)
 static void test_progress_without_waiting(void **state)
 {
 	(void)state;
-	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, GO, OK, BYE, NULL };
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, OK, GO, OK, BYE, NULL };
 	scripted sc;
 	outcome_log log = { 0 };
 	ms_error err;
@@ -466,7 +468,7 @@ static void test_progress_without_waiting(void **state)
 	char *wire = sc_finish(&sc, NULL);
 	assert_string_equal(wire, "EHLO client.test\r\n"
 	                          "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\none\r\n.\r\n"
-	                          "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\ntwo\r\n.\r\n"
+	                          "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\ntwo\r\n.\r\n"
 	                          "QUIT\r\n");
 	free(wire);
 	ms_message_free(m[0]);
@@ -496,6 +498,193 @@ static void test_unreadable_message(void **state)
 	free(r.wire);
 }
 
+#define EHLO_CHUNK "250-scripted\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n"
+
+/* B2: with CHUNKING and PIPELINING every message is MAIL SIZE=, RCPT and
+ * "BDAT n LAST" with exactly n octets, CRLF-normalised and not
+ * dot-stuffed; the next message follows without waiting (B1: RSET first). */
+static void test_bdat_stream(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_CHUNK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK,
+	                        BYE, NULL };
+	const char *want = "EHLO client.test\r\n"
+	                   "MAIL FROM:<a@x.test> SIZE=9\r\nRCPT TO:<b@x.test>\r\nBDAT 9 LAST\r\n"
+	                   ".dot\r\nx\r\n"
+	                   "RSET\r\nMAIL FROM:<a@x.test> SIZE=6\r\nRCPT TO:<b@x.test>\r\nBDAT 6 LAST\r\n"
+	                   "a\r\nb\r\n"
+	                   "RSET\r\nMAIL FROM:<a@x.test> SIZE=0\r\nRCPT TO:<b@x.test>\r\nBDAT 0 LAST\r\n"
+	                   "QUIT\r\n";
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[3] = { mk("a@x.test", "b@x.test", ".dot\nx"),
+		                     mk("a@x.test", "b@x.test", "a\rb\r\n"), mk("a@x.test", "b@x.test", "") };
+		result r = run(steps, &o, m, 3, chunks[c]);
+		assert_string_equal(r.wire, want);
+		for (int i = 0; i < 3; i++) {
+			expect_rcpt(m[i], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+			ms_message_free(m[i]);
+		}
+		assert_int_equal(r.st.bdat, 3);
+		/* greeting, EHLO, then the whole stream (no 354 to wait for),
+		 * and QUIT once it is answered. */
+		if (chunks[c] == 0)
+			assert_true(r.st.round_trips <= 2 + 1 + 1);
+		free(r.wire);
+	}
+}
+
+/* BDAT: a refused recipient keeps its RCPT reply, the others get the BDAT
+ * reply; with nobody accepted the BDAT reply (554) concerns no one. */
+static void test_bdat_refusals(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_CHUNK, OK, "550 5.1.1 no such user\r\n", OK, OK,
+	                        OK, OK, "550 5.1.1 no such user\r\n",
+	                        "554 5.5.1 no valid recipients\r\n", OK, OK, OK, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[3] = { mk("a@x.test", "r1@x.test,r2@x.test", "one\n"),
+		                     mk("a@x.test", "r3@x.test", "two\n"), mk("a@x.test", "r4@x.test", "3\n") };
+		result r = run(steps, &o, m, 3, chunks[c]);
+		expect_rcpt(m[0], 0, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		expect_rcpt(m[0], 1, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		expect_rcpt(m[1], 0, MS_RCPT_FAILED, MS_STAGE_RCPT, 550);
+		expect_rcpt(m[2], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		for (int i = 0; i < 3; i++)
+			ms_message_free(m[i]);
+		free(r.wire);
+	}
+}
+
+/* B2 window: with bdat_messages 1 each message waits for the previous
+ * one's BDAT reply - one round trip per message, the same bytes. */
+static void test_bdat_window_one(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_CHUNK, OK, OK, OK, OK, OK, OK, OK, OK, OK, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	o.bdat_messages = 1;
+	ms_message *m[3] = { mk("a@x.test", "b@x.test", "1\n"), mk("a@x.test", "b@x.test", "2\n"),
+	                     mk("a@x.test", "b@x.test", "3\n") };
+	result r = run(steps, &o, m, 3, 0);
+	/* Not riding behind unanswered data: no RSET is needed. */
+	assert_null(strstr(r.wire, "RSET"));
+	assert_int_equal(r.st.round_trips, 2 + 3 + 1); /* and QUIT */
+	for (int i = 0; i < 3; i++) {
+		expect_rcpt(m[i], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+		ms_message_free(m[i]);
+	}
+	free(r.wire);
+}
+
+/* B2: CHUNKING without PIPELINING, or turned off: DATA. */
+static void test_bdat_fallbacks(void **state)
+{
+	(void)state;
+	const char *nopipe[] = { GREET, "250-scripted\r\n250 CHUNKING\r\n", OK, OK, GO, OK, BYE, NULL };
+	const char *off[] = { GREET, EHLO_CHUNK, OK, OK, GO, OK, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m = mk("a@x.test", "b@x.test", "1\n");
+	result r = run(nopipe, &o, &m, 1, 0);
+	assert_non_null(strstr(r.wire, "DATA\r\n"));
+	assert_null(strstr(r.wire, "BDAT"));
+	expect_rcpt(m, 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	ms_message_free(m);
+	free(r.wire);
+	fast_opts(&o);
+	o.chunking = MS_CHUNKING_OFF;
+	m = mk("a@x.test", "b@x.test", "1\n");
+	r = run(off, &o, &m, 1, 0);
+	assert_null(strstr(r.wire, "BDAT"));
+	expect_rcpt(m, 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	ms_message_free(m);
+	free(r.wire);
+}
+
+/* B2: the file grew between the scan and the send: not one octet beyond
+ * the declared chunk goes out; the session ends, the message waits. */
+static void test_bdat_data_changed(void **state)
+{
+	(void)state;
+	const char *steps[] = { GREET, EHLO_CHUNK, OK, OK, "", NULL };
+	char path[] = "/tmp/ms-bdat-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	assert_int_equal(write(fd, "short\n", 6), 6);
+	ms_error err;
+	ms_message *m = ms_message_new("a@x.test", &err);
+	ms_message_add_rcpt(m, "b@x.test", &err);
+	ms_message_add_fd(m, fd, 0, UINT64_MAX, &err);
+	assert_int_equal(ms_message_scan(m, &err), MS_OK);
+	assert_int_equal(write(fd, "and longer now\n", 15), 15);
+	ms_smtp_opts o;
+	fast_opts(&o);
+	result r = run(steps, &o, &m, 1, 0);
+	assert_int_equal(m->rcpts[0].state, MS_RCPT_DEFERRED);
+	assert_non_null(strstr(m->rcpts[0].out.text, "changed size"));
+	assert_null(strstr(r.wire, "longer"));
+	ms_message_free(m);
+	close(fd);
+	free(r.wire);
+}
+
+/* B3: a server that refuses commands written behind data (Haraka's "503
+ * pipelined after end of DATA"): the message is sent again, alone, and
+ * delivered - never failed; later messages do not ride either. */
+static void test_rode_refused(void **state)
+{
+	(void)state;
+	const char *r503 = "503 5.5.1 pipelined after end of DATA\r\n";
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, r503, r503, r503, r503,
+	                        OK, OK, OK, GO, OK, OK, OK, GO, OK, BYE, NULL };
+	for (size_t c = 0; c < NCHUNKS; c++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_message *m[3] = { mk("a@x.test", "b@x.test", "one\n"), mk("a@x.test", "b@x.test", "two\n"),
+		                     mk("a@x.test", "b@x.test", "three\n") };
+		ms_transcript *tx = ms_transcript_new(0);
+		o.transcript = tx;
+		result r = run(steps, &o, m, 3, chunks[c]);
+		for (int i = 0; i < 3; i++) {
+			expect_rcpt(m[i], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+			ms_message_free(m[i]);
+		}
+		/* The refused group, then message 2 alone (after RSET), then 3. */
+		assert_non_null(strstr(r.wire, "one\r\n.\r\nRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\n"
+		                                "DATA\r\nRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\n"
+		                                "DATA\r\ntwo\r\n.\r\nMAIL FROM:"));
+		assert_true(r.st.resent == 1);
+		free(r.wire);
+		ms_transcript_free(tx);
+	}
+}
+
+/* B3: a genuine refusal of a MAIL that rode (550, not 503): the message
+ * goes again alone and then gets its answer; the server is not marked. */
+static void test_rode_mail_550(void **state)
+{
+	(void)state;
+	const char *r550 = "550 5.7.1 sender refused\r\n";
+	const char *r503 = "503 5.5.1 no MAIL\r\n";
+	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, r550, r503, r503,
+	                        OK, r550, r503, r503, BYE, NULL };
+	ms_smtp_opts o;
+	fast_opts(&o);
+	ms_message *m[2] = { mk("a@x.test", "b@x.test", "one\n"), mk("bad@x.test", "b@x.test", "two\n") };
+	result r = run(steps, &o, m, 2, 0);
+	expect_rcpt(m[0], 0, MS_RCPT_DELIVERED, MS_STAGE_DOT, 250);
+	expect_rcpt(m[1], 0, MS_RCPT_FAILED, MS_STAGE_MAIL, 550);
+	ms_message_free(m[0]);
+	ms_message_free(m[1]);
+	free(r.wire);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -509,6 +698,13 @@ int main(void)
 		cmocka_unit_test(test_early_552_during_body),
 		cmocka_unit_test(test_unreadable_message),
 		cmocka_unit_test(test_progress_without_waiting),
+		cmocka_unit_test(test_bdat_stream),
+		cmocka_unit_test(test_bdat_refusals),
+		cmocka_unit_test(test_bdat_window_one),
+		cmocka_unit_test(test_bdat_fallbacks),
+		cmocka_unit_test(test_bdat_data_changed),
+		cmocka_unit_test(test_rode_refused),
+		cmocka_unit_test(test_rode_mail_550),
 	};
 	return cmocka_run_group_tests_name("smtp engine", tests, NULL, NULL);
 }
