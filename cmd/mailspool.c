@@ -102,6 +102,12 @@ static void usage_send(FILE *f)
 	        "  --no-pipelining       lock-step SMTP even if the server offers PIPELINING\n"
 	        "  --no-cross-message    wait for each message's final reply before starting\n"
 	        "                        the next (two round trips per message)\n"
+	        "  --no-chunking         DATA even if the server offers CHUNKING (BDAT)\n"
+	        "  --no-rset-first       no RSET in front of a MAIL written behind the previous\n"
+	        "                        message's data\n"
+	        "  --bdat-window N       BDAT: messages with their reply outstanding (64)\n"
+	        "  --bdat-window-bytes S BDAT: their octets (8M; one message always goes)\n"
+	        "  --session-messages N  transactions per connection before a new one (1000)\n"
 	        "  --helo NAME           name to give in EHLO/HELO (default: this host)\n"
 	        "  --max-rcpts N         recipients per transaction (default 100)\n"
 	        "  --allow-long-lines    send lines longer than 998 octets instead of\n"
@@ -472,7 +478,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
 	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN,
-	       O_MODE };
+	       O_MODE, O_NOCHUNK, O_NORSET, O_BDATWIN, O_BDATBYTES, O_SESSMSGS };
 	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
 	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
@@ -485,6 +491,11 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		{ "transcript-bodies", no_argument, NULL, O_TBODIES },
 		{ "no-pipelining", no_argument, NULL, O_NOPIPE },
 		{ "no-cross-message", no_argument, NULL, O_NOCROSS },
+		{ "no-chunking", no_argument, NULL, O_NOCHUNK },
+		{ "no-rset-first", no_argument, NULL, O_NORSET },
+		{ "bdat-window", required_argument, NULL, O_BDATWIN },
+		{ "bdat-window-bytes", required_argument, NULL, O_BDATBYTES },
+		{ "session-messages", required_argument, NULL, O_SESSMSGS },
 		{ "helo", required_argument, NULL, O_HELO },
 		{ "max-rcpts", required_argument, NULL, O_MAXRCPT },
 		{ "allow-long-lines", no_argument, NULL, O_LONG },
@@ -545,6 +556,36 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		case O_TBODIES: tbodies = 1; break;
 		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; smtp_only = "--no-pipelining"; break;
 		case O_NOCROSS: o.cross_message = 0; smtp_only = "--no-cross-message"; break;
+		case O_NOCHUNK: o.chunking = MS_CHUNKING_OFF; smtp_only = "--no-chunking"; break;
+		case O_NORSET: o.rset_first = 0; smtp_only = "--no-rset-first"; break;
+		case O_BDATWIN:
+		case O_SESSMSGS: {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < 1 || v > 1000000) {
+				fprintf(stderr, "%s send: %s wants 1..1000000\n", progname,
+				        c == O_BDATWIN ? "--bdat-window" : "--session-messages");
+				return EX_USAGE_;
+			}
+			if (c == O_BDATWIN)
+				o.bdat_messages = (size_t)v;
+			else
+				o.session_messages = (size_t)v;
+			smtp_only = c == O_BDATWIN ? "--bdat-window" : "--session-messages";
+			break;
+		}
+		case O_BDATBYTES: {
+			int good = 1;
+			uint64_t v = ms_conf_size(optarg, &good);
+			if (!good || v == 0) {
+				fprintf(stderr, "%s send: --bdat-window-bytes wants a size such as 8M\n",
+				        progname);
+				return EX_USAGE_;
+			}
+			o.bdat_bytes = v;
+			smtp_only = "--bdat-window-bytes";
+			break;
+		}
 		case O_HELO: o.helo = optarg; smtp_only = "--helo"; break;
 		case O_MAXRCPT: {
 			char *end;
@@ -872,13 +913,16 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
 		       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
 		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"connections\":%llu,\"bytes_sent\":%llu,"
-		       "\"writes\":%llu,\"pipelining\":%s,\"tls\":%s,\"auth\":%s,\"session_error\":",
+		       "\"writes\":%llu,\"pipelining\":%s,\"shape\":\"%s\",\"bdat\":%llu,\"resent\":%llu,"
+		       "\"tls\":%s,\"auth\":%s,\"session_error\":",
 		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
 		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
 		       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
 		       (unsigned long long)st->connections,
 		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
-		       st->pipelining ? "true" : "false", ms_buf_ptr(&tlsj), authj);
+		       st->pipelining ? "true" : "false", st->shape ? st->shape : "none",
+		       (unsigned long long)st->bdat, (unsigned long long)st->resent, ms_buf_ptr(&tlsj),
+		       authj);
 		ms_buf_reset(&srv);
 		if (failed_session)
 			ms_json_string(&srv, ferr.msg, strlen(ferr.msg));

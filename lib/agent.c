@@ -30,6 +30,7 @@
 #include "mailspool/dnscache.h"
 #include "mailspool/message.h"
 #include "mailspool/pool.h"
+#include "mailspool/quirks.h"
 
 /* ---- the scheduler's side ------------------------------------------------ */
 
@@ -180,6 +181,7 @@ struct agent {
 	int stopping;
 	ms_pool *pool;
 	ms_dns_cache *dns;
+	ms_quirks *quirks; /* what servers cannot take, for all units */
 };
 
 static void say(agent *a, const char *p, size_t n)
@@ -366,7 +368,7 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 	}
 	if (nm) {
 		ms_deliver_opts dopt = { .conf = a->conf, .on_result = on_result, .ctx = &c,
-			                     .pool = a->pool, .dns_cache = a->dns,
+			                     .pool = a->pool, .dns_cache = a->dns, .quirks = a->quirks,
 			                     .conn_messages = u->conn_messages, .admit = admit };
 		ms_deliver_report rep;
 		ms_error derr;
@@ -620,9 +622,11 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	ms_dns_cache_opts dco;
 	ms_dns_cache_opts_default(&dco);
 	a->dns = ms_dns_cache_new(&dco);
-	if (!a->pool || !a->dns) {
+	a->quirks = ms_quirks_new(MS_QUIRKS_TTL_MS);
+	if (!a->pool || !a->dns || !a->quirks) {
 		ms_pool_free(a->pool);
 		ms_dns_cache_free(a->dns);
+		ms_quirks_free(a->quirks);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
 	pthread_t rt;
@@ -674,6 +678,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 		pthread_join(rt, NULL);
 	ms_pool_free(a->pool);
 	ms_dns_cache_free(a->dns);
+	ms_quirks_free(a->quirks);
 	pthread_cond_destroy(&a->cv);
 	pthread_mutex_destroy(&a->mu);
 	pthread_mutex_destroy(&a->out_mu);

@@ -18,6 +18,18 @@ void ms_client_opts_default(ms_client_opts *o)
 	ms_qmtp_opts_default(&o->qmtp);
 }
 
+void ms_client_route_smtp(const ms_route *r, ms_smtp_opts *o)
+{
+	if (r->smtp_off & MS_ROUTE_NO_CHUNKING)
+		o->chunking = MS_CHUNKING_OFF;
+	if (r->smtp_off & MS_ROUTE_NO_CROSS)
+		o->cross_message = 0;
+	if (r->smtp_off & MS_ROUTE_NO_PIPELINING)
+		o->pipelining = MS_PIPELINING_OFF;
+	if (r->smtp_off & MS_ROUTE_NO_RSET_FIRST)
+		o->rset_first = 0;
+}
+
 ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *err)
 {
 	ms_client *c = calloc(1, sizeof *c);
@@ -38,8 +50,9 @@ ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *e
 			so.implicit_tls = 1;
 		if (r->user[0] && !so.auth_user)
 			so.auth_user = c->route.user;
+		ms_client_route_smtp(r, &so);
 		c->smtp = ms_smtp_new(&so, err);
-		c->smtp_pipelining_allowed = o->smtp.pipelining == MS_PIPELINING_AUTO;
+		c->smtp_pipelining_allowed = so.pipelining == MS_PIPELINING_AUTO;
 	}
 	if (!c->qmtp && !c->smtp) {
 		free(c);
@@ -89,13 +102,14 @@ ms_client_stats ms_client_get_stats(const ms_client *c)
 	if (c->qmtp) {
 		const ms_qmtp_stats *q = ms_qmtp_get_stats(c->qmtp);
 		s = (ms_client_stats){ q->bytes_out, q->bytes_in, q->writes, q->round_trips,
-		                       q->messages, q->packages, q->connections, 1 };
+		                       q->messages, q->packages, q->connections, 1, 0, 0, "qmtp" };
 	} else {
 		const ms_smtp_stats *t = ms_smtp_get_stats(c->smtp);
 		s = (ms_client_stats){ t->bytes_out, t->bytes_in, t->writes, t->round_trips,
-		                       t->messages, t->transactions, t->bytes_out || t->bytes_in ? 1 : 0,
+		                       t->messages, t->transactions, t->connections,
 		                       c->smtp_pipelining_allowed &&
-		                           (ms_smtp_get_caps(c->smtp)->flags & MS_CAP_PIPELINING) };
+		                           (ms_smtp_get_caps(c->smtp)->flags & MS_CAP_PIPELINING),
+		                       t->bdat, t->resent, ms_smtp_shape(c->smtp) };
 	}
 	return s;
 }
@@ -113,6 +127,11 @@ const ms_tls_info *ms_client_tls(const ms_client *c)
 const char *ms_client_auth_mech(const ms_client *c)
 {
 	return c->smtp ? ms_smtp_auth_mech(c->smtp) : NULL;
+}
+
+unsigned ms_client_quirks(const ms_client *c)
+{
+	return c->smtp ? ms_smtp_quirks(c->smtp) : 0;
 }
 
 const ms_route *ms_client_route(const ms_client *c)

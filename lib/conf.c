@@ -43,6 +43,11 @@ void ms_conf_defaults(ms_conf *c)
 	c->destination_backoff = 300;
 	c->queue_scan_interval = 60;
 	c->connect_timeout = 30;
+	c->smtp_chunking = c->smtp_cross_message = c->smtp_rset_first = 1;
+	c->smtp_bdat_messages = 64;
+	c->smtp_bdat_bytes = 8u << 20;
+	c->smtp_session_messages = 1000;
+	c->smtp_session_failures = 8;
 	snprintf(c->log_file, sizeof c->log_file, "syslog");
 	snprintf(c->mail_owner, sizeof c->mail_owner, "mailspool");
 	snprintf(c->authorized_mailq_users, sizeof c->authorized_mailq_users, "anyone");
@@ -330,7 +335,10 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		           { "claim_window", &c->claim_window, 20000 },
 		           { "agent_uncommitted", &c->agent_uncommitted, 63 },
 		           { "destination_concurrency", &c->destination_concurrency, 1000 },
-		           { "connection_messages", &c->connection_messages, 1000000 } };
+		           { "connection_messages", &c->connection_messages, 1000000 },
+		           { "smtp_bdat_messages", &c->smtp_bdat_messages, 4096 },
+		           { "smtp_session_messages", &c->smtp_session_messages, 1000000 },
+		           { "smtp_session_failures", &c->smtp_session_failures, 1000000 } };
 	for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
 		if (!strcmp(key, counts[i].name))
 			return parse_count(val, counts[i].dst, counts[i].max) ? "wants a positive number"
@@ -354,6 +362,27 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			*durations[i].dst = d;
 			return NULL;
 		}
+	struct {
+		const char *name;
+		int *dst;
+	} flags[] = { { "smtp_chunking", &c->smtp_chunking },
+		          { "smtp_cross_message", &c->smtp_cross_message },
+		          { "smtp_rset_first", &c->smtp_rset_first } };
+	for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+		if (!strcmp(key, flags[i].name)) {
+			if (strcmp(val, "yes") && strcmp(val, "no"))
+				return "wants yes or no";
+			*flags[i].dst = !strcmp(val, "yes");
+			return NULL;
+		}
+	if (!strcmp(key, "smtp_bdat_bytes")) {
+		int good = 1;
+		uint64_t v = ms_conf_size(val, &good);
+		if (!good || v == 0)
+			return "wants a size such as 8M";
+		c->smtp_bdat_bytes = v;
+		return NULL;
+	}
 	if (!strcmp(key, "dns_servers"))
 		return set_str(c->dns_servers, sizeof c->dns_servers, val) ? "is too long" : NULL;
 	if (!strcmp(key, "mail_owner")) {

@@ -16,6 +16,7 @@
 #include "mailspool/dns.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/pool.h"
+#include "mailspool/quirks.h"
 #include "mailspool/relay.h"
 #include "mailspool/route.h"
 
@@ -76,6 +77,13 @@ static void session_opts(const ms_conf *c, ms_transcript *tx, ms_client_opts *co
 		co->qmtp.reply_timeout_ms = co->qmtp.write_timeout_ms = t;
 	}
 	co->qmtp.connect_timeout_ms = so->timeouts.connect;
+	so->chunking = c->smtp_chunking ? MS_CHUNKING_AUTO : MS_CHUNKING_OFF;
+	so->cross_message = c->smtp_cross_message;
+	so->rset_first = c->smtp_rset_first;
+	so->bdat_messages = c->smtp_bdat_messages;
+	so->bdat_bytes = c->smtp_bdat_bytes;
+	so->session_messages = c->smtp_session_messages;
+	so->session_failures = c->smtp_session_failures;
 	co->qmtp.transcript = tx;
 }
 
@@ -247,6 +255,7 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 	co.smtp.tls_name = tls_name;
 	char key[MS_POOL_KEY_MAX];
 	pool_key(rt, tls_name, key, sizeof key);
+	co.smtp.quirks = ms_quirks_get(o->quirks, key);
 	size_t carried = 0;
 	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
 	if (cl) {
@@ -305,6 +314,7 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 	if (!cl)
 		return MS_OK;
 	add_stats(rep, cl);
+	ms_quirks_add(o->quirks, key, ms_client_quirks(cl));
 	if (o->pool && !ms_client_failed(cl, NULL) &&
 	    (!o->conn_messages || carried < o->conn_messages)) {
 		ms_pool_put(o->pool, key, cl, carried);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mailspool/client.h"
 #include "mailspool/route.h"
 
 ms_status ms_secret_file(const char *path, char *out, size_t n, ms_error *err)
@@ -114,6 +115,7 @@ static void try_relay(const ms_conf_relay *r, const ms_smtp_opts *base, ms_messa
 	o.auth_user = rt.user[0] ? rt.user : NULL;
 	o.auth_mechs = r->auth_mechs[0] ? r->auth_mechs : r->oauth_token_eval[0] ? "XOAUTH2" : NULL;
 	o.auth_plaintext = r->auth_plaintext;
+	ms_client_route_smtp(&rt, &o);
 	if (!why && o.auth_user) {
 		if (ms_relay_secret(r, secret, sizeof secret, &err) != MS_OK) {
 			snprintf(buf, sizeof buf, "relay %s: %.400s", r->name, err.msg);

@@ -25,6 +25,14 @@ static ms_status parse_query(const char *q, ms_route *r, const char *url, ms_err
 			r->qmtp_replies = MS_QMTP_PER_RECIPIENT;
 		else if (r->proto == MS_PROTO_QMTP && n == 14 && !strncmp(q, "encoding=to-lf", n))
 			r->qmtp_encoding = MS_QMTP_ENC_TO_LF;
+		else if (r->proto == MS_PROTO_SMTP && n == 11 && !strncmp(q, "chunking=no", n))
+			r->smtp_off |= MS_ROUTE_NO_CHUNKING;
+		else if (r->proto == MS_PROTO_SMTP && n == 16 && !strncmp(q, "cross_message=no", n))
+			r->smtp_off |= MS_ROUTE_NO_CROSS;
+		else if (r->proto == MS_PROTO_SMTP && n == 13 && !strncmp(q, "pipelining=no", n))
+			r->smtp_off |= MS_ROUTE_NO_PIPELINING;
+		else if (r->proto == MS_PROTO_SMTP && n == 13 && !strncmp(q, "rset_first=no", n))
+			r->smtp_off |= MS_ROUTE_NO_RSET_FIRST;
 		else
 			return ms_error_set(err, MS_ERR_USAGE, "route \"%.200s\": unknown parameter \"%.*s\"",
 			                    url, (int)(n > 64 ? 64 : n), q);

@@ -121,6 +121,7 @@ struct ms_smtp {
 	size_t conn_txns, conn_failed, conn_done;
 	int ending;         /* start nothing more here: the rest goes on a new connection */
 	int need_restart;   /* the connection was abandoned (abandon): reconnect */
+	int refused_last;   /* the last reply refused a command behind data (B3) */
 	char restart_why[MS_ERROR_MSG_MAX];
 	int restarts_left;
 	char host[256], port[32]; /* set by ms_smtp_connect: the engine may reconnect */
@@ -405,9 +406,12 @@ static void fail_with(ms_smtp *s, ms_status status, const char *reason, int code
  * the server whole (data ended: the dot, or a complete BDAT chunk) is
  * "outcome unknown" as in fail_with; every other recipient without a
  * server's final answer goes back to pending, for a new connection that
- * the next turn opens (maybe_restart).
+ * the next turn opens (maybe_restart).  in_order: the server answered in
+ * order up to a refusal and then closed (421, or 5xx to a command behind
+ * data followed by EOF): what it never answered it never processed, so
+ * nothing is unknown.
  */
-static void abandon(ms_smtp *s, const char *reason)
+static void abandon(ms_smtp *s, const char *reason, int in_order)
 {
 	char why[MS_ERROR_MSG_MAX];
 	snprintf(why, sizeof why, "%s", reason);
@@ -419,7 +423,7 @@ static void abandon(ms_smtp *s, const char *reason)
 	         why);
 	while (s->txns) {
 		txn *t = s->txns;
-		if (t->phase == TX_DOT && !t->dot_only && !t->voided) {
+		if (t->phase == TX_DOT && !t->dot_only && !t->voided && !in_order) {
 			for (size_t i = 0; i < t->n; i++) {
 				ms_rcpt *r = &t->m->rcpts[t->idx[i]];
 				if (is_final(r->state) && !r->retry)
@@ -1250,7 +1254,7 @@ static void on_mail(ms_smtp *s, txn *t, const ms_reply *r)
 				                   "the server takes no more messages on this connection: "
 				                   "the rest goes on a new one");
 			s->ending = 1;
-		} else if (r->code == 503 || t->rset_refused) {
+		} else if (r->code == 503) {
 			learn(s, t->bdat ? MS_QUIRK_BDAT_SERIAL : MS_QUIRK_NO_CROSS,
 			      "the server refused commands written behind a message's data");
 		} else {
@@ -1322,18 +1326,20 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 	size_t ri = e->ri;
 	pop(s);
 	int cls = ms_reply_class(r->code);
+	s->refused_last = t && t->rode && (kind == EX_RSET || kind == EX_MAIL) && cls == 5;
 	/* A 421 is the session ending, not an answer about this message (a
 	 * server's per-connection message cap, say): it was not attempted. */
 	if (t && r->code != 421 && kind != EX_RSET)
 		t->m->engaged = 1;
 
-	if (r->code == 421 && kind != EX_QUIT && s->conn_done > 0 && s->host[0]) {
+	if (r->code == 421 && kind != EX_QUIT && (s->conn_done > 0 || s->conn_failed > 0) &&
+	    s->host[0] && (kind != EX_DOT && kind != EX_BDAT)) {
 		/* B6: a server that ends a session after taking mail (Exim after
 		 * 1,000 messages) limits the connection, not the messages: the
 		 * rest goes on a new one. */
-		snprintf(why, sizeof why, "server closing after %zu message(s): %d %.400s", s->conn_done,
-		         r->code, r->text);
-		abandon(s, why);
+		snprintf(why, sizeof why, "server closing after %zu message(s): %d %.400s",
+		         s->conn_done + s->conn_failed, r->code, r->text);
+		abandon(s, why, 1);
 		return 1;
 	}
 	if (r->code == 421 && kind != EX_QUIT) {
@@ -1407,8 +1413,11 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			 * counted; the message goes again. */
 			t->rset_refused = 1;
 			t->voided = 1;
-			learn(s, t->bdat ? MS_QUIRK_BDAT_SERIAL : MS_QUIRK_NO_CROSS,
-			      "the server refused RSET written behind a message's data");
+			if (r->code == 503) /* "bad sequence": it is where the RSET was */
+				learn(s, t->bdat ? MS_QUIRK_BDAT_SERIAL : MS_QUIRK_NO_CROSS,
+				      "the server refused RSET written behind a message's data");
+			else
+				t->m->solo = 1;
 			break;
 		}
 		if (cls != 2) {
@@ -1467,12 +1476,23 @@ static int lost_midstream(ms_smtp *s, const char *why)
 {
 	if (!s->txns || s->state != S_READY || !s->host[0])
 		return 0;
+	if (s->refused_last) {
+		/* The server refused a command behind data and hung up (Exim's
+		 * "554 Too many nonmail commands" to an RSET): it answers in
+		 * order, so nothing from that command on was processed. */
+		int after = 0;
+		for (txn *t = s->txns; t; t = t->next)
+			if ((after |= t->voided))
+				t->voided = 1;
+		abandon(s, why, 1);
+		return 1;
+	}
 	int streamed = s->bdat_inflight >= 2 && s->bdat_replies == 0;
 	if (!streamed && s->conn_done == 0)
 		return 0;
 	if (streamed)
 		learn(s, MS_QUIRK_BDAT_SERIAL, "the connection broke in a BDAT stream before any reply");
-	abandon(s, why);
+	abandon(s, why, 0);
 	return 1;
 }
 
@@ -1525,6 +1545,7 @@ static void maybe_restart(ms_smtp *s)
 	char why[MS_ERROR_MSG_MAX];
 	snprintf(why, sizeof why, "%s",
 	         planned ? "session limit reached" : s->restart_why);
+	s->refused_last = 0;
 	if (!s->host[0] || (!planned && s->conn_done == 0 && s->restarts_left-- <= 0)) {
 		s->need_restart = 0;
 		fail_all(s, MS_ERR_CLOSED, why);
@@ -1630,7 +1651,7 @@ static ms_status turn(ms_smtp *s, until_fn until, int *done)
 			         "discards such commands",
 			         s->o.probe_ms, ex_name[e->kind]);
 			learn(s, pt && pt->bdat ? MS_QUIRK_BDAT_SERIAL : MS_QUIRK_NO_CROSS, why);
-			abandon(s, why);
+			abandon(s, why, 0);
 			*done = until == until_quit;
 			return MS_OK;
 		}

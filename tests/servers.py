@@ -513,3 +513,178 @@ class Dnsmasq(Daemon):
 
     def servers(self):
         return f"127.0.0.1:{self.port}"
+
+
+NPM = os.path.join(TESTMTA, "npm/node_modules")
+HARAKA = os.path.join(NPM, ".bin/haraka")
+
+HARAKA_PLUGIN = r"""
+// Accepts every recipient but reject@ (5xx) and later@ (4xx); keeps each
+// message as a file: sender, recipients, then the data with CRLF.
+const fs = require('fs');
+const path = require('path');
+let n = 0;
+const addr = a => (a.user ? a.user + '@' + a.host : '');
+exports.hook_rcpt = function (next, connection, params) {
+    const a = addr(params[0]);
+    if (a.startsWith('reject@')) return next(DENY, '5.1.1 no such user');
+    if (a.startsWith('later@')) return next(DENYSOFT, '4.2.0 try later');
+    next(OK);
+};
+exports.hook_queue = function (next, connection) {
+    const t = connection.transaction;
+    const name = path.join(process.env.RECORD_DIR,
+                           String(Date.now()).padStart(15, '0') + '-' + String(++n).padStart(8, '0'));
+    const ws = fs.createWriteStream(name + '.tmp');
+    ws.write(addr(t.mail_from) + '\n' + t.rcpt_to.map(addr).join(' ') + '\n');
+    t.message_stream.pipe(ws, { line_endings: '\r\n' });
+    ws.on('finish', () => { fs.renameSync(name + '.tmp', name); next(OK); });
+};
+"""
+
+
+class Recording(Daemon):
+    """A server whose accepted messages land as files in self.out:
+    messages() -> [(sender, [recipients], data)] in arrival order."""
+
+    def messages(self, expect=None, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            names = sorted(n for n in os.listdir(self.out) if not n.endswith(".tmp"))
+            if expect is None or len(names) >= expect or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        out = []
+        for n in names:
+            with open(os.path.join(self.out, n), "rb") as f:
+                sender, rcpts, data = f.read().split(b"\n", 2)
+            out.append((sender.decode(), rcpts.decode().split(), data))
+        return out
+
+
+class Haraka(Recording):
+    """Haraka 3.3.4 (npm) with one plugin of our own that records what it
+    accepts.  It offers PIPELINING but not CHUNKING, and answers commands
+    written behind a message's final dot with "503 ... pipelined after end
+    of DATA" (a deliberate anti-smuggling rule)."""
+
+    def __init__(self):
+        super().__init__("ms-haraka-")
+
+    def __enter__(self):
+        # Its own skeleton first (connection.ini and the rest it needs).
+        os.rmdir(self.dir)
+        subprocess.run([HARAKA, "-i", self.dir], check=True, capture_output=True)
+        self.out = os.path.join(self.dir, "out")
+        os.makedirs(self.out)
+        files = {"plugins/record.js": HARAKA_PLUGIN, "config/plugins": "record\n",
+                 "config/smtp.ini": f"[main]\nlisten=127.0.0.1:{self.port}\nnodes=0\n",
+                 "config/me": "haraka.test\n", "config/log.ini": "[main]\nlevel=warn\n",
+                 "package.json": '{"name": "haraka_test", "dependencies": {}}\n'}
+        for name, text in files.items():
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        env = dict(os.environ, RECORD_DIR=self.out)
+        return self.start([HARAKA, "-c", self.dir], env=env)
+
+
+class Chasquid(Recording):
+    """chasquid 1.11 (Debian) for the local domain example.test (users b@,
+    c@ ... as given), delivering through a script that keeps each message.
+    It offers PIPELINING but never reads commands written behind a final
+    dot."""
+
+    def __init__(self, users=("b", "c", "d")):
+        super().__init__("ms-chasquid-")
+        self.users = users
+
+    def __enter__(self):
+        etc = os.path.join(self.dir, "etc")
+        self.out = os.path.join(self.dir, "out")
+        os.makedirs(self.out)
+        cert = os.path.join(etc, "certs", "chasquid.test")
+        os.makedirs(cert)
+        os.makedirs(os.path.join(etc, "domains", "example.test"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        os.path.join(cert, "privkey.pem"), "-out",
+                        os.path.join(cert, "fullchain.pem"), "-days", "2", "-subj",
+                        "/CN=chasquid.test"], check=True, capture_output=True)
+        for u in self.users:
+            subprocess.run(["chasquid-util", f"--configdir={etc}", "user-add",
+                            f"{u}@example.test", "--password=secret123"], check=True,
+                           capture_output=True)
+        mda = os.path.join(self.dir, "mda")
+        with open(mda, "w") as f:
+            f.write("#!/bin/sh\n# sender, recipient, then the data (LF from chasquid)\n"
+                    f"f={self.out}/$(date +%s%N)-$$\n"
+                    "{ printf '%s\\n%s\\n' \"$1\" \"$2\"; cat; } > $f.tmp && mv $f.tmp $f\n")
+        os.chmod(mda, 0o755)
+        p = self.port
+        with open(os.path.join(etc, "chasquid.conf"), "w") as f:
+            f.write(f'hostname: "chasquid.test"\nsmtp_address: "127.0.0.1:{p}"\n'
+                    f'submission_address: "127.0.0.1:{free_port()}"\n'
+                    f'submission_over_tls_address: "127.0.0.1:{free_port()}"\n'
+                    f'data_dir: "{self.dir}/data"\nmail_delivery_agent_bin: "{mda}"\n'
+                    'mail_delivery_agent_args: "%from%"\nmail_delivery_agent_args: "%to%"\n'
+                    f'mail_log_path: "{self.dir}/mail.log"\n')
+        return self.start(["chasquid", "-config_dir", etc])
+
+
+DOVECOT_CONF = """\
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/log
+protocols = submission
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+hostname = dovecot.test
+mail_location = maildir:{d}/mail/%u
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={d}/home
+}}
+service submission-login {{
+  chroot =
+  inet_listener submission {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay_port}
+submission_relay_trusted = yes
+"""
+
+
+class DovecotSubmission(Daemon):
+    """Dovecot 2.3 submission service (dovecot-submissiond) relaying to
+    relay_port; any user, password `password`.  It offers CHUNKING and
+    PIPELINING whatever the backend offers."""
+
+    password = "secret"
+
+    def __init__(self, relay_port):
+        super().__init__("ms-dovecot-", mode=0o755)
+        self.relay_port = relay_port
+
+    def __enter__(self):
+        for sub in ("home", "mail"):
+            os.makedirs(os.path.join(self.dir, sub))
+            os.chmod(os.path.join(self.dir, sub), 0o777)
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(DOVECOT_CONF.format(d=self.dir, password=self.password, port=self.port,
+                                        relay_port=self.relay_port))
+        return self.start(["dovecot", "-F", "-c", self.conf])
+
+    def log(self):
+        with open(os.path.join(self.dir, "log"), errors="replace") as f:
+            return f.read()

@@ -31,11 +31,16 @@ typedef struct ms_client_stats {
 	uint64_t transactions; /* SMTP MAIL transactions; QMTP packages written */
 	uint64_t connections;
 	int pipelining;       /* SMTP PIPELINING in use; always 1 for QMTP */
+	uint64_t bdat;        /* SMTP transactions whose data went with BDAT */
+	uint64_t resent;      /* SMTP transactions sent again after a session problem */
+	const char *shape;    /* ms_smtp_shape; "qmtp" for QMTP */
 } ms_client_stats;
 
 typedef struct ms_client ms_client;
 
 void ms_client_opts_default(ms_client_opts *o);
+/* Turn off in `o` what the route's URL turns off (?chunking=no, ...). */
+void ms_client_route_smtp(const ms_route *r, ms_smtp_opts *o);
 ms_client *ms_client_new(const ms_route *r, const ms_client_opts *o, ms_error *err);
 void ms_client_free(ms_client *c);
 ms_status ms_client_connect(ms_client *c, ms_error *err);
@@ -55,5 +60,7 @@ int ms_client_reusable(const ms_client *c);
 /* SMTP only: the TLS session (NULL if plain) and the AUTH mechanism used. */
 const ms_tls_info *ms_client_tls(const ms_client *c);
 const char *ms_client_auth_mech(const ms_client *c);
+/* SMTP: MS_QUIRK_* known of the server now (0 for QMTP). */
+unsigned ms_client_quirks(const ms_client *c);
 
 #endif

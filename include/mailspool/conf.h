@@ -140,6 +140,14 @@ typedef struct ms_conf {
 	int64_t queue_scan_interval;       /* queue_scan_interval (60 s) */
 	int64_t connect_timeout;           /* connect_timeout (30 s) */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
+	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES B1-B6): */
+	int smtp_chunking;                 /* smtp_chunking (yes): BDAT when offered */
+	int smtp_cross_message;            /* smtp_cross_message (yes) */
+	int smtp_rset_first;               /* smtp_rset_first (yes) */
+	size_t smtp_bdat_messages;         /* smtp_bdat_messages (64) in flight */
+	uint64_t smtp_bdat_bytes;          /* smtp_bdat_bytes (8M) in flight */
+	size_t smtp_session_messages;      /* smtp_session_messages (1000) per connection */
+	size_t smtp_session_failures;      /* smtp_session_failures (8) per connection */
 	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
 	/* Privilege separation (SECURITY.md). */
 	char mail_owner[MS_CONF_USER_MAX + 1]; /* mail_owner (mailspool): owns the queue */

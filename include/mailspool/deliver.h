@@ -59,6 +59,7 @@ typedef struct ms_deliver_opts {
 	/* The daemon's agents (all optional): */
 	struct ms_pool *pool;           /* idle sessions reused, and parked after */
 	struct ms_dns_cache *dns_cache; /* MX answers kept for their TTL */
+	struct ms_quirks *quirks;       /* what servers cannot take (mailspool/quirks.h) */
 	size_t conn_messages;           /* messages per connection; 0: no cap */
 	ms_deliver_admit_fn admit;
 } ms_deliver_opts;

@@ -36,7 +36,16 @@ typedef struct ms_route {
 	ms_qmtp_encoding qmtp_encoding; /* AUTO unless the URL says */
 	int implicit_tls;          /* smtps:// */
 	char user[256];            /* AUTH user from the URL, "" if none */
+	unsigned smtp_off;         /* MS_ROUTE_NO_*: SMTP shapes the URL turns off */
 } ms_route;
+
+/* smtp://HOST?chunking=no&cross_message=no&pipelining=no&rset_first=no */
+enum {
+	MS_ROUTE_NO_CHUNKING = 1u << 0,
+	MS_ROUTE_NO_CROSS = 1u << 1,
+	MS_ROUTE_NO_PIPELINING = 1u << 2,
+	MS_ROUTE_NO_RSET_FIRST = 1u << 3,
+};
 
 /* Parse a route URL; MS_ERR_USAGE with a sentence naming the problem. */
 ms_status ms_route_parse(const char *url, ms_route *r, ms_error *err);
