@@ -113,6 +113,7 @@ struct ms_smtp {
 	int bdat;           /* CHUNKING and PIPELINING: messages go with BDAT */
 	int cross;          /* the next envelope may ride behind data */
 	unsigned quirks;    /* MS_QUIRK_*: known before, and learnt */
+	unsigned conn_learnt; /* learnt on this connection */
 	const char *shape;
 	size_t bdat_inflight;    /* BDAT messages whose last reply is outstanding */
 	uint64_t bdat_bytes;     /* their octets */
@@ -883,11 +884,15 @@ static void session_ready(ms_smtp *s)
 /* Remember what the server cannot take, for this session and later ones. */
 static void learn(ms_smtp *s, unsigned quirk, const char *why)
 {
-	if (quirk == MS_QUIRK_BDAT_SERIAL && (s->quirks & MS_QUIRK_BDAT_SERIAL))
-		quirk = MS_QUIRK_NO_BDAT; /* the second time: DATA */
+	/* The second time - a stream broke although an earlier connection
+	 * already went one message at a time - DATA. */
+	if (quirk == MS_QUIRK_BDAT_SERIAL && (s->quirks & MS_QUIRK_BDAT_SERIAL) &&
+	    !(s->conn_learnt & MS_QUIRK_BDAT_SERIAL))
+		quirk = MS_QUIRK_NO_BDAT;
 	if (s->quirks & quirk)
 		return;
 	s->quirks |= quirk;
+	s->conn_learnt |= quirk;
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "%s: %s from now on", why,
 	                   quirk == MS_QUIRK_NO_CROSS     ? "no commands behind message data"
 	                   : quirk == MS_QUIRK_NO_BDAT    ? "DATA instead of BDAT"
@@ -1534,7 +1539,10 @@ static void maybe_restart(ms_smtp *s)
 	if (s->broken || s->state != S_READY)
 		return;
 	int planned = !s->need_restart;
-	if (planned && !(s->ending && s->flen == 0 && !s->body && has_work(s)))
+	/* QUIT may already ride behind the last data when a refused
+	 * transaction hands its recipients back: that is an ending too. */
+	if (planned &&
+	    !((s->ending || s->quit_queued) && s->flen == 0 && !s->body && has_work(s)))
 		return;
 	if (!planned && !has_work(s)) {
 		/* Everything in flight is settled (outcome unknown): done here. */
@@ -1551,7 +1559,7 @@ static void maybe_restart(ms_smtp *s)
 		fail_all(s, MS_ERR_CLOSED, why);
 		return;
 	}
-	if (planned && s->have_io && send_line(s, "QUIT") == MS_OK)
+	if (planned && s->have_io && !s->quit_queued && send_line(s, "QUIT") == MS_OK)
 		ms_io_pump(&s->io, ms_now_ms() + 1000, NULL); /* R25: its reply changes nothing */
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "%s: a new connection for the rest", why);
 	reset_session(s);
@@ -1694,6 +1702,8 @@ static ms_status turn(ms_smtp *s, until_fn until, int *done)
 			*done = 1;
 			return MS_OK;
 		}
+		if (s->quit_queued && s->flen == 0 && s->host[0])
+			return MS_OK; /* closed after our QUIT: the rest on a new one */
 		if (ms_reply_reader_busy(&s->rr, &s->io.in))
 			snprintf(why, sizeof why,
 			         "connection closed by the server in the middle of a reply");
@@ -1860,6 +1870,7 @@ static void reset_session(ms_smtp *s)
 	s->bdat_bytes = s->bdat_replies = 0;
 	s->conn_txns = s->conn_failed = s->conn_done = 0;
 	s->ending = s->need_restart = 0;
+	s->conn_learnt = 0;
 	s->authenticated = 0;
 	ms_sasl_free(s->sasl);
 	s->sasl = NULL;

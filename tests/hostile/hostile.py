@@ -41,6 +41,17 @@ class Conn:
                 return b"".join(lines)
             lines.append(line)
 
+    def read_chunk(self, n):
+        """Read the n octets of a BDAT chunk."""
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("client closed inside a BDAT chunk")
+            self.received += chunk
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
     def accept_envelope(self, rcpts=1):
         """Read MAIL, RCPT x rcpts and DATA (one pipelined group) and accept
         them all: 250, 250..., 354."""
@@ -74,6 +85,9 @@ class Conn:
             elif cmd == b"DATA":
                 self.send("354 go\r\n")
                 self.read_data()
+                self.send(on_dot())
+            elif cmd == b"BDAT":
+                self.read_chunk(int(line.split()[1]))
                 self.send(on_dot())
             elif cmd == b"RSET":
                 self.send("250 2.0.0 ok\r\n")

@@ -1,6 +1,8 @@
 """Against Exim 4 (PIPELINING, CHUNKING offered; queue-only)."""
 import re
 
+import pytest
+
 from servers import LATER, REJECT, SIZE_LIMIT, Exim
 
 
@@ -17,14 +19,23 @@ def test_mixed_recipients(send, write_msg):
         assert len(ex.messages()) == 1
 
 
-def test_pipelined_batch(send, write_msg):
+@pytest.mark.parametrize("chunking", [True, False])
+def test_pipelined_batch(send, write_msg, chunking):
     n = 100
     files = [write_msg(f"Subject: {i}\r\nX-Seq: {i}\r\n\r\n.leading dot {i}\r\n") for i in range(n)]
     with Exim() as ex:
-        r = send(ex.url(), files, "-f", "a@sender.test", "--to", "ok@example.test", "-q")
+        r = send(ex.url(), files, "-f", "a@sender.test", "--to", "ok@example.test", "-q",
+                 *([] if chunking else ["--no-chunking"]))
         assert r.rc == 0, r.stdout
         assert r.summary["pipelining"] is True
-        assert r.summary["round_trips"] == n + 3
+        if chunking:
+            # BDAT streamed: no 354 to wait for, the window (64) fills.
+            assert r.summary["shape"] == "bdat-stream"
+            assert r.summary["round_trips"] <= 2 + 2 * (n // 64 + 1) + 1
+        else:
+            # DATA: greeting, EHLO, one wait per message, QUIT.
+            assert r.summary["shape"] == "data-cross"
+            assert r.summary["round_trips"] == n + 3
         data = ex.messages()
         assert len(data) == n
         bodies = sorted(int(re.search(rb"leading dot (\d+)", d).group(1)) for d in data)
