@@ -603,7 +603,9 @@ static const char *shape_of(const ms_smtp *s, const txn *t)
 	if (!s->pipelining)
 		return "lock-step";
 	if (t->bdat)
-		return s->cross && !(s->quirks & MS_QUIRK_BDAT_SERIAL) ? "bdat-stream" : "bdat";
+		return s->cross && !(s->quirks & MS_QUIRK_BDAT_SERIAL) && s->o.bdat_messages > 1
+		           ? "bdat-stream"
+		           : "bdat";
 	return s->cross ? "data-cross" : "data";
 }
 
@@ -737,6 +739,8 @@ static ms_status begin_body(ms_smtp *s, txn *t)
 	return MS_OK;
 }
 
+static int has_work(const ms_smtp *s);
+
 /* Queue everything that may be sent now. */
 static ms_status fill_output(ms_smtp *s)
 {
@@ -773,19 +777,20 @@ static ms_status fill_output(ms_smtp *s)
 			if (s->flen > 0)
 				break;
 		}
-		if (s->quit_queued || s->ending || s->need_restart)
+		if (s->quit_queued)
 			break;
 		/* B2: the BDAT window - messages and octets whose last reply
 		 * is outstanding; one message always goes, however large. */
 		size_t k = (s->quirks & MS_QUIRK_BDAT_SERIAL) || !s->cross ? 1 : s->o.bdat_messages;
-		if (s->bdat_inflight > 0 && (s->bdat_inflight >= k || s->bdat_bytes >= s->o.bdat_bytes))
-			break;
-		txn *t = next_txn(s);
+		int full = s->bdat_inflight > 0 &&
+		           (s->bdat_inflight >= k || s->bdat_bytes >= s->o.bdat_bytes);
+		txn *t = full || s->ending || s->need_restart ? NULL : next_txn(s);
 		if (s->fatal.status == MS_ERR_NOMEM)
 			return MS_ERR_NOMEM;
 		if (!t) {
 			/* Nothing left to start; only replies are awaited. */
-			if (s->closing && !s->quit_queued && (s->pipelining || s->flen == 0)) {
+			if (s->closing && !s->quit_queued && (s->pipelining || s->flen == 0) &&
+			    !has_work(s)) {
 				/* R25: QUIT rides behind the last dot. */
 				if ((st = send_line(s, "QUIT")) != MS_OK ||
 				    (st = push_expect(s, EX_QUIT, NULL, 0)) != MS_OK)

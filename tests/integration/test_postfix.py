@@ -50,7 +50,9 @@ def test_pipelined_batch_all_queued(send, write_msg):
         assert r.rc == 0, r.stdout[-1000:]
         assert r.summary["recipients_delivered"] == 2 * n
         assert r.summary["pipelining"] is True
-        assert r.summary["round_trips"] == n + 3
+        # BDAT streamed (Postfix offers CHUNKING): no 354 to wait for.
+        assert r.summary["shape"] == "bdat-stream"
+        assert r.summary["round_trips"] <= 2 + 2 * (n // 64 + 1) + 1
         q = pf.queue()
         assert len(q) == n
         assert all(sorted(x["address"] for x in m["recipients"]) ==

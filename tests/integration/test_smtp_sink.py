@@ -41,9 +41,10 @@ def test_one_write_carries_dot_and_next_envelope(send, write_msg, tmp_path):
                  "--transcript", str(tx))
         assert r.rc == 0
     text = tx.read_text()
-    # body summary, ".", MAIL, RCPT, DATA, and only then a write boundary
+    # body summary, ".", RSET (B1), MAIL, RCPT, DATA, and only then a
+    # write boundary
     assert re.search(r"C: \[message data: \d+ octets in \d+ lines, sha256 [0-9a-f]{64}\]\n"
-                     r".*C: \.\n.*C: MAIL FROM:<a@sender.test>\n.*C: RCPT TO:<b@example.test>\n"
+                     r".*C: \.\n.*C: RSET\n.*C: MAIL FROM:<a@sender.test>\n.*C: RCPT TO:<b@example.test>\n"
                      r".*C: DATA\n.*--- write #\d+", text)
 
 
