@@ -149,6 +149,7 @@ demo: deps all $(BENCH_BIN)
 
 bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/bdat_bench.py
 	$(PYTHON) bench/spool_bench.py
 	$(PYTHON) bench/tls_bench.py
 	$(PYTHON) bench/daemon_bench.py

@@ -60,9 +60,9 @@ typedef struct txn {
 	size_t accepted;   /* RCPTs accepted */
 	int dot_only;      /* 354 without an accepted recipient: send "." alone (R22) */
 	int bdat;          /* the data goes as one "BDAT n LAST" chunk (RFC 3030) */
-	int rode;          /* written behind another message's data before its reply (B1) */
+	int rode;          /* written behind another message's data before its reply (P1) */
 	int rset_refused;  /* the RSET in front of it got 5xx */
-	int voided;        /* refused as a session problem: its recipients go again (B3) */
+	int voided;        /* refused as a session problem: its recipients go again (P3) */
 	uint64_t chunk;    /* BDAT: the octets declared */
 	uint64_t emitted;  /* data octets queued: what the summary counts and hashes */
 	txn_phase phase;
@@ -78,7 +78,7 @@ typedef struct expect {
 	size_t ri;         /* index into t->idx for EX_RCPT */
 	int64_t queued_ms;
 	uint64_t end_off;  /* output offset just past this command */
-	int probe;         /* the first reply of a txn that rode: a short deadline (B4) */
+	int probe;         /* the first reply of a txn that rode: a short deadline (P4) */
 } expect;
 
 typedef enum sess_state { S_NEW, S_GREETING, S_EHLO, S_STARTTLS, S_AUTH, S_READY,
@@ -109,7 +109,7 @@ struct ms_smtp {
 	int wrote;          /* bytes went out since the last round trip was counted */
 	int settled;        /* a transaction ended: some message may be final */
 	int64_t last_reply_ms;
-	/* Shapes (B-rules): decided after EHLO from the caps and the quirks. */
+	/* Shapes (P-rules): decided after EHLO from the caps and the quirks. */
 	int bdat;           /* CHUNKING and PIPELINING: messages go with BDAT */
 	int cross;          /* the next envelope may ride behind data */
 	unsigned quirks;    /* MS_QUIRK_*: known before, and learnt */
@@ -118,11 +118,11 @@ struct ms_smtp {
 	size_t bdat_inflight;    /* BDAT messages whose last reply is outstanding */
 	uint64_t bdat_bytes;     /* their octets */
 	uint64_t bdat_replies;   /* BDAT replies on this connection */
-	/* This connection's counts, for the session limits (B6). */
+	/* This connection's counts, for the session limits (P6). */
 	size_t conn_txns, conn_failed, conn_done;
 	int ending;         /* start nothing more here: the rest goes on a new connection */
 	int need_restart;   /* the connection was abandoned (abandon): reconnect */
-	int refused_last;   /* the last reply refused a command behind data (B3) */
+	int refused_last;   /* the last reply refused a command behind data (P3) */
 	char restart_why[MS_ERROR_MSG_MAX];
 	int restarts_left;
 	char host[256], port[32]; /* set by ms_smtp_connect: the engine may reconnect */
@@ -298,7 +298,7 @@ static void txn_end(ms_smtp *s, txn *t)
 		r->busy = 0;
 		delivered += r->state == MS_RCPT_DELIVERED;
 		if (t->voided && !(is_final(r->state) && !r->retry)) {
-			/* B3: the server refused the transaction as a session
+			/* P3: the server refused the transaction as a session
 			 * problem (or the session was given up before it could
 			 * matter): not an answer about this recipient. */
 			r->retry = 0;
@@ -320,7 +320,7 @@ static void txn_end(ms_smtp *s, txn *t)
 	} else if (delivered) {
 		s->conn_done++;
 	} else if (++s->conn_failed >= s->o.session_failures && !s->ending) {
-		/* B6: servers count failed transactions per connection (Exim's
+		/* P6: servers count failed transactions per connection (Exim's
 		 * non-mail limit, Postfix's error tarpit); a fresh connection
 		 * resets them, before they refuse good mail. */
 		s->ending = 1;
@@ -403,7 +403,7 @@ static void fail_with(ms_smtp *s, ms_status status, const char *reason, int code
 }
 
 /*
- * B5: give up this connection but not its messages.  What may have reached
+ * P5: give up this connection but not its messages.  What may have reached
  * the server whole (data ended: the dot, or a complete BDAT chunk) is
  * "outcome unknown" as in fail_with; every other recipient without a
  * server's final answer goes back to pending, for a new connection that
@@ -520,7 +520,7 @@ static txn *next_txn(ms_smtp *s)
 			i = (size_t)-1; /* the list may have shifted: start over */
 			continue;
 		}
-		/* B3: refused once behind another message's data: this one goes
+		/* P3: refused once behind another message's data: this one goes
 		 * when nothing else is outstanding. */
 		if (m->solo && s->flen > 0)
 			return NULL;
@@ -585,7 +585,7 @@ static ms_status send_data(ms_smtp *s, txn *t)
 	return push_expect(s, EX_DATA, t, 0);
 }
 
-/* Does this message go with BDAT on this session (B2)? */
+/* Does this message go with BDAT on this session (P2)? */
 static int use_bdat(const ms_smtp *s, const ms_message *m)
 {
 	if (!s->bdat)
@@ -624,13 +624,13 @@ static ms_status start_txn(ms_smtp *s, txn *t)
 	}
 	s->conn_txns++;
 	if (s->conn_txns == s->o.session_messages && !s->ending) {
-		/* B6: servers cap messages per connection (Exim: 1,000). */
+		/* P6: servers cap messages per connection (Exim: 1,000). */
 		s->ending = 1;
 		ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
 		                   "%zu transactions on this connection: the rest goes on a new one",
 		                   s->conn_txns);
 	}
-	/* R23 after a failed transaction; B1 whenever the previous
+	/* R23 after a failed transaction; P1 whenever the previous
 	 * transaction's end is not known yet (this MAIL rides behind its
 	 * data): a server must never see MAIL inside an open transaction. */
 	int rset = s->need_rset || (s->o.rset_first && t->rode);
@@ -655,7 +655,7 @@ static ms_status start_txn(ms_smtp *s, txn *t)
 		return st;
 	if (!t->bdat)
 		return send_data(s, t);
-	/* B2: no 354 to wait for; the chunk follows its command at once. */
+	/* P2: no 354 to wait for; the chunk follows its command at once. */
 	char line[64];
 	snprintf(line, sizeof line, "BDAT %llu LAST", (unsigned long long)t->chunk);
 	if ((st = send_line(s, line)) != MS_OK)
@@ -686,7 +686,7 @@ static ms_status produce_body(ms_smtp *s, txn *t)
 		/* The data proper: without the DATA terminator. */
 		size_t data = n > 0 || t->bdat ? w : w - 3;
 		if (t->bdat && (t->emitted + data > t->chunk || (n == 0 && t->emitted + data != t->chunk))) {
-			/* B2: the file changed since it was measured.  Not one octet
+			/* P2: the file changed since it was measured.  Not one octet
 			 * beyond the declared chunk may go out (the server would read
 			 * it as commands), and a short chunk never ends: abort. */
 			fail_all(s, MS_ERR_IO, "message data changed size while being sent with BDAT");
@@ -779,7 +779,7 @@ static ms_status fill_output(ms_smtp *s)
 		}
 		if (s->quit_queued)
 			break;
-		/* B2: the BDAT window - messages and octets whose last reply
+		/* P2: the BDAT window - messages and octets whose last reply
 		 * is outstanding; one message always goes, however large. */
 		size_t k = (s->quirks & MS_QUIRK_BDAT_SERIAL) || !s->cross ? 1 : s->o.bdat_messages;
 		int full = s->bdat_inflight > 0 &&
@@ -870,7 +870,7 @@ static void session_ready(ms_smtp *s)
 		                          ? "PIPELINING disabled by configuration: lock-step"
 		                          : "server does not offer PIPELINING: lock-step");
 	s->cross = s->pipelining && s->o.cross_message && !(s->quirks & MS_QUIRK_NO_CROSS);
-	/* B2: BDAT needs both: without PIPELINING every BDAT would wait for
+	/* P2: BDAT needs both: without PIPELINING every BDAT would wait for
 	 * its reply, which is DATA's round trip without DATA's safety. */
 	s->bdat = s->pipelining && (s->caps.flags & MS_CAP_CHUNKING) &&
 	          s->o.chunking == MS_CHUNKING_AUTO && !(s->quirks & MS_QUIRK_NO_BDAT);
@@ -1251,9 +1251,9 @@ static void on_mail(ms_smtp *s, txn *t, const ms_reply *r)
 	}
 	if ((t->rode && (ms_reply_class(r->code) == 5 || t->rset_refused)) ||
 	    session_cap_reply(s, r)) {
-		/* B3: MAIL written behind data refused: the server may have
+		/* P3: MAIL written behind data refused: the server may have
 		 * refused it for riding (Haraka's "503 ... pipelined after end of
-		 * DATA"), not for the sender.  B6: or the server caps messages
+		 * DATA"), not for the sender.  P6: or the server caps messages
 		 * per session.  Either way the message is not answered: it goes
 		 * again - alone, or on a new connection. */
 		t->mail_ok = 0;
@@ -1315,7 +1315,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 					if (!is_final(rc->state) || rc->retry) {
 						rc->retry = 0;
 						/* A reply to BDAT before its octets were sent
-						 * answers nothing we said (B2): not trusted. */
+						 * answers nothing we said (P2): not trusted. */
 						rcpt_set(rc, bt && bt->bdat ? MS_RCPT_DEFERRED : state_for(r->code),
 						         bt ? MS_STAGE_DOT : MS_STAGE_SESSION, r->code, r->enh, r->text);
 					}
@@ -1344,7 +1344,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 
 	if (r->code == 421 && kind != EX_QUIT && (s->conn_done > 0 || s->conn_failed > 0) &&
 	    s->host[0] && (kind != EX_DOT && kind != EX_BDAT)) {
-		/* B6: a server that ends a session after taking mail (Exim after
+		/* P6: a server that ends a session after taking mail (Exim after
 		 * 1,000 messages) limits the connection, not the messages: the
 		 * rest goes on a new one. */
 		snprintf(why, sizeof why, "server closing after %zu message(s): %d %.400s",
@@ -1418,7 +1418,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		break;
 	case EX_RSET:
 		if (cls != 2 && t && t->rode) {
-			/* B3: the RSET rode behind data and was refused: the server
+			/* P3: the RSET rode behind data and was refused: the server
 			 * does not take commands there.  What follows is read and
 			 * counted; the message goes again. */
 			t->rset_refused = 1;
@@ -1475,7 +1475,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 /* ---- the loop ---------------------------------------------------------- */
 
 /*
- * The connection broke (closed, reset) with transactions in flight.  B5:
+ * The connection broke (closed, reset) with transactions in flight.  P5:
  * a BDAT stream that broke before its first BDAT reply may be a server
  * that cannot take BDAT pipelined - the next connection goes one message
  * at a time, and after that with DATA; a connection that already
@@ -1533,7 +1533,7 @@ static void reset_session(ms_smtp *s);
 static ms_status connect_once(ms_smtp *s, const char *host, const char *port, ms_error *err);
 
 /*
- * B5/B6: a new connection for what the last one could not carry - after a
+ * P5/P6: a new connection for what the last one could not carry - after a
  * session limit (ending: the old one is QUIT politely once idle) or an
  * abandoned connection.  A connection that delivered nothing may be
  * replaced only `restarts` times; one that delivered may always be, so the
@@ -1655,7 +1655,7 @@ static ms_status turn(ms_smtp *s, until_fn until, int *done)
 			return MS_OK; /* R25: the QUIT reply changes nothing */
 		}
 		if (e && e->probe) {
-			/* B4: every earlier reply is in, this command was written
+			/* P4: every earlier reply is in, this command was written
 			 * behind data long ago, and the server says nothing: it
 			 * dropped what followed the data (chasquid). */
 			txn *pt = e->t;
@@ -1898,7 +1898,7 @@ static ms_status connect_once(ms_smtp *s, const char *host, const char *port, ms
 ms_status ms_smtp_connect(ms_smtp *s, const char *host, const char *port, ms_error *err)
 {
 	snprintf(s->peer, sizeof s->peer, "%s", host);
-	/* Kept so that the engine can open the next connection itself (B6). */
+	/* Kept so that the engine can open the next connection itself (P6). */
 	if (snprintf(s->host, sizeof s->host, "%s", host) >= (int)sizeof s->host ||
 	    snprintf(s->port, sizeof s->port, "%s", port) >= (int)sizeof s->port)
 		s->host[0] = '\0';

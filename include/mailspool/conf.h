@@ -140,7 +140,7 @@ typedef struct ms_conf {
 	int64_t queue_scan_interval;       /* queue_scan_interval (60 s) */
 	int64_t connect_timeout;           /* connect_timeout (30 s) */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
-	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES B1-B6): */
+	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES P1-P6): */
 	int smtp_chunking;                 /* smtp_chunking (yes): BDAT when offered */
 	int smtp_cross_message;            /* smtp_cross_message (yes) */
 	int smtp_rset_first;               /* smtp_rset_first (yes) */

@@ -1,6 +1,6 @@
 /*
  * mailspool/quirks.h - what servers have shown they cannot take, remembered
- * for a while (PROTOCOL-RULES B3-B5).
+ * for a while (PROTOCOL-RULES P3-P5).
  *
  * A session that finds a server refusing or losing commands written behind
  * message data, or a BDAT stream that breaks, learns an MS_QUIRK_* flag

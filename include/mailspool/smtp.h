@@ -30,7 +30,7 @@
  * what is unanswered (bdat_messages messages, bdat_bytes octets), so a
  * broken connection leaves at most that many messages "outcome unknown".
  *
- * Safety of pipelining across messages (B-rules in PROTOCOL-RULES.md):
+ * Safety of pipelining across messages (P-rules in PROTOCOL-RULES.md):
  * every MAIL after the first is preceded by RSET (rset_first), so no
  * message can inherit a previous sender or crash a server that expects
  * one; a command written behind a message's data that the server refuses

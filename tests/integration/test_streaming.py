@@ -1,4 +1,4 @@
-"""SMTP shapes against real servers (PROTOCOL-RULES B1-B6): BDAT streamed
+"""SMTP shapes against real servers (PROTOCOL-RULES P1-P6): BDAT streamed
 across messages (Postfix, Exim, Dovecot submission), RSET in front of every
 MAIL that rides behind data (Dovecot), servers that refuse (Haraka) or lose
 (chasquid) commands written behind a final dot, and servers that limit a

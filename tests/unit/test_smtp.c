@@ -105,7 +105,7 @@ static void test_pipelined_stream(void **state)
 	(void)state;
 	const char *steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, OK, OK, OK, GO, OK, OK, OK, OK, GO,
 	                        OK, BYE, NULL };
-	/* B1: every MAIL written behind a previous message's data has RSET
+	/* P1: every MAIL written behind a previous message's data has RSET
 	 * in front of it. */
 	const char *want = "EHLO client.test\r\n"
 	                   "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
@@ -500,9 +500,9 @@ static void test_unreadable_message(void **state)
 
 #define EHLO_CHUNK "250-scripted\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n"
 
-/* B2: with CHUNKING and PIPELINING every message is MAIL SIZE=, RCPT and
+/* P2: with CHUNKING and PIPELINING every message is MAIL SIZE=, RCPT and
  * "BDAT n LAST" with exactly n octets, CRLF-normalised and not
- * dot-stuffed; the next message follows without waiting (B1: RSET first). */
+ * dot-stuffed; the next message follows without waiting (P1: RSET first). */
 static void test_bdat_stream(void **state)
 {
 	(void)state;
@@ -559,7 +559,7 @@ static void test_bdat_refusals(void **state)
 	}
 }
 
-/* B2 window: with bdat_messages 1 each message waits for the previous
+/* P2 window: with bdat_messages 1 each message waits for the previous
  * one's BDAT reply - one round trip per message, the same bytes. */
 static void test_bdat_window_one(void **state)
 {
@@ -581,7 +581,7 @@ static void test_bdat_window_one(void **state)
 	free(r.wire);
 }
 
-/* B2: CHUNKING without PIPELINING, or turned off: DATA. */
+/* P2: CHUNKING without PIPELINING, or turned off: DATA. */
 static void test_bdat_fallbacks(void **state)
 {
 	(void)state;
@@ -606,7 +606,7 @@ static void test_bdat_fallbacks(void **state)
 	free(r.wire);
 }
 
-/* B2: the file grew between the scan and the send: not one octet beyond
+/* P2: the file grew between the scan and the send: not one octet beyond
  * the declared chunk goes out; the session ends, the message waits. */
 static void test_bdat_data_changed(void **state)
 {
@@ -634,7 +634,7 @@ static void test_bdat_data_changed(void **state)
 	free(r.wire);
 }
 
-/* B3: a server that refuses commands written behind data (Haraka's "503
+/* P3: a server that refuses commands written behind data (Haraka's "503
  * pipelined after end of DATA"): the message is sent again, alone, and
  * delivered - never failed; later messages do not ride either. */
 static void test_rode_refused(void **state)
@@ -665,7 +665,7 @@ static void test_rode_refused(void **state)
 	}
 }
 
-/* B3: a genuine refusal of a MAIL that rode (550, not 503): the message
+/* P3: a genuine refusal of a MAIL that rode (550, not 503): the message
  * goes again alone and then gets its answer; the server is not marked. */
 static void test_rode_mail_550(void **state)
 {

@@ -1,4 +1,4 @@
-"""B2-B5: servers that misbehave around BDAT (RFC 3030) in ways no real
+"""P2-P5: servers that misbehave around BDAT (RFC 3030) in ways no real
 server shows on demand.  Nothing is lost, nothing is failed for the
 server's fault, and a stream that breaks falls back (one message in
 flight, then DATA) on a new connection."""
@@ -41,7 +41,7 @@ def test_a_connection_dropped_mid_stream_leaves_at_most_the_window_unknown(send,
     # First connection: read the stream, say nothing, hang up.  Second:
     # a proper server.  The messages whose data went out are "outcome
     # unknown" (at most the window); the rest go on the new connection,
-    # one BDAT message in flight (B5).
+    # one BDAT message in flight (P5).
     state = {"n": 0}
 
     def script(c):
