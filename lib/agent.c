@@ -29,6 +29,7 @@
 #include "mailspool/deliver.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/message.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/pool.h"
 #include "mailspool/quirks.h"
 
@@ -61,11 +62,20 @@ ms_status ms_agent_work_message(ms_buf *b, size_t item, const ms_envelope *e, co
 	if (st == MS_OK)
 		st = put_field(b, dest);
 	if (st == MS_OK)
+		st = ms_buf_printf(b, " %d ", e->dsn_ret);
+	if (st == MS_OK)
+		st = put_field(b, e->dsn_envid ? e->dsn_envid : "");
+	if (st == MS_OK)
 		st = ms_buf_append(b, "\n", 1);
 	for (size_t i = 0; i < n && st == MS_OK; i++) {
+		const ms_env_rcpt *r = &e->rcpts[idx[i]];
 		st = ms_buf_printf(b, "T %zu ", idx[i]);
 		if (st == MS_OK)
-			st = put_field(b, e->rcpts[idx[i]].addr);
+			st = put_field(b, r->addr);
+		if (st == MS_OK)
+			st = ms_buf_printf(b, " %u ", r->notify);
+		if (st == MS_OK)
+			st = put_field(b, r->orcpt ? r->orcpt : "");
 		if (st == MS_OK)
 			st = ms_buf_append(b, "\n", 1);
 	}
@@ -121,12 +131,13 @@ void ms_agent_parse_result(const char *line, ms_agent_result *out)
 	}
 	case 'R': {
 		ms_sched_result *r = &out->r;
-		int state, used = 0;
+		int state, dsn, used = 0;
 		char enh[32];
-		if (sscanf(p, " %zu %zu %d %d %31s %n", &out->item, &r->rcpt, &state, &r->code, enh,
-		           &used) < 5 ||
-		    !used || state < 0 || state > MS_RCPT_FAILED)
+		if (sscanf(p, " %zu %zu %d %d %d %31s %n", &out->item, &r->rcpt, &state, &r->code, &dsn,
+		           enh, &used) < 6 ||
+		    !used || state < 0 || state > MS_RCPT_FAILED || (dsn != 0 && dsn != 1))
 			return;
+		r->dsn_passed = dsn;
 		const char *q = p + used, *end;
 		char *relay = field(q, &end, MS_RELAY_DESC_MAX - 1);
 		char *text = relay && *end == ' ' ? field(end + 1, NULL, MS_ENV_TEXT_MAX - 1) : NULL;
@@ -287,8 +298,8 @@ static void report(unit *u, work_msg *w, const ms_message *m, const char *relay)
 	ms_buf_init(&line, 0);
 	for (size_t i = 0; i < m->nrcpts; i++) {
 		ms_buf_reset(&line);
-		if (ms_buf_printf(&line, "R %llu %zu %zu %d %d %s ", (unsigned long long)u->id, w->item,
-		                  r[i].rcpt, (int)r[i].state, r[i].code,
+		if (ms_buf_printf(&line, "R %llu %zu %zu %d %d %d %s ", (unsigned long long)u->id,
+		                  w->item, r[i].rcpt, (int)r[i].state, r[i].code, r[i].dsn_passed,
 		                  r[i].enh[0] ? r[i].enh : "-") == MS_OK &&
 		    put_field(&line, r[i].relay) == MS_OK && ms_buf_append(&line, " ", 1) == MS_OK &&
 		    put_field(&line, r[i].text) == MS_OK && ms_buf_append(&line, "\n", 1) == MS_OK)
@@ -562,16 +573,25 @@ static ms_status work_line(agent *a, reader *rd, char *l, ms_error *err)
 		if (sscanf(l, "M %zu %33s %llu %n", &w->item, id, &size, &off) < 3 || !off ||
 		    !ms_env_id_ok(id))
 			return bad_work(err, "M");
-		const char *end, *end2;
+		const char *end, *end2, *end3;
 		char *sender = field(l + off, &end, MS_ENV_TEXT_MAX);
-		int used = 0;
+		int used = 0, used2 = 0, ret = 0;
 		size_t want = 0;
+		char *envid = NULL;
 		if (!sender || sscanf(end, " %zu %n", &want, &used) != 1 || !used || want == 0 ||
 		    want > MS_ENV_MAX_RCPTS || !(w->dest = field(end + used, &end2, MS_DEST_MAX - 1)) ||
-		    *end2) {
+		    sscanf(end2, " %d %n", &ret, &used2) != 1 || !used2 || ret < 0 ||
+		    ret > MS_DSN_RET_HDRS || !(envid = field(end2 + used2, &end3, MS_DSN_ENVID_MAX)) ||
+		    *end3 || (*envid && ms_dsn_envid_check(envid, NULL) != MS_OK)) {
 			free(sender);
+			free(envid);
 			return bad_work(err, "M");
 		}
+		w->env.dsn_ret = ret;
+		if (*envid)
+			w->env.dsn_envid = envid;
+		else
+			free(envid);
 		snprintf(w->env.id, sizeof w->env.id, "%.32s", id);
 		w->env.size = size;
 		ms_status st = ms_env_set_sender(&w->env, sender, err);
@@ -587,12 +607,29 @@ static ms_status work_line(agent *a, reader *rd, char *l, ms_error *err)
 		int off = 0;
 		if (sscanf(l, "T %zu %n", &ri, &off) < 1 || !off)
 			return bad_work(err, "T");
-		char *addr = field(l + off, NULL, 1024);
-		if (!addr)
+		const char *end, *end2;
+		char *addr = field(l + off, &end, 1024), *orcpt = NULL;
+		unsigned notify = 0;
+		int used = 0;
+		if (!addr || sscanf(end, " %u %n", &notify, &used) != 1 || !used ||
+		    !ms_dsn_notify_ok(notify) || !(orcpt = field(end + used, &end2, 1024)) || *end2 ||
+		    (*orcpt && ms_dsn_orcpt_check(orcpt, NULL) != MS_OK)) {
+			free(addr);
+			free(orcpt);
 			return bad_work(err, "T");
+		}
 		w->idx[w->env.nrcpts] = ri;
 		ms_status st = ms_env_add_rcpt(&w->env, addr, 0, err);
 		free(addr);
+		if (st == MS_OK) {
+			ms_env_rcpt *r = &w->env.rcpts[w->env.nrcpts - 1];
+			r->notify = notify;
+			if (*orcpt) {
+				r->orcpt = orcpt;
+				orcpt = NULL;
+			}
+		}
+		free(orcpt);
 		if (st != MS_OK)
 			return st;
 		rd->want--;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
 #include "mailspool/netstring.h"
@@ -152,10 +153,26 @@ ms_status ms_drop_commit(ms_drop *d, const ms_envelope *in, ms_submit_result *re
 	char wire[MS_ADDR_MAX + 1];
 	if (st == MS_OK && (st = canonical(in->sender, MS_ADDR_SENDER, wire, err)) == MS_OK)
 		st = ms_env_set_sender(&env, wire, err);
+	/* The DSN request (RFC 3461) is the submitter's too, checked again. */
+	if (st == MS_OK && (in->dsn_ret < 0 || in->dsn_ret > MS_DSN_RET_HDRS))
+		st = ms_error_set(err, MS_ERR_USAGE, "bad DSN RET");
+	if (st == MS_OK && in->dsn_envid && (st = ms_dsn_envid_check(in->dsn_envid, err)) == MS_OK &&
+	    !(env.dsn_envid = strdup(in->dsn_envid)))
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	env.dsn_ret = in->dsn_ret;
 	for (size_t i = 0; i < in->nrcpts && st == MS_OK; i++) {
-		if ((st = canonical(in->rcpts[i].addr, MS_ADDR_RECIPIENT, wire, err)) != MS_OK)
+		const ms_env_rcpt *ir = &in->rcpts[i];
+		if ((st = canonical(ir->addr, MS_ADDR_RECIPIENT, wire, err)) != MS_OK)
 			break;
-		st = ms_env_add_rcpt(&env, wire, now + d->conf->retry_tiers[0], err);
+		if ((st = ms_env_add_rcpt(&env, wire, now + d->conf->retry_tiers[0], err)) != MS_OK)
+			break;
+		ms_env_rcpt *r = &env.rcpts[env.nrcpts - 1];
+		if (!ms_dsn_notify_ok(ir->notify))
+			st = ms_error_set(err, MS_ERR_USAGE, "bad DSN NOTIFY");
+		else if (ir->orcpt && (st = ms_dsn_orcpt_check(ir->orcpt, err)) == MS_OK &&
+		         !(r->orcpt = strdup(ir->orcpt)))
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		r->notify = ir->notify;
 	}
 	if (st == MS_OK)
 		st = ms_spool_space_ok(d->sp, d->size, err);

@@ -28,16 +28,40 @@ static void clean(const char *in, char *out, size_t n)
 	out[k] = '\0';
 }
 
+/* May the whole message go into the report as is: 7-bit, CRLF lines of at
+ * most 998 octets, ending in CRLF, within MS_DSN_FULL_MAX? */
+static int full_ok(const char *p, size_t n)
+{
+	if (n > MS_DSN_FULL_MAX || n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n')
+		return 0;
+	size_t col = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if (c > 0x7e || c == 0)
+			return 0;
+		if (c == '\n') {
+			if (i == 0 || p[i - 1] != '\r')
+				return 0;
+			col = 0;
+		} else if (++col > 999) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
 ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 {
 	char date[64], boundary[128], line[DIAG_MAX + 1];
 	ms_hdr_date(d->now, date, sizeof date);
 	snprintf(boundary, sizeof boundary, "%s/%lld/%s", d->queue_id, (long long)d->now,
 	         d->reporting_mta);
+	/* RET=FULL only when the whole message keeps the report's invariants. */
+	int full = d->full && full_ok(d->full, d->full_len);
 	ms_status st = ms_buf_printf(out,
 	                             "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
 	                             "To: <%s>\r\n"
-	                             "Subject: Undelivered Mail Returned to Sender\r\n"
+	                             "Subject: %s\r\n"
 	                             "Auto-Submitted: auto-replied\r\n"
 	                             "MIME-Version: 1.0\r\n"
 	                             "Content-Type: multipart/report; report-type=delivery-status;\r\n"
@@ -51,10 +75,20 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 	                             "\r\n"
 	                             "This is the mail system at host %s.\r\n"
 	                             "\r\n"
-	                             "I'm sorry to have to inform you that your message could not\r\n"
-	                             "be delivered to one or more recipients. It's attached below.\r\n"
+	                             "%s\r\n"
 	                             "\r\n",
-	                             d->reporting_mta, d->sender, boundary, boundary, d->reporting_mta);
+	                             d->reporting_mta, d->sender,
+	                             d->success ? "Successful Mail Delivery Report"
+	                                        : "Undelivered Mail Returned to Sender",
+	                             boundary, boundary, d->reporting_mta,
+	                             d->success
+	                                 ? "Your message was delivered to the servers of the recipients\r\n"
+	                                   "below, which do not report delivery themselves."
+	                                 : "I'm sorry to have to inform you that your message could not\r\n"
+	                                   "be delivered to one or more recipients. It's attached below.");
+	if (st == MS_OK && d->full && !full)
+		st = ms_buf_appendstr(out, "The whole message was asked for, but it is too large or not "
+		                           "7-bit: its\r\nheaders are returned.\r\n\r\n");
 	for (size_t i = 0; st == MS_OK && i < d->nrcpts; i++) {
 		const ms_dsn_rcpt *r = &d->rcpts[i];
 		clean(r->text, line, sizeof line);
@@ -78,14 +112,29 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 		                   "X-Mailspool-Queue-ID: %s\r\n"
 		                   "Arrival-Date: %s\r\n",
 		                   boundary, d->reporting_mta, d->queue_id, arrival);
+		if (st == MS_OK && d->envid) {
+			clean(d->envid, line, 101);
+			st = ms_buf_printf(out, "Original-Envelope-Id: %s\r\n", line);
+		}
 	}
 	for (size_t i = 0; st == MS_OK && i < d->nrcpts; i++) {
 		const ms_dsn_rcpt *r = &d->rcpts[i];
 		char status[16], last[64];
-		ms_dsn_status(r->code, r->enh, 1, status, sizeof status);
+		if (d->success)
+			snprintf(status, sizeof status, "2.0.0");
+		else
+			ms_dsn_status(r->code, r->enh, 1, status, sizeof status);
 		ms_hdr_date(r->last_attempt ? r->last_attempt : d->now, last, sizeof last);
-		st = ms_buf_printf(out, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n",
-		                   r->addr, status);
+		st = ms_buf_appendstr(out, "\r\n");
+		const char *semi = r->orcpt ? strchr(r->orcpt, ';') : NULL;
+		if (st == MS_OK && semi) {
+			clean(semi + 1, line, 600);
+			st = ms_buf_printf(out, "Original-Recipient: %.*s; %s\r\n",
+			                   (int)(semi - r->orcpt < 32 ? semi - r->orcpt : 32), r->orcpt, line);
+		}
+		if (st == MS_OK)
+			st = ms_buf_printf(out, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n",
+			                   r->addr, d->success ? "relayed" : "failed", status);
 		if (st == MS_OK && r->remote_mta && *r->remote_mta)
 			st = ms_buf_printf(out, "Remote-MTA: dns; %s\r\n", r->remote_mta);
 		clean(r->text, line, sizeof line);
@@ -96,13 +145,26 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 		if (st == MS_OK)
 			st = ms_buf_printf(out, "Last-Attempt-Date: %s\r\n", last);
 	}
+	if (st == MS_OK && full) {
+		st = ms_buf_printf(out,
+		                   "\r\n--%s\r\n"
+		                   "Content-Description: %s Message\r\n"
+		                   "Content-Type: message/rfc822\r\n"
+		                   "\r\n",
+		                   boundary, d->success ? "Delivered" : "Undelivered");
+		if (st == MS_OK)
+			st = ms_buf_append(out, d->full, d->full_len);
+		if (st == MS_OK)
+			st = ms_buf_printf(out, "\r\n--%s--\r\n", boundary);
+		return st == MS_OK ? MS_OK : ms_error_set(err, MS_ERR_NOMEM, "bounce too large");
+	}
 	if (st == MS_OK)
 		st = ms_buf_printf(out,
 		                   "\r\n--%s\r\n"
-		                   "Content-Description: Undelivered Message Headers\r\n"
+		                   "Content-Description: %s Message Headers\r\n"
 		                   "Content-Type: text/rfc822-headers\r\n"
 		                   "\r\n",
-		                   boundary);
+		                   boundary, d->success ? "Delivered" : "Undelivered");
 	/* The original header, 7-bit (B4), at most MS_DSN_HEADERS_MAX. */
 	size_t hl = d->headers ? d->headers_len : 0;
 	if (hl > MS_DSN_HEADERS_MAX)

@@ -23,12 +23,14 @@ void ms_env_free(ms_envelope *e)
 	for (size_t i = 0; i < e->nrcpts; i++) {
 		free(e->rcpts[i].addr);
 		free(e->rcpts[i].text);
+		free(e->rcpts[i].orcpt);
 		for (size_t k = 0; k < e->rcpts[i].nhist; k++)
 			free(e->rcpts[i].hist[k].text);
 		free(e->rcpts[i].hist);
 	}
 	free(e->rcpts);
 	free(e->sender);
+	free(e->dsn_envid);
 	ms_env_init(e);
 }
 
@@ -214,6 +216,15 @@ ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err)
 		st = ms_buf_printf(out, "\nZ %llu\nF %u\n", (unsigned long long)e->size,
 		                   (unsigned)e->flags);
 	records = 6;
+	if (st == MS_OK && (e->dsn_ret || e->dsn_envid)) {
+		st = ms_buf_printf(out, "D %d ", e->dsn_ret);
+		if (st == MS_OK)
+			st = put_str(out, e->dsn_envid ? e->dsn_envid : "",
+			             e->dsn_envid ? strlen(e->dsn_envid) : 0);
+		if (st == MS_OK)
+			st = ms_buf_appendstr(out, "\n");
+		records++;
+	}
 	for (size_t i = 0; i < e->nrcpts && st == MS_OK; i++) {
 		const ms_env_rcpt *r = &e->rcpts[i];
 		if ((unsigned)r->state >= MS_ENV_NSTATES)
@@ -234,6 +245,14 @@ ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err)
 		if (st == MS_OK)
 			st = ms_buf_appendstr(out, "\n");
 		records++;
+		if (st == MS_OK && (r->notify || r->orcpt)) {
+			st = ms_buf_printf(out, "N %u ", r->notify);
+			if (st == MS_OK)
+				st = put_str(out, r->orcpt ? r->orcpt : "", r->orcpt ? strlen(r->orcpt) : 0);
+			if (st == MS_OK)
+				st = ms_buf_appendstr(out, "\n");
+			records++;
+		}
 		for (size_t k = 0; k < r->nhist && st == MS_OK; k++) {
 			const ms_env_attempt *a = &r->hist[k];
 			st = ms_buf_printf(out, "H %lld %d ", (long long)a->when, a->code);
@@ -404,6 +423,7 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 	const char *q = p + sizeof MAGIC - 1, *stop = p + body;
 	size_t line = 1, records = 0;
 	int have_end = 0;
+	char prev = 0; /* the previous record's type */
 	static const char order[] = "IAUSZF";
 	while (q < stop) {
 		const char *nl = memchr(q, '\n', (size_t)(stop - q));
@@ -420,9 +440,10 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 			return damaged(e, err, "bad record type", line);
 		char type = t[0];
 		if ((records < 6 && type != order[records]) ||
-		    (records >= 6 && type != 'R' && type != 'H' && type != 'E') ||
-		    (type == 'H' && e->nrcpts == 0))
+		    (records >= 6 && !strchr("RHEDN", type)) || (type == 'H' && e->nrcpts == 0) ||
+		    (type == 'D' && prev != 'F') || (type == 'N' && prev != 'R'))
 			return damaged(e, err, "record out of order", line);
+		prev = type;
 		int ok = 1;
 		int64_t v;
 		uint64_t u;
@@ -478,6 +499,31 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 				r->nhist++; /* so that ms_env_free frees what was read */
 			}
 			free(enh);
+			break;
+		}
+		case 'D': {
+			int64_t ret;
+			ok = num(&c, 0, 2, &ret) && str(&c, &e->dsn_envid, 100);
+			if (ok) {
+				e->dsn_ret = (int)ret;
+				if (!*e->dsn_envid) {
+					free(e->dsn_envid);
+					e->dsn_envid = NULL;
+				}
+			}
+			break;
+		}
+		case 'N': {
+			ms_env_rcpt *r = &e->rcpts[e->nrcpts - 1];
+			int64_t notify;
+			ok = num(&c, 0, 15, &notify) && str(&c, &r->orcpt, 1024);
+			if (ok) {
+				r->notify = (unsigned)notify;
+				if (!*r->orcpt) {
+					free(r->orcpt);
+					r->orcpt = NULL;
+				}
+			}
 			break;
 		}
 		case 'E':

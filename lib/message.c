@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mailspool/dsnreq.h"
+
 ms_message *ms_message_new(const char *sender, ms_error *err)
 {
 	char wire[MS_ADDR_MAX + 1];
@@ -55,8 +57,10 @@ void ms_message_free(ms_message *m)
 		return;
 	for (size_t i = 0; i < m->nrcpts; i++) {
 		free(m->rcpts[i].addr);
+		free(m->rcpts[i].orcpt);
 		ms_outcome_free(&m->rcpts[i].out);
 	}
+	free(m->dsn_envid);
 	for (size_t i = 0; i < m->nsegs; i++)
 		free(m->segs[i].mem);
 	ms_outcome_free(&m->out);
@@ -217,6 +221,37 @@ int ms_message_untried(const ms_message *m)
 	return open;
 }
 
+ms_status ms_message_set_dsn(ms_message *m, int ret, const char *envid, ms_error *err)
+{
+	if (ret < MS_DSN_RET_NONE || ret > MS_DSN_RET_HDRS)
+		return ms_error_set(err, MS_ERR_USAGE, "bad DSN RET");
+	if (envid && ms_dsn_envid_check(envid, err) != MS_OK)
+		return MS_ERR_USAGE;
+	char *d = envid ? strdup(envid) : NULL;
+	if (envid && !d)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	free(m->dsn_envid);
+	m->dsn_envid = d;
+	m->dsn_ret = ret;
+	return MS_OK;
+}
+
+ms_status ms_message_rcpt_dsn(ms_message *m, size_t i, unsigned notify, const char *orcpt,
+                              ms_error *err)
+{
+	if (i >= m->nrcpts || !ms_dsn_notify_ok(notify))
+		return ms_error_set(err, MS_ERR_USAGE, "bad DSN NOTIFY");
+	if (orcpt && ms_dsn_orcpt_check(orcpt, err) != MS_OK)
+		return MS_ERR_USAGE;
+	char *d = orcpt ? strdup(orcpt) : NULL;
+	if (orcpt && !d)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	free(m->rcpts[i].orcpt);
+	m->rcpts[i].orcpt = d;
+	m->rcpts[i].notify = notify;
+	return MS_OK;
+}
+
 void ms_message_reset(ms_message *m)
 {
 	for (size_t i = 0; i < m->nrcpts; i++) {
@@ -226,6 +261,7 @@ void ms_message_reset(ms_message *m)
 		memset(&r->out, 0, sizeof r->out);
 		r->rcpt_code = 0;
 		r->busy = r->retry = 0;
+		r->dsn_passed = 0;
 	}
 	ms_outcome_free(&m->out);
 	memset(&m->out, 0, sizeof m->out);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "mailspool/dsn.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/headers.h"
 #include "mailspool/hmap.h"
 #include "mailspool/printable.h"
@@ -52,9 +53,13 @@ ms_status ms_sched_message(ms_spool *sp, const ms_envelope *e, const size_t *idx
 	ms_message *m = ms_message_new(e->sender, err);
 	if (!m)
 		return err->status;
-	ms_status st = MS_OK;
-	for (size_t i = 0; i < n && st == MS_OK; i++)
-		st = ms_message_add_rcpt(m, e->rcpts[idx[i]].addr, err);
+	ms_status st = ms_message_set_dsn(m, e->dsn_ret, e->dsn_envid, err);
+	for (size_t i = 0; i < n && st == MS_OK; i++) {
+		const ms_env_rcpt *r = &e->rcpts[idx[i]];
+		st = ms_message_add_rcpt(m, r->addr, err);
+		if (st == MS_OK && (r->notify || r->orcpt))
+			st = ms_message_rcpt_dsn(m, i, r->notify, r->orcpt, err);
+	}
 	if (st == MS_OK)
 		st = ms_spool_open_data(sp, e->id, fd, err);
 	if (st == MS_OK)
@@ -84,6 +89,7 @@ void ms_sched_results(const ms_message *m, const size_t *idx, const char *relay,
 		snprintf(s->enh, sizeof s->enh, "%s", r->out.enh);
 		snprintf(s->text, sizeof s->text, "%s", r->out.text ? r->out.text : "");
 		snprintf(s->relay, sizeof s->relay, "%s", relay ? relay : "none");
+		s->dsn_passed = r->state == MS_RCPT_DELIVERED && r->dsn_passed;
 	}
 }
 
@@ -122,22 +128,40 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 	o->log(o->log_ctx, line);
 }
 
-/* One bounce for every recipient that failed in this attempt. */
+/* RET=FULL (RFC 3461 4.3): the whole data, if it fits the report's cap. */
+static void read_full(int fd, const ms_envelope *e, ms_buf *out)
+{
+	if (fd < 0 || e->size > MS_DSN_FULL_MAX || ms_buf_reserve(out, e->size) != MS_OK)
+		return;
+	ssize_t r = pread(fd, ms_buf_tail(out), e->size, 0);
+	if (r == (ssize_t)e->size)
+		out->len += e->size;
+}
+
+/* One report for these recipients: a bounce for those that failed in this
+ * attempt, or (success) a delivery report for NOTIFY=SUCCESS. */
 static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope *e,
-                        const ms_dsn_rcpt *fails, size_t n, int64_t now, char *id_out,
-                        ms_error *err)
+                        const ms_dsn_rcpt *fails, size_t n, int64_t now, int success,
+                        char *id_out, ms_error *err)
 {
 	const ms_conf *c = o->conf;
-	ms_buf hdr, msg;
+	ms_buf hdr, msg, full;
 	ms_buf_init(&hdr, MS_HDR_MAX);
-	ms_buf_init(&msg, MS_HDR_MAX + (64u << 10) + n * 2048);
+	ms_buf_init(&full, MS_DSN_FULL_MAX);
+	ms_buf_init(&msg, MS_HDR_MAX + (64u << 10) + n * 4096 + MS_DSN_FULL_MAX);
 	int dfd = -1, mfd = -1;
 	uint64_t body_off;
-	if (ms_spool_open_data(sp, e->id, &dfd, NULL) == MS_OK)
+	if (ms_spool_open_data(sp, e->id, &dfd, NULL) == MS_OK) {
 		ms_hdr_read(dfd, &hdr, &body_off, NULL); /* without it, a bounce without headers */
+		if (e->dsn_ret == MS_DSN_RET_FULL)
+			read_full(dfd, e, &full);
+	}
 	ms_dsn d = { .reporting_mta = c->hostname, .queue_id = e->id, .sender = e->sender,
 		         .arrival = e->arrival, .rcpts = fails, .nrcpts = n,
-		         .headers = ms_buf_ptr(&hdr), .headers_len = ms_buf_avail(&hdr), .now = now };
+		         .headers = ms_buf_ptr(&hdr), .headers_len = ms_buf_avail(&hdr),
+		         .full = ms_buf_avail(&full) ? ms_buf_ptr(&full) : NULL,
+		         .full_len = ms_buf_avail(&full), .envid = e->dsn_envid, .success = success,
+		         .now = now };
 	ms_status st = ms_dsn_build(&d, &msg, err);
 	if (st == MS_OK && (mfd = memfd_create("mailspool-dsn", MFD_CLOEXEC)) < 0)
 		st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: memfd_create failed");
@@ -167,6 +191,7 @@ static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope 
 	if (mfd >= 0)
 		close(mfd);
 	ms_buf_free(&hdr);
+	ms_buf_free(&full);
 	ms_buf_free(&msg);
 	return st;
 }
@@ -185,9 +210,16 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		free(mta);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
-	size_t nfail = 0;
+	size_t nfail = 0, ngood = 0;
 	ms_status st = MS_OK;
 	const char **status = calloc(n ? n : 1, sizeof *status);
+	/* Delivered recipients that asked to hear of it (NOTIFY=SUCCESS). */
+	ms_dsn_rcpt *goods = calloc(n ? n : 1, sizeof *goods);
+	char (*gmta)[MS_RELAY_DESC_MAX] = calloc(n ? n : 1, sizeof *gmta);
+	if (!gmta) {
+		free(goods);
+		goods = NULL;
+	}
 	/* Bounces that could not be queued before come first: their
 	 * recipients failed then; each keeps its last reply for the DSN. */
 	int *was_bouncing = calloc(e->nrcpts ? e->nrcpts : 1, sizeof *was_bouncing);
@@ -215,7 +247,8 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		mta[nfail][0] = '\0';
 		fails[nfail] = (ms_dsn_rcpt){ .addr = r->addr, .code = r->code, .enh = r->enh,
 			                          .text = r->text ? r->text : "",
-			                          .remote_mta = mta[nfail], .last_attempt = r->last };
+			                          .remote_mta = mta[nfail], .last_attempt = r->last,
+			                          .orcpt = r->orcpt };
 		nfail++;
 	}
 	if (!was_bouncing && st == MS_OK)
@@ -233,6 +266,15 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 			r->state = MS_ENV_DELIVERED;
 			status[i] = "sent";
 			sum->delivered++;
+			/* RFC 3461 5.2.2: asked to hear of success, and the server
+			 * took the mail without taking the request on: we report. */
+			if (ms_dsn_wants(r->notify, MS_NOTIFY_SUCCESS) && !s->dsn_passed && goods) {
+				size_t g = ngood++;
+				relay_host(s->relay, gmta[g], sizeof gmta[g]);
+				goods[g] = (ms_dsn_rcpt){ .addr = r->addr, .code = s->code, .enh = s->enh,
+					                      .text = s->text, .remote_mta = gmta[g],
+					                      .last_attempt = now, .orcpt = r->orcpt };
+			}
 			continue;
 		}
 		if (s->state != MS_RCPT_FAILED && r->tier + 1 < c->ntiers) {
@@ -246,14 +288,19 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		/* Refused for good, or the last tier failed too. */
 		r->state = MS_ENV_FAILED;
 		r->next = INT64_MAX;
+		sum->failed++;
+		if (!ms_dsn_wants(r->notify, MS_NOTIFY_FAILURE)) {
+			/* NOTIFY=NEVER (or without FAILURE): failed, not reported. */
+			status[i] = "failed";
+			continue;
+		}
 		status[i] = "bounced";
 		if (was_bouncing)
 			was_bouncing[s->rcpt] = 2; /* failed in this call */
-		sum->failed++;
 		relay_host(s->relay, mta[nfail], sizeof mta[nfail]);
 		fails[nfail] = (ms_dsn_rcpt){ .addr = r->addr, .code = s->code, .enh = s->enh,
 			                          .text = s->text, .remote_mta = mta[nfail],
-			                          .last_attempt = now };
+			                          .last_attempt = now, .orcpt = r->orcpt };
 		nfail++;
 	}
 	if (!status && st == MS_OK)
@@ -267,8 +314,24 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	if (st == MS_OK && nfail && o->bounce && e->sender[0]) {
 		/* Our own bounces may use the reserve under min_free_space. */
 		ms_spool_reserve(sp, 1);
-		bst = bounce(sp, o, e, fails, nfail, now, sum->bounce_id, &berr);
+		bst = bounce(sp, o, e, fails, nfail, now, 0, sum->bounce_id, &berr);
 		ms_spool_reserve(sp, 0);
+	}
+	if (st == MS_OK && ngood && o->bounce && e->sender[0]) {
+		/* A delivery report that cannot be queued is logged, not kept:
+		 * the mail itself is delivered. */
+		char gid[MS_ENV_ID_MAX + 1] = "";
+		ms_error gerr;
+		ms_status gst = bounce(sp, o, e, goods, ngood, now, 1, gid, &gerr);
+		if (o->log) {
+			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
+			if (gst == MS_OK)
+				snprintf(line, sizeof line, "%s: sender delivery notification: %s", e->id, gid);
+			else
+				snprintf(line, sizeof line, "%s: cannot queue the delivery notification: %s",
+				         e->id, ms_printable(gerr.msg, strnlen(gerr.msg, 512), why, sizeof why));
+			o->log(o->log_ctx, line);
+		}
 	}
 	if (bst != MS_OK) {
 		/* Not lost: the failed recipients wait, BOUNCING, and the message
@@ -322,6 +385,8 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	free(status);
 	free(was_bouncing);
 	free(fails);
+	free(goods);
+	free(gmta);
 	free(mta);
 	return st;
 }

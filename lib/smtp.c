@@ -33,6 +33,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "mailspool/dsnreq.h"
 #include "mailspool/io.h"
 #include "mailspool/reply.h"
 #include "mailspool/sasl.h"
@@ -551,29 +552,57 @@ static txn *next_txn(ms_smtp *s)
 	return NULL;
 }
 
+/* Queue a command built in b (its own buffer, freed here). */
+static ms_status send_buf(ms_smtp *s, ms_buf *b)
+{
+	ms_status st = ms_buf_append(b, "", 1) == MS_OK ? send_line(s, ms_buf_ptr(b)) : MS_ERR_NOMEM;
+	ms_buf_free(b);
+	return st == MS_OK ? MS_OK : ms_error_set(&s->fatal, MS_ERR_NOMEM, "out of memory");
+}
+
 static ms_status send_mail(ms_smtp *s, txn *t)
 {
-	char line[600];
 	ms_message *m = t->m;
-	int n = snprintf(line, sizeof line, "MAIL FROM:<%s>", m->sender);
+	ms_buf b;
+	ms_buf_init(&b, 0);
+	ms_buf_printf(&b, "MAIL FROM:<%s>", m->sender);
 	if (s->caps.flags & MS_CAP_SIZE)
-		n += snprintf(line + n, sizeof line - (size_t)n, " SIZE=%llu",
-		              (unsigned long long)m->stats.size);
+		ms_buf_printf(&b, " SIZE=%llu", (unsigned long long)m->stats.size);
 	if (m->stats.has_8bit && (s->caps.flags & MS_CAP_8BITMIME))
-		n += snprintf(line + n, sizeof line - (size_t)n, " BODY=8BITMIME");
+		ms_buf_appendstr(&b, " BODY=8BITMIME");
 	if (needs_smtputf8(m))
-		snprintf(line + n, sizeof line - (size_t)n, " SMTPUTF8");
+		ms_buf_appendstr(&b, " SMTPUTF8");
+	/* RFC 3461 4.3-4.4: only to a server that offers DSN. */
+	if ((s->caps.flags & MS_CAP_DSN) && ms_dsn_ret_name(m->dsn_ret))
+		ms_buf_printf(&b, " RET=%s", ms_dsn_ret_name(m->dsn_ret));
+	if ((s->caps.flags & MS_CAP_DSN) && m->dsn_envid) {
+		ms_buf_appendstr(&b, " ENVID=");
+		ms_xtext_append(&b, m->dsn_envid);
+	}
 	s->st.transactions++;
-	if (send_line(s, line) != MS_OK)
+	if (send_buf(s, &b) != MS_OK)
 		return MS_ERR_NOMEM;
 	return push_expect(s, EX_MAIL, t, 0);
 }
 
 static ms_status send_rcpt(ms_smtp *s, txn *t, size_t ri)
 {
-	char line[600];
-	snprintf(line, sizeof line, "RCPT TO:<%s>", t->m->rcpts[t->idx[ri]].addr);
-	if (send_line(s, line) != MS_OK)
+	const ms_rcpt *r = &t->m->rcpts[t->idx[ri]];
+	ms_buf b;
+	ms_buf_init(&b, 0);
+	ms_buf_printf(&b, "RCPT TO:<%s>", r->addr);
+	if ((s->caps.flags & MS_CAP_DSN) && r->notify) {
+		char list[40];
+		ms_dsn_notify_format(r->notify, list, sizeof list);
+		ms_buf_printf(&b, " NOTIFY=%s", list);
+	}
+	if ((s->caps.flags & MS_CAP_DSN) && r->orcpt) {
+		/* RFC 3461 4.2: the type as is, the address as xtext. */
+		const char *semi = strchr(r->orcpt, ';');
+		ms_buf_printf(&b, " ORCPT=%.*s;", (int)(semi - r->orcpt), r->orcpt);
+		ms_xtext_append(&b, semi + 1);
+	}
+	if (send_buf(s, &b) != MS_OK)
 		return MS_ERR_NOMEM;
 	return push_expect(s, EX_RCPT, t, ri);
 }
@@ -1134,7 +1163,7 @@ static int on_auth(ms_smtp *s, const ms_reply *r)
 }
 
 /* A recipient's RCPT reply.  "Too many recipients" goes again later (R12). */
-static void on_rcpt(txn *t, size_t ri, const ms_reply *r)
+static void on_rcpt(txn *t, size_t ri, const ms_reply *r, int dsn_offered)
 {
 	ms_rcpt *rc = &t->m->rcpts[t->idx[ri]];
 	t->answered++;
@@ -1144,6 +1173,7 @@ static void on_rcpt(txn *t, size_t ri, const ms_reply *r)
 	int cls = ms_reply_class(r->code);
 	if (cls == 2) {
 		t->accepted++;
+		rc->dsn_passed = dsn_offered;
 		rcpt_set(rc, MS_RCPT_ACCEPTED, MS_STAGE_RCPT, r->code, r->enh, r->text);
 		return;
 	}
@@ -1441,7 +1471,7 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 		on_mail(s, t, r);
 		break;
 	case EX_RCPT:
-		on_rcpt(t, ri, r);
+		on_rcpt(t, ri, r, (s->caps.flags & MS_CAP_DSN) != 0);
 		/* Lock-step: no accepted recipient after the last RCPT: no DATA. */
 		if (!s->pipelining && t->answered == t->n && t->accepted == 0) {
 			settle_retries(t, 0);

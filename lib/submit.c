@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/drop.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
@@ -110,6 +111,7 @@ typedef struct rcpt_ctx {
 	ms_envelope *env;
 	const char *host;
 	int64_t now;
+	unsigned notify; /* RFC 3461 NOTIFY for each, with ORCPT */
 	ms_error *err;
 	int bad;
 } rcpt_ctx;
@@ -130,6 +132,19 @@ static int add_rcpt(void *ctx, const char *addr)
 	if (ms_env_add_rcpt(c->env, wire, c->now, c->err) != MS_OK) {
 		c->bad = 1;
 		return 1;
+	}
+	if (c->notify) {
+		/* With a DSN request goes the address as the sender gave it
+		 * (RFC 3461 4.2), for the reports of later hops and ours. */
+		ms_env_rcpt *r = &c->env->rcpts[c->env->nrcpts - 1];
+		size_t n = strlen(wire) + 8;
+		r->notify = c->notify;
+		if (!(r->orcpt = malloc(n))) {
+			ms_error_set(c->err, MS_ERR_NOMEM, "out of memory");
+			c->bad = 1;
+			return 1;
+		}
+		snprintf(r->orcpt, n, "rfc822;%s", wire);
 	}
 	return 0;
 }
@@ -283,7 +298,20 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 		ms_env_free(&env);
 		return MS_ERR_USAGE;
 	}
-	rcpt_ctx rc = { .env = &env, .host = conf->hostname, .now = now + conf->retry_tiers[0], .err = err };
+	if (!ms_dsn_notify_ok(o->dsn_notify) || o->dsn_ret < 0 || o->dsn_ret > MS_DSN_RET_HDRS ||
+	    (o->dsn_envid && ms_dsn_envid_check(o->dsn_envid, err) != MS_OK)) {
+		if (!o->dsn_envid || ms_dsn_envid_check(o->dsn_envid, NULL) == MS_OK)
+			ms_error_set(err, MS_ERR_USAGE, "bad DSN request");
+		ms_env_free(&env);
+		return MS_ERR_USAGE;
+	}
+	env.dsn_ret = o->dsn_ret;
+	if (o->dsn_envid && !(env.dsn_envid = strdup(o->dsn_envid))) {
+		ms_env_free(&env);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	rcpt_ctx rc = { .env = &env, .host = conf->hostname, .now = now + conf->retry_tiers[0],
+		            .notify = o->dsn_notify, .err = err };
 	for (size_t i = 0; i < o->nrcpts && !rc.bad; i++)
 		add_rcpt(&rc, o->rcpts[i]);
 	if (rc.bad) {

@@ -34,14 +34,16 @@
  * (ms_env_escape, after '='), so each is one token:
  *     K <unit> <deadline> <conn-messages> =<unit key>   a unit begins
  *     M <item> <queue id> <size> =<sender> <recipients> =<destination key>
- *     T <envelope recipient index> =<address>      (that many per M)
+ *       <ret> =<envid>                             (the DSN request, RFC 3461)
+ *     T <envelope recipient index> =<address> <notify> =<orcpt>  (that many per M)
  *     E                                            the unit is complete
  *                    (a unit without M records only resolves its key: S, X)
  *     L <time>                 the scheduler's claims hold until then: no
  *                              message is started later (renewed as it goes)
  *     A <n>                    n more results were committed (tokens back)
  * Results, as soon as each message is decided:
- *     R <unit> <item> <rcpt> <state> <code> <enh|-> =<relay> =<text>
+ *     R <unit> <item> <rcpt> <state> <code> <dsn> <enh|-> =<relay> =<text>
+ *                              (<dsn> 1: delivered to a server offering DSN)
  *     D <unit> <item> <token>  every result of that message was sent
  *     N <unit> <item> <token>  not attempted (its session broke before a
  *                              server saw it, or the deadline came): the

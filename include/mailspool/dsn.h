@@ -6,7 +6,12 @@
  * per-message fields (Reporting-MTA, Arrival-Date) and one block per
  * recipient (Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code,
  * Last-Attempt-Date), part 3 the original header block as
- * `text/rfc822-headers` (PROTOCOL-RULES B2, B4).  It is marked
+ * `text/rfc822-headers` (PROTOCOL-RULES B2, B4) - or, when the sender asked
+ * for RET=FULL (RFC 3461 4.3), the whole message as `message/rfc822` if it is
+ * 7-bit with lines of at most 998 octets and at most MS_DSN_FULL_MAX.  With
+ * `success` set it is a delivery report instead (RFC 3461 5.2: NOTIFY=SUCCESS
+ * and a next hop that does not offer DSN): Action relayed, Status 2.0.0.
+ * ENVID and ORCPT come back as Original-Envelope-Id and Original-Recipient.  It is marked
  * `Auto-Submitted: auto-replied` (RFC 3834) and must be sent from the null
  * sender; the caller never builds one for a message whose sender was <>
  * (B1).
@@ -24,6 +29,7 @@
 #include "mailspool/error.h"
 
 #define MS_DSN_HEADERS_MAX (64u << 10) /* original header returned, at most */
+#define MS_DSN_FULL_MAX (10u << 20)    /* RET=FULL: the whole message, at most */
 
 typedef struct ms_dsn_rcpt {
 	const char *addr;       /* the recipient (wire mailbox) */
@@ -32,6 +38,7 @@ typedef struct ms_dsn_rcpt {
 	const char *text;       /* the reply text or our reason */
 	const char *remote_mta; /* the server's name, NULL or "" if none answered */
 	int64_t last_attempt;
+	const char *orcpt;      /* ORCPT "type;address" as the sender gave it, or NULL */
 } ms_dsn_rcpt;
 
 typedef struct ms_dsn {
@@ -43,6 +50,10 @@ typedef struct ms_dsn {
 	size_t nrcpts;
 	const char *headers;        /* the original's header block (may be NULL) */
 	size_t headers_len;
+	const char *full;           /* RET=FULL: the whole original (NULL: headers only) */
+	size_t full_len;
+	const char *envid;          /* ENVID, or NULL */
+	int success;                /* a delivery report, not a bounce */
 	int64_t now;
 } ms_dsn;
 

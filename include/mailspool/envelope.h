@@ -15,8 +15,14 @@
  *     S =<sender>                                exactly once ("=" alone: <>)
  *     Z <octets of the data file>                exactly once
  *     F <flags>                                  exactly once
+ *     D <ret> =<envid>                           at most once: the DSN request
+ *                                                (RFC 3461; ret 0 none, 1 FULL,
+ *                                                2 HDRS; "=" alone: no ENVID)
  *     R <state> <attempts> <tier> <next> <last> <code> =<enh> =<addr> =<text>
  *                                                once per recipient, in order
+ *     N <notify> =<orcpt>                        at most once, right after its R:
+ *                                                NOTIFY bits (mailspool/dsnreq.h)
+ *                                                and ORCPT ("=" alone: none)
  *     H <time> <code> =<enh> =<text>             that recipient's past attempts,
  *                                                oldest first (at most MS_ENV_HISTORY)
  *     E <number of records before this one>
@@ -77,6 +83,8 @@ typedef struct ms_env_rcpt {
 	char *text;         /* last reply text (or our reason), "" if none */
 	ms_env_attempt *hist; /* past attempts, oldest first */
 	size_t nhist;
+	unsigned notify;    /* RFC 3461 NOTIFY bits, 0 when not given */
+	char *orcpt;        /* ORCPT "type;address", NULL when not given */
 } ms_env_rcpt;
 
 typedef struct ms_envelope {
@@ -88,6 +96,8 @@ typedef struct ms_envelope {
 	uint32_t flags;
 	ms_env_rcpt *rcpts;
 	size_t nrcpts, cap;
+	int dsn_ret;        /* ms_dsn_ret: RET, 0 when not given */
+	char *dsn_envid;    /* ENVID, NULL when not given */
 } ms_envelope;
 
 void ms_env_init(ms_envelope *e);

@@ -62,6 +62,9 @@ typedef struct ms_rcpt {
 	ms_rcpt_state state;
 	ms_outcome out;
 	int rcpt_code;   /* what RCPT got (2xx: accepted), kept after the dot; 0 if never answered */
+	unsigned notify; /* RFC 3461 NOTIFY bits (mailspool/dsnreq.h), 0: not given */
+	char *orcpt;     /* ORCPT "type;address", NULL: not given */
+	int dsn_passed;  /* accepted by a server that offers DSN: it reports, not us */
 	/* engine bookkeeping */
 	int busy;        /* in a transaction that is in flight */
 	int retry;       /* got "too many recipients": send again in a new transaction */
@@ -95,6 +98,8 @@ typedef struct ms_message {
 	/* SMTP: refused once when sent behind another message's data; the
 	 * engine sends it again only when nothing else is outstanding. */
 	int solo;
+	int dsn_ret;        /* RFC 3461 RET (ms_dsn_ret), 0: not given */
+	char *dsn_envid;    /* ENVID, NULL: not given */
 	void *user;         /* for the caller */
 	size_t id;          /* for the caller */
 } ms_message;
@@ -102,6 +107,12 @@ typedef struct ms_message {
 ms_message *ms_message_new(const char *sender, ms_error *err);
 void ms_message_free(ms_message *m);
 ms_status ms_message_add_rcpt(ms_message *m, const char *addr, ms_error *err);
+/* The DSN request (RFC 3461), checked as the queue checks it: RET and
+ * ENVID for the message, NOTIFY and ORCPT (NULL: none) for recipient i.
+ * Sent only to servers that offer DSN. */
+ms_status ms_message_set_dsn(ms_message *m, int ret, const char *envid, ms_error *err);
+ms_status ms_message_rcpt_dsn(ms_message *m, size_t i, unsigned notify, const char *orcpt,
+                              ms_error *err);
 /* Append data segments.  For fds, len UINT64_MAX means "to end of file";
  * the fd stays owned by the caller and must stay open until the result. */
 ms_status ms_message_add_mem(ms_message *m, const void *p, size_t n, ms_error *err);

@@ -51,6 +51,7 @@ typedef struct ms_sched_result {
 	char enh[16];
 	char text[MS_ENV_TEXT_MAX];
 	char relay[MS_RELAY_DESC_MAX];
+	int dsn_passed;       /* delivered to a server that offers DSN (RFC 3461 5.2) */
 } ms_sched_result;
 
 typedef void (*ms_log_fn)(void *ctx, const char *line);

@@ -49,6 +49,10 @@ typedef struct ms_submit_opts {
 	int from_headers;        /* -t */
 	int dot_ends;            /* a line "." alone ends the input (sendmail without -i) */
 	uint32_t flags;          /* envelope flags at commit (MS_ENV_HOLD) */
+	/* RFC 3461 (sendmail -N, -R, -V): checked by ms_submit_to. */
+	unsigned dsn_notify;     /* for every recipient; 0: not given */
+	int dsn_ret;             /* ms_dsn_ret; 0: not given */
+	const char *dsn_envid;   /* NULL: not given */
 } ms_submit_opts;
 
 typedef struct ms_submit_result {

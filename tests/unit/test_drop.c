@@ -274,15 +274,18 @@ static void test_agent_grammar(void **state)
 	ms_agent_parse_result("S 3 =site:mx1.test,mx2.test", &r);
 	assert_int_equal(r.kind, 'S');
 	assert_string_equal(r.site, "site:mx1.test,mx2.test");
-	ms_agent_parse_result("R 9 1 2 2 250 2.0.0 =mx[1.2.3.4]:25 =ok%20fine", &r);
+	ms_agent_parse_result("R 9 1 2 2 250 1 2.0.0 =mx[1.2.3.4]:25 =ok%20fine", &r);
 	assert_int_equal(r.kind, 'R');
+	assert_int_equal(r.r.dsn_passed, 1);
 	assert_int_equal(r.unit, 9);
 	assert_int_equal(r.item, 1);
 	assert_int_equal(r.r.rcpt, 2);
 	assert_int_equal(r.r.code, 250);
 	assert_string_equal(r.r.relay, "mx[1.2.3.4]:25");
 	assert_string_equal(r.r.text, "ok fine");
-	ms_agent_parse_result("R 9 1 2 99 250 - =x =y", &r);
+	ms_agent_parse_result("R 9 1 2 99 250 0 - =x =y", &r);
+	assert_int_equal(r.kind, 0);
+	ms_agent_parse_result("R 9 1 2 2 250 2 - =x =y", &r); /* dsn is 0 or 1 */
 	assert_int_equal(r.kind, 0);
 	ms_agent_parse_result("garbage", &r);
 	assert_int_equal(r.kind, 0);
@@ -291,11 +294,16 @@ static void test_agent_grammar(void **state)
 	ms_spool *sp;
 	tmp_spool(&c, &sp, NULL);
 	static const char *const bad[] = {
-		"M 0 abc 1 =a@x 1 =mx:x\nE\n",
-		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 2 =mx:x.test\nT 0 =b@y\nE\n",
-		"K 1 9999999999 10 =mx:x.test\nM 0 ../x 1 =a@x 1 =mx:x.test\nT 0 =b@y\nE\n",
+		"M 0 abc 1 =a@x 1 =mx:x 0 =\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 2 =mx:x.test 0 =\nT 0 =b@y 0 =\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 ../x 1 =a@x 1 =mx:x.test 0 =\nT 0 =b@y 0 =\nE\n",
 		"K 1 9999999999 10 =mx:x.test\nK 2 9999999999 10 =mx:x.test\n",
-		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1\nT 0 =b@y\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1\nT 0 =b@y 0 =\nE\n",
+		/* The DSN request is checked as the queue checks it. */
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1 =mx:x.test 3 =\nT 0 =b@y 0 =\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1 =mx:x.test 0 =a%20b\nT 0 =b@y 0 =\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1 =mx:x.test 0 =\nT 0 =b@y 3 =\nE\n",
+		"K 1 9999999999 10 =mx:x.test\nM 0 abc 1 =a@x 1 =mx:x.test 0 =\nT 0 =b@y 2 =noseparator\nE\n",
 		"A x\n",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -319,6 +327,10 @@ static void test_agent_grammar(void **state)
 	envelope(&e, "a@x.test", "b@y.test");
 	ms_env_add_rcpt(&e, "c@y.test", 0, NULL);
 	snprintf(e.id, sizeof e.id, "0000000000000abcd");
+	e.dsn_ret = 1;
+	e.dsn_envid = strdup("ENV-1");
+	e.rcpts[1].notify = 6;
+	e.rcpts[1].orcpt = strdup("rfc822;c@y.test");
 	ms_buf w;
 	ms_buf_init(&w, 0);
 	size_t idx[] = { 1 };

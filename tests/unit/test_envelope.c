@@ -37,6 +37,11 @@ static void build(ms_envelope *e, const char *sender, const char *addr, const ch
 	r->next = 1795314400;
 	assert_int_equal(ms_env_record_attempt(r, 1795300100, 451, "4.3.0", text, NULL), MS_OK);
 	assert_int_equal(ms_env_record_attempt(r, 1795302000, 0, "", "", NULL), MS_OK);
+	/* A DSN request (RFC 3461) for the message and the second recipient. */
+	e->dsn_ret = 1;
+	e->dsn_envid = strdup("ENV-1+x");
+	e->rcpts[1].notify = 2 | 4;
+	e->rcpts[1].orcpt = strdup("rfc822;second@example.test");
 }
 
 static void expect_same(const ms_envelope *a, const ms_envelope *b)
@@ -48,9 +53,17 @@ static void expect_same(const ms_envelope *a, const ms_envelope *b)
 	assert_int_equal(a->size, b->size);
 	assert_int_equal(a->flags, b->flags);
 	assert_int_equal(a->nrcpts, b->nrcpts);
+	assert_int_equal(a->dsn_ret, b->dsn_ret);
+	assert_true((a->dsn_envid == NULL) == (b->dsn_envid == NULL));
+	if (a->dsn_envid)
+		assert_string_equal(a->dsn_envid, b->dsn_envid);
 	for (size_t i = 0; i < a->nrcpts; i++) {
 		const ms_env_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];
 		assert_string_equal(x->addr, y->addr);
+		assert_int_equal(x->notify, y->notify);
+		assert_true((x->orcpt == NULL) == (y->orcpt == NULL));
+		if (x->orcpt)
+			assert_string_equal(x->orcpt, y->orcpt);
 		assert_int_equal(x->state, y->state);
 		assert_int_equal(x->attempts, y->attempts);
 		assert_int_equal(x->tier, y->tier);
