@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "mailspool/client.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/headers.h"
 #include "mailspool/relay.h"
 #include "mailspool/io.h"
@@ -103,6 +104,9 @@ static void usage_send(FILE *f)
 	        "  --no-cross-message    wait for each message's final reply before starting\n"
 	        "                        the next (two round trips per message)\n"
 	        "  --no-chunking         DATA even if the server offers CHUNKING (BDAT)\n"
+	        "  --notify LIST         DSN (RFC 3461): never, or success,failure,delay\n"
+	        "  --ret full|hdrs       DSN: return the whole message or its headers\n"
+	        "  --envid ID            DSN: the envelope id reports give back\n"
 	        "  --no-rset-first       no RSET in front of a MAIL written behind the previous\n"
 	        "                        message's data\n"
 	        "  --bdat-window N       BDAT: messages with their reply outstanding (64)\n"
@@ -309,6 +313,9 @@ typedef struct send_opts {
 	const char **rcpts;
 	size_t nrcpts;
 	int from_headers;
+	unsigned notify;   /* --notify (RFC 3461), for every recipient */
+	int ret;           /* --ret */
+	const char *envid; /* --envid */
 } send_opts;
 
 typedef struct dedup_ctx {
@@ -400,6 +407,15 @@ static ms_message *build_message(const send_opts *so, const char *name, size_t i
 		ms_error_set(err, MS_ERR_USAGE, "%s: no recipients (use --to or -t)", name);
 		goto fail;
 	}
+	if (ms_message_set_dsn(m, so->ret, so->envid, err) != MS_OK)
+		goto fail;
+	for (size_t i = 0; so->notify && i < m->nrcpts; i++) {
+		/* ORCPT: the address as given (RFC 3461 4.2), as the queue does. */
+		char orcpt[MS_ADDR_MAX + 8];
+		snprintf(orcpt, sizeof orcpt, "rfc822;%s", m->rcpts[i].addr);
+		if (ms_message_rcpt_dsn(m, i, so->notify, orcpt, err) != MS_OK)
+			goto fail;
+	}
 	return m;
 fail:
 	if (it)
@@ -443,7 +459,8 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 		return rc;
 	ms_submit_opts o = { .sender = so->sender, .full_name = full_name, .user = cli_user(),
 		                 .uid = (uint32_t)getuid(), .rcpts = so->rcpts, .nrcpts = so->nrcpts,
-		                 .from_headers = so->from_headers };
+		                 .from_headers = so->from_headers, .dsn_notify = so->notify,
+		                 .dsn_ret = so->ret, .dsn_envid = so->envid };
 	char *stdin_only[] = { "-" };
 	if (nfiles == 0) {
 		files = stdin_only;
@@ -478,7 +495,8 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
 	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN,
-	       O_MODE, O_NOCHUNK, O_NORSET, O_BDATWIN, O_BDATBYTES, O_SESSMSGS };
+	       O_MODE, O_NOCHUNK, O_NORSET, O_BDATWIN, O_BDATBYTES, O_SESSMSGS, O_NOTIFY, O_RET,
+	       O_ENVID };
 	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
 	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
@@ -492,6 +510,9 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		{ "no-pipelining", no_argument, NULL, O_NOPIPE },
 		{ "no-cross-message", no_argument, NULL, O_NOCROSS },
 		{ "no-chunking", no_argument, NULL, O_NOCHUNK },
+		{ "notify", required_argument, NULL, O_NOTIFY },
+		{ "ret", required_argument, NULL, O_RET },
+		{ "envid", required_argument, NULL, O_ENVID },
 		{ "no-rset-first", no_argument, NULL, O_NORSET },
 		{ "bdat-window", required_argument, NULL, O_BDATWIN },
 		{ "bdat-window-bytes", required_argument, NULL, O_BDATBYTES },
@@ -557,6 +578,23 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; smtp_only = "--no-pipelining"; break;
 		case O_NOCROSS: o.cross_message = 0; smtp_only = "--no-cross-message"; break;
 		case O_NOCHUNK: o.chunking = MS_CHUNKING_OFF; smtp_only = "--no-chunking"; break;
+		case O_NOTIFY:
+		case O_RET:
+		case O_ENVID: {
+			ms_error derr;
+			ms_dsn_ret ret;
+			if ((c == O_NOTIFY && ms_dsn_notify_parse(optarg, &so.notify, &derr) != MS_OK) ||
+			    (c == O_RET && ms_dsn_ret_parse(optarg, &ret, &derr) != MS_OK) ||
+			    (c == O_ENVID && ms_dsn_envid_check(optarg, &derr) != MS_OK)) {
+				fprintf(stderr, "%s send: %s\n", progname, derr.msg);
+				return EX_USAGE_;
+			}
+			if (c == O_RET)
+				so.ret = ret;
+			if (c == O_ENVID)
+				so.envid = optarg;
+			break;
+		}
 		case O_NORSET: o.rset_first = 0; smtp_only = "--no-rset-first"; break;
 		case O_BDATWIN:
 		case O_SESSMSGS: {

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mailspool/dsnreq.h"
 
 static int usage_sendmail(void)
 {
@@ -74,9 +75,27 @@ int cmd_sendmail(int argc, char **argv)
 		case 'r': o.sender = value(argc, argv, &i, rest, &bad); break;
 		case 'F': o.full_name = value(argc, argv, &i, rest, &bad); break;
 		case 'C': confp = value(argc, argv, &i, rest, &bad); break;
-		/* Body type, DSN notify, return, envelope id, hop count, label,
-		 * log file: accepted, ignored. */
-		case 'B': case 'N': case 'R': case 'V': case 'h': case 'L': case 'X':
+		/* DSN (RFC 3461): -N notify, -R return, -V envelope id. */
+		case 'N': case 'R': case 'V': {
+			const char *v = value(argc, argv, &i, rest, &bad);
+			ms_error derr;
+			ms_dsn_ret ret;
+			if (!v)
+				break;
+			if ((opt == 'N' && ms_dsn_notify_parse(v, &o.dsn_notify, &derr) != MS_OK) ||
+			    (opt == 'R' && ms_dsn_ret_parse(v, &ret, &derr) != MS_OK) ||
+			    (opt == 'V' && ms_dsn_envid_check(v, &derr) != MS_OK)) {
+				fprintf(stderr, "%s: -%c: %s\n", progname, opt, derr.msg);
+				return EX_USAGE_;
+			}
+			if (opt == 'R')
+				o.dsn_ret = ret;
+			if (opt == 'V')
+				o.dsn_envid = v;
+			break;
+		}
+		/* Body type, hop count, label, log file: accepted, ignored. */
+		case 'B': case 'h': case 'L': case 'X':
 			value(argc, argv, &i, rest, &bad);
 			break;
 		case 'o':
