@@ -91,6 +91,7 @@ def main():
             plan = [("mailspool BDAT (default, K=64)", n, ()),
                     ("mailspool BDAT K=1", slow, ("--bdat-window", "1")),
                     ("mailspool BDAT K=16", n, ("--bdat-window", "16")),
+                    ("mailspool BDAT K=128", n, ("--bdat-window", "128")),
                     ("mailspool BDAT K=256", n, ("--bdat-window", "256")),
                     ("mailspool DATA (--no-chunking)", slow, ("--no-chunking",))]
             for label, k, extra in plan:

@@ -109,7 +109,7 @@ static void usage_send(FILE *f)
 	        "  --envid ID            DSN: the envelope id reports give back\n"
 	        "  --no-rset-first       no RSET in front of a MAIL written behind the previous\n"
 	        "                        message's data\n"
-	        "  --bdat-window N       BDAT: messages with their reply outstanding (64)\n"
+	        "  --bdat-window N       BDAT: messages with their reply outstanding (128)\n"
 	        "  --bdat-window-bytes S BDAT: their octets (8M; one message always goes)\n"
 	        "  --session-messages N  transactions per connection before a new one (1000)\n"
 	        "  --helo NAME           name to give in EHLO/HELO (default: this host)\n"

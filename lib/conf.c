@@ -44,7 +44,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->queue_scan_interval = 60;
 	c->connect_timeout = 30;
 	c->smtp_chunking = c->smtp_cross_message = c->smtp_rset_first = 1;
-	c->smtp_bdat_messages = 64;
+	c->smtp_bdat_messages = 128;
 	c->smtp_bdat_bytes = 8u << 20;
 	c->smtp_session_messages = 1000;
 	c->smtp_session_failures = 8;

@@ -144,7 +144,7 @@ typedef struct ms_conf {
 	int smtp_chunking;                 /* smtp_chunking (yes): BDAT when offered */
 	int smtp_cross_message;            /* smtp_cross_message (yes) */
 	int smtp_rset_first;               /* smtp_rset_first (yes) */
-	size_t smtp_bdat_messages;         /* smtp_bdat_messages (64) in flight */
+	size_t smtp_bdat_messages;         /* smtp_bdat_messages (128) in flight */
 	uint64_t smtp_bdat_bytes;          /* smtp_bdat_bytes (8M) in flight */
 	size_t smtp_session_messages;      /* smtp_session_messages (1000) per connection */
 	size_t smtp_session_failures;      /* smtp_session_failures (8) per connection */

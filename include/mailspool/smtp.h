@@ -115,7 +115,7 @@ typedef struct ms_smtp_opts {
 	size_t window;          /* messages held before submit() waits (default 64;
 	                         * at least twice bdat_messages when BDAT streams) */
 	ms_chunking chunking;
-	size_t bdat_messages;   /* BDAT: messages with their reply outstanding (default 64) */
+	size_t bdat_messages;   /* BDAT: messages with their reply outstanding (default 128) */
 	uint64_t bdat_bytes;    /* BDAT: octets of those (default 8 MiB; one always goes) */
 	uint64_t bdat_unsized_max; /* no SIZE offered: larger messages use DATA (10 MiB) */
 	int rset_first;         /* 1 (default): RSET before every MAIL after the first */

@@ -29,7 +29,7 @@ def test_pipelined_batch(send, write_msg, chunking):
         assert r.rc == 0, r.stdout
         assert r.summary["pipelining"] is True
         if chunking:
-            # BDAT streamed: no 354 to wait for, the window (64) fills.
+            # BDAT streamed: no 354 to wait for; the window (128) holds them all.
             assert r.summary["shape"] == "bdat-stream"
             assert r.summary["round_trips"] <= 2 + 2 * (n // 64 + 1) + 1
         else:
