@@ -128,7 +128,7 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 	o->log(o->log_ctx, line);
 }
 
-/* RET=FULL (RFC 3461 4.3): the whole data, if it fits the report's cap. */
+/* B7: RET=FULL, the whole data, if it fits the report's cap. */
 static void read_full(int fd, const ms_envelope *e, ms_buf *out)
 {
 	if (fd < 0 || e->size > MS_DSN_FULL_MAX || ms_buf_reserve(out, e->size) != MS_OK)
@@ -266,8 +266,8 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 			r->state = MS_ENV_DELIVERED;
 			status[i] = "sent";
 			sum->delivered++;
-			/* RFC 3461 5.2.2: asked to hear of success, and the server
-			 * took the mail without taking the request on: we report. */
+			/* B6: asked to hear of success, and the server took the
+			 * mail without taking the request on: we report. */
 			if (ms_dsn_wants(r->notify, MS_NOTIFY_SUCCESS) && !s->dsn_passed && goods) {
 				size_t g = ngood++;
 				relay_host(s->relay, gmta[g], sizeof gmta[g]);
@@ -290,7 +290,7 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		r->next = INT64_MAX;
 		sum->failed++;
 		if (!ms_dsn_wants(r->notify, MS_NOTIFY_FAILURE)) {
-			/* NOTIFY=NEVER (or without FAILURE): failed, not reported. */
+			/* B5: NOTIFY=NEVER (or without FAILURE): failed, not reported. */
 			status[i] = "failed";
 			continue;
 		}

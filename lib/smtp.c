@@ -573,7 +573,7 @@ static ms_status send_mail(ms_smtp *s, txn *t)
 		ms_buf_appendstr(&b, " BODY=8BITMIME");
 	if (needs_smtputf8(m))
 		ms_buf_appendstr(&b, " SMTPUTF8");
-	/* RFC 3461 4.3-4.4: only to a server that offers DSN. */
+	/* R48 (RFC 3461 4.3-4.4): only to a server that offers DSN. */
 	if ((s->caps.flags & MS_CAP_DSN) && ms_dsn_ret_name(m->dsn_ret))
 		ms_buf_printf(&b, " RET=%s", ms_dsn_ret_name(m->dsn_ret));
 	if ((s->caps.flags & MS_CAP_DSN) && m->dsn_envid) {
