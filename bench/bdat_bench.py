@@ -3,7 +3,7 @@
 CHUNKING (Postfix smtpd and Exim, each queueing what it accepts), behind
 bench/latproxy at 100 ms round trip, with the peers in the same run.
 
-  mailspool BDAT      the default: BDAT streamed, 64 messages in flight
+  mailspool BDAT      the default: BDAT streamed, 128 messages in flight
   mailspool BDAT K=n  the window's effect: --bdat-window 1, 16, 64, 256
   mailspool DATA      --no-chunking: cross-message pipelining, one wait per
                       message (the 354)
@@ -88,10 +88,10 @@ def main():
     for name, cls in (("Postfix 3.7 smtpd", servers.Postfix), ("Exim 4.96", servers.Exim)):
         rows = []
         with cls() as srv, Front(srv.port, a.rtt) as front:
-            plan = [("mailspool BDAT (default, K=64)", n, ()),
+            plan = [("mailspool BDAT (default, K=128)", n, ()),
                     ("mailspool BDAT K=1", slow, ("--bdat-window", "1")),
                     ("mailspool BDAT K=16", n, ("--bdat-window", "16")),
-                    ("mailspool BDAT K=128", n, ("--bdat-window", "128")),
+                    ("mailspool BDAT K=64", n, ("--bdat-window", "64")),
                     ("mailspool BDAT K=256", n, ("--bdat-window", "256")),
                     ("mailspool DATA (--no-chunking)", slow, ("--no-chunking",))]
             for label, k, extra in plan:

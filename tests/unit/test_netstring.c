@@ -142,6 +142,12 @@ static const rcase routes[] = {
 	{ "smtp://@h", 0, 0, NULL, NULL, 0 },
 	{ "smtp://h\r\n:25", 0, 0, NULL, NULL, 0 },
 	{ "smtp://h x", 0, 0, NULL, NULL, 0 },
+	/* SMTP shapes a route turns off (PROTOCOL-RULES P1-P6). */
+	{ "smtp://h?chunking=no", 1, MS_PROTO_SMTP, "h", "25", 0 },
+	{ "smtp://h?chunking=no&cross_message=no&pipelining=no&rset_first=no", 1, MS_PROTO_SMTP,
+	  "h", "25", 0 },
+	{ "smtp://h?chunking=yes", 0, 0, NULL, NULL, 0 },
+	{ "qmtp://h?chunking=no", 0, 0, NULL, NULL, 0 },     /* SMTP-only parameter */
 };
 
 static void test_routes(void **state)
@@ -163,6 +169,9 @@ static void test_routes(void **state)
 		assert_string_equal(r.port, c->port);
 		assert_int_equal(r.qmtp_replies, c->replies);
 	}
+	ms_route r;
+	assert_int_equal(ms_route_parse("smtp://h?chunking=no&rset_first=no", &r, NULL), MS_OK);
+	assert_int_equal(r.smtp_off, MS_ROUTE_NO_CHUNKING | MS_ROUTE_NO_RSET_FIRST);
 }
 
 int main(void)

@@ -685,6 +685,32 @@ static void test_rode_mail_550(void **state)
 	free(r.wire);
 }
 
+/* The transcript's data summary counts the octets it hashes: the wire
+ * form (".dot" stuffed to "..dot" for DATA; as is for BDAT). */
+static void test_data_summary_counts_what_it_hashes(void **state)
+{
+	(void)state;
+	const char *data_steps[] = { GREET, EHLO_PIPE, OK, OK, GO, OK, BYE, NULL };
+	const char *bdat_steps[] = { GREET, EHLO_CHUNK, OK, OK, OK, BYE, NULL };
+	const char *const *steps[] = { data_steps, bdat_steps };
+	const char *want[] = { "[message data: 7 octets in 1 lines", "[message data: 6 octets in 1 lines" };
+	for (int k = 0; k < 2; k++) {
+		ms_smtp_opts o;
+		fast_opts(&o);
+		ms_transcript *tx = ms_transcript_new(0);
+		o.transcript = tx;
+		ms_message *m = mk("a@x.test", "b@x.test", ".dot\n");
+		result r = run(steps[k], &o, &m, 1, 0);
+		int seen = 0;
+		for (size_t i = 0; i < ms_transcript_count(tx); i++)
+			seen |= !strncmp(ms_transcript_event(tx, i)->text, want[k], strlen(want[k]));
+		assert_true(seen);
+		ms_message_free(m);
+		free(r.wire);
+		ms_transcript_free(tx);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -705,6 +731,7 @@ int main(void)
 		cmocka_unit_test(test_bdat_data_changed),
 		cmocka_unit_test(test_rode_refused),
 		cmocka_unit_test(test_rode_mail_550),
+		cmocka_unit_test(test_data_summary_counts_what_it_hashes),
 	};
 	return cmocka_run_group_tests_name("smtp engine", tests, NULL, NULL);
 }
