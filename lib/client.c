@@ -102,7 +102,7 @@ ms_client_stats ms_client_get_stats(const ms_client *c)
 	if (c->qmtp) {
 		const ms_qmtp_stats *q = ms_qmtp_get_stats(c->qmtp);
 		s = (ms_client_stats){ q->bytes_out, q->bytes_in, q->writes, q->round_trips,
-		                       q->messages, q->packages, q->connections, 1, 0, 0, "qmtp" };
+		                       q->messages, q->packages, q->connections, 1, 0, q->resent, "qmtp" };
 	} else {
 		const ms_smtp_stats *t = ms_smtp_get_stats(c->smtp);
 		s = (ms_client_stats){ t->bytes_out, t->bytes_in, t->writes, t->round_trips,

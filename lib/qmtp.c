@@ -78,6 +78,8 @@ struct ms_qmtp {
 	int64_t last_reply_ms;
 	char *conv;           /* MS_QMTP_ENC_TO_LF: data read here, then copied without CRs */
 	int broken;
+	int enc_switched;     /* the server refused the CRLF encoding: to-lf from now on */
+	int refused_last;     /* the last reply was that refusal (a close may follow) */
 	ms_error fatal;
 	ms_qmtp_stats st;
 };
@@ -421,6 +423,41 @@ static ms_status cycle(ms_qmtp *q, const char *why)
 	return MS_OK;
 }
 
+/* Encoding, CR stripping and length, under the session's encoding now. */
+static void pkg_encode(ms_qmtp *q, pkg *p)
+{
+	p->enc = ms_qmtp_encoding_byte(p->m, q->o.encoding);
+	p->strip_cr = strips_cr(p->m, q->o.encoding);
+	p->octets = data_octets(p->m, q->o.encoding);
+}
+
+/* Back to "not started", to go again on a new connection in its place. */
+static void pkg_reset(ms_qmtp *q, pkg *p)
+{
+	ms_buf_free(&p->env);
+	if (p->sha)
+		EVP_MD_CTX_free(p->sha);
+	p->sha = NULL;
+	p->started = 0;
+	p->answered = 0;
+	p->held_cr = 0;
+	p->end_off = 0;
+	p->sent_ms = 0;
+	p->m->transactions--;
+	pkg_encode(q, p);
+}
+
+/* Is this refusal about the CRLF encoding (mailfront 2.12: "Cannot handle
+ * non-LF line terminator"), which the to-lf encoding cures? */
+static int encoding_refused(const ms_qmtp *q, const pkg *p, const ms_qmtp_reply *r)
+{
+	if (r->state == MS_RCPT_DELIVERED || p->enc != '\015' || p->answered ||
+	    q->o.encoding != MS_QMTP_ENC_AUTO || q->enc_switched)
+		return 0;
+	return strcasestr(r->text, "line terminator") || strcasestr(r->text, "non-LF") ||
+	       strcasestr(r->text, "encoding");
+}
+
 /* ---- producing output --------------------------------------------------- */
 
 static ms_status start_package(ms_qmtp *q, pkg *p)
@@ -583,6 +620,40 @@ static int on_reply(ms_qmtp *q, const char *payload, size_t len)
 	q->st.replies++;
 	q->conn_replies++;
 	q->last_reply_ms = ms_now_ms();
+	q->refused_last = 0;
+	if (encoding_refused(q, p, &r)) {
+		/* Q11: not the message's answer.  From now on CRLF data goes
+		 * with the LF encoding (to-lf); this package goes again, at the
+		 * end of the list, on this connection or the next. */
+		q->enc_switched = q->refused_last = 1;
+		q->o.encoding = MS_QMTP_ENC_TO_LF;
+		ms_transcript_addf(q->o.transcript, MS_TX_NOTE,
+		                   "the server refused the CRLF encoding (%.200s): sending with the LF "
+		                   "encoding from now on",
+		                   r.text);
+		pkg *again = calloc(1, sizeof *again);
+		size_t *idx = again ? malloc(p->n * sizeof *idx) : NULL;
+		if (!idx) {
+			free(again);
+			fail_all(q, MS_ERR_NOMEM, "out of memory");
+			return 1;
+		}
+		memcpy(idx, p->idx, p->n * sizeof *idx);
+		again->m = p->m;
+		again->idx = idx;
+		again->n = p->n;
+		pkg_encode(q, again);
+		q->tail->next = again;
+		q->tail = again;
+		if (!q->cur)
+			q->cur = again;
+		if (!q->unsent)
+			q->unsent = again;
+		p->m->transactions--;
+		pop_head(q);
+		q->st.resent++;
+		return 0;
+	}
 	size_t from = p->answered, to = p->answered + 1;
 	if (q->o.replies == MS_QMTP_PER_PACKAGE) {
 		from = 0;
@@ -767,6 +838,21 @@ static ms_status turn(ms_qmtp *q, until_fn until, int *done)
 			/* Between packages, after the server answered something:
 			 * a legitimate close.  Reconnect only if more is to go. */
 			note(q, MS_TX_NOTE, "connection closed by the server between packages");
+			close_io(q);
+			return MS_OK;
+		}
+		if (q->refused_last && awaiting(q) && !ms_buf_avail(&q->io.in) && q->host[0]) {
+			/* Q11: it refused the encoding and hung up.  It answers in
+			 * order, so what it did not answer it never took: those
+			 * packages go again, on a new connection. */
+			note(q, MS_TX_NOTE, "connection closed by the server after refusing the encoding: "
+			                    "the unanswered packages go again on a new connection");
+			for (pkg *x = q->head; x && x->started; x = x->next) {
+				pkg_reset(q, x);
+				q->st.resent++;
+			}
+			q->cur = q->unsent = q->head;
+			q->refused_last = 0;
 			close_io(q);
 			return MS_OK;
 		}

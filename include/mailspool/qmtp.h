@@ -90,6 +90,7 @@ typedef struct ms_qmtp_stats {
 	uint64_t packages;     /* packages completely written */
 	uint64_t messages;     /* messages finished */
 	uint64_t connections;  /* connections opened */
+	uint64_t resent;       /* packages sent again (a refused encoding, Q11) */
 } ms_qmtp_stats;
 
 /* What one reply says (ms_qmtp_parse_reply). */

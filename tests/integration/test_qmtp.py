@@ -99,17 +99,39 @@ def test_per_recipient_counting_times_out_not_hangs(send, write_msg):
 
 
 def test_crlf_data_is_declared_not_rewritten(send, write_msg):
-    """CRLF data goes out as encoding #1 (\\015) unchanged.  mailfront 2.12
-    does not implement that encoding and answers Z: a temporary failure,
-    reported as such (the data is never rewritten to suit it)."""
+    """CRLF data goes out as encoding #1 (\\015) unchanged when the route
+    says crlf.  mailfront 2.12 does not implement that encoding and answers
+    Z: a temporary failure, reported as such."""
     with Mailfront() as mf:
         r = send(mf.url(), [write_msg("Subject: crlf\r\n\r\nbody\r\n")], "-f", "a@example.test",
-                 "--to", "x@example.test")
+                 "--to", "x@example.test", "--qmtp-encoding", "crlf")
         assert r.rc == 75
         rc = r.rcpt(0, "x@example.test")
         assert rc["state"] == "deferred" and rc["stage"] == "package"
         assert "non-LF" in rc["text"]
         assert mf.messages() == []
+
+
+def test_a_refused_crlf_encoding_moves_the_stream_to_lf_on_a_new_connection(send, write_msg,
+                                                                               tmp_path):
+    """Q11: with the encoding ours to choose, mailfront's refusal of \\015
+    (and its hang-up) is a session problem: the refused message and every
+    package it never answered go again, with the LF encoding, on a new
+    connection - each exactly once, the data the same lines."""
+    files = [write_msg(f"Subject: crlf {i}\r\nX-Seq: {i}\r\n\r\nbody {i}\r\n") for i in range(5)]
+    tr = tmp_path / "tr"
+    with Mailfront() as mf:
+        r = send(mf.url(), files, "-f", "a@example.test", "--to", "x@example.test",
+                 "--transcript", str(tr))
+        assert r.rc == 0, r.stdout
+        got = mf.messages(expect=5)
+    assert r.summary["delivered"] == 5 and r.summary["connections"] == 2
+    assert r.summary["resent"] >= 1
+    seqs = sorted(int(d.split(b"X-Seq: ")[1].split(b"\n")[0]) for _s, _r, d in got)
+    assert seqs == list(range(5))
+    for _s, _r, d in got:
+        assert b"\r" not in d  # the LF encoding: each CRLF went as LF
+    assert "refused the CRLF encoding" in tr.read_text()
 
 
 def test_permanent_and_temporary_refusals(send, write_msg):
