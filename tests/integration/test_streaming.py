@@ -230,3 +230,34 @@ def test_a_message_over_the_advertised_size_is_refused_and_the_stream_goes_on(se
     assert r.summary["shape"] == "bdat-stream"
     # Not one octet of it was written.
     assert not re.search(r"BDAT \d{5,} LAST", tr.read_text())
+
+
+def test_a_1gib_message_goes_as_one_bdat_chunk_in_constant_memory(tmp_path):
+    """P2: one chunk of exactly the declared size, read from the file as it
+    goes: under 16 MiB resident for 1 GiB."""
+    import subprocess
+    import sys
+    from conftest import BIN
+    big = tmp_path / "big.eml"
+    chunk = (b"y" * 76 + b"\n") * 13443  # LF lines: CRLF on the wire, 1 GiB+ in all
+    with open(big, "wb") as f:
+        f.write(b"Subject: big\n\n")
+        while f.tell() < 1 << 30:
+            f.write(chunk)
+    tr = tmp_path / "tr"
+    with Postfix(extra_main="message_size_limit = 0\n") as pf:
+        probe = ("import resource, subprocess, sys\n"
+                 "r = subprocess.run(sys.argv[1:], capture_output=True)\n"
+                 "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+        out = subprocess.run([sys.executable, "-c", probe, BIN, "send", "--via", pf.url(),
+                              "-f", "a@sender.test", "--to", "b@example.test",
+                              "--transcript", str(tr), str(big)],
+                             capture_output=True, timeout=900, check=True).stdout.split()
+        rc, maxrss_kib = int(out[0]), int(out[1])
+        assert rc == 0
+        assert len(pf.queue()) == 1
+    lines = os.path.getsize(big) // 77 + 2
+    text = tr.read_text()
+    m = re.search(r"C: BDAT (\d+) LAST", text)
+    assert m and int(m.group(1)) == os.path.getsize(big) + lines  # every LF became CRLF
+    assert maxrss_kib < 16 * 1024, f"{maxrss_kib} KiB resident"
