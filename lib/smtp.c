@@ -347,6 +347,8 @@ static void txn_end(ms_smtp *s, txn *t)
 	txn_free(t);
 }
 
+static void learn(ms_smtp *s, unsigned quirk, const char *why);
+
 /*
  * The session is lost: every recipient not yet final is deferred with `why`
  * (R9: "as if a 451 had been received"), except those that already have a
@@ -362,6 +364,10 @@ static void fail_with(ms_smtp *s, ms_status status, const char *reason, int code
 		s->broken = 1;
 		ms_error_set(&s->fatal, status, "%s", why);
 		note(s, MS_TX_ERROR, why);
+		/* P5: replies out of step with a BDAT stream may be a server
+		 * that cannot take BDAT pipelined: next time, one at a time. */
+		if (status == MS_ERR_PROTOCOL && s->bdat_inflight >= 2)
+			learn(s, MS_QUIRK_BDAT_SERIAL, "a synchronisation error in a BDAT stream");
 	}
 	ms_buf_reset(&s->io.out);
 	char unknown[MS_ERROR_MSG_MAX + 96];
