@@ -349,6 +349,32 @@ static void txn_end(ms_smtp *s, txn *t)
 
 static void learn(ms_smtp *s, unsigned quirk, const char *why);
 
+/* R44: what follows `why` when the data went out whole and no answer came. */
+static void unknown_text(const char *why, char *out, size_t n)
+{
+	snprintf(out, n,
+	         "%s after the message data was sent: outcome unknown, the message may be "
+	         "delivered more than once",
+	         why);
+}
+
+/* Defer every recipient of t without a final answer (R46 keeps those that
+ * have one); the message's own outcome too, when it has none yet or
+ * `always`. */
+static void defer_open(txn *t, ms_stage stage, int code, const char *enh, const char *text,
+                       int always)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		ms_rcpt *r = &t->m->rcpts[t->idx[i]];
+		if (is_final(r->state) && !r->retry)
+			continue;
+		r->retry = 0;
+		rcpt_set(r, MS_RCPT_DEFERRED, stage, code, enh, text);
+	}
+	if (!t->m->out.text || always)
+		ms_outcome_set(&t->m->out, stage, code, enh, text);
+}
+
 /*
  * The session is lost: every recipient not yet final is deferred with `why`
  * (R9: "as if a 451 had been received"), except those that already have a
@@ -371,24 +397,12 @@ static void fail_with(ms_smtp *s, ms_status status, const char *reason, int code
 	}
 	ms_buf_reset(&s->io.out);
 	char unknown[MS_ERROR_MSG_MAX + 96];
-	snprintf(unknown, sizeof unknown,
-	         "%s after the final dot was sent: outcome unknown, the message may be "
-	         "delivered more than once",
-	         why);
+	unknown_text(why, unknown, sizeof unknown);
 	while (s->txns) {
 		txn *t = s->txns;
 		int after_dot = t->phase == TX_DOT && !t->dot_only;
-		for (size_t i = 0; i < t->n; i++) {
-			ms_rcpt *r = &t->m->rcpts[t->idx[i]];
-			if (is_final(r->state) && !r->retry)
-				continue;
-			r->retry = 0;
-			rcpt_set(r, MS_RCPT_DEFERRED, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, code,
-			         enh, after_dot ? unknown : why);
-		}
-		if (!t->m->out.text || after_dot)
-			ms_outcome_set(&t->m->out, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, code,
-			               enh, after_dot ? unknown : why);
+		defer_open(t, after_dot ? MS_STAGE_DOT : MS_STAGE_SESSION, code, enh,
+		           after_dot ? unknown : why, after_dot);
 		txn_end(s, t);
 	}
 	s->flen = 0;
@@ -426,24 +440,13 @@ static void abandon(ms_smtp *s, const char *reason, int in_order)
 	snprintf(why, sizeof why, "%s", reason);
 	note(s, MS_TX_NOTE, why);
 	char unknown[MS_ERROR_MSG_MAX + 96];
-	snprintf(unknown, sizeof unknown,
-	         "%s after the message data was sent: outcome unknown, the message may be "
-	         "delivered more than once",
-	         why);
+	unknown_text(why, unknown, sizeof unknown);
 	while (s->txns) {
 		txn *t = s->txns;
-		if (t->phase == TX_DOT && !t->dot_only && !t->voided && !in_order) {
-			for (size_t i = 0; i < t->n; i++) {
-				ms_rcpt *r = &t->m->rcpts[t->idx[i]];
-				if (is_final(r->state) && !r->retry)
-					continue;
-				r->retry = 0;
-				rcpt_set(r, MS_RCPT_DEFERRED, MS_STAGE_DOT, 0, "4.4.2", unknown);
-			}
-			ms_outcome_set(&t->m->out, MS_STAGE_DOT, 0, "4.4.2", unknown);
-		} else {
+		if (t->phase == TX_DOT && !t->dot_only && !t->voided && !in_order)
+			defer_open(t, MS_STAGE_DOT, 0, "4.4.2", unknown, 1);
+		else
 			t->voided = 1;
-		}
 		txn_end(s, t);
 	}
 	s->flen = 0;

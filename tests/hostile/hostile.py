@@ -43,12 +43,7 @@ class Conn:
 
     def read_chunk(self, n):
         """Read the n octets of a BDAT chunk."""
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("client closed inside a BDAT chunk")
-            self.received += chunk
-            self.buf += chunk
+        self._fill(n)
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
