@@ -34,6 +34,10 @@ PATHS    = -DMS_SYSCONFDIR='"$(SYSCONFDIR)"' -DMS_LIBEXECDIR='"$(LIBEXECDIR)"' \
            -DMS_BINDIR='"$(PREFIX)/bin"'
 ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) $(PATHS) -Iinclude -MMD -MP
 LDLIBS   = -lssl -lcrypto -lcares -lmd
+# One version (include/mailspool/version.h): programs, soname, pkg-config.
+VERSION := $(shell sed -n 's/^\#define MS_VERSION "\(.*\)"/\1/p' include/mailspool/version.h)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME   = libmailspool.so.$(SOMAJOR)
 
 LIB_SRC  = $(wildcard lib/*.c)
 LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
@@ -49,15 +53,24 @@ FUZZ_SECONDS ?= 60
 PROGRAMS = $(BUILD)/mailspool $(BUILD)/mailspool-drop $(BUILD)/mailspool-deliver \
            $(BUILD)/mailspool-sendmail
 
-all: $(BUILD)/libmailspool.a $(PROGRAMS)
+all: $(BUILD)/libmailspool.a $(BUILD)/libmailspool.so.$(VERSION) $(BUILD)/mailspool.pc \
+     $(PROGRAMS)
 
-$(BUILD)/lib/%.o: lib/%.c
+# Position-independent: the same objects make the static and the shared
+# library (the programs link the static one).
+$(BUILD)/lib/%.o: lib/%.c Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
 
 $(BUILD)/libmailspool.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
+
+$(BUILD)/libmailspool.so.$(VERSION): $(LIB_OBJ)
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LDLIBS) -lpthread
+
+$(BUILD)/mailspool.pc: scripts/mailspool.pc.in include/mailspool/version.h Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
 # Three programs: the command (never set-id), the set-id helper (only the
 # queue side: spool, envelope, configuration - no SMTP, TLS or DNS code is
@@ -170,6 +183,11 @@ install: all
 	install -m 755 $(BUILD)/mailspool-drop $(DESTDIR)$(LIBEXECDIR)/mailspool-drop
 	install -m 755 $(BUILD)/mailspool-sendmail $(DESTDIR)$(LIBEXECDIR)/mailspool-sendmail
 	install -m 644 $(BUILD)/libmailspool.a $(DESTDIR)$(PREFIX)/lib/libmailspool.a
+	install -m 755 $(BUILD)/libmailspool.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libmailspool.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libmailspool.so
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(BUILD)/mailspool.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/mailspool.pc
 	install -m 644 include/mailspool/*.h $(DESTDIR)$(PREFIX)/include/mailspool/
 	install -m 644 man/mailspool.1 $(DESTDIR)$(PREFIX)/share/man/man1/mailspool.1
 	install -m 644 man/mailspool.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailspool.conf.5

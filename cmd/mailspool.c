@@ -26,13 +26,14 @@
 #include "mailspool/message.h"
 #include "mailspool/smtp.h"
 #include "mailspool/transcript.h"
+#include "mailspool/version.h"
 
 const char *progname = "mailspool";
 
 static void usage_main(FILE *f)
 {
 	fprintf(f,
-	        "usage: %s COMMAND [OPTIONS]\n"
+	        "usage: %s COMMAND [OPTIONS]      (mailspool %s)\n"
 	        "\n"
 	        "Commands:\n"
 	        "  send     with --via: send messages to one SMTP or QMTP server over one\n"
@@ -48,12 +49,13 @@ static void usage_main(FILE *f)
 	        "  stats    the usage log summed by day and purpose\n"
 	        "  sweep    repair what a crash left in the spool\n"
 	        "  setup    (root) make the queue's owner, the spool and the set-id helper\n"
+	        "  version  this program's version and the library's (also --version)\n"
 	        "\n"
 	        "Run as sendmail (or '%s sendmail ...') it takes sendmail's options;\n"
 	        "run as mailq it lists the queue.  Every command takes -C FILE for\n"
 	        "the configuration (else $MAILSPOOL_CONFIG, else %s).\n"
 	        "Run '%s COMMAND --help' for the options of a command.\n",
-	        progname, progname, MS_CONF_DEFAULT_PATH, progname);
+	        progname, MS_VERSION, progname, MS_CONF_DEFAULT_PATH, progname);
 }
 
 static void usage_send(FILE *f)
@@ -1041,6 +1043,12 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
 		usage_main(stdout);
+		return EX_OK_;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V") ||
+	    !strcmp(argv[1], "version")) {
+		/* What the program was built with, and the library it runs on. */
+		printf("mailspool %s (libmailspool %s)\n", MS_VERSION, ms_version());
 		return EX_OK_;
 	}
 	static const struct {

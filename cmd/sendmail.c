@@ -24,6 +24,7 @@
 
 #include "cli.h"
 #include "mailspool/dsnreq.h"
+#include "mailspool/version.h"
 
 static int usage_sendmail(void)
 {
@@ -64,6 +65,10 @@ int cmd_sendmail(int argc, char **argv)
 		if (!strcmp(a, "--")) {
 			i++;
 			break;
+		}
+		if (!strcmp(a, "--version")) {
+			printf("%s (mailspool %s)\n", progname, MS_VERSION);
+			return EX_OK_;
 		}
 		char opt = a[1];
 		const char *rest = a + 2;
@@ -119,6 +124,10 @@ int cmd_sendmail(int argc, char **argv)
 				list = 1;
 			else if (!strcmp(rest, "m"))
 				; /* read mail from stdin: the default */
+			else if (!strcmp(rest, "V")) { /* Exim's -bV */
+				printf("%s (mailspool %s)\n", progname, MS_VERSION);
+				return EX_OK_;
+			}
 			else if (!strcmp(rest, "i")) {
 				printf("%s: there is no aliases database to rebuild\n", progname);
 				return EX_OK_;
@@ -187,6 +196,10 @@ int cmd_mailq(int argc, char **argv)
 {
 	const char *confp = NULL;
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--version")) {
+			printf("%s (mailspool %s)\n", progname, MS_VERSION);
+			return EX_OK_;
+		}
 		if (!strncmp(argv[i], "-C", 2))
 			confp = argv[i][2] ? argv[i] + 2 : i + 1 < argc ? argv[++i] : NULL;
 		/* -v, -Ac, -q...: accepted, the listing is the same */

@@ -46,6 +46,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def reserved_port():
+    """A free port below the kernel's ephemeral range, for a server that is
+    configured long before it listens (a port from free_port() can be
+    handed out again meanwhile - to another server, or as the local port
+    of an outgoing connection)."""
+    import random
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return free_port()
+
+
 def wait_port(port, proc=None, timeout=15.0, greeting=True, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

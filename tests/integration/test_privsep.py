@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from servers import Aiosmtpd
+from servers import Aiosmtpd, reserved_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OWNER, ALICE, BOB = "mstowner", "mstalice", "mstbob"
@@ -90,11 +90,9 @@ def inst():
         subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", u], check=True)
     root = tempfile.mkdtemp(prefix="mailspool-privsep-", dir="/tmp")
     os.chmod(root, 0o755)  # users must reach the installed programs
-    relay = socket.socket()
-    relay.bind(("127.0.0.1", 0))
-    port = relay.getsockname()[1]
-    relay.close()
-    it = Install(root, port)
+    # Configured now, listened on by later tests: outside the ephemeral
+    # range, so no other server or outgoing connection takes it meanwhile.
+    it = Install(root, reserved_port())
     os.makedirs(it.etc)
     os.makedirs(os.path.dirname(it.log))
     it.write_conf()
@@ -543,3 +541,51 @@ def test_big_header_blocks_through_the_helper(inst):
     finally:
         inst.write_conf()
         inst.clear()
+
+
+def readme_example():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    section = text.split("## The library", 1)[1]
+    return section.split("```c\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_builds_against_the_installed_library(inst, tmp_path):
+    """The library as installed: headers, libmailspool.so.0 (a soname) and
+    libmailspool.a, found through mailspool.pc; the README's example built
+    both ways runs and delivers."""
+    src = tmp_path / "example.c"
+    src.write_text(readme_example())
+    env = dict(os.environ, PKG_CONFIG_PATH=f"{inst.prefix}/lib/pkgconfig")
+
+    def pc(*args):
+        p = subprocess.run(["pkg-config", *args, "mailspool"], capture_output=True, text=True,
+                           env=env)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.split()
+
+    version = subprocess.run([inst.bin, "--version"], capture_output=True, text=True).stdout
+    assert pc("--modversion") == [version.split()[1]]
+    shared, static = tmp_path / "ex-shared", tmp_path / "ex-static"
+    for out, extra in ((shared, pc("--cflags", "--libs")),
+                       (static, pc("--cflags") + [f"{inst.prefix}/lib/libmailspool.a"] +
+                        [a for a in pc("--static", "--libs") if a != "-lmailspool"])):
+        p = subprocess.run(["cc", "-o", str(out), str(src), *extra], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, p.stderr
+    ldd = subprocess.run(["ldd", str(shared)], capture_output=True, text=True,
+                         env=dict(os.environ, LD_LIBRARY_PATH=f"{inst.prefix}/lib")).stdout
+    assert f"libmailspool.so.0 => {inst.prefix}/lib/libmailspool.so.0" in ldd, ldd
+    assert "libmailspool" not in subprocess.run(["ldd", str(static)], capture_output=True,
+                                                text=True).stdout
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: from the example\r\n\r\nhello\r\n")
+    with Aiosmtpd() as srv:
+        for exe, ld in ((shared, f"{inst.prefix}/lib"), (static, "")):
+            p = subprocess.run([str(exe), "127.0.0.1", str(srv.port), str(msg)],
+                               capture_output=True, text=True, timeout=60,
+                               env=dict(os.environ, LD_LIBRARY_PATH=ld))
+            assert p.returncode == 0, p.stderr
+            assert f"libmailspool {version.split()[1]}" in p.stdout
+            assert "you@example.net: delivered 250" in p.stdout, p.stdout
+        assert len(srv.envelopes) == 2
