@@ -21,6 +21,7 @@
 #include "mailspool/client.h"
 #include "mailspool/dsnreq.h"
 #include "mailspool/headers.h"
+#include "mailspool/hmap.h"
 #include "mailspool/relay.h"
 #include "mailspool/io.h"
 #include "mailspool/message.h"
@@ -322,6 +323,7 @@ typedef struct send_opts {
 
 typedef struct dedup_ctx {
 	ms_message *m;
+	ms_hmap seen; /* wire addresses already in m */
 	ms_error *err;
 	int bad;
 } dedup_ctx;
@@ -334,9 +336,13 @@ static int add_header_rcpt(void *ctx, const char *addr)
 		d->bad = 1;
 		return 1;
 	}
-	for (size_t i = 0; i < d->m->nrcpts; i++)
-		if (!strcmp(d->m->rcpts[i].addr, wire))
-			return 0; /* like sendmail: one copy per address */
+	if (ms_hmap_get(&d->seen, wire))
+		return 0; /* like sendmail: one copy per address */
+	if (ms_hmap_put(&d->seen, wire, d) != 0) {
+		ms_error_set(d->err, MS_ERR_NOMEM, "out of memory");
+		d->bad = 1;
+		return 1;
+	}
 	return ms_message_add_rcpt(d->m, addr, d->err) != MS_OK;
 }
 
@@ -393,11 +399,18 @@ static ms_message *build_message(const send_opts *so, const char *name, size_t i
 		if (ms_hdr_read(fd, &it->hdr, &body_off, err) != MS_OK)
 			goto fail;
 		dedup_ctx d = { .m = m, .err = err };
+		ms_hmap_init(&d.seen);
+		int bad = 0;
+		for (size_t i = 0; i < m->nrcpts && !bad; i++)
+			if ((bad = ms_hmap_put(&d.seen, m->rcpts[i].addr, &d) != 0))
+				ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		static const char *fields[] = { "To", "Cc", "Bcc" };
-		for (size_t i = 0; i < 3; i++)
-			if (ms_hdr_addresses(it->hdr.data, ms_buf_avail(&it->hdr), fields[i],
-			                     add_header_rcpt, &d) < 0)
-				goto fail;
+		for (size_t i = 0; i < 3 && !bad; i++)
+			bad = ms_hdr_addresses(it->hdr.data, ms_buf_avail(&it->hdr), fields[i],
+			                       add_header_rcpt, &d) < 0;
+		ms_hmap_free(&d.seen);
+		if (bad)
+			goto fail;
 		it->hdr.len = ms_hdr_remove(it->hdr.data, it->hdr.len, "Bcc");
 		if (ms_message_add_mem(m, it->hdr.data, it->hdr.len, err) != MS_OK ||
 		    ms_message_add_fd(m, fd, (off_t)body_off, size - body_off, err) != MS_OK)

@@ -19,6 +19,7 @@
 
 #include "mailspool/addr.h"
 #include "mailspool/dsnreq.h"
+#include "mailspool/hmap.h"
 #include "mailspool/drop.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
@@ -112,6 +113,7 @@ typedef struct rcpt_ctx {
 	const char *host;
 	int64_t now;
 	unsigned notify; /* RFC 3461 NOTIFY for each, with ORCPT */
+	ms_hmap seen;    /* the addresses added, for one copy of each in O(1) */
 	ms_error *err;
 	int bad;
 } rcpt_ctx;
@@ -126,9 +128,13 @@ static int add_rcpt(void *ctx, const char *addr)
 		c->bad = 1;
 		return 1;
 	}
-	for (size_t i = 0; i < c->env->nrcpts; i++)
-		if (!strcmp(c->env->rcpts[i].addr, wire))
-			return 0;
+	if (ms_hmap_get(&c->seen, wire))
+		return 0;
+	if (ms_hmap_put(&c->seen, wire, c) != 0) {
+		ms_error_set(c->err, MS_ERR_NOMEM, "out of memory");
+		c->bad = 1;
+		return 1;
+	}
 	if (ms_env_add_rcpt(c->env, wire, c->now, c->err) != MS_OK) {
 		c->bad = 1;
 		return 1;
@@ -312,9 +318,11 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 	}
 	rcpt_ctx rc = { .env = &env, .host = conf->hostname, .now = now + conf->retry_tiers[0],
 		            .notify = o->dsn_notify, .err = err };
+	ms_hmap_init(&rc.seen);
 	for (size_t i = 0; i < o->nrcpts && !rc.bad; i++)
 		add_rcpt(&rc, o->rcpts[i]);
 	if (rc.bad) {
+		ms_hmap_free(&rc.seen);
 		ms_env_free(&env);
 		return err ? err->status : MS_ERR_USAGE;
 	}
@@ -478,6 +486,7 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 out:
 	if (begun)
 		sink->abort(sink->ctx);
+	ms_hmap_free(&rc.seen);
 	ms_buf_free(&hdr);
 	ms_env_free(&env);
 	free(w.out);

@@ -282,3 +282,29 @@ def test_huge_header_blocks(spool):
     over = filler * ((1 << 20) // len(filler) + 2)
     p = spool.run([spool.sendmail, "-i", "b@example.test"], over + b"Subject: big\n\nbody\n")
     assert p.returncode == 65 and b"header block longer" in p.stderr
+
+
+def test_40000_recipients_are_deduplicated_by_hash(spool, write_msg):
+    """One copy per address (as sendmail keeps): 40,000 arguments naming
+    20,000 addresses twice, in the queue and with `send --via -t` headers
+    that repeat the --to addresses.  (It was a linear search per
+    recipient: 40,000 took 5 s.)"""
+    addrs = [f"u{i:05d}@example.test" for i in range(20000)]
+    p = spool.run([spool.sendmail, "-i", *addrs, *reversed(addrs)], b"Subject: dup\n\nbody\n",
+                  timeout=120)
+    assert p.returncode == 0, p.stderr
+    (m,) = spool.queue()
+    got = [r["address"] for r in m["recipients"]]
+    assert got == addrs  # first occurrence order kept
+    from conftest import BIN
+    from servers import Aiosmtpd
+    hdr = "".join(f"To: {a}\n" for a in addrs[:500])
+    f = write_msg(hdr + "Subject: dup\n\nbody\n")
+    with Aiosmtpd() as srv:
+        r = subprocess.run([BIN, "send", "--via", srv.url(), "-f", "a@x.test", "-t",
+                            "--to", addrs[0], "--to", addrs[1], "--json", str(f)],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        # 100 recipients per transaction (R11): 5 transactions, each once.
+        got = [a for e in srv.envelopes for a in e[1]]
+        assert sorted(got) == sorted(addrs[:500])
