@@ -3,6 +3,7 @@
  */
 #include "mailspool/conf.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/hmap.h"
 #include "mailspool/route.h"
 #include "mailspool/tls.h"
 
@@ -261,6 +263,62 @@ static int parse_count(const char *val, size_t *out, size_t max)
 	return 0;
 }
 
+/* dns_servers: what the resolver takes (c-ares' "host:port" list), checked
+ * when the file is read rather than at the first delivery. */
+static int dns_server_ok(const char *s, size_t n)
+{
+	char buf[80], *port = NULL;
+	if (n == 0 || n >= sizeof buf)
+		return 0;
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	char *host = buf;
+	unsigned char a[16];
+	if (buf[0] == '[') { /* [v6] or [v6]:port */
+		char *close = strchr(buf, ']');
+		if (!close || (close[1] && close[1] != ':'))
+			return 0;
+		*close = '\0';
+		host = buf + 1;
+		port = close[1] ? close + 2 : NULL;
+		if (inet_pton(AF_INET6, host, a) != 1)
+			return 0;
+	} else if (inet_pton(AF_INET6, buf, a) == 1) {
+		return 1; /* a bare v6 address */
+	} else {
+		char *colon = strchr(buf, ':');
+		if (colon) {
+			*colon = '\0';
+			port = colon + 1;
+		}
+		if (inet_pton(AF_INET, host, a) != 1)
+			return 0;
+	}
+	if (!port)
+		return 1;
+	char *end;
+	long p = strtol(port, &end, 10);
+	return *port && !*end && p > 0 && p < 65536;
+}
+
+static int dns_servers_ok(const char *v)
+{
+	while (*v) {
+		size_t n = strcspn(v, ",");
+		const char *s = v;
+		while (n && (*s == ' ' || *s == '\t'))
+			s++, n--;
+		while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+			n--;
+		if (!dns_server_ok(s, n))
+			return 0;
+		v += strcspn(v, ",");
+		if (*v == ',' && !*++v)
+			return 0; /* a trailing comma */
+	}
+	return 1;
+}
+
 /* Apply one key; returns NULL or what is wrong with the value. */
 static const char *apply(ms_conf *c, const char *key, char *val)
 {
@@ -383,8 +441,11 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		c->smtp_bdat_bytes = v;
 		return NULL;
 	}
-	if (!strcmp(key, "dns_servers"))
+	if (!strcmp(key, "dns_servers")) {
+		if (!dns_servers_ok(val))
+			return "wants addresses (a.b.c.d, a.b.c.d:port, [v6]:port) separated by commas";
 		return set_str(c->dns_servers, sizeof c->dns_servers, val) ? "is too long" : NULL;
+	}
 	if (!strcmp(key, "mail_owner")) {
 		if (!user_name_ok(val))
 			return "wants a user name";
@@ -458,6 +519,30 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 	return NULL;
 }
 
+/* A relay is complete: it has a URL, and credentials only with a user to
+ * give them for (the command line refuses the same thing). */
+static ms_status relay_complete(const ms_conf_relay *r, const char *path, ms_error *err)
+{
+	if (!r->url[0])
+		return ms_error_set(err, MS_ERR_USAGE, "%s: relay %s is named but has no relay.%s.url",
+		                    path, r->name, r->name);
+	ms_route rt;
+	ms_error rerr;
+	if (ms_route_parse(r->url, &rt, &rerr) != MS_OK)
+		return ms_error_set(err, MS_ERR_USAGE, "%s: relay.%s.url: %.300s", path, r->name,
+		                    rerr.msg);
+	const char *cred = r->password_file[0]      ? "password_file"
+	                   : r->password_eval[0]    ? "password_eval"
+	                   : r->oauth_token_eval[0] ? "oauth_token_eval"
+	                                            : NULL;
+	if (cred && !rt.user[0])
+		return ms_error_set(err, MS_ERR_USAGE,
+		                    "%s: relay.%s.%s is given but relay.%s.url names no user "
+		                    "(smtp://USER@HOST)",
+		                    path, r->name, cred, r->name);
+	return MS_OK;
+}
+
 ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err)
 {
 	ms_conf_defaults(c);
@@ -470,13 +555,9 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 	}
 	snprintf(c->path, sizeof c->path, "%s", path);
 	char line[LINE_MAX_];
-	enum { SEEN_MAX = 256, KEY_MAX = 280 };
-	char (*seen)[KEY_MAX] = malloc(SEEN_MAX * sizeof *seen);
-	size_t nseen = 0, lineno = 0;
-	if (!seen) {
-		fclose(f);
-		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	}
+	ms_hmap seen; /* every key set so far: a second setting is an error */
+	ms_hmap_init(&seen);
+	size_t lineno = 0;
 	ms_status st = MS_OK;
 	while (fgets(line, sizeof line, f)) {
 		lineno++;
@@ -494,25 +575,24 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 		}
 		*eq = '\0';
 		char *key = trim(s), *val = trim(eq + 1);
-		for (size_t i = 0; i < nseen && st == MS_OK; i++)
-			if (!strcmp(seen[i], key))
-				st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %s is set twice", path, lineno,
-				                  key);
-		if (st != MS_OK)
+		if (ms_hmap_get(&seen, key)) {
+			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %.64s is set twice", path, lineno,
+			                  key);
 			break;
+		}
 		const char *why = apply(c, key, val);
 		if (why) {
 			st = ms_error_set(err, MS_ERR_USAGE, "%s:%zu: %.64s %s", path, lineno, key, why);
 			break;
 		}
-		if (nseen < SEEN_MAX)
-			snprintf(seen[nseen++], KEY_MAX, "%s", key);
+		if (ms_hmap_put(&seen, key, c) != 0) {
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+			break;
+		}
 	}
 	for (size_t i = 0; st == MS_OK && i < c->nrelays; i++)
-		if (!c->relays[i].url[0])
-			st = ms_error_set(err, MS_ERR_USAGE, "%s: relay %s is named but has no relay.%s.url",
-			                  path, c->relays[i].name, c->relays[i].name);
-	free(seen);
+		st = relay_complete(&c->relays[i], path, err);
+	ms_hmap_free(&seen);
 	if (st == MS_OK && ferror(f))
 		st = ms_error_set(err, MS_ERR_IO, "cannot read configuration %s", path);
 	fclose(f);

@@ -1,0 +1,98 @@
+/*
+ * test_conf.c - mailspool.conf checks that must hold however long the file
+ * is: a key set twice anywhere, dns_servers checked when read, relay
+ * credentials without a user to give them for.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "mailspool/conf.h"
+
+static ms_status load_text(const char *text, ms_conf *c, ms_error *err)
+{
+	char path[] = "/tmp/ms-conf-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	ms_status st = ms_conf_load(c, path, 1, err);
+	unlink(path);
+	return st;
+}
+
+/* A repeated key is found past the first 256 keys too (it was not). */
+static void test_repeated_key_anywhere(void **state)
+{
+	(void)state;
+	char *text = malloc(1 << 16);
+	size_t n = 0;
+	for (int i = 0; i < 120; i++)
+		n += (size_t)sprintf(text + n, "route.d%d.test = mx\n", i);
+	for (int i = 0; i < 60; i++)
+		n += (size_t)sprintf(text + n, "destination.p%d.test.rate = 10\n"
+		                               "destination.p%d.test.concurrency = 2\n",
+		                     i, i);
+	ms_conf c;
+	ms_error err;
+	assert_int_equal(load_text(text, &c, &err), MS_OK); /* 240 distinct keys */
+	sprintf(text + n, "destination.p59.test.rate = 20\n");
+	assert_int_equal(load_text(text, &c, &err), MS_ERR_USAGE);
+	assert_non_null(strstr(err.msg, "destination.p59.test.rate is set twice"));
+	free(text);
+}
+
+static void test_dns_servers_checked_when_read(void **state)
+{
+	(void)state;
+	static const char *const good[] = { "127.0.0.1", "127.0.0.1:5353,192.0.2.1", "::1",
+		                                "[::1]:53, 192.0.2.7:53" };
+	static const char *const bad[] = { "nonsense", "127.0.0.1:", "127.0.0.1:0",
+		                               "127.0.0.1:70000", "[::1", "[::1]x", "1.2.3.4,",
+		                               "999.1.1.1" };
+	char text[256];
+	ms_conf c;
+	ms_error err;
+	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+		snprintf(text, sizeof text, "dns_servers = %s\n", good[i]);
+		if (load_text(text, &c, &err) != MS_OK)
+			fail_msg("%s refused: %s", good[i], err.msg);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		snprintf(text, sizeof text, "dns_servers = %s\n", bad[i]);
+		if (load_text(text, &c, &err) != MS_ERR_USAGE)
+			fail_msg("%s accepted", bad[i]);
+		assert_non_null(strstr(err.msg, "dns_servers"));
+	}
+}
+
+static void test_relay_credentials_need_a_user(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_error err;
+	assert_int_equal(load_text("relay.a.url = smtp://h:587\nrelay.a.password_eval = echo x\n", &c,
+	                           &err),
+	                 MS_ERR_USAGE);
+	assert_non_null(strstr(err.msg, "names no user"));
+	assert_int_equal(load_text("relay.a.url = smtp://me@h:587\nrelay.a.password_eval = echo x\n",
+	                           &c, &err),
+	                 MS_OK);
+	assert_int_equal(load_text("relay.a.url = smtp://h:587\n", &c, &err), MS_OK);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_repeated_key_anywhere),
+		cmocka_unit_test(test_dns_servers_checked_when_read),
+		cmocka_unit_test(test_relay_credentials_need_a_user),
+	};
+	return cmocka_run_group_tests_name("configuration", tests, NULL, NULL);
+}
