@@ -22,7 +22,7 @@
 #include "mailspool/addr.h"
 #include "mailspool/daemon.h"
 
-static volatile sig_atomic_t stop_flag, reload_flag;
+static volatile sig_atomic_t stop_flag, reload_flag, reopen_flag;
 
 static void on_stop(int sig)
 {
@@ -34,12 +34,34 @@ static void on_hup(int sig)
 {
 	(void)sig;
 	reload_flag = 1;
+	reopen_flag = 1;
 }
 
 typedef struct log_sink {
 	int fd;      /* -1: syslog */
 	int also_stderr;
+	const char *path; /* log_file, reopened after SIGHUP; NULL: syslog or stderr */
 } log_sink;
+
+/* After SIGHUP the log file is opened again by name, so that logrotate's
+ * rename-then-HUP moves the next line to the new file (the daemon runs as
+ * the owner by then: the directory must let it create the file, or
+ * logrotate's `create` make it).  Failing that, the old file is kept. */
+static void reopen_log(log_sink *l)
+{
+	reopen_flag = 0;
+	int fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		char msg[600];
+		int n = snprintf(msg, sizeof msg, "mailspool[%ld]: cannot reopen log_file %.400s: %s\n",
+		                 (long)getpid(), l->path, strerror(errno));
+		if (n > 0)
+			(void)!write(l->fd, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+		return;
+	}
+	close(l->fd);
+	l->fd = fd;
+}
 
 static void log_line(void *ctx, const char *line)
 {
@@ -52,6 +74,8 @@ static void log_line(void *ctx, const char *line)
 		safe[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p;
 	safe[k] = '\0';
 	line = safe;
+	if (reopen_flag && l->path)
+		reopen_log(l);
 	if (l->fd < 0)
 		syslog(LOG_MAIL | LOG_INFO, "%s", line);
 	if (l->fd < 0 && !l->also_stderr)
@@ -179,11 +203,12 @@ int cmd_daemon(int argc, char **argv)
 		free(conf);
 		return EX_NOPERM_;
 	}
-	log_sink sink = { -1, fg || once };
+	log_sink sink = { -1, fg || once, NULL };
 	if (!strcmp(conf->log_file, "stderr")) {
 		sink.fd = STDERR_FILENO;
 	} else if (strcmp(conf->log_file, "syslog")) {
 		sink.fd = open(conf->log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		sink.path = conf->log_file;
 		if (sink.fd < 0) {
 			fprintf(stderr, "%s daemon: cannot open log_file %s: %s\n", progname,
 			        conf->log_file, strerror(errno));

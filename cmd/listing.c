@@ -303,7 +303,9 @@ int cli_change(ms_spool *sp, const ms_conf *conf, const char *what, char **ids, 
 	}
 	if (is_flush)
 		printf("%zu message%s due now\n", n, n == 1 ? "" : "s");
-	ms_spool_wake(sp, 1); /* running daemons read the changed envelopes */
+	/* Running daemons read the changed envelopes; a flush also ends the
+	 * back-off of destinations that were down. */
+	ms_spool_wake(sp, is_flush ? 2 : 1);
 	ms_spool_ids_free(all, nall);
 	return rc;
 }

@@ -1283,8 +1283,30 @@ static void add_fresh(sched_state *d, const char *id)
 	snprintf(d->fresh[d->nfresh++], MS_ENV_ID_MAX + 1, "%s", id);
 }
 
+/* `mailspool flush`: everything due now, destinations down included - as
+ * Postfix's flush ignores its dead-destination state.  Their messages are
+ * read again with the changed envelopes. */
+static void flush_backoff(sched_state *d)
+{
+	const char *k;
+	void *v;
+	size_t n = 0;
+	for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
+		dest *x = v;
+		if (x->backoff_until) {
+			x->backoff_until = 0;
+			x->probing = x->probe_out = 0;
+			n++;
+		}
+	}
+	if (n)
+		logf_(d, "flush: the back-off of %zu destination(s) ends now", n);
+	d->dirty = 1;
+}
+
 /* Read the wake FIFO: "n<ID>\n" a new message ("n\n": something new, id
- * unknown), 'c' envelopes changed (flush, release).  Each message arrives
+ * unknown), 'c' envelopes changed (release), 'f' flush: changed, and every
+ * destination's back-off ends.  Each message arrives
  * whole (one write of at most PIPE_BUF octets), but a read may end inside
  * one: the rest waits in wbuf.  Returns 2 when something changed, else 1. */
 static int drain_wake(sched_state *d)
@@ -1308,6 +1330,8 @@ static int drain_wake(sched_state *d)
 			} else {
 				if (d->wbuf[i] == 'c')
 					what = 2;
+				else if (d->wbuf[i] == 'f')
+					what = 2, flush_backoff(d);
 				else
 					d->relist_wanted = 1; /* not ours: a listing finds whatever it was */
 				i++;
@@ -1451,10 +1475,19 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	ms_status st = ms_spool_open(d->c, 1, &d->sp, err);
 	if (st != MS_OK)
 		return st;
+	/* A second daemon under the same node name would claim as us and
+	 * settle our claims: refused before it touches anything. */
+	int lock_fd;
+	long holder;
+	if ((st = ms_spool_lock_node(d->sp, o->node, &lock_fd, &holder, err)) != MS_OK) {
+		ms_spool_close(d->sp);
+		return st;
+	}
 	ms_spool_set_report(d->sp, o->log, o->log_ctx); /* what is moved aside */
 	ms_sweep_report sw;
 	if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
 		ms_spool_close(d->sp);
+		close(lock_fd);
 		return err->status;
 	}
 	if (sw.tmp_removed + sw.orphans_removed + sw.claims_expired + sw.corrupt)
@@ -1463,6 +1496,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		      sw.tmp_removed, sw.orphans_removed, sw.claims_expired, sw.corrupt);
 	if (!o->once && (st = ms_spool_wake_listen(d->sp, o->node, &d->wake_fd, err)) != MS_OK) {
 		ms_spool_close(d->sp);
+		close(lock_fd);
 		return st;
 	}
 	d->nagents = d->c->delivery_agents ? d->c->delivery_agents : default_agents();
@@ -1592,5 +1626,6 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
 	logf_(d, "daemon stopped");
 	ms_spool_close(d->sp);
+	close(lock_fd);
 	return st;
 }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
@@ -1103,6 +1104,47 @@ static void wake_name(const char *node, char *out, size_t n)
 	snprintf(out, n, "%.64s.%ld", node, (long)getpid());
 }
 
+ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *holder,
+                             ms_error *err)
+{
+	char name[96];
+	*fd = -1;
+	*holder = 0;
+	snprintf(name, sizeof name, "lock.%.64s", node);
+	int lfd = openat(sp->dfd_root, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (lfd < 0)
+		return sys_err(err, "cannot open", name);
+	struct stat st;
+	if (fstat(lfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != sp->owner ||
+	    st.st_nlink != 1) {
+		close(lfd);
+		return ms_error_set(err, MS_ERR_IO, "%s is not our lock file", name);
+	}
+	if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		char buf[32] = "";
+		ssize_t n = pread(lfd, buf, sizeof buf - 1, 0);
+		if (n > 0)
+			buf[n] = '\0', *holder = strtol(buf, NULL, 10);
+		close(lfd);
+		if (e == EWOULDBLOCK)
+			return ms_error_set(err, MS_ERR_TEMP,
+			                    "another daemon (pid %ld) runs with node name %s on this spool",
+			                    *holder, node);
+		errno = e;
+		return sys_err(err, "cannot lock", name);
+	}
+	/* Ours: the pid, for the next one's message. */
+	char pid[32];
+	int k = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+	if (ftruncate(lfd, 0) < 0 || pwrite(lfd, pid, (size_t)k, 0) != k) {
+		close(lfd);
+		return sys_err(err, "cannot write", name);
+	}
+	*fd = lfd;
+	return MS_OK;
+}
+
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err)
 {
 	char name[128];
@@ -1135,8 +1177,11 @@ static void wake_with(ms_spool *sp, const char *msg, size_t n);
 
 void ms_spool_wake(ms_spool *sp, int changed)
 {
-	/* "n\n": something new, no id (the daemon lists env/); "c": changed. */
-	if (changed)
+	/* "n\n": something new, no id (the daemon lists env/); "c": changed;
+	 * "f": flushed (changed, and back-off ends). */
+	if (changed == 2)
+		wake_with(sp, "f", 1);
+	else if (changed)
 		wake_with(sp, "c", 1);
 	else
 		wake_with(sp, "n\n", 2);

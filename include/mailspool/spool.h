@@ -143,15 +143,24 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
  * A daemon listens on a FIFO wake/NODE.PID under the spool directory
  * (wake/ is the owner's alone; each FIFO is checked before it is written);
  * ms_spool_wake writes to every one ("n<ID>\n" for a new message, "n\n"
- * when its id is not known; "c" after flush and release: envelopes changed,
- * so daemons read them again),
+ * when its id is not known; "c" after release: envelopes changed, so
+ * daemons read them again; "f" after flush: the same, and every
+ * destination's back-off ends),
  * removing FIFOs nobody reads any more.  Never blocks. */
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err);
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
-void ms_spool_wake(ms_spool *sp, int changed); /* changed: envelopes were edited */
+void ms_spool_wake(ms_spool *sp, int changed); /* 1: envelopes edited; 2: flushed */
 /* A new message: "n<ID>\n", so a daemon takes it at once without listing
  * the whole queue. */
 void ms_spool_wake_id(ms_spool *sp, const char *id);
+
+/* One daemon per node name on a spool: an exclusive lock (flock) on
+ * spool_dir/lock.NODE, created as the owner's and checked like every spool
+ * file, held until *fd is closed (close-on-exec: agents do not inherit
+ * it).  MS_ERR_TEMP when another process holds it; *holder is its pid (0
+ * if unknown). */
+ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *holder,
+                             ms_error *err);
 
 /* A rate limit kept in the spool: 1 (and the stamp `name` in spool_dir
  * renewed) when it was last renewed at least `seconds` ago, else 0. */

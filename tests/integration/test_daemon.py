@@ -592,3 +592,67 @@ def test_mode_background_queues_only_temporary_failures(tmp_path, port):
         assert len(w.spool.queue()) == 1  # the failed one is reported, not queued
         assert sender_mx.envelopes == []   # ... and not bounced: the caller was told
         assert [e[1] for e in mx1.envelopes] == [["good@a.test"]]
+
+
+def test_flush_ends_the_back_off_of_a_dead_destination(tmp_path, port):
+    """`mailspool flush` makes mail due now, destinations that were down
+    included (they used to wait out their back-off, here an hour)."""
+    with dns_for(port, mx=[("dead.test", "mx.dead.test", 10)],
+                 hosts={"mx.dead.test": "127.0.0.8"}) as dns:
+        w = World(str(tmp_path), dns, port, tiers="0 1s 2s", extra="destination_backoff = 1h\n")
+        w.queue_msg(["x@dead.test"])
+        d = w.start()
+        try:
+            assert wait_for(lambda: "dead.test: no server answered; not tried again" in
+                            w.logtext(), 20), w.logtext()
+            with Aiosmtpd(host="127.0.0.8", port=port) as back:  # it is up again
+                time.sleep(2)  # past the 1 s tier: only the back-off holds it now
+                assert back.envelopes == []
+                p = w.spool.ms("flush")
+                assert p.returncode == 0, p.stderr
+                assert wait_for(lambda: len(back.envelopes) == 1, 20), w.logtext()
+        finally:
+            stop_daemon(d)
+        assert "flush: the back-off of 1 destination(s) ends now" in w.logtext()
+        assert w.spool.queue() == []
+
+
+def test_a_second_daemon_with_the_same_node_name_is_refused(tmp_path, port):
+    with dns_for(port) as dns:
+        w = World(str(tmp_path), dns, port)
+        d = w.start("--node", "alpha")
+        try:
+            assert wait_for(lambda: "daemon started: node alpha" in w.logtext(), 20)
+            p = w.spool.run([BIN, "daemon", "--foreground", "--node", "alpha"], timeout=30)
+            assert p.returncode == 75, p.stderr
+            assert f"another daemon (pid {d.pid}) runs with node name alpha" in \
+                p.stderr.decode()
+            other = w.start("--node", "beta")  # another name on the same spool: fine
+            try:
+                assert wait_for(lambda: "daemon started: node beta" in w.logtext(), 20)
+            finally:
+                stop_daemon(other)
+        finally:
+            stop_daemon(d)
+
+
+def test_sighup_reopens_the_log_file_after_a_rename(tmp_path, port):
+    """logrotate without copytruncate: rename, SIGHUP, and the next lines
+    go to a new file of that name (they used to go on into the old one)."""
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port) as mx1:
+        w = World(str(tmp_path), dns, port)
+        d = w.start()
+        try:
+            assert wait_for(lambda: "daemon started" in w.logtext(), 20)
+            os.rename(w.log, w.log + ".1")
+            d.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: os.path.exists(w.log) and "configuration reloaded" in
+                            w.logtext(), 20)
+            w.queue_msg(["after@a.test"])
+            assert wait_for(lambda: "to=<after@a.test>" in w.logtext(), 20), w.logtext()
+        finally:
+            stop_daemon(d)
+        with open(w.log + ".1") as f:
+            old = f.read()
+        assert "daemon started" in old and "after@a.test" not in old
+        assert len(mx1.envelopes) == 1
