@@ -267,11 +267,12 @@ def test_a_bounce_on_a_full_disk_is_kept_until_there_is_room(tmp_path, port):
                 Aiosmtpd(host="127.0.0.9", port=port) as sender_mx:
             w = World(str(mnt), dns, port, tiers="0 2s 1h", )
             # Headers of 24 KiB: the bounce quotes them, so it needs more room
-            # than the three pages left free below.
+            # than the four pages left free below (the daemon's node lock,
+            # a claim and the envelope take three).
             pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 800) for i in range(30))
             qid = w.queue_msg(["bad@a.test"], b"Subject: big\r\n" + pad + b"\r\nbody\r\n")
             slack, filler = mnt / "slack", mnt / "filler"
-            slack.write_bytes(b"\0" * 12288)
+            slack.write_bytes(b"\0" * 16384)
             fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
             try:
                 while os.write(fd, b"\0" * 4096) > 0:
