@@ -405,9 +405,16 @@ static ms_message *build_message(const send_opts *so, const char *name, size_t i
 			if ((bad = ms_hmap_put(&d.seen, m->rcpts[i].addr, &d) != 0))
 				ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		static const char *fields[] = { "To", "Cc", "Bcc" };
-		for (size_t i = 0; i < 3 && !bad; i++)
-			bad = ms_hdr_addresses(it->hdr.data, ms_buf_avail(&it->hdr), fields[i],
-			                       add_header_rcpt, &d) < 0;
+		for (size_t i = 0; i < 3 && !bad; i++) {
+			int hr = ms_hdr_addresses(it->hdr.data, ms_buf_avail(&it->hdr), fields[i],
+			                          add_header_rcpt, &d);
+			if (hr == MS_HDR_MALFORMED)
+				ms_error_set(err, MS_ERR_DATA,
+				             "%s: a %s: field holds no valid address list (an unclosed <, or "
+				             "words apart without an <address>)",
+				             name, fields[i]);
+			bad = hr < 0;
+		}
 		ms_hmap_free(&d.seen);
 		if (bad)
 			goto fail;

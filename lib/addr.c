@@ -178,12 +178,20 @@ ms_status ms_addr_parse(const char *in, size_t len, ms_addr_role role, char *out
 		at = i + 1;
 	} else {
 		const char *a = NULL;
+		size_t ats = 0;
 		for (size_t i = 0; i < len; i++)
 			if (in[i] == '@')
-				a = in + i;
+				a = in + i, ats++;
 		if (!a)
 			return ms_error_set(err, MS_ERR_USAGE,
 			                    "%s address \"%.*s\" has no domain", what, (int)len, in);
+		/* "a@@x" is a typo, not the local part "a@": an @ in a local part
+		 * must be quoted by whoever means it. */
+		if (ats > 1)
+			return ms_error_set(err, MS_ERR_USAGE,
+			                    "%s address \"%.*s\" has more than one @ (quote a local part "
+			                    "that holds one)",
+			                    what, (int)len, in);
 		at = (size_t)(a - in);
 	}
 	const char *local = in, *domain = in + at + 1;

@@ -126,9 +126,18 @@ int ms_hdr_parse_list(const char *b, size_t len, int (*fn)(void *ctx, const char
 {
 	acc plain = { .n = 0 }, angle = { .n = 0 };
 	int in_angle = 0, have_angle = 0, count = 0;
+	/* Words apart outside <>, with no <address> to follow them ("a@x.test
+	 * b@y.test", "Name a@x.test"), are no address: run together they
+	 * would be a wrong one. */
+	int gap = 0, words = 0;
 	for (size_t i = 0; i < len; i++) {
 		char c = b[i];
 		acc *cur = in_angle ? &angle : &plain;
+		if (!in_angle && gap && c != ' ' && c != '\t' && c != '\r' && c != '\n' &&
+		    c != '(' && c != '<' && c != ',' && c != ';' && c != ':') {
+			words = 1;
+			gap = 0;
+		}
 		if (c == '(') { /* comment, nested, with quoted-pairs */
 			int depth = 1;
 			while (++i < len && depth > 0) {
@@ -162,8 +171,10 @@ int ms_hdr_parse_list(const char *b, size_t len, int (*fn)(void *ctx, const char
 				acc_put(cur, ']');
 			continue;
 		}
-		if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+		if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+			gap = !in_angle && plain.n > 0;
 			continue;
+		}
 		if (c == '<' && !in_angle) {
 			in_angle = 1;
 			angle.n = 0;
@@ -180,18 +191,23 @@ int ms_hdr_parse_list(const char *b, size_t len, int (*fn)(void *ctx, const char
 		}
 		if (c == ':' && !in_angle) {
 			plain.n = 0; /* group name */
+			gap = words = 0;
 			continue;
 		}
 		if ((c == ',' || c == ';') && !in_angle) {
+			if (words && !have_angle)
+				return MS_HDR_MALFORMED;
 			int r = have_angle ? emit(&angle, fn, ctx, &count) : emit(&plain, fn, ctx, &count);
 			plain.n = 0;
-			have_angle = 0;
+			have_angle = gap = words = 0;
 			if (r)
 				return -1;
 			continue;
 		}
 		acc_put(cur, c);
 	}
+	if (in_angle || (words && !have_angle))
+		return MS_HDR_MALFORMED; /* "Name <a@x.test" without its ">" */
 	int r = have_angle ? emit(&angle, fn, ctx, &count) : emit(&plain, fn, ctx, &count);
 	return r ? -1 : count;
 }
@@ -207,7 +223,7 @@ int ms_hdr_addresses(const char *hdr, size_t len, const char *name,
 			size_t n = strlen(name) + 1;
 			int r = ms_hdr_parse_list(hdr + i + n, fl - n, fn, ctx);
 			if (r < 0)
-				return -1;
+				return r;
 			total += r;
 		}
 		i += fl;

@@ -102,7 +102,19 @@ static int is_field_start(const char *line, size_t n)
  * sendmail and Postfix qualify it with the local domain. */
 static const char *qualify(const char *addr, const char *host, char *buf, size_t n)
 {
-	if (!*addr || strchr(addr, '@') || strlen(addr) > MS_ADDR_LOCAL_MAX)
+	/* <> and <local>: the brackets are not part of a name ("<>" became
+	 * "<>"@HOST, a recipient that exists nowhere). */
+	size_t len = strlen(addr);
+	if (len >= 2 && addr[0] == '<' && addr[len - 1] == '>' && len - 2 < n) {
+		char inner[MS_ADDR_MAX + 1];
+		snprintf(inner, sizeof inner, "%.*s", (int)(len - 2), addr + 1);
+		if (!*inner || strchr(inner, '@') || strlen(inner) > MS_ADDR_LOCAL_MAX)
+			snprintf(buf, n, "%s", inner);
+		else
+			snprintf(buf, n, "%s@%s", inner, host);
+		return buf;
+	}
+	if (!*addr || strchr(addr, '@') || len > MS_ADDR_LOCAL_MAX)
 		return addr;
 	snprintf(buf, n, "%s@%s", addr, host);
 	return buf;
@@ -396,11 +408,17 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 	/* 2. Recipients from the header, then the header rewritten. */
 	if (o->from_headers) {
 		static const char *const fields[] = { "To", "Cc", "Bcc" };
-		for (size_t i = 0; i < 3 && !rc.bad; i++)
-			if (ms_hdr_addresses(ms_buf_ptr(&hdr), ms_buf_avail(&hdr), fields[i], add_rcpt, &rc) <
-			        0 &&
-			    !rc.bad)
+		for (size_t i = 0; i < 3 && !rc.bad; i++) {
+			int hr = ms_hdr_addresses(ms_buf_ptr(&hdr), ms_buf_avail(&hdr), fields[i],
+			                          add_rcpt, &rc);
+			if (hr == MS_HDR_MALFORMED && !rc.bad)
+				ms_error_set(err, MS_ERR_DATA,
+				             "a %s: field holds no valid address list (an unclosed <, or "
+				             "words apart without an <address>)",
+				             fields[i]);
+			if (hr < 0)
 				rc.bad = 1;
+		}
 		if (rc.bad) {
 			st = err ? err->status : MS_ERR_USAGE;
 			goto out;

@@ -31,8 +31,14 @@ size_t ms_hdr_line_len(const char *p, size_t n);
  * offset of the first body byte (the file size when there is no body). */
 ms_status ms_hdr_read(int fd, ms_buf *hdr, uint64_t *body_off, ms_error *err);
 
+/* A field that is no address list: an unclosed "<", or words apart with
+ * no <address> after them ("a@x b@y", "Name a@x") - refused, never run
+ * together into a wrong address. */
+#define MS_HDR_MALFORMED (-2)
+
 /* Call fn for every address in fields named `name` (case-insensitive).
- * Returns the number of addresses found, or -1 when fn returned non-zero. */
+ * Returns the number of addresses found, -1 when fn returned non-zero, or
+ * MS_HDR_MALFORMED. */
 int ms_hdr_addresses(const char *hdr, size_t len, const char *name,
                      int (*fn)(void *ctx, const char *addr), void *ctx);
 

@@ -308,3 +308,30 @@ def test_40000_recipients_are_deduplicated_by_hash(spool, write_msg):
         # 100 recipients per transaction (R11): 5 transactions, each once.
         got = [a for e in srv.envelopes for a in e[1]]
         assert sorted(got) == sorted(addrs[:500])
+
+
+def test_malformed_addresses_are_refused_not_guessed(spool, write_msg):
+    """-t headers that are no address list, `a@@x` and `<>` as recipients:
+    exit 65 with a clear error and nothing queued (they used to become
+    Name@HOST, "a@x.testb"@y.test, "a@"@x and "<>"@HOST)."""
+    for hdr, field in ((b"To: Name <a@x.test\n", b"To"), (b"Cc: a@x.test b@y.test\n", b"Cc"),
+                       (b"To: Name a@x.test\n", b"To")):
+        p = spool.run([spool.sendmail, "-t", "-i"], hdr + b"Subject: x\n\nbody\n")
+        assert p.returncode == 65, (hdr, p.stderr)
+        assert b"a " + field + b": field holds no valid address list" in p.stderr
+    for rcpt in ("a@@x.test", "<>"):
+        p = spool.run([spool.sendmail, "-i", rcpt], b"Subject: x\n\nbody\n")
+        assert p.returncode == 65, (rcpt, p.stderr)
+    assert b"more than one @" in spool.run([spool.sendmail, "-i", "a@@x.test"],
+                                           b"x\n").stderr
+    assert spool.listdir("env") == []
+    # <user> still means user@HOST, and the null sender still is one.
+    p = spool.run([spool.sendmail, "-i", "-f", "<>", "<bob>"], b"Subject: x\n\nbody\n")
+    assert p.returncode == 0, p.stderr
+    (m,) = spool.queue()
+    assert m["sender"] == "" and m["recipients"][0]["address"] == "bob@host.example.test"
+    f = write_msg("To: Name <a@x.test\nSubject: x\n\nbody\n")
+    from conftest import BIN
+    r = subprocess.run([BIN, "send", "--via", "smtp://127.0.0.1:9", "-f", "a@x.test", "-t",
+                        str(f)], capture_output=True, timeout=60)
+    assert r.returncode == 65 and b"field holds no valid address list" in r.stderr

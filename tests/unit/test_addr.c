@@ -51,6 +51,9 @@ static const acase cases[] = {
 	{ "a\x7f@b.test", 0, R, NULL, 0 },
 	{ "a@b>", 0, R, NULL, 0 },
 	{ "nodomain", 0, R, NULL, 0 },
+	{ "a@@x.test", 0, R, NULL, 0 },                     /* a typo, not local part "a@" */
+	{ "a@b@x.test", 0, R, NULL, 0 },
+	{ "\"a@b\"@x.test", 0, R, "\"a@b\"@x.test", 0 }, /* quoted: as meant */
 	{ "a@", 0, R, NULL, 0 },
 	{ "@b.test", 0, R, NULL, 0 },
 	{ "a@-b.test", 0, R, NULL, 0 },

@@ -49,6 +49,19 @@ static void test_lists(void **state)
 		if (strcmp(c.all, cases[i].want))
 			fail_msg("case %zu: got \"%s\", want \"%s\"", i, c.all, cases[i].want);
 	}
+	/* No address list: refused, never run together into a wrong one. */
+	static const char *const malformed[] = {
+		" Name <a@x.test",          /* the > is missing */
+		" a@x.test b@y.test",       /* the comma is missing */
+		" Name a@x.test",           /* a phrase without <address> */
+		" a@x.test, b c@y.test",
+	};
+	for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+		collect c = { "" };
+		int r = ms_hdr_parse_list(malformed[i], strlen(malformed[i]), add, &c);
+		if (r != MS_HDR_MALFORMED)
+			fail_msg("\"%s\": got %d (%s)", malformed[i], r, c.all);
+	}
 }
 
 static void test_block_and_bcc(void **state)
