@@ -313,8 +313,8 @@ static void pkg_free(pkg *p)
 	free(p);
 }
 
-/* Unlink the list head. */
-static void pop_head(ms_qmtp *q)
+/* Take the head off the list (the caller owns it then). */
+static pkg *unlink_head(ms_qmtp *q)
 {
 	pkg *p = q->head;
 	q->head = p->next;
@@ -324,7 +324,27 @@ static void pop_head(ms_qmtp *q)
 		q->cur = p->next;
 	if (q->unsent == p)
 		q->unsent = p->next;
-	pkg_free(p);
+	p->next = NULL;
+	return p;
+}
+
+static void pop_head(ms_qmtp *q)
+{
+	pkg_free(unlink_head(q));
+}
+
+/* Put p, not started, at the end of the list. */
+static void append_pkg(ms_qmtp *q, pkg *p)
+{
+	if (q->tail)
+		q->tail->next = p;
+	else
+		q->head = p;
+	q->tail = p;
+	if (!q->cur)
+		q->cur = p;
+	if (!q->unsent)
+		q->unsent = p;
 }
 
 static void report(ms_qmtp *q, ms_message *m)
@@ -631,26 +651,9 @@ static int on_reply(ms_qmtp *q, const char *payload, size_t len)
 		                   "the server refused the CRLF encoding (%.200s): sending with the LF "
 		                   "encoding from now on",
 		                   r.text);
-		pkg *again = calloc(1, sizeof *again);
-		size_t *idx = again ? malloc(p->n * sizeof *idx) : NULL;
-		if (!idx) {
-			free(again);
-			fail_all(q, MS_ERR_NOMEM, "out of memory");
-			return 1;
-		}
-		memcpy(idx, p->idx, p->n * sizeof *idx);
-		again->m = p->m;
-		again->idx = idx;
-		again->n = p->n;
-		pkg_encode(q, again);
-		q->tail->next = again;
-		q->tail = again;
-		if (!q->cur)
-			q->cur = again;
-		if (!q->unsent)
-			q->unsent = again;
-		p->m->transactions--;
-		pop_head(q);
+		pkg *again = unlink_head(q);
+		pkg_reset(q, again);
+		append_pkg(q, again);
 		q->st.resent++;
 		return 0;
 	}
@@ -984,18 +987,8 @@ ms_status ms_qmtp_submit(ms_qmtp *q, ms_message *m, ms_error *err)
 		return MS_OK;
 	}
 	p->m = m;
-	p->enc = ms_qmtp_encoding_byte(m, q->o.encoding);
-	p->strip_cr = strips_cr(m, q->o.encoding);
-	p->octets = data_octets(m, q->o.encoding);
-	if (q->tail)
-		q->tail->next = p;
-	else
-		q->head = p;
-	q->tail = p;
-	if (!q->cur)
-		q->cur = p;
-	if (!q->unsent)
-		q->unsent = p;
+	pkg_encode(q, p);
+	append_pkg(q, p);
 	if (q->broken || (!q->have_io && !q->host[0])) {
 		fail_all(q, q->broken ? q->fatal.status : MS_ERR_CLOSED,
 		         q->broken ? q->fatal.msg : "session is not connected");

@@ -1299,8 +1299,8 @@ static void on_mail(ms_smtp *s, txn *t, const ms_reply *r)
 		t->voided = 0; /* a refused RSET changed nothing: the MAIL counts */
 		return;
 	}
-	if ((t->rode && (ms_reply_class(r->code) == 5 || t->rset_refused)) ||
-	    session_cap_reply(s, r)) {
+	int capped = session_cap_reply(s, r);
+	if ((t->rode && (ms_reply_class(r->code) == 5 || t->rset_refused)) || capped) {
 		/* P3: MAIL written behind data refused: the server may have
 		 * refused it for riding (Haraka's "503 ... pipelined after end of
 		 * DATA"), not for the sender.  P6: or the server caps messages
@@ -1308,7 +1308,7 @@ static void on_mail(ms_smtp *s, txn *t, const ms_reply *r)
 		 * again - alone, or on a new connection. */
 		t->mail_ok = 0;
 		t->voided = 1;
-		if (session_cap_reply(s, r)) {
+		if (capped) {
 			if (!s->ending)
 				ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
 				                   "the server takes no more messages on this connection: "
