@@ -16,7 +16,7 @@
 #include "mailspool/submit.h"
 
 enum { EX_OK_ = 0, EX_USAGE_ = 64, EX_DATAERR_ = 65, EX_NOINPUT_ = 66, EX_UNAVAILABLE_ = 69,
-       EX_SOFTWARE_ = 70, EX_CANTCREAT_ = 73, EX_TEMPFAIL_ = 75, EX_NOPERM_ = 77,
+       EX_SOFTWARE_ = 70, EX_CANTCREAT_ = 73, EX_IOERR_ = 74, EX_TEMPFAIL_ = 75, EX_NOPERM_ = 77,
        EX_CONFIG_ = 78 };
 
 /* Where make install puts the helper programs (make LIBEXECDIR=...). */
@@ -81,6 +81,10 @@ int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp);
  * comma first unless *first), and returns an exit code. */
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
                const char *name, int quiet, FILE *json, int *first, cli_mode mode);
+/* Queue one message read from fd, quietly: in-process for the owner,
+ * through the set-id helper for everyone else (for sendmail -bs). */
+ms_status cli_queue_message(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
+                            ms_submit_result *res, ms_error *err);
 /* Modes now and background for the owner (queue.c); NULL in the light
  * sendmail, which hands such submissions to the main program. */
 typedef int (*cli_deliver_fn)(ms_spool *sp, const ms_conf *conf, const char *id,
@@ -108,6 +112,10 @@ int cli_list_queue(ms_spool *sp, int json);
 /* mailq: in-process for root and the owner, else through the helper. */
 int cli_mailq(const char *confp, int json);
 int cmd_sendmail(int argc, char **argv);
+/* sendmail -bi, newaliases: check the aliases file; an exit code. */
+int cli_check_aliases(const char *confp);
+/* newaliases [-C FILE]: the same. */
+int cmd_newaliases(int argc, char **argv);
 int cmd_mailq(int argc, char **argv);
 
 #endif

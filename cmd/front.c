@@ -111,6 +111,14 @@ int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp)
 	return 0;
 }
 
+ms_status cli_queue_message(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
+                            ms_submit_result *res, ms_error *err)
+{
+	/* The owner commits in-process; everyone else through the set-id
+	 * helper, which checks everything again. */
+	return sp ? ms_submit(sp, conf, o, fd, res, err) : submit_via_helper(conf, o, fd, res, err);
+}
+
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
                const char *name, int quiet, FILE *json, int *first, cli_mode mode)
 {
@@ -119,10 +127,7 @@ int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int f
 	ms_submit_opts so = *o;
 	if (mode == CLI_NOW && sp)
 		so.flags |= MS_ENV_HOLD; /* no daemon may take it meanwhile */
-	/* The owner commits in-process; everyone else through the set-id
-	 * helper, which checks everything again. */
-	ms_status st = sp ? ms_submit(sp, conf, &so, fd, &res, &err)
-	                  : submit_via_helper(conf, &so, fd, &res, &err);
+	ms_status st = cli_queue_message(sp, conf, &so, fd, &res, &err);
 	if (st != MS_OK) {
 		fprintf(stderr, "%s: %s%s%s; nothing was queued\n", progname, name ? name : "",
 		        name ? ": " : "", err.msg);

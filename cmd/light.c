@@ -24,5 +24,9 @@ int main(int argc, char **argv)
 		progname = "mailq";
 		return cmd_mailq(argc, argv);
 	}
+	if (!strcmp(base, "newaliases")) {
+		progname = "newaliases";
+		return cmd_newaliases(argc, argv);
+	}
 	return cmd_sendmail(argc, argv);
 }

@@ -1057,6 +1057,10 @@ int main(int argc, char **argv)
 		progname = "mailq";
 		return cmd_mailq(argc, argv);
 	}
+	if (!strcmp(base, "newaliases")) {
+		progname = "newaliases";
+		return cmd_newaliases(argc, argv);
+	}
 	if (argc < 2) {
 		usage_main(stderr);
 		return EX_USAGE_;

@@ -463,6 +463,31 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		           ? "is too long"
 		           : NULL;
 	}
+	if (!strcmp(key, "log_format")) {
+		if (strcmp(val, "text") && strcmp(val, "json"))
+			return "wants text or json";
+		c->log_json = !strcmp(val, "json");
+		return NULL;
+	}
+	if (!strcmp(key, "aliases")) {
+		if (*val && val[0] != '/')
+			return "wants an absolute path";
+		return set_str(c->aliases, sizeof c->aliases, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(key, "admin_address")) {
+		char wire[MS_ADDR_MAX + 1];
+		if (*val && (!strchr(val, '@') ||
+		             ms_addr_parse(val, strlen(val), MS_ADDR_RECIPIENT, wire, NULL, NULL) != MS_OK))
+			return "wants a full address (user@domain)";
+		return set_str(c->admin_address, sizeof c->admin_address, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(key, "delay_warning")) {
+		int64_t d = ms_conf_duration(val);
+		if (d < 0)
+			return "wants a duration such as 4h (0: off)";
+		c->delay_warning = d;
+		return NULL;
+	}
 	if (!strcmp(key, "log_file")) {
 		if (strcmp(val, "syslog") && strcmp(val, "stderr") && val[0] != '/')
 			return "wants syslog, stderr or an absolute path";

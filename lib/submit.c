@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/aliases.h"
 #include "mailspool/dsnreq.h"
 #include "mailspool/hmap.h"
 #include "mailspool/drop.h"
@@ -122,6 +123,9 @@ static const char *qualify(const char *addr, const char *host, char *buf, size_t
 
 typedef struct rcpt_ctx {
 	ms_envelope *env;
+	const ms_conf *conf;
+	ms_aliases aliases;  /* read at the first local recipient */
+	int aliases_read;
 	const char *host;
 	int64_t now;
 	unsigned notify; /* RFC 3461 NOTIFY for each, with ORCPT */
@@ -130,8 +134,8 @@ typedef struct rcpt_ctx {
 	int bad;
 } rcpt_ctx;
 
-/* Add a recipient once (sendmail keeps one copy per address). */
-static int add_rcpt(void *ctx, const char *addr)
+/* Add a final recipient once (sendmail keeps one copy per address). */
+static int add_final(void *ctx, const char *addr)
 {
 	rcpt_ctx *c = ctx;
 	char wire[MS_ADDR_MAX + 1], full[MS_ADDR_LOCAL_MAX + MS_CONF_HOST_MAX + 2];
@@ -165,6 +169,38 @@ static int add_rcpt(void *ctx, const char *addr)
 		snprintf(r->orcpt, n, "rfc822;%s", wire);
 	}
 	return 0;
+}
+
+/* A recipient as given: a local name goes through the aliases and
+ * admin_address when either is configured (mailspool/aliases.h), the rest
+ * is final. */
+static int add_rcpt(void *ctx, const char *addr)
+{
+	rcpt_ctx *c = ctx;
+	const ms_conf *conf = c->conf;
+	if (!conf->aliases[0] && !conf->admin_address[0])
+		return add_final(c, addr);
+	char inner[MS_ADDR_MAX + 1];
+	size_t len = strlen(addr);
+	if (len >= 2 && addr[0] == '<' && addr[len - 1] == '>' && len - 2 < sizeof inner) {
+		snprintf(inner, sizeof inner, "%.*s", (int)(len - 2), addr + 1);
+		addr = inner;
+	}
+	/* "" and "@x" are no local names: left to add_final to refuse. */
+	if (!*addr || *addr == '@' || !ms_aliases_is_local(addr, c->host))
+		return add_final(c, addr);
+	if (conf->aliases[0] && !c->aliases_read) {
+		ms_error aerr;
+		if (ms_aliases_load(&c->aliases, conf->aliases, NULL, NULL, &aerr) != MS_OK) {
+			/* Worth trying again once the administrator mended it. */
+			ms_error_set(c->err, MS_ERR_TEMP, "%s", aerr.msg);
+			c->bad = 1;
+			return 1;
+		}
+		c->aliases_read = 1;
+	}
+	return ms_aliases_expand(c->aliases_read ? &c->aliases : NULL, addr, c->host,
+	                         conf->admin_address, add_final, c);
 }
 
 /* Is there a field called `name` in the header block? */
@@ -328,13 +364,15 @@ ms_status ms_submit_to(const ms_submit_sink *sink, const ms_conf *conf, const ms
 		ms_env_free(&env);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
-	rcpt_ctx rc = { .env = &env, .host = conf->hostname, .now = now + conf->retry_tiers[0],
+	rcpt_ctx rc = { .env = &env, .conf = conf, .host = conf->hostname, .now = now + conf->retry_tiers[0],
 		            .notify = o->dsn_notify, .err = err };
 	ms_hmap_init(&rc.seen);
 	for (size_t i = 0; i < o->nrcpts && !rc.bad; i++)
 		add_rcpt(&rc, o->rcpts[i]);
 	if (rc.bad) {
 		ms_hmap_free(&rc.seen);
+		if (rc.aliases_read)
+			ms_aliases_free(&rc.aliases);
 		ms_env_free(&env);
 		return err ? err->status : MS_ERR_USAGE;
 	}
@@ -505,6 +543,8 @@ out:
 	if (begun)
 		sink->abort(sink->ctx);
 	ms_hmap_free(&rc.seen);
+	if (rc.aliases_read)
+		ms_aliases_free(&rc.aliases);
 	ms_buf_free(&hdr);
 	ms_env_free(&env);
 	free(w.out);

@@ -149,6 +149,11 @@ typedef struct ms_conf {
 	size_t smtp_session_messages;      /* smtp_session_messages (1000) per connection */
 	size_t smtp_session_failures;      /* smtp_session_failures (8) per connection */
 	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
+	int log_json;                      /* log_format = json (text): one JSON object a line */
+	/* Local names (mailspool/aliases.h). */
+	char aliases[MS_CONF_PATH_MAX];    /* aliases ("": none), Debian /etc/aliases format */
+	char admin_address[256];           /* admin_address ("": none) for local names left */
+	int64_t delay_warning;             /* delay_warning (0: off) - one "delayed" report */
 	/* Privilege separation (SECURITY.md). */
 	char mail_owner[MS_CONF_USER_MAX + 1]; /* mail_owner (mailspool): owns the queue */
 	char authorized_mailq_users[MS_CONF_VALUE_MAX]; /* (anyone) | user names */

@@ -118,7 +118,8 @@ def test_size_limit(spool):
 
 def test_usage_errors(spool):
     assert spool.run([spool.sendmail, "-i"], MSG).returncode == 64          # no recipients
-    assert spool.run([spool.sendmail, "-bs"], MSG).returncode == 64         # no SMTP mode
+    assert spool.run([spool.sendmail, "-bd"], MSG).returncode == 64         # no daemon mode
+    assert spool.run([spool.sendmail, "-bs", "a@b.c"], MSG).returncode == 64  # -bs: RCPT only
     assert spool.run([spool.sendmail, "-Z", "x@y.z"], MSG).returncode == 64  # unknown option
     assert spool.run([spool.sendmail, "-f"], MSG).returncode == 64          # missing value
     assert spool.run([spool.sendmail, "-odx", "a@b.c"], MSG).returncode == 64
