@@ -20,7 +20,9 @@
 
 #include "cli.h"
 #include "mailspool/addr.h"
+#include "mailspool/buf.h"
 #include "mailspool/daemon.h"
+#include "mailspool/transcript.h"
 
 static volatile sig_atomic_t stop_flag, reload_flag, reopen_flag;
 
@@ -41,6 +43,7 @@ typedef struct log_sink {
 	int fd;      /* -1: syslog */
 	int also_stderr;
 	const char *path; /* log_file, reopened after SIGHUP; NULL: syslog or stderr */
+	int json;         /* log_format = json */
 } log_sink;
 
 /* After SIGHUP the log file is opened again by name, so that logrotate's
@@ -63,39 +66,68 @@ static void reopen_log(log_sink *l)
 	l->fd = fd;
 }
 
+/* A queue id at the start of a text line ("ID: removed"): its length. */
+static size_t leading_id(const char *line)
+{
+	size_t n = strspn(line, "0123456789abcdef");
+	return n >= 16 && n <= MS_ENV_ID_MAX && line[n] == ':' && line[n + 1] == ' ' ? n : 0;
+}
+
+/* log_format = json: records from the library come as JSON objects; text
+ * lines (daemon events) are wrapped as {"text": ...}; both get the time
+ * and pid first. */
+static int json_record(const char *line, const char *ts, ms_buf *out)
+{
+	ms_buf_printf(out, "{\"ts\":\"%s\",\"pid\":%ld,", ts, (long)getpid());
+	if (line[0] == '{')
+		return ms_buf_printf(out, "%s\n", line + 1) == MS_OK;
+	size_t id = leading_id(line);
+	if (id) {
+		ms_buf_printf(out, "\"id\":\"%.*s\",", (int)id, line);
+		line += id + 2;
+	}
+	ms_buf_appendstr(out, "\"text\":");
+	ms_json_string(out, line, strlen(line));
+	return ms_buf_appendstr(out, "}\n") == MS_OK;
+}
+
 static void log_line(void *ctx, const char *line)
 {
 	log_sink *l = ctx;
 	/* Fields from outside were escaped where the line was made; this is
-	 * the last defence for the line as a whole. */
-	char safe[MS_LOG_LINE_MAX];
-	size_t k = 0;
-	for (const char *p = line; *p && k + 1 < sizeof safe; p++)
+	 * the last defence for the line as a whole (a JSON record has its
+	 * control bytes escaped already, so nothing changes in it). */
+	char safe[MS_LOG_JSON_MAX];
+	size_t k = 0, cap = l->json ? sizeof safe : MS_LOG_LINE_MAX;
+	for (const char *p = line; *p && k + 1 < cap; p++)
 		safe[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p;
 	safe[k] = '\0';
 	line = safe;
 	if (reopen_flag && l->path)
 		reopen_log(l);
-	if (l->fd < 0)
-		syslog(LOG_MAIL | LOG_INFO, "%s", line);
-	if (l->fd < 0 && !l->also_stderr)
-		return;
-	char buf[MS_LOG_LINE_MAX + 128], ts[40];
+	char ts[40];
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
 	struct tm tm;
 	gmtime_r(&now.tv_sec, &tm);
-	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-	int n = snprintf(buf, sizeof buf, "%s.%03ldZ mailspool[%ld]: %s\n", ts,
-	                 now.tv_nsec / 1000000, (long)getpid(), line);
-	if (n < 0)
-		return;
-	if ((size_t)n >= sizeof buf)
-		n = (int)sizeof buf - 1, buf[n - 1] = '\n';
+	size_t tl = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + tl, sizeof ts - tl, ".%03ldZ", now.tv_nsec / 1000000);
+	ms_buf rec;
+	ms_buf_init(&rec, MS_LOG_JSON_MAX + 256);
+	if (l->json) {
+		if (!json_record(line, ts, &rec))
+			goto out;
+	} else if (ms_buf_printf(&rec, "%s mailspool[%ld]: %s\n", ts, (long)getpid(), line) != MS_OK)
+		goto out;
+	if (l->fd < 0)
+		syslog(LOG_MAIL | LOG_INFO, "%.*s", (int)ms_buf_avail(&rec) - 1,
+		       l->json ? ms_buf_ptr(&rec) : line);
 	if (l->fd >= 0)
-		(void)!write(l->fd, buf, (size_t)n);
+		(void)!write(l->fd, ms_buf_ptr(&rec), ms_buf_avail(&rec));
 	if (l->also_stderr && l->fd != STDERR_FILENO)
-		(void)!write(STDERR_FILENO, buf, (size_t)n);
+		(void)!write(STDERR_FILENO, ms_buf_ptr(&rec), ms_buf_avail(&rec));
+out:
+	ms_buf_free(&rec);
 }
 
 /* The agent beside this program when it runs from a build tree (as the
@@ -203,7 +235,7 @@ int cmd_daemon(int argc, char **argv)
 		free(conf);
 		return EX_NOPERM_;
 	}
-	log_sink sink = { -1, fg || once, NULL };
+	log_sink sink = { -1, fg || once, NULL, conf->log_json };
 	if (!strcmp(conf->log_file, "stderr")) {
 		sink.fd = STDERR_FILENO;
 	} else if (strcmp(conf->log_file, "syslog")) {

@@ -18,6 +18,7 @@
 #include "mailspool/hmap.h"
 #include "mailspool/printable.h"
 #include "mailspool/submit.h"
+#include "mailspool/transcript.h"
 
 int64_t ms_sched_retry_soon(const ms_conf *c, int64_t cap)
 {
@@ -102,6 +103,31 @@ static void relay_host(const char *relay, char *out, size_t n)
 	snprintf(out, n, "%.*s", (int)k, relay);
 }
 
+/* log_format = json: the same record as one JSON object (the program
+ * adds the time and pid).  Strings go through ms_json_string, which
+ * escapes every control byte; the reply text is cut to 1000 octets so
+ * that the record stays under MS_LOG_JSON_MAX. */
+static void log_result_json(const ms_sched_opts *o, const ms_envelope *e, const ms_env_rcpt *r,
+                            const ms_sched_result *s, const char *status, int64_t now,
+                            const char *dsn)
+{
+	ms_buf b;
+	ms_buf_init(&b, MS_LOG_JSON_MAX);
+	ms_buf_printf(&b, "{\"id\":\"%s\",\"event\":\"delivery\",\"to\":", e->id);
+	ms_json_string(&b, r->addr, strlen(r->addr));
+	ms_buf_appendstr(&b, ",\"relay\":");
+	ms_json_string(&b, s->relay, strnlen(s->relay, MS_RELAY_DESC_MAX));
+	ms_buf_printf(&b, ",\"delay\":%lld,\"attempt\":%u,\"dsn\":\"%s\",\"status\":\"%s\"",
+	              (long long)(now - e->arrival), r->attempts, dsn, status);
+	if (s->code)
+		ms_buf_printf(&b, ",\"code\":%d", s->code);
+	ms_buf_appendstr(&b, ",\"text\":");
+	ms_json_string(&b, s->text, strnlen(s->text, 1000));
+	if (ms_buf_appendstr(&b, "}") == MS_OK)
+		o->log(o->log_ctx, ms_buf_ptr(&b));
+	ms_buf_free(&b);
+}
+
 static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_env_rcpt *r,
                        const ms_sched_result *s, const char *status, int64_t now)
 {
@@ -121,6 +147,10 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 	char code[16] = "";
 	if (s->code)
 		snprintf(code, sizeof code, "%d ", s->code);
+	if (o->conf->log_json) {
+		log_result_json(o, e, r, s, status, now, dsn);
+		return;
+	}
 	snprintf(line, sizeof line,
 	         "%s: to=<%s>, relay=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%s)",
 	         e->id, addr, relay, (long long)(now - e->arrival), r->attempts, dsn, status,

@@ -42,6 +42,7 @@
 #include "mailspool/spool.h"
 
 #define MS_LOG_LINE_MAX 2048
+#define MS_LOG_JSON_MAX 12288 /* a delivery record as JSON (log_format = json) */
 
 /* One recipient's result in an attempt. */
 typedef struct ms_sched_result {
@@ -54,6 +55,8 @@ typedef struct ms_sched_result {
 	int dsn_passed;       /* delivered to a server that offers DSN (RFC 3461 5.2) */
 } ms_sched_result;
 
+/* One log record: a line of printable text, or (log_format = json) a JSON
+ * object, which starts with '{'; the program adds the time and pid. */
 typedef void (*ms_log_fn)(void *ctx, const char *line);
 
 typedef struct ms_sched_opts {

@@ -4,6 +4,7 @@ smtp-sink, Postfix) listen on several loopback addresses on one port (the
 configuration's mx_port)."""
 import email
 import email.policy
+import json
 import os
 import re
 import signal
@@ -656,3 +657,25 @@ def test_sighup_reopens_the_log_file_after_a_rename(tmp_path, port):
             old = f.read()
         assert "daemon started" in old and "after@a.test" not in old
         assert len(mx1.envelopes) == 1
+
+
+def test_json_log_lines(tmp_path, port):
+    """log_format = json: one JSON object per line, the delivery records
+    with their fields, daemon events as text; a reply with quotes and
+    backslashes stays one valid record."""
+    replies = {"bad@a.test": '550 5.1.1 <bad@a.test> "no such" \\ user'}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies):
+        w = World(str(tmp_path), dns, port, extra="log_format = json\n")
+        qid = w.queue_msg(["good@a.test", "bad@a.test"], sender="")
+        w.once()
+        with open(w.log) as f:
+            recs = [json.loads(line) for line in f]
+        assert all(r["ts"].endswith("Z") and r["pid"] > 0 for r in recs)
+        by = {r.get("to"): r for r in recs if r.get("event") == "delivery"}
+        good, bad = by["good@a.test"], by["bad@a.test"]
+        assert good["id"] == qid and good["status"] == "sent" and good["code"] == 250
+        assert good["relay"].startswith("mx1.a.test[127.0.0.2]") and good["attempt"] == 1
+        assert bad["status"] == "bounced" and bad["dsn"] == "5.1.1" and bad["code"] == 550
+        assert bad["text"] == '5.1.1 <bad@a.test> "no such" \\ user'
+        assert any(r.get("id") == qid and r.get("text") == "removed" for r in recs)
+        assert any(r.get("text", "").startswith("daemon started") for r in recs)
