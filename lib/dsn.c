@@ -50,8 +50,31 @@ static int full_ok(const char *p, size_t n)
 	return 1;
 }
 
+/* The words of each kind of report. */
+typedef struct kind_words {
+	const char *subject, *intro, *action, *label;
+} kind_words;
+
+static const kind_words kinds[] = {
+	[MS_DSN_FAILED] = { "Undelivered Mail Returned to Sender",
+	                    "I'm sorry to have to inform you that your message could not\r\n"
+	                    "be delivered to one or more recipients. It's attached below.",
+	                    "failed", "Undelivered" },
+	[MS_DSN_RELAYED] = { "Successful Mail Delivery Report",
+	                     "Your message was delivered to the servers of the recipients\r\n"
+	                     "below, which do not report delivery themselves.",
+	                     "relayed", "Delivered" },
+	[MS_DSN_DELAYED] = { "Delayed Mail (still being retried)",
+	                     "This is a warning only; you need not send your message again.\r\n"
+	                     "It has not yet been delivered to the recipients below; delivery\r\n"
+	                     "goes on being tried, and you will hear again only if it fails.",
+	                     "delayed", "Delayed" },
+};
+
 ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 {
+	const kind_words *k = &kinds[d->kind >= MS_DSN_FAILED && d->kind <= MS_DSN_DELAYED
+	                                 ? d->kind : MS_DSN_FAILED];
 	char date[64], boundary[128], line[DIAG_MAX + 1];
 	ms_hdr_date(d->now, date, sizeof date);
 	snprintf(boundary, sizeof boundary, "%s/%lld/%s", d->queue_id, (long long)d->now,
@@ -78,14 +101,7 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 	                             "%s\r\n"
 	                             "\r\n",
 	                             d->reporting_mta, d->sender,
-	                             d->success ? "Successful Mail Delivery Report"
-	                                        : "Undelivered Mail Returned to Sender",
-	                             boundary, boundary, d->reporting_mta,
-	                             d->success
-	                                 ? "Your message was delivered to the servers of the recipients\r\n"
-	                                   "below, which do not report delivery themselves."
-	                                 : "I'm sorry to have to inform you that your message could not\r\n"
-	                                   "be delivered to one or more recipients. It's attached below.");
+	                             k->subject, boundary, boundary, d->reporting_mta, k->intro);
 	if (st == MS_OK && d->full && !full)
 		st = ms_buf_appendstr(out, "The whole message was asked for, but it is too large or not "
 		                           "7-bit: its\r\nheaders are returned.\r\n\r\n");
@@ -120,9 +136,13 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 	for (size_t i = 0; st == MS_OK && i < d->nrcpts; i++) {
 		const ms_dsn_rcpt *r = &d->rcpts[i];
 		char status[16], last[64];
-		if (d->success)
+		if (d->kind == MS_DSN_RELAYED)
 			snprintf(status, sizeof status, "2.0.0");
-		else
+		else if (d->kind == MS_DSN_DELAYED) {
+			ms_dsn_status(r->code, r->enh, 0, status, sizeof status);
+			if (status[0] != '4') /* "delayed" needs a transient status */
+				snprintf(status, sizeof status, "4.0.0");
+		} else
 			ms_dsn_status(r->code, r->enh, 1, status, sizeof status);
 		ms_hdr_date(r->last_attempt ? r->last_attempt : d->now, last, sizeof last);
 		st = ms_buf_appendstr(out, "\r\n");
@@ -134,7 +154,7 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 		}
 		if (st == MS_OK)
 			st = ms_buf_printf(out, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n",
-			                   r->addr, d->success ? "relayed" : "failed", status);
+			                   r->addr, k->action, status);
 		if (st == MS_OK && r->remote_mta && *r->remote_mta)
 			st = ms_buf_printf(out, "Remote-MTA: dns; %s\r\n", r->remote_mta);
 		clean(r->text, line, sizeof line);
@@ -144,6 +164,11 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 			st = ms_buf_printf(out, "Diagnostic-Code: X-mailspool; %s\r\n", line);
 		if (st == MS_OK)
 			st = ms_buf_printf(out, "Last-Attempt-Date: %s\r\n", last);
+		if (st == MS_OK && d->kind == MS_DSN_DELAYED && d->retry_until) {
+			char until[64];
+			ms_hdr_date(d->retry_until, until, sizeof until);
+			st = ms_buf_printf(out, "Will-Retry-Until: %s\r\n", until);
+		}
 	}
 	if (st == MS_OK && full) {
 		st = ms_buf_printf(out,
@@ -151,7 +176,7 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 		                   "Content-Description: %s Message\r\n"
 		                   "Content-Type: message/rfc822\r\n"
 		                   "\r\n",
-		                   boundary, d->success ? "Delivered" : "Undelivered");
+		                   boundary, k->label);
 		if (st == MS_OK)
 			st = ms_buf_append(out, d->full, d->full_len);
 		if (st == MS_OK)
@@ -164,7 +189,7 @@ ms_status ms_dsn_build(const ms_dsn *d, ms_buf *out, ms_error *err)
 		                   "Content-Description: %s Message Headers\r\n"
 		                   "Content-Type: text/rfc822-headers\r\n"
 		                   "\r\n",
-		                   boundary, d->success ? "Delivered" : "Undelivered");
+		                   boundary, k->label);
 	/* The original header, 7-bit (B4), at most MS_DSN_HEADERS_MAX. */
 	size_t hl = d->headers ? d->headers_len : 0;
 	if (hl > MS_DSN_HEADERS_MAX)

@@ -168,10 +168,19 @@ static void read_full(int fd, const ms_envelope *e, ms_buf *out)
 		out->len += e->size;
 }
 
+/* When the last tier of a message arriving at e->arrival runs out. */
+static int64_t retry_until(const ms_conf *c, const ms_envelope *e)
+{
+	int64_t t = e->arrival;
+	for (size_t i = 0; i < c->ntiers; i++)
+		t += c->retry_tiers[i];
+	return t;
+}
+
 /* One report for these recipients: a bounce for those that failed in this
  * attempt, or (success) a delivery report for NOTIFY=SUCCESS. */
 static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope *e,
-                        const ms_dsn_rcpt *fails, size_t n, int64_t now, int success,
+                        const ms_dsn_rcpt *fails, size_t n, int64_t now, int kind,
                         char *id_out, ms_error *err)
 {
 	const ms_conf *c = o->conf;
@@ -183,14 +192,15 @@ static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope 
 	uint64_t body_off;
 	if (ms_spool_open_data(sp, e->id, &dfd, NULL) == MS_OK) {
 		ms_hdr_read(dfd, &hdr, &body_off, NULL); /* without it, a bounce without headers */
-		if (e->dsn_ret == MS_DSN_RET_FULL)
-			read_full(dfd, e, &full);
+		if (e->dsn_ret == MS_DSN_RET_FULL && kind != MS_DSN_DELAYED)
+			read_full(dfd, e, &full); /* RFC 3461 4.3: RET is for failures */
 	}
 	ms_dsn d = { .reporting_mta = c->hostname, .queue_id = e->id, .sender = e->sender,
 		         .arrival = e->arrival, .rcpts = fails, .nrcpts = n,
 		         .headers = ms_buf_ptr(&hdr), .headers_len = ms_buf_avail(&hdr),
 		         .full = ms_buf_avail(&full) ? ms_buf_ptr(&full) : NULL,
-		         .full_len = ms_buf_avail(&full), .envid = e->dsn_envid, .success = success,
+		         .full_len = ms_buf_avail(&full), .envid = e->dsn_envid, .kind = kind,
+		         .retry_until = kind == MS_DSN_DELAYED ? retry_until(c, e) : 0,
 		         .now = now };
 	ms_status st = ms_dsn_build(&d, &msg, err);
 	if (st == MS_OK && (mfd = memfd_create("mailspool-dsn", MFD_CLOEXEC)) < 0)
@@ -250,7 +260,16 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		free(goods);
 		goods = NULL;
 	}
-	/* Bounces that could not be queued before come first: their
+	/* delay_warning: deferred recipients of a message this old that has
+	 * not warned yet (one warning per message, like Postfix and Exim). */
+	int late = c->delay_warning > 0 && e->sender[0] && !(e->flags & MS_ENV_WARNED) &&
+	           now - e->arrival >= c->delay_warning;
+	size_t nlate = 0;
+	ms_dsn_rcpt *lates = late ? calloc(n ? n : 1, sizeof *lates) : NULL;
+	char (*lmta)[MS_RELAY_DESC_MAX] = late ? calloc(n ? n : 1, sizeof *lmta) : NULL;
+	if (!lates || !lmta)
+		late = 0; /* out of memory: no warning this time, the next attempt tries */
+		/* Bounces that could not be queued before come first: their
 	 * recipients failed then; each keeps its last reply for the DSN. */
 	int *was_bouncing = calloc(e->nrcpts ? e->nrcpts : 1, sizeof *was_bouncing);
 	size_t fcap = n;
@@ -313,6 +332,13 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 			r->next = now + c->retry_tiers[r->tier];
 			status[i] = "deferred";
 			sum->deferred++;
+			if (late && ms_dsn_wants(r->notify, MS_NOTIFY_DELAY)) {
+				size_t k = nlate++;
+				relay_host(s->relay, lmta[k], sizeof lmta[k]);
+				lates[k] = (ms_dsn_rcpt){ .addr = r->addr, .code = s->code, .enh = s->enh,
+					                      .text = s->text, .remote_mta = lmta[k],
+					                      .last_attempt = now, .orcpt = r->orcpt };
+			}
 			continue;
 		}
 		/* Refused for good, or the last tier failed too. */
@@ -344,7 +370,7 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	if (st == MS_OK && nfail && o->bounce && e->sender[0]) {
 		/* Our own bounces may use the reserve under min_free_space. */
 		ms_spool_reserve(sp, 1);
-		bst = bounce(sp, o, e, fails, nfail, now, 0, sum->bounce_id, &berr);
+		bst = bounce(sp, o, e, fails, nfail, now, MS_DSN_FAILED, sum->bounce_id, &berr);
 		ms_spool_reserve(sp, 0);
 	}
 	if (st == MS_OK && ngood && o->bounce && e->sender[0]) {
@@ -352,7 +378,7 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		 * the mail itself is delivered. */
 		char gid[MS_ENV_ID_MAX + 1] = "";
 		ms_error gerr;
-		ms_status gst = bounce(sp, o, e, goods, ngood, now, 1, gid, &gerr);
+		ms_status gst = bounce(sp, o, e, goods, ngood, now, MS_DSN_RELAYED, gid, &gerr);
 		if (o->log) {
 			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
 			if (gst == MS_OK)
@@ -360,6 +386,24 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 			else
 				snprintf(line, sizeof line, "%s: cannot queue the delivery notification: %s",
 				         e->id, ms_printable(gerr.msg, strnlen(gerr.msg, 512), why, sizeof why));
+			o->log(o->log_ctx, line);
+		}
+	}
+	if (st == MS_OK && nlate && o->bounce) {
+		/* A warning that cannot be queued is logged and tried again at
+		 * the next deferral (the flag is set only once one is queued). */
+		char wid[MS_ENV_ID_MAX + 1] = "";
+		ms_error werr;
+		ms_status wst = bounce(sp, o, e, lates, nlate, now, MS_DSN_DELAYED, wid, &werr);
+		if (wst == MS_OK)
+			e->flags |= MS_ENV_WARNED;
+		if (o->log) {
+			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
+			if (wst == MS_OK)
+				snprintf(line, sizeof line, "%s: sender delay notification: %s", e->id, wid);
+			else
+				snprintf(line, sizeof line, "%s: cannot queue the delay notification: %s",
+				         e->id, ms_printable(werr.msg, strnlen(werr.msg, 512), why, sizeof why));
 			o->log(o->log_ctx, line);
 		}
 	}
@@ -417,6 +461,8 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 	free(fails);
 	free(goods);
 	free(gmta);
+	free(lates);
+	free(lmta);
 	free(mta);
 	return st;
 }

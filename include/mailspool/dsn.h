@@ -11,6 +11,8 @@
  * 7-bit with lines of at most 998 octets and at most MS_DSN_FULL_MAX.  With
  * `success` set it is a delivery report instead (RFC 3461 5.2: NOTIFY=SUCCESS
  * and a next hop that does not offer DSN): Action relayed, Status 2.0.0.
+ * With MS_DSN_DELAYED it is a warning (delay_warning, RFC 3464 2.3.3
+ * "delayed", 2.3.9 Will-Retry-Until): nothing was given up.
  * ENVID and ORCPT come back as Original-Envelope-Id and Original-Recipient.  It is marked
  * `Auto-Submitted: auto-replied` (RFC 3834) and must be sent from the null
  * sender; the caller never builds one for a message whose sender was <>
@@ -30,6 +32,13 @@
 
 #define MS_DSN_HEADERS_MAX (64u << 10) /* original header returned, at most */
 #define MS_DSN_FULL_MAX (10u << 20)    /* RET=FULL: the whole message, at most */
+
+/* What the report says of its recipients. */
+enum {
+	MS_DSN_FAILED = 0,  /* a bounce: Action failed, Status 5.x.x */
+	MS_DSN_RELAYED,     /* NOTIFY=SUCCESS to a server without DSN: relayed, 2.0.0 */
+	MS_DSN_DELAYED      /* delay_warning: Action delayed, Status 4.x.x, still tried */
+};
 
 typedef struct ms_dsn_rcpt {
 	const char *addr;       /* the recipient (wire mailbox) */
@@ -53,7 +62,8 @@ typedef struct ms_dsn {
 	const char *full;           /* RET=FULL: the whole original (NULL: headers only) */
 	size_t full_len;
 	const char *envid;          /* ENVID, or NULL */
-	int success;                /* a delivery report, not a bounce */
+	int kind;                   /* MS_DSN_FAILED, MS_DSN_RELAYED, MS_DSN_DELAYED */
+	int64_t retry_until;        /* MS_DSN_DELAYED: when we give up (Will-Retry-Until) */
 	int64_t now;
 } ms_dsn;
 

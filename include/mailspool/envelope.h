@@ -52,7 +52,10 @@
 #define MS_ENV_FILE_MAX (64u << 20)
 #define MS_ENV_HISTORY 16      /* attempts remembered per recipient */
 
-enum { MS_ENV_HOLD = 1u << 0 }; /* flags */
+enum {
+	MS_ENV_HOLD = 1u << 0,   /* held: no dequeuer takes it */
+	MS_ENV_WARNED = 1u << 1  /* its delay_warning report was queued */
+}; /* flags */
 
 typedef enum ms_env_state {
 	MS_ENV_PENDING = 0, /* not yet tried */

@@ -679,3 +679,43 @@ def test_json_log_lines(tmp_path, port):
         assert bad["text"] == '5.1.1 <bad@a.test> "no such" \\ user'
         assert any(r.get("id") == qid and r.get("text") == "removed" for r in recs)
         assert any(r.get("text", "").startswith("daemon started") for r in recs)
+
+
+def test_delay_warning_once_per_message(tmp_path, port):
+    """delay_warning: a message still deferred after that long brings its
+    sender one RFC 3464 "delayed" report, and only one; NOTIFY without
+    DELAY asks for none; delivery goes on."""
+    replies = {"later@a.test": "451 4.3.0 try again later", "quiet@a.test": "451 4.3.0 busy"}
+    with dns_for(port) as dns, Aiosmtpd(host="127.0.0.9", port=port) as sender_mx, \
+            Aiosmtpd(host="127.0.0.2", port=port, rcpt_replies=replies), \
+            Aiosmtpd(host="127.0.0.3", port=port, rcpt_replies=replies):
+        w = World(str(tmp_path), dns, port, tiers="0 1s 2s 3s 4s 5s 6s 1h",
+                  extra="delay_warning = 3s\n")
+        t0 = time.time()
+        qid = w.queue_msg(["later@a.test"])
+        w.queue_msg(["quiet@a.test"], b"Subject: quiet\r\n\r\nx\r\n", SENDER, "--notify",
+                    "FAILURE")
+        attempts = 0
+        while not sender_mx.envelopes and time.time() - t0 < 30:
+            started = time.time()
+            w.once()
+            attempts += 1
+            if started - t0 < 2:      # younger than delay_warning (1 s of clock rounding)
+                assert sender_mx.envelopes == [], w.logtext()
+            time.sleep(1)
+        assert attempts >= 2 and len(sender_mx.envelopes) == 1, w.logtext()
+        for _ in range(3):            # deferred again and again: no second warning
+            time.sleep(1)
+            w.once()
+        assert len(sender_mx.envelopes) == 1, w.logtext()
+        frm, to, raw, _ = sender_mx.envelopes[0]
+        assert frm == "<>" and to == [SENDER]
+        msg = parse(raw)
+        assert msg["Subject"] == "Delayed Mail (still being retried)"
+        status = raw.decode()
+        assert "Action: delayed" in status and "Status: 4.3.0" in status
+        assert "Final-Recipient: rfc822; later@a.test" in status
+        assert "Will-Retry-Until: " in status and "quiet@a.test" not in status
+        assert f"{qid}: sender delay notification:" in w.logtext()
+        states = {r["address"]: r["state"] for m in w.spool.queue() for r in m["recipients"]}
+        assert states == {"later@a.test": "deferred", "quiet@a.test": "deferred"}
