@@ -135,9 +135,11 @@ static void usage_send(FILE *f)
 	        "  --auth-plaintext      allow credentials over a connection without TLS\n"
 	        "\n"
 	        "QMTP only:\n"
-	        "  --qmtp-replies MODE   recipient: one reply per recipient, as the protocol\n"
-	        "                        says (default); package: one reply per message, as\n"
-	        "                        mailfront 2.12 answers (also qmtp://H?replies=package)\n"
+	        "  --qmtp-replies MODE   auto (default): find out from the first message with\n"
+	        "                        several recipients; recipient: one reply per\n"
+	        "                        recipient, as the protocol says; package: one reply\n"
+	        "                        per message, as mailfront 2.12 answers (also\n"
+	        "                        qmtp://H?replies=package)\n"
 	        "  --qmtp-encoding ENC   auto (default: CRLF when the data has CRLF line ends,\n"
 	        "                        else LF), crlf or lf: these only declare the data's\n"
 	        "                        line ends, the data is not rewritten; to-lf sends\n"
@@ -660,8 +662,9 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		}
 		case O_LONG: o.allow_long_lines = 1; smtp_only = "--allow-long-lines"; break;
 		case O_QREPLIES:
-			if (strcmp(optarg, "package") && strcmp(optarg, "recipient")) {
-				fprintf(stderr, "%s send: --qmtp-replies wants package or recipient\n",
+			if (strcmp(optarg, "package") && strcmp(optarg, "recipient") &&
+			    strcmp(optarg, "auto")) {
+				fprintf(stderr, "%s send: --qmtp-replies wants auto, package or recipient\n",
 				        progname);
 				return EX_USAGE_;
 			}
@@ -776,8 +779,9 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		return EX_USAGE_;
 	}
 	if (qreplies)
-		route.qmtp_replies = !strcmp(qreplies, "package") ? MS_QMTP_PER_PACKAGE
-		                                                  : MS_QMTP_PER_RECIPIENT;
+		route.qmtp_replies = !strcmp(qreplies, "package")   ? MS_QMTP_PER_PACKAGE
+		                     : !strcmp(qreplies, "recipient") ? MS_QMTP_PER_RECIPIENT
+		                                                      : MS_QMTP_REPLIES_AUTO;
 	/* TLS and credentials.  A relay we log in to defaults to `verify`
 	 * (its certificate checked); a plain server to `may`. */
 	char secret[4096] = "";

@@ -80,6 +80,9 @@ struct ms_qmtp {
 	int broken;
 	int enc_switched;     /* the server refused the CRLF encoding: to-lf from now on */
 	int refused_last;     /* the last reply was that refusal (a close may follow) */
+	ms_qmtp_replies mode; /* how the server answers; AUTO until known (Q12) */
+	pkg *probe;           /* AUTO: the package with several recipients being listened to */
+	int64_t probe_until;  /* after its first reply: when silence means per package */
 	ms_error fatal;
 	ms_qmtp_stats st;
 };
@@ -362,6 +365,10 @@ static void close_io(ms_qmtp *q)
 		ms_io_close(&q->io);
 		q->have_io = 0;
 	}
+	/* Its packages go again or fail: a probe starts over on the next
+	 * connection (the mode is still unknown). */
+	q->probe = NULL;
+	q->probe_until = 0;
 }
 
 /*
@@ -604,9 +611,19 @@ static ms_status fill_output(ms_qmtp *q)
 					     "(attached socket): continuing");
 				}
 			}
+			/* Q12: nothing goes behind the probe until its replies
+			 * have told how this server answers. */
+			if (q->probe)
+				return MS_OK;
 			ms_status st = start_package(q, p);
 			if (st != MS_OK)
 				return st;
+			if (q->mode == MS_QMTP_REPLIES_AUTO && p->n > 1) {
+				q->probe = p;
+				note(q, MS_TX_NOTE, "a package with several recipients goes alone: its "
+				                    "replies tell whether the server answers per recipient or "
+				                    "per package (Q12)");
+			}
 		}
 		ms_status st = produce_body(q, p);
 		if (st != MS_OK)
@@ -626,6 +643,36 @@ static void mark_sent(ms_qmtp *q)
 }
 
 /* ---- replies ------------------------------------------------------------ */
+
+/* Q12: how the server answers is known now. */
+static void learn_mode(ms_qmtp *q, ms_qmtp_replies mode)
+{
+	q->mode = mode;
+	q->probe = NULL;
+	q->probe_until = 0;
+	note(q, MS_TX_NOTE, mode == MS_QMTP_PER_PACKAGE
+	                        ? "no second reply: the server answers once per package (Q12)"
+	                        : "a second reply: the server answers once per recipient (Q12)");
+}
+
+/* The probe's first reply was its only one: it holds for every recipient
+ * of the package, as per-package servers mean it. */
+static void end_probe(ms_qmtp *q)
+{
+	pkg *p = q->probe;
+	learn_mode(q, MS_QMTP_PER_PACKAGE);
+	const ms_rcpt *first = &p->m->rcpts[p->idx[0]];
+	for (size_t i = 1; i < p->n; i++) {
+		ms_rcpt *rc = &p->m->rcpts[p->idx[i]];
+		rc->state = first->state;
+		ms_outcome_set(&rc->out, first->out.stage, first->out.code, first->out.enh,
+		               first->out.text ? first->out.text : "");
+	}
+	p->answered = p->n;
+	ms_message *m = p->m;
+	pop_head(q);
+	report(q, m);
+}
 
 /* Apply one reply to the head package; returns 1 if the session broke. */
 static int on_reply(ms_qmtp *q, const char *payload, size_t len)
@@ -657,8 +704,15 @@ static int on_reply(ms_qmtp *q, const char *payload, size_t len)
 		q->st.resent++;
 		return 0;
 	}
+	if (p == q->probe && p->answered == 1) {
+		/* A second reply to the probe: the server answers per recipient. */
+		learn_mode(q, MS_QMTP_PER_RECIPIENT);
+	} else if (p == q->probe) {
+		/* Its first reply: silence from here on would mean per package. */
+		q->probe_until = ms_now_ms() + MS_QMTP_PROBE_MS;
+	}
 	size_t from = p->answered, to = p->answered + 1;
-	if (q->o.replies == MS_QMTP_PER_PACKAGE) {
+	if (q->mode == MS_QMTP_PER_PACKAGE) {
 		from = 0;
 		to = p->n;
 	}
@@ -794,6 +848,8 @@ static ms_status turn(ms_qmtp *q, until_fn until, int *done)
 		if (wd < deadline)
 			deadline = wd;
 	}
+	if (q->probe_until && q->probe_until < deadline)
+		deadline = q->probe_until;
 	int nowait = until == until_progress;
 	if (nowait)
 		deadline = ms_now_ms();
@@ -815,6 +871,11 @@ static ms_status turn(ms_qmtp *q, until_fn until, int *done)
 	if (idle && q->wrote && q->io.bytes_in != in0) {
 		q->wrote = 0;
 		q->st.round_trips++;
+	}
+	if (q->probe && q->probe_until && ms_now_ms() >= q->probe_until &&
+	    !ms_buf_avail(&q->io.in) && (st == MS_OK || st == MS_ERR_TIMEOUT)) {
+		end_probe(q); /* its replies are in: what it took was answered */
+		return MS_OK;
 	}
 	if (st == MS_ERR_TIMEOUT && nowait) {
 		*done = 1;
@@ -905,6 +966,7 @@ ms_qmtp *ms_qmtp_new(const ms_qmtp_opts *o, ms_error *err)
 		return NULL;
 	}
 	q->o = *o;
+	q->mode = o->replies;
 	if (q->o.window < 2)
 		q->o.window = 2;
 	if (q->o.max_session_ms <= 0)

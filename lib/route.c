@@ -23,6 +23,8 @@ static ms_status parse_query(const char *q, ms_route *r, const char *url, ms_err
 			r->qmtp_replies = MS_QMTP_PER_PACKAGE;
 		else if (r->proto == MS_PROTO_QMTP && n == 17 && !strncmp(q, "replies=recipient", n))
 			r->qmtp_replies = MS_QMTP_PER_RECIPIENT;
+		else if (r->proto == MS_PROTO_QMTP && n == 12 && !strncmp(q, "replies=auto", n))
+			r->qmtp_replies = MS_QMTP_REPLIES_AUTO;
 		else if (r->proto == MS_PROTO_QMTP && n == 14 && !strncmp(q, "encoding=to-lf", n))
 			r->qmtp_encoding = MS_QMTP_ENC_TO_LF;
 		else if (r->proto == MS_PROTO_SMTP && n == 11 && !strncmp(q, "chunking=no", n))

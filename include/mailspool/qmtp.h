@@ -33,10 +33,16 @@
  * deadline; replies are capped (MS_QMTP_REPLY_MAX).
  *
  * Real servers differ: mailfront 2.12 answers once per package instead of
- * once per recipient.  `replies = MS_QMTP_PER_PACKAGE` handles such a
- * server (the one reply applies to every recipient of the package); with
- * the default per-recipient counting a missing reply ends in the reply
- * deadline, never in a hang.
+ * once per recipient (Q12).  Counting replies per recipient against such a
+ * server credits the next package's reply to this one's second recipient,
+ * so the default, MS_QMTP_REPLIES_AUTO, finds out first: the first package
+ * with more than one recipient goes with nothing behind it; a second reply
+ * within MS_QMTP_PROBE_MS of the first means per recipient, silence means
+ * per package (the one reply then holds for every recipient).  What was
+ * learned holds for the session's later connections.  The probe costs one
+ * round trip and at most MS_QMTP_PROBE_MS once per session; packages with
+ * one recipient, which both kinds answer alike, go on streaming.
+ * `replies = MS_QMTP_PER_RECIPIENT` or `MS_QMTP_PER_PACKAGE` skips it.
  */
 #ifndef MAILSPOOL_QMTP_H
 #define MAILSPOOL_QMTP_H
@@ -53,9 +59,13 @@
 #define MS_QMTP_REPLY_MAX 4096
 
 typedef enum ms_qmtp_replies {
-	MS_QMTP_PER_RECIPIENT = 0, /* the spec: one reply per recipient, in order */
+	MS_QMTP_REPLIES_AUTO = 0,  /* find out (Q12), then as below */
+	MS_QMTP_PER_RECIPIENT,     /* the spec: one reply per recipient, in order */
 	MS_QMTP_PER_PACKAGE        /* one reply per package (mailfront 2.12) */
 } ms_qmtp_replies;
+
+/* How long the reply-mode probe waits for a second reply (Q12). */
+#define MS_QMTP_PROBE_MS 1000
 
 typedef enum ms_qmtp_encoding {
 	MS_QMTP_ENC_AUTO = 0, /* from the data: CRLF when it has CRLF line ends */

@@ -3,9 +3,10 @@ under tcpserver.  What mailfront received is read back from its queuedir
 backend and compared with what was sent, byte for byte.
 
 mailfront answers once per package, not once per recipient as the protocol
-says; these tests show both settings against it: `replies=package` handles
-it, and the default per-recipient counting ends in the reply deadline
-instead of hanging."""
+says; these tests show every setting against it: the default (auto) finds
+out from the first package with several recipients, `replies=package`
+handles it from the start, and per-recipient counting ends in the reply
+deadline instead of hanging (and is why auto is the default: Q12)."""
 import os
 import resource
 import subprocess
@@ -88,8 +89,9 @@ def test_per_recipient_counting_times_out_not_hangs(send, write_msg):
     files = [write_msg(lf_message(i)) for i in range(2)]
     with Mailfront() as mf:
         t0 = time.monotonic()
-        r = send(mf.url(per_package=False), files, "-f", "a@example.test",
-                 "--to", "x@example.test", "--to", "y@example.test", "--timeout", "1")
+        r = send(mf.url(per_package=False) + "?replies=recipient", files, "-f",
+                 "a@example.test", "--to", "x@example.test", "--to", "y@example.test",
+                 "--timeout", "1")
         assert time.monotonic() - t0 < 10
         assert r.rc == 75
         last = r.messages[-1]["recipients"]
@@ -146,6 +148,32 @@ def test_permanent_and_temporary_refusals(send, write_msg):
         r = send(mf.url(), files, "-f", "a@example.test", "--to", "x@example.test")
         assert r.rc == 75
         assert [m["recipients"][0]["state"] for m in r.messages] == ["deferred"] * 3
+
+
+def test_default_mode_learns_that_mailfront_answers_per_package(send, write_msg, tmp_path):
+    """Q12: with the default reply mode, mailfront's one reply per package
+    is found out on the first message with two recipients (it goes alone,
+    one reply, then silence) and every later reply is credited to its own
+    message: a refused message in the middle is refused for both of its
+    recipients, the ones around it delivered for both; no timeout, nothing
+    called "may be delivered more than once"."""
+    small, big = write_msg(lf_message(0)), write_msg(lf_message(1, "X-Pad: " + "p" * 500 + "\n"))
+    with Mailfront(plugins=("counters", "accept"), env={"DATABYTES": "300"}) as mf:
+        t0 = time.monotonic()
+        r = send(mf.url(per_package=False), [small, big, small, small], "-f", "a@example.test",
+                 "--to", "x@example.test", "--to", "y@example.test", "--transcript",
+                 str(tmp_path / "tr"))
+        assert time.monotonic() - t0 < 10
+        assert r.rc == 69, r.summary
+        states = [[rc["state"] for rc in m["recipients"]] for m in r.messages]
+        assert states == [["delivered"] * 2, ["failed"] * 2, ["delivered"] * 2,
+                          ["delivered"] * 2]
+        assert all("more than once" not in rc.get("text", "") for m in r.messages
+                   for rc in m["recipients"])
+        assert r.rcpt(1, "y@example.test")["enhanced"] == "5.2.3"
+        assert "answers once per package (Q12)" in (tmp_path / "tr").read_text()
+        got = mf.messages(expect=3)
+        assert [m[1] for m in got] == [["x@example.test", "y@example.test"]] * 3
 
 
 def test_size_limit_enhanced_code(send, write_msg):

@@ -124,7 +124,8 @@ static const rcase routes[] = {
 	{ "smtp://host/", 1, MS_PROTO_SMTP, "host", "25", 0 },
 	{ "smtp://me%40example.org@relay.test:587", 1, MS_PROTO_SMTP, "relay.test", "587", 0 },
 	{ "smtps://relay.test", 1, MS_PROTO_SMTP, "relay.test", "465", 0 },
-	{ "qmtp://mx.example", 1, MS_PROTO_QMTP, "mx.example", "209", MS_QMTP_PER_RECIPIENT },
+	{ "qmtp://mx.example", 1, MS_PROTO_QMTP, "mx.example", "209", MS_QMTP_REPLIES_AUTO },
+	{ "qmtp://h?replies=auto", 1, MS_PROTO_QMTP, "h", "209", MS_QMTP_REPLIES_AUTO },
 	{ "qmtp://h:2209?replies=package", 1, MS_PROTO_QMTP, "h", "2209", MS_QMTP_PER_PACKAGE },
 	{ "qmtp://h?replies=recipient", 1, MS_PROTO_QMTP, "h", "209", MS_QMTP_PER_RECIPIENT },
 	{ "smtp://h?replies=package", 0, 0, NULL, NULL, 0 },   /* QMTP-only parameter */
