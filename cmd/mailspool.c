@@ -21,6 +21,7 @@
 #include "mailspool/client.h"
 #include "mailspool/dsnreq.h"
 #include "mailspool/headers.h"
+#include "mailspool/net.h"
 #include "mailspool/hmap.h"
 #include "mailspool/relay.h"
 #include "mailspool/io.h"
@@ -116,6 +117,9 @@ static void usage_send(FILE *f)
 	        "  --bdat-window-bytes S BDAT: their octets (8M; one message always goes)\n"
 	        "  --session-messages N  transactions per connection before a new one (1000)\n"
 	        "  --helo NAME           name to give in EHLO/HELO (default: this host)\n"
+	        "  -4, -6                connect over IPv4 only, IPv6 only (default: both,\n"
+	        "                        raced as RFC 8305's Happy Eyeballs)\n"
+	        "  --bind-address A      connect from this address (one IPv4, one IPv6)\n"
 	        "  --max-rcpts N         recipients per transaction (default 100)\n"
 	        "  --allow-long-lines    send lines longer than 998 octets instead of\n"
 	        "                        refusing the message\n"
@@ -520,7 +524,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
 	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN,
 	       O_MODE, O_NOCHUNK, O_NORSET, O_BDATWIN, O_BDATBYTES, O_SESSMSGS, O_NOTIFY, O_RET,
-	       O_ENVID };
+	       O_ENVID, O_BIND };
 	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
 	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
@@ -547,6 +551,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
 		{ "qmtp-replies", required_argument, NULL, O_QREPLIES },
+		{ "bind-address", required_argument, NULL, O_BIND },
 		{ "qmtp-encoding", required_argument, NULL, O_QENC },
 		{ "max-session", required_argument, NULL, O_MAXSESSION },
 		{ "tls", required_argument, NULL, O_TLS },
@@ -579,7 +584,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	so.rcpts = rcpts;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "f:tqhC:F:", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:tqhC:F:46", lo, NULL)) != -1) {
 		if (c == O_TRANSCRIPT || c == O_TBODIES || c == O_TIMEOUT || c == O_CTIMEOUT)
 			via_only = argv[optind - 1];
 		switch (c) {
@@ -649,6 +654,16 @@ static int send_with(int argc, char **argv, const char **rcpts)
 			break;
 		}
 		case O_HELO: o.helo = optarg; smtp_only = "--helo"; break;
+		case '4': o.net.families = MS_NET_V4; via_only = "-4"; break;
+		case '6': o.net.families = MS_NET_V6; via_only = "-6"; break;
+		case O_BIND:
+			if (ms_net_parse_bind(optarg, &o.net) != 0) {
+				fprintf(stderr, "%s send: --bind-address wants one IPv4 and/or one IPv6 "
+				        "address\n", progname);
+				return EX_USAGE_;
+			}
+			via_only = "--bind-address";
+			break;
 		case O_MAXRCPT: {
 			char *end;
 			long v = strtol(optarg, &end, 10);
@@ -861,6 +876,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	o.on_result = qo->on_result = on_result;
 	o.ctx = qo->ctx = &R;
 	co.smtp = o;
+	qo->net = o.net; /* -4, -6, --bind-address: both protocols */
 	/* Every message in flight holds its file open: let the QMTP window
 	 * (and a long SMTP batch) have the descriptors it needs. */
 	struct rlimit rl;

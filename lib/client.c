@@ -134,6 +134,11 @@ unsigned ms_client_quirks(const ms_client *c)
 	return c->smtp ? ms_smtp_quirks(c->smtp) : 0;
 }
 
+const char *ms_client_peer(const ms_client *c)
+{
+	return c->qmtp ? ms_qmtp_peer(c->qmtp) : ms_smtp_peer(c->smtp);
+}
+
 const ms_route *ms_client_route(const ms_client *c)
 {
 	return &c->route;

@@ -14,6 +14,7 @@
 
 #include "mailspool/addr.h"
 #include "mailspool/hmap.h"
+#include "mailspool/net.h" /* MS_NET_V4, MS_NET_V6 */
 #include "mailspool/route.h"
 #include "mailspool/tls.h"
 
@@ -301,6 +302,32 @@ static int dns_server_ok(const char *s, size_t n)
 	return *port && !*end && p > 0 && p < 65536;
 }
 
+/* bind_address: one IPv4 and/or one IPv6 address (the v6 one may be in
+ * brackets), separated by spaces or a comma.  (The light sendmail links
+ * this file without the network code: the check is its own.) */
+static int bind_ok(const char *val)
+{
+	char copy[128];
+	int have4 = 0, have6 = 0;
+	if (strlen(val) >= sizeof copy)
+		return 0;
+	snprintf(copy, sizeof copy, "%s", val);
+	for (char *sv, *w = strtok_r(copy, " \t,", &sv); w; w = strtok_r(NULL, " \t,", &sv)) {
+		unsigned char bin[16];
+		size_t n = strlen(w);
+		if (n >= 2 && w[0] == '[' && w[n - 1] == ']') {
+			w[n - 1] = '\0';
+			w++;
+		}
+		if (inet_pton(AF_INET, w, bin) == 1 && !have4++)
+			continue;
+		if (inet_pton(AF_INET6, w, bin) == 1 && !have6++)
+			continue;
+		return 0;
+	}
+	return 1;
+}
+
 static int dns_servers_ok(const char *v)
 {
 	while (*v) {
@@ -371,12 +398,19 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			c->nshapes++;
 		}
 		ms_conf_shape *sh = &c->shapes[i];
+		if (!strcmp(dot + 1, "bind_address")) {
+			if (!bind_ok(val) || strlen(val) >= sizeof sh->bind_address)
+				return "wants one IPv4 and/or one IPv6 address";
+			snprintf(sh->bind_address, sizeof sh->bind_address, "%s", val);
+			return NULL;
+		}
 		size_t *dst = !strcmp(dot + 1, "concurrency")           ? &sh->concurrency
 		              : !strcmp(dot + 1, "connection_messages") ? &sh->conn_messages
 		              : !strcmp(dot + 1, "rate")                ? &sh->rate
 		                                                        : NULL;
 		if (!dst)
-			return "wants destination.PATTERN.concurrency, .connection_messages or .rate";
+			return "wants destination.PATTERN.concurrency, .connection_messages, .rate or "
+			       ".bind_address";
 		return parse_count(val, dst, 1000000) ? "wants a positive number" : NULL;
 	}
 	if (!strcmp(key, "destination_rate"))
@@ -462,6 +496,30 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		return set_str(c->authorized_mailq_users, sizeof c->authorized_mailq_users, val)
 		           ? "is too long"
 		           : NULL;
+	}
+	if (!strcmp(key, "inet_protocols")) {
+		unsigned f = 0;
+		char copy[64];
+		if (set_str(copy, sizeof copy, val))
+			return "wants all, ipv4 or ipv6";
+		for (char *sv, *t = strtok_r(copy, " \t,", &sv); t; t = strtok_r(NULL, " \t,", &sv))
+			f |= !strcmp(t, "all") ? MS_NET_V4 | MS_NET_V6 : !strcmp(t, "ipv4") ? MS_NET_V4
+			     : !strcmp(t, "ipv6") ? MS_NET_V6 : 1u << 8;
+		if (!f || f > (MS_NET_V4 | MS_NET_V6))
+			return "wants all, ipv4 or ipv6 (or ipv4, ipv6)";
+		c->inet_protocols = f;
+		return NULL;
+	}
+	if (!strcmp(key, "address_preference")) {
+		if (strcmp(val, "any") && strcmp(val, "ipv4") && strcmp(val, "ipv6"))
+			return "wants any, ipv4 or ipv6";
+		c->address_preference = !strcmp(val, "ipv4") ? 4 : !strcmp(val, "ipv6") ? 6 : 0;
+		return NULL;
+	}
+	if (!strcmp(key, "bind_address")) {
+		if (!bind_ok(val) || set_str(c->bind_address, sizeof c->bind_address, val))
+			return "wants one IPv4 and/or one IPv6 address";
+		return NULL;
 	}
 	if (!strcmp(key, "log_format")) {
 		if (strcmp(val, "text") && strcmp(val, "json"))
@@ -640,6 +698,16 @@ size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_re
 	for (size_t i = 0; i < n && k < max; i++)
 		out[k++] = &c->relays[idx[i]];
 	return k;
+}
+
+int ms_conf_pattern_match(const char *pat, const char *name)
+{
+	size_t lp = strlen(pat), ln = strlen(name);
+	if (pat[0] == '*' && pat[1] == '.')
+		pat++, lp--;
+	if (pat[0] == '.')
+		return ln > lp && !strcasecmp(name + ln - lp, pat);
+	return !strcasecmp(pat, name);
 }
 
 const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain)

@@ -277,32 +277,21 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t size, size_t first)
 
 /* ---- destinations and shaping ------------------------------------------ */
 
-/* Does `name` fall under a destination pattern (mailspool.conf(5))? */
-static int pattern_match(const char *pat, const char *name)
-{
-	size_t lp = strlen(pat), ln = strlen(name);
-	if (pat[0] == '*' && pat[1] == '.')
-		pat++, lp--;
-	if (pat[0] == '.')
-		return ln > lp && !strcasecmp(name + ln - lp, pat);
-	return !strcasecmp(pat, name);
-}
-
 /* The shape for a destination: its own domain (from the item that made
  * it), or any MX host of its site. */
 static const ms_conf_shape *shape_for(const ms_conf *c, const char *key, const char *dkey)
 {
 	for (size_t i = 0; i < c->nshapes; i++) {
 		const char *pat = c->shapes[i].pattern;
-		if (dkey && !strncmp(dkey, "mx:", 3) && pattern_match(pat, dkey + 3))
+		if (dkey && !strncmp(dkey, "mx:", 3) && ms_conf_pattern_match(pat, dkey + 3))
 			return &c->shapes[i];
-		if (!strncmp(key, "mx:", 3) && pattern_match(pat, key + 3))
+		if (!strncmp(key, "mx:", 3) && ms_conf_pattern_match(pat, key + 3))
 			return &c->shapes[i];
 		if (!strncmp(key, "site:", 5)) {
 			char names[MS_DEST_MAX];
 			snprintf(names, sizeof names, "%s", key + 5);
 			for (char *sv, *t = strtok_r(names, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
-				if (pattern_match(pat, t))
+				if (ms_conf_pattern_match(pat, t))
 					return &c->shapes[i];
 		}
 	}

@@ -14,6 +14,7 @@
 
 #include "mailspool/client.h"
 #include "mailspool/dns.h"
+#include "mailspool/net.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/pool.h"
 #include "mailspool/quirks.h"
@@ -62,10 +63,18 @@ ms_status ms_dest_for(const ms_conf *c, const char *sender, const char *rcpt, ch
 }
 
 /* What every engine needs from the configuration. */
-static void session_opts(const ms_conf *c, ms_transcript *tx, ms_client_opts *co)
+static void session_opts(const ms_conf *c, ms_transcript *tx, const ms_net_opts *net,
+                         ms_client_opts *co)
 {
 	ms_client_opts_default(co);
 	ms_smtp_opts *so = &co->smtp;
+	/* How to connect: families, Happy Eyeballs, bind_address, the
+	 * resolver for names (mailspool/net.h). */
+	if (net)
+		so->net = *net;
+	else
+		ms_net_opts_for(c, NULL, NULL, &so->net);
+	co->qmtp.net = so->net;
 	so->helo = c->hostname;
 	so->transcript = tx;
 	so->timeouts.connect = (int)(c->connect_timeout * 1000);
@@ -167,7 +176,7 @@ static ms_status via_relays(const ms_deliver_opts *o, const char *names, ms_mess
 			if (!strcmp(c->relays[i].name, t))
 				rl[k++] = &c->relays[i];
 	ms_client_opts co;
-	session_opts(c, o->transcript, &co);
+	session_opts(c, o->transcript, NULL, &co);
 	snprintf(rep->relay, sizeof rep->relay, "relay %s", names);
 	relay_ctx rc = { .o = o, .relay = rep->relay, .rep = rep };
 	co.smtp.on_result = forward;
@@ -187,11 +196,14 @@ static ms_status via_relays(const ms_deliver_opts *o, const char *names, ms_mess
 
 /* The pool's key for a server: everything that makes two sessions
  * interchangeable (protocol, address, port, the name TLS checks). */
-static void pool_key(const ms_route *rt, const char *tls_name, char *key, size_t n)
+static void pool_key(const ms_route *rt, const char *tls_name, const ms_net_opts *net, char *key,
+                     size_t n)
 {
-	snprintf(key, n, "%d|%d|%d|%d|%s|%s|%s", (int)rt->proto, rt->implicit_tls,
+	/* The source address too: a session from 10.0.0.2 is no session
+	 * from 10.0.0.3 (bind_address per destination). */
+	snprintf(key, n, "%d|%d|%d|%d|%s|%s|%s|%s|%s", (int)rt->proto, rt->implicit_tls,
 	         (int)rt->qmtp_replies, (int)rt->qmtp_encoding, rt->host, rt->port,
-	         tls_name ? tls_name : "");
+	         tls_name ? tls_name : "", net ? net->bind4 : "", net ? net->bind6 : "");
 }
 
 static void add_stats(ms_deliver_report *rep, const ms_client *cl)
@@ -245,16 +257,17 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
  * every message is reported; otherwise err says why not and no message
  * was touched. */
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
-                            ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
+                            const ms_net_opts *net, ms_message **msgs, size_t n,
+                            ms_deliver_report *rep, ms_error *err)
 {
 	ms_client_opts co;
-	session_opts(o->conf, o->transcript, &co);
+	session_opts(o->conf, o->transcript, net, &co);
 	relay_ctx rc = { .o = o, .relay = rep->relay, .rep = rep };
 	co.smtp.on_result = co.qmtp.on_result = forward;
 	co.smtp.ctx = co.qmtp.ctx = &rc;
 	co.smtp.tls_name = tls_name;
 	char key[MS_POOL_KEY_MAX];
-	pool_key(rt, tls_name, key, sizeof key);
+	pool_key(rt, tls_name, &co.smtp.net, key, sizeof key);
 	co.smtp.quirks = ms_quirks_get(o->quirks, key);
 	size_t carried = 0;
 	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
@@ -277,6 +290,16 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 			return st;
 		}
 		rep->connections++;
+		/* Of several addresses raced (Happy Eyeballs), the one that won
+		 * is the one the log names. */
+		const char *peer = ms_client_peer(cl);
+		if (net && net->naddrs > 1 && *peer && strcmp(peer, rt->host)) {
+			char name[256];
+			const char *br = strchr(rep->relay, '[');
+			snprintf(name, sizeof name, "%.*s", br ? (int)(br - rep->relay) : 0, rep->relay);
+			snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", name, peer, rt->port);
+			ms_transcript_addf(o->transcript, MS_TX_NOTE, "connected to %s", rep->relay);
+		}
 	}
 	rep->reached = 1;
 	run_session(o, rt, &co, &cl, &carried, msgs, n, rep);
@@ -328,16 +351,34 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 /* One server of the destination: a session for the whole group, or err
  * says why not.  rep->relay names it as "name[addr]:port". */
 static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, const char *name,
-                            const char *addr, const char *tls_name, ms_message **msgs, size_t n,
-                            ms_deliver_report *rep, ms_error *err)
+                            const char *addr, const char *tls_name, const ms_net_opts *net,
+                            ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
 {
 	ms_route rt = *base;
 	snprintf(rt.host, sizeof rt.host, "%s", addr);
 	snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", name, addr, rt.port);
-	ms_status st = try_target(o, &rt, tls_name, msgs, n, rep, err);
+	ms_status st = try_target(o, &rt, tls_name, net, msgs, n, rep, err);
 	if (st != MS_OK)
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
 	return st;
+}
+
+/* One MX host: its addresses (consecutive in tg from *i) race as one
+ * server (RFC 8305), from the source address its patterns give. */
+static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, const char *domain,
+                             const ms_dns_targets *tg, size_t *i, ms_message **msgs, size_t n,
+                             ms_deliver_report *rep, ms_error *err)
+{
+	const ms_dns_target *t = &tg->t[*i];
+	ms_net_opts net;
+	ms_net_opts_for(o->conf, domain, t->name, &net);
+	size_t k = *i;
+	while (k < tg->n && !strcmp(tg->t[k].name, t->name) && net.naddrs < MS_NET_ADDRS_MAX) {
+		snprintf(net.addrs[net.naddrs++], sizeof net.addrs[0], "%s", tg->t[k].addr);
+		k++;
+	}
+	*i = k;
+	return try_server(o, base, t->name, t->addr, t->name, &net, msgs, n, rep, err);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -423,7 +464,7 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 			           "none");
 			return MS_OK;
 		}
-		if (try_server(o, &base, base.host, base.host, NULL, msgs, n, rep, &e) == MS_OK)
+		if (try_server(o, &base, base.host, base.host, NULL, NULL, msgs, n, rep, &e) == MS_OK)
 			return MS_OK;
 		return give_up(o, msgs, n, rep, e.msg);
 	}
@@ -463,17 +504,18 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		ms_route rt = base;
 		char key[MS_POOL_KEY_MAX];
 		snprintf(rt.host, sizeof rt.host, "%s", tg->t[i].addr);
-		pool_key(&rt, tg->t[i].name, key, sizeof key);
+		ms_net_opts net;
+		ms_net_opts_for(o->conf, domain, tg->t[i].name, &net);
+		pool_key(&rt, tg->t[i].name, &net, key, sizeof key);
+		size_t at = i;
 		if (i > 0 && tg->t[i].pref == tg->t[0].pref && ms_pool_has(o->pool, key) &&
-		    try_server(o, &base, tg->t[i].name, tg->t[i].addr, tg->t[i].name, msgs, n, rep,
-		               &e) == MS_OK) {
+		    try_mx_host(o, &base, domain, tg, &at, msgs, n, rep, &e) == MS_OK) {
 			free(tg);
 			return MS_OK;
 		}
 	}
-	for (size_t i = 0; i < tg->n; i++)
-		if (try_server(o, &base, tg->t[i].name, tg->t[i].addr, tg->t[i].name, msgs, n, rep,
-		               &e) == MS_OK) {
+	for (size_t i = 0; i < tg->n;)
+		if (try_mx_host(o, &base, domain, tg, &i, msgs, n, rep, &e) == MS_OK) {
 			free(tg);
 			return MS_OK;
 		}

@@ -245,18 +245,12 @@ static int same_name(const char *a, const char *b)
 	return la == lb && !strncasecmp(a, b, la);
 }
 
-ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_targets *out,
-                             ms_error *err)
+/* A channel with our settings: DNS only for mail routing ("b"), files
+ * then DNS for the names of relays and URL routes ("fb"), the configured
+ * servers, per-try timeouts a quarter of the lookup's deadline. */
+static ms_status open_channel(const ms_dns_opts *o, const char *lookups, ares_channel *chp,
+                              ms_error *err)
 {
-	memset(out, 0, sizeof *out);
-	if (!domain || !*domain || strlen(domain) > MS_DNS_NAME_MAX)
-		return fail(out, err, 0, "5.1.2", "no valid domain to route to");
-	if (domain[0] == '[')
-		return literal(domain, out, err);
-	size_t limit = o->address_limit ? o->address_limit : 5;
-	if (limit > MS_DNS_MAX_TARGETS)
-		limit = MS_DNS_MAX_TARGETS;
-
 	/* Once per process, whichever thread gets here first (the daemon's
 	 * agents look up many domains at once). */
 	pthread_once(&ares_once, init_ares);
@@ -268,7 +262,7 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
 	ao.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
 	ao.timeout = timeout / 4 < 200 ? 200 : timeout / 4 > 5000 ? 5000 : timeout / 4;
 	ao.tries = 3;
-	ao.lookups = (char *)"b"; /* DNS only: mail routing never comes from /etc/hosts */
+	ao.lookups = (char *)lookups;
 	ares_channel ch;
 	int r = ares_init_options(&ch, &ao,
 	                          ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
@@ -282,6 +276,67 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
 		return ms_error_set(err, MS_ERR_USAGE, "bad dns_servers \"%s\": %s", o->servers,
 		                    ares_strerror(r));
 	}
+	*chp = ch;
+	return MS_OK;
+}
+
+ms_status ms_dns_host_addrs(const char *host, const ms_dns_opts *o, char (*addrs)[46], size_t max,
+                            size_t *n, ms_error *err)
+{
+	*n = 0;
+	unsigned char bin[16];
+	if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1) {
+		if (max)
+			snprintf(addrs[(*n)++], 46, "%s", host);
+		return MS_OK;
+	}
+	if (!*host || strlen(host) > MS_DNS_NAME_MAX)
+		return ms_error_set(err, MS_ERR_USAGE, "no valid host name to connect to");
+	ares_channel ch;
+	ms_status st = open_channel(o, "fb", &ch, err);
+	if (st != MS_OK)
+		return st;
+	host_q *h = calloc(1, sizeof *h);
+	if (!h) {
+		ares_destroy(ch);
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	}
+	snprintf(h->name, sizeof h->name, "%s", host);
+	h->status = ARES_ECANCELLED;
+	h->ttl = UINT_MAX;
+	struct ares_addrinfo_hints hints;
+	memset(&hints, 0, sizeof hints);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_flags = ARES_AI_NOSORT;
+	ares_getaddrinfo(ch, host, NULL, &hints, on_addr, h);
+	run(ch, now_ms() + (o->timeout_ms > 0 ? o->timeout_ms : 30000));
+	for (size_t i = 0; i < h->naddrs && *n < max; i++)
+		snprintf(addrs[(*n)++], 46, "%s", h->addrs[i]);
+	if (!*n)
+		st = ms_error_set(err, temporary(h->status) ? MS_ERR_CONNECT : MS_ERR_USAGE,
+		                  "cannot resolve %s: %s", host, why(h->status));
+	ares_destroy(ch);
+	free(h);
+	return st;
+}
+
+ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_targets *out,
+                             ms_error *err)
+{
+	memset(out, 0, sizeof *out);
+	if (!domain || !*domain || strlen(domain) > MS_DNS_NAME_MAX)
+		return fail(out, err, 0, "5.1.2", "no valid domain to route to");
+	if (domain[0] == '[')
+		return literal(domain, out, err);
+	size_t limit = o->address_limit ? o->address_limit : 5;
+	if (limit > MS_DNS_MAX_TARGETS)
+		limit = MS_DNS_MAX_TARGETS;
+
+	int timeout = o->timeout_ms > 0 ? o->timeout_ms : 30000;
+	ares_channel ch;
+	ms_status cst = open_channel(o, "b", &ch, err); /* DNS only: never /etc/hosts */
+	if (cst != MS_OK)
+		return cst;
 	int64_t deadline = now_ms() + timeout;
 	ms_status st = MS_OK;
 	host_q *hosts = calloc(MX_MAX, sizeof *hosts);

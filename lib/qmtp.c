@@ -64,6 +64,7 @@ struct ms_qmtp {
 	ms_io io;
 	int have_io;
 	char host[HOST_MAX + 1], port[PORT_MAX + 1]; /* "" when attached */
+	char peer[46];        /* the address connected to (Happy Eyeballs' winner) */
 	pkg *head, *tail;     /* packages not yet answered in full */
 	pkg *cur;             /* being produced, or next to start */
 	pkg *unsent;          /* first package not completely written */
@@ -433,7 +434,8 @@ static ms_status open_conn(ms_qmtp *q, ms_error *err)
 	int fd;
 	ms_transcript_addf(q->o.transcript, MS_TX_NOTE, "connecting to %s port %s", q->host,
 	                   q->port);
-	ms_status st = ms_net_connect(q->host, q->port, q->o.connect_timeout_ms, &fd, err);
+	ms_status st = ms_net_connect(q->host, q->port, &q->o.net, q->o.connect_timeout_ms, &fd,
+	                              q->peer, err);
 	return st == MS_OK ? adopt_fd(q, fd, err) : st;
 }
 
@@ -1152,4 +1154,9 @@ int ms_qmtp_failed(const ms_qmtp *q, ms_error *err)
 	if (q->broken && err)
 		*err = q->fatal;
 	return q->broken;
+}
+
+const char *ms_qmtp_peer(const ms_qmtp *q)
+{
+	return q->peer;
 }

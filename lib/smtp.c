@@ -128,6 +128,7 @@ struct ms_smtp {
 	char restart_why[MS_ERROR_MSG_MAX];
 	int restarts_left;
 	char host[256], port[32]; /* set by ms_smtp_connect: the engine may reconnect */
+	char peer_addr[46];       /* the address connected to (Happy Eyeballs' winner) */
 	char *chunk;
 	int broken;
 	ms_error fatal;
@@ -1977,7 +1978,8 @@ static ms_status connect_once(ms_smtp *s, const char *host, const char *port, ms
 	int fd;
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE, "connecting to %s port %s", host, port);
 	s->st.connections++;
-	ms_status st = ms_net_connect(host, port, s->o.timeouts.connect, &fd, err);
+	ms_status st = ms_net_connect(host, port, &s->o.net, s->o.timeouts.connect, &fd, s->peer_addr,
+	                              err);
 	if (st != MS_OK) {
 		s->broken = 1;
 		ms_error_set(&s->fatal, st, "%s", err ? err->msg : "cannot connect");
@@ -2119,4 +2121,9 @@ int ms_smtp_failed(const ms_smtp *s, ms_error *err)
 	if (s->broken && err)
 		*err = s->fatal;
 	return s->broken;
+}
+
+const char *ms_smtp_peer(const ms_smtp *s)
+{
+	return s->peer_addr;
 }

@@ -62,5 +62,7 @@ const ms_tls_info *ms_client_tls(const ms_client *c);
 const char *ms_client_auth_mech(const ms_client *c);
 /* SMTP: MS_QUIRK_* known of the server now (0 for QMTP). */
 unsigned ms_client_quirks(const ms_client *c);
+/* The address connected to (Happy Eyeballs' winner; "" if none). */
+const char *ms_client_peer(const ms_client *c);
 
 #endif

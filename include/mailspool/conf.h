@@ -57,6 +57,7 @@ typedef struct ms_conf_shape {
 	size_t concurrency;      /* destination.P.concurrency */
 	size_t conn_messages;    /* destination.P.connection_messages */
 	size_t rate;             /* destination.P.rate: messages per minute (0: no limit) */
+	char bind_address[100];  /* destination.P.bind_address ("": the global one) */
 } ms_conf_shape;
 
 /* One relay: how to reach it, how to secure and log in to it. */
@@ -139,6 +140,9 @@ typedef struct ms_conf {
 	int64_t destination_backoff;       /* destination_backoff (5m) after it failed */
 	int64_t queue_scan_interval;       /* queue_scan_interval (60 s) */
 	int64_t connect_timeout;           /* connect_timeout (30 s) */
+	unsigned inet_protocols;           /* inet_protocols (all): MS_NET_V4 | MS_NET_V6 */
+	int address_preference;            /* address_preference (any: 0), ipv4: 4, ipv6: 6 */
+	char bind_address[100];            /* bind_address ("": the kernel chooses) */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
 	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES P1-P6): */
 	int smtp_chunking;                 /* smtp_chunking (yes): BDAT when offered */
@@ -179,6 +183,10 @@ const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain);
 /* May the user `name` list the queue (authorized_mailq_users)?  root and
  * mail_owner always may. */
 int ms_conf_mailq_allowed(const ms_conf *c, const char *name);
+
+/* Does name fall under a destination pattern: "example.com" itself,
+ * ".example.com" (its subdomains) or "*.example.com" (the same)? */
+int ms_conf_pattern_match(const char *pat, const char *name);
 
 /* "30m", "4h", "2d", "90" (seconds) -> seconds; -1 if malformed. */
 int64_t ms_conf_duration(const char *s);

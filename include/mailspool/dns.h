@@ -67,4 +67,12 @@ void ms_dns_opts_default(ms_dns_opts *o);
 ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_targets *out,
                              ms_error *err);
 
+/* The addresses of a host name - a relay's or a URL route's - from
+ * /etc/hosts, then DNS, with the same servers and deadline (dns_servers,
+ * dns_timeout), at most max, in the resolver's order; a numeric address is
+ * its own.  MS_ERR_CONNECT when the lookup failed for now (try again),
+ * MS_ERR_USAGE when the name has no address. */
+ms_status ms_dns_host_addrs(const char *host, const ms_dns_opts *o, char (*addrs)[46], size_t max,
+                            size_t *n, ms_error *err);
+
 #endif

@@ -77,9 +77,6 @@ static inline size_t ms_io_pending(const ms_io *io) { return ms_buf_avail(&io->o
  */
 ms_status ms_io_pump(ms_io *io, int64_t deadline, ms_error *err);
 
-/* Open a TCP connection to host:port, trying every address in order, each
- * attempt bounded by timeout_ms.  Returns the connected fd in *fd. */
-ms_status ms_net_connect(const char *host, const char *port, int timeout_ms, int *fd,
-                         ms_error *err);
+/* (Opening connections: mailspool/net.h.) */
 
 #endif

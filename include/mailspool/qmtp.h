@@ -51,6 +51,7 @@
 #include <stdint.h>
 #include "mailspool/buf.h"
 #include "mailspool/error.h"
+#include "mailspool/net.h"
 #include "mailspool/message.h"
 #include "mailspool/transcript.h"
 
@@ -86,6 +87,7 @@ typedef struct ms_qmtp_opts {
 	int write_timeout_ms;    /* without write progress (180 s) */
 	int max_session_ms;      /* cycle the connection after this (Q9: 1 hour) */
 	size_t window;           /* packages outstanding before submit() waits (1024) */
+	ms_net_opts net;           /* families, Happy Eyeballs, bind_address, resolver */
 	ms_transcript *transcript; /* optional, not owned */
 	ms_qmtp_result_fn on_result; /* called once per message when final */
 	void *ctx;
@@ -150,6 +152,8 @@ ms_status ms_qmtp_reconnect(ms_qmtp *q, ms_error *err);
 const ms_qmtp_stats *ms_qmtp_get_stats(const ms_qmtp *q);
 /* Did the session break (closed early, timed out, protocol error)? */
 int ms_qmtp_failed(const ms_qmtp *q, ms_error *err);
+/* The address the last connection went to ("" if attached or none). */
+const char *ms_qmtp_peer(const ms_qmtp *q);
 /* For sessions kept for reuse, as in mailspool/smtp.h. */
 void ms_qmtp_set_result(ms_qmtp *q, ms_qmtp_result_fn fn, void *ctx);
 void ms_qmtp_set_transcript(ms_qmtp *q, ms_transcript *tx);

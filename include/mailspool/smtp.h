@@ -56,6 +56,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "mailspool/error.h"
+#include "mailspool/net.h"
 #include "mailspool/message.h"
 #include "mailspool/tls.h"
 #include "mailspool/transcript.h"
@@ -125,6 +126,7 @@ typedef struct ms_smtp_opts {
 	int probe_ms;           /* wait for the reply to a command behind data (5000) */
 	unsigned quirks;        /* MS_QUIRK_* already known of this server */
 	ms_smtp_timeouts timeouts;
+	ms_net_opts net;           /* families, Happy Eyeballs, bind_address, resolver */
 	ms_transcript *transcript; /* optional, not owned */
 	ms_smtp_result_fn on_result; /* called once per message when final */
 	void *ctx;
@@ -196,6 +198,8 @@ const char *ms_smtp_auth_mech(const ms_smtp *s);
 const char *ms_smtp_greeting(const ms_smtp *s);
 /* Did the session break (closed, timed out, protocol error)? Why, in err. */
 int ms_smtp_failed(const ms_smtp *s, ms_error *err);
+/* The address the last connection went to ("" if attached or none). */
+const char *ms_smtp_peer(const ms_smtp *s);
 /* A session kept open for reuse (mailspool/pool.h) reports its next
  * messages to a new callback, and notes in a new transcript (or none). */
 void ms_smtp_set_result(ms_smtp *s, ms_smtp_result_fn fn, void *ctx);
