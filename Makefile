@@ -76,15 +76,16 @@ $(BUILD)/mailspool.pc: scripts/mailspool.pc.in include/mailspool/version.h Makef
 # queue side: spool, envelope, configuration - no SMTP, TLS or DNS code is
 # linked into it) and the delivery agent the daemon execs.
 MAIN_SRC  = cmd/mailspool.c cmd/queue.c cmd/front.c cmd/sendmail.c cmd/daemon.c cmd/setup.c \
-            cmd/listing.c cmd/priv.c
+            cmd/listing.c cmd/priv.c cmd/metrics_http.c
 DROP_SRC  = cmd/drop.c cmd/listing.c cmd/priv.c
 AGENT_SRC = cmd/agent.c cmd/listing.c
 # sendmail and mailq without SMTP, TLS and DNS (light.c says why).
 LIGHT_SRC = cmd/light.c cmd/front.c cmd/sendmail.c cmd/listing.c cmd/priv.c
 
-$(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h $(BUILD)/libmailspool.a
+# The main program alone serves the daemon's metrics over HTTP.
+$(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h cmd/metrics_http.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $(MAIN_SRC) $(BUILD)/libmailspool.a $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(MAIN_SRC) $(BUILD)/libmailspool.a $(LDLIBS) -lmicrohttpd -lpthread
 
 $(BUILD)/mailspool-drop: $(DROP_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)

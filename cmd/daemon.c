@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 #include "mailspool/addr.h"
 #include "mailspool/buf.h"
 #include "mailspool/daemon.h"
@@ -291,7 +292,27 @@ int cmd_daemon(int argc, char **argv)
 		                 .log = log_line, .log_ctx = &sink, .agent = agent_program() };
 	if (owner == 0)
 		log_line(&sink, "warning: mail_owner is root: delivery runs with every privilege");
+	/* metrics_listen: started after detaching (a fork keeps no threads)
+	 * and as the owner; a configuration reload does not move it. */
+	ms_metrics metrics;
+	metrics_http *mh = NULL;
+	if (conf->metrics_listen[0]) {
+		char why[300];
+		ms_metrics_init(&metrics);
+		if (!(mh = metrics_http_start(conf->metrics_listen, &metrics, why, sizeof why))) {
+			fprintf(stderr, "%s daemon: %s\n", progname, why);
+			log_line(&sink, why);
+			ms_metrics_destroy(&metrics);
+			free(conf);
+			return EX_UNAVAILABLE_;
+		}
+		o.metrics = &metrics;
+	}
 	ms_status st = ms_daemon_run(&o, &err);
+	if (mh) {
+		metrics_http_stop(mh);
+		ms_metrics_destroy(&metrics);
+	}
 	if (st != MS_OK)
 		fprintf(stderr, "%s daemon: %s\n", progname, err.msg);
 	if (sink.fd > STDERR_FILENO)

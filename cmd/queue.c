@@ -27,11 +27,8 @@ static const char *result_word(ms_rcpt_state s)
 	return s == MS_RCPT_DELIVERED ? "delivered" : s == MS_RCPT_FAILED ? "failed" : "deferred";
 }
 
-/* Modes now and background: claim the message just queued, attempt every
- * recipient through the daemon's routing, report each.  Now: the message
- * was queued held (no daemon touches it) and is removed whatever happened.
- * Background: results are recorded as the daemon would, without bounces
- * (the caller is told); what failed temporarily stays queued. */
+/* Modes now and background (the policy is ms_sched_deliver_mode's,
+ * mailspool/sched.h): report each recipient's result, as a line or JSON. */
 static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const char *name,
                        int quiet, FILE *json, cli_mode mode);
 cli_deliver_fn cli_deliver_now = deliver_now;
@@ -39,34 +36,20 @@ cli_deliver_fn cli_deliver_now = deliver_now;
 static int deliver_now(ms_spool *sp, const ms_conf *conf, const char *id, const char *name,
                        int quiet, FILE *json, cli_mode mode)
 {
-	ms_claim cl;
 	ms_error err;
 	const char *pre = name ? name : "", *sep = name ? ": " : "";
-	if (ms_spool_claim(sp, id, conf->hostname, &cl, &err) != MS_OK) {
+	ms_envelope e;
+	ms_sched_result *res = NULL;
+	size_t n = 0, failed = 0, deferred = 0;
+	int busy;
+	ms_status st = ms_sched_deliver_mode(sp, conf, id,
+	                                     mode == CLI_NOW ? MS_MODE_NOW : MS_MODE_BACKGROUND, &e,
+	                                     &res, &n, &busy, &err);
+	if (busy) {
 		if (!quiet)
 			printf("%s%squeued as %s (a daemon is delivering it)\n", pre, sep, id);
 		return EX_OK_;
 	}
-	ms_envelope e;
-	ms_sched_result *res = NULL;
-	size_t n = 0;
-	ms_status st = ms_spool_read(sp, id, &e, &err);
-	if (st == MS_OK) {
-		e.flags &= ~(uint32_t)MS_ENV_HOLD;
-		st = ms_sched_attempt(sp, conf, &e, NULL, &res, &n, &err);
-	}
-	size_t failed = 0, deferred = 0;
-	if (st == MS_OK) {
-		ms_sched_summary sum;
-		ms_sched_opts so = { .conf = conf, .bounce = 0 };
-		if (mode == CLI_NOW)
-			st = ms_spool_remove(sp, id, &err);
-		else
-			st = ms_sched_settle(sp, &so, &e, res, n, &sum, &err);
-	} else if (mode == CLI_NOW) {
-		ms_spool_remove(sp, id, NULL);
-	}
-	ms_spool_release(sp, &cl, NULL);
 	if (st != MS_OK) {
 		fprintf(stderr, "%s: %s%s%s: %s\n", progname, pre, sep, id, err.msg);
 		if (n == 0) {

@@ -113,6 +113,19 @@ void ms_agent_parse_result(const char *line, ms_agent_result *out)
 		if (!*p)
 			out->kind = k;
 		return;
+	case 'C': {
+		ms_metrics_conn *c = &out->conn;
+		unsigned long long v[9];
+		int used = 0;
+		if (sscanf(p, " %llu %llu %llu %llu %llu %llu %llu %llu %llu%n", &v[0], &v[1], &v[2],
+		           &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &used) == 9 && !p[used]) {
+			c->connections = v[0], c->reused = v[1], c->tls_verified = v[2];
+			c->tls_unverified = v[3], c->plain = v[4], c->dns_ok = v[5];
+			c->dns_temp = v[6], c->dns_perm = v[7], c->dns_cached = v[8];
+			out->kind = 'C';
+		}
+		return;
+	}
 	case 'S': {
 		char *site = *p == ' ' ? field(p + 1, NULL, MS_DEST_MAX - 1) : NULL;
 		if (site) {
@@ -342,7 +355,7 @@ static void unit_free(unit *u)
 
 /* Deliver the messages of one destination key (within the unit). */
 static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, int *unreachable,
-                          int *throttled, char *site, size_t sitelen)
+                          int *throttled, char *site, size_t sitelen, ms_metrics_conn *facts)
 {
 	agent *a = u->a;
 	ms_message **msgs = calloc(n, sizeof *msgs);
@@ -386,6 +399,15 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 		ms_deliver(&dopt, dest, msgs, nm, &rep, &derr);
 		*unreachable = *unreachable && rep.unreachable;
 		*throttled = *throttled || rep.throttled;
+		facts->connections += rep.connections;
+		facts->reused += rep.reused;
+		facts->tls_verified += rep.tls_verified;
+		facts->tls_unverified += rep.tls_unverified;
+		facts->plain += rep.plain;
+		facts->dns_ok += rep.dns == MS_DELIVER_DNS_OK;
+		facts->dns_cached += rep.dns == MS_DELIVER_DNS_CACHED;
+		facts->dns_temp += rep.dns == MS_DELIVER_DNS_TEMP;
+		facts->dns_perm += rep.dns == MS_DELIVER_DNS_PERM;
 		if (!site[0] && rep.site[0])
 			snprintf(site, sitelen, "%s", rep.site);
 	} else {
@@ -403,6 +425,7 @@ static void *unit_run(void *arg)
 	agent *a = u->a;
 	int unreachable = 1, throttled = 0;
 	char site[MS_DEST_MAX] = "";
+	ms_metrics_conn facts = { 0 };
 	/* Messages by destination key, in the order given (a site's unit
 	 * holds several domains: one ms_deliver each, the session reused). */
 	if (u->n == 0) {
@@ -423,7 +446,8 @@ static void *unit_run(void *arg)
 				ws[k++] = &u->msgs[j];
 				done[j] = 1;
 			}
-		deliver_group(u, u->msgs[i].dest, ws, k, &unreachable, &throttled, site, sizeof site);
+		deliver_group(u, u->msgs[i].dest, ws, k, &unreachable, &throttled, site, sizeof site,
+		              &facts);
 	}
 	free(ws);
 	free(done);
@@ -437,6 +461,13 @@ static void *unit_run(void *arg)
 		sayf(a, "U %llu\n", (unsigned long long)u->id);
 	if (throttled)
 		sayf(a, "H %llu\n", (unsigned long long)u->id);
+	if (u->n)
+		sayf(a, "C %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu\n",
+		     (unsigned long long)u->id, (unsigned long long)facts.connections,
+		     (unsigned long long)facts.reused, (unsigned long long)facts.tls_verified,
+		     (unsigned long long)facts.tls_unverified, (unsigned long long)facts.plain,
+		     (unsigned long long)facts.dns_ok, (unsigned long long)facts.dns_temp,
+		     (unsigned long long)facts.dns_perm, (unsigned long long)facts.dns_cached);
 	sayf(a, "X %llu\n", (unsigned long long)u->id);
 	unit_free(u);
 	pthread_mutex_lock(&a->mu);

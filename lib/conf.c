@@ -521,6 +521,13 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			return "wants one IPv4 and/or one IPv6 address";
 		return NULL;
 	}
+	if (!strcmp(key, "metrics_listen")) {
+		const char *colon = strrchr(val, ':');
+		if (*val && (!colon || colon == val || !colon[1] ||
+		             strspn(colon + 1, "0123456789") != strlen(colon + 1)))
+			return "wants ADDRESS:PORT (127.0.0.1:9725, [::1]:9725)";
+		return set_str(c->metrics_listen, sizeof c->metrics_listen, val) ? "is too long" : NULL;
+	}
 	if (!strcmp(key, "log_format")) {
 		if (strcmp(val, "text") && strcmp(val, "json"))
 			return "wants text or json";

@@ -30,8 +30,10 @@
  *    session it rides on is then counted as attempted).
  */
 #include "mailspool/daemon.h"
+#include "mailspool/metrics.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -175,6 +177,8 @@ typedef struct sched_state {
 	size_t wlen;
 	int relist_wanted;        /* a bare wake-up: something new, id unknown */
 	int64_t last_full_list;
+	int listed_once;          /* the first listing is the queue we found, not arrivals */
+	int64_t gauges_at;        /* metrics gauges last updated (s) */
 } sched_state;
 
 static int64_t now_s(void)
@@ -200,6 +204,73 @@ static void logf_(sched_state *d, const char *fmt, ...)
 
 static entry *find_entry(sched_state *d, const char *id);
 
+/* ---- metrics (mailspool/metrics.h; NULL when nobody serves them) ---- */
+
+#define METRIC(d, stmt)                                      \
+	do {                                                     \
+		ms_metrics *m_ = (d)->o->metrics;                    \
+		if (m_) {                                            \
+			pthread_mutex_lock(&m_->lock);                   \
+			stmt;                                            \
+			pthread_mutex_unlock(&m_->lock);                 \
+		}                                                    \
+	} while (0)
+
+/* A destination key's route kind: url:, relays:, or MX (mx:, site:). */
+static int route_kind(const char *key)
+{
+	return !strncmp(key, "url:", 4) ? MS_METRIC_URL
+	       : !strncmp(key, "relays:", 7) ? MS_METRIC_RELAYS : MS_METRIC_MX;
+}
+
+/* The arrival time an id carries (spool.h: microseconds in 13 hex digits). */
+static int64_t id_arrival(const char *id)
+{
+	int64_t us = 0;
+	for (int i = 0; i < 13 && id[i]; i++) {
+		char c = id[i];
+		int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (v < 0)
+			return 0;
+		us = us * 16 + v;
+	}
+	return us / 1000000;
+}
+
+/* The gauges, at most once a second (counting the backed-off
+ * destinations walks them all). */
+static void update_gauges(sched_state *d)
+{
+	ms_metrics *m = d->o->metrics;
+	int64_t now = now_s();
+	if (!m || now == d->gauges_at)
+		return;
+	d->gauges_at = now;
+	size_t off = 0, queued = 0;
+	const char *k;
+	void *v;
+	for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;)
+		off += ((dest *)v)->backoff_until > now;
+	/* Entries of removed messages stay in the index (due INT64_MAX) until
+	 * the next listing: not counted.  The index is in id order, which is
+	 * arrival order: the first one left is the oldest. */
+	int64_t oldest = 0;
+	for (size_t i = 0; i < d->nidx; i++)
+		if (d->idx[i].due != INT64_MAX) {
+			if (!queued++)
+				oldest = id_arrival(d->idx[i].id);
+		}
+	pthread_mutex_lock(&m->lock);
+	m->queue_messages = queued;
+	m->oldest_arrival = oldest;
+	m->sessions = d->sessions;
+	m->claimed = d->claimed;
+	m->destinations = d->dests.n;
+	m->backed_off = off;
+	m->agents = d->nagents;
+	pthread_mutex_unlock(&m->lock);
+}
+
 /* Merge a fresh listing into the index: known ids keep what we know. */
 static ms_status relist(sched_state *d, ms_error *err)
 {
@@ -214,13 +285,14 @@ static ms_status relist(sched_state *d, ms_error *err)
 		ms_spool_ids_free(ids, n);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
-	size_t j = 0;
+	size_t j = 0, arrived = 0;
 	for (size_t i = 0; i < n; i++) {
 		while (j < d->nidx && strcmp(d->idx[j].id, ids[i]) < 0)
 			j++;
 		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
 			nidx[i] = d->idx[j];
 		} else {
+			arrived++;
 			/* New to us: its mtime says when it is due at the earliest
 			 * (spool.h); only one that may be due now is read. */
 			snprintf(nidx[i].id, sizeof nidx[i].id, "%s", ids[i]);
@@ -229,6 +301,9 @@ static ms_status relist(sched_state *d, ms_error *err)
 			nidx[i].mtime = m;
 		}
 	}
+	if (d->listed_once)
+		METRIC(d, m_->received += arrived);
+	d->listed_once = 1;
 	/* A busy entry stays even if another listing missed it. */
 	ms_spool_ids_free(ids, n);
 	free(d->idx);
@@ -533,6 +608,11 @@ static void settle_one(sched_state *d, slot *s, entry *e)
 	ms_status st = ms_sched_settle(d->sp, &so, &s->env, s->res, s->nres, &sum, &err);
 	if (sum.bounce_id[0])
 		add_fresh(d, sum.bounce_id); /* (its submission woke the others) */
+	METRIC(d, {
+		for (int k_ = 0; k_ < 3; k_++)
+			m_->reports[k_] += sum.reports[k_];
+		m_->report_failures += sum.report_failures;
+	});
 	if (st != MS_OK) {
 		/* The envelope could not be written (a full disk): not again
 		 * at once, or the delivered recipients would get it again. */
@@ -708,8 +788,27 @@ static void agent_line(sched_state *d, int k, const char *line)
 	item *it = r.item < u->n ? &u->items[r.item] : NULL;
 	switch (r.kind) {
 	case 'R':
-		if (it && !it->done)
+		if (it && !it->done) {
 			add_result(it->s, &r.r);
+			int res = r.r.state == MS_RCPT_DELIVERED ? MS_METRIC_DELIVERED
+			          : r.r.state == MS_RCPT_FAILED  ? MS_METRIC_FAILED
+			                                         : MS_METRIC_DEFERRED;
+			METRIC(d, m_->rcpts[route_kind(u->x->key)][res]++);
+		}
+		break;
+	case 'C':
+		METRIC(d, {
+			ms_metrics_conn *c_ = &m_->conn;
+			c_->connections += r.conn.connections;
+			c_->reused += r.conn.reused;
+			c_->tls_verified += r.conn.tls_verified;
+			c_->tls_unverified += r.conn.tls_unverified;
+			c_->plain += r.conn.plain;
+			c_->dns_ok += r.conn.dns_ok;
+			c_->dns_temp += r.conn.dns_temp;
+			c_->dns_perm += r.conn.dns_perm;
+			c_->dns_cached += r.conn.dns_cached;
+		});
 		break;
 	case 'D':
 		if (!it || it->done)
@@ -772,6 +871,7 @@ static void agent_line(sched_state *d, int k, const char *line)
 		}
 		break;
 	case 'U':
+		METRIC(d, m_->unreachable++);
 		u->x->backoff_until = now + d->c->destination_backoff;
 		u->x->probing = 1; /* when it ends, one message goes first */
 		u->x->probe_out = 0;
@@ -785,6 +885,7 @@ static void agent_line(sched_state *d, int k, const char *line)
 		u->x->nwait = 0;
 		break;
 	case 'H':
+		METRIC(d, m_->throttled++);
 		throttle(d, u->x, now);
 		break;
 	case 'X':
@@ -999,6 +1100,10 @@ static void take(sched_state *d, entry *e, int64_t now)
  * daemons sharing the spool get their part and leases stay few. */
 static size_t claim_limit(const ms_conf *c)
 {
+	/* At least 100, so that a tiny window still fills a session's
+	 * pipeline; at most MS_DAEMON_CLAIMED_MAX, so that the claims one
+	 * daemon renews every lease/3 stay a bounded amount of work (each is a
+	 * file touched) and other daemons sharing the spool find work left. */
 	size_t n = c->claim_window;
 	return n < 100 ? 100 : n > MS_DAEMON_CLAIMED_MAX ? MS_DAEMON_CLAIMED_MAX : n;
 }
@@ -1123,11 +1228,16 @@ static void schedule_dest(sched_state *d, dest *x, int64_t now, int64_t ms)
 		 * in flight; a small group waits for the running one (its
 		 * session is parked and taken again when it is done). */
 		size_t total = x->nwait + x->inflight;
+		/* want: sessions for all of it at conn_msgs each (rounded up),
+		 * within the destination's current concurrency. */
 		size_t want = (total + x->conn_msgs - 1) / x->conn_msgs;
 		if (want > x->conc_cur)
 			want = x->conc_cur;
 		if (x->active > 0 && x->active >= want)
 			break;
+		/* The waiting messages are spread evenly over the sessions still
+		 * to start (rounded up, so none is left over), each capped by
+		 * conn_msgs and the unit size, then by the rate's bucket. */
 		size_t add = x->active >= want ? 1 : want - x->active;
 		size_t per = (x->nwait + add - 1) / add;
 		if (per > x->conn_msgs)
@@ -1375,6 +1485,7 @@ static void take_fresh(sched_state *d)
 			} else {
 				memset(&m[k], 0, sizeof m[k]);
 				snprintf(m[k].id, sizeof m[k].id, "%s", d->fresh[b++]);
+				METRIC(d, m_->received++);
 				m[k].due = INT64_MIN;
 				k++;
 			}
@@ -1553,6 +1664,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			schedule(d);
 		settle_queued(d);
 		give_tokens(d);
+		update_gauges(d);
 		/* --once: done when nothing runs or waits and nothing is due
 		 * (a bounce queued meanwhile is due, and goes too). */
 		if (o->once && !d->stopping && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
@@ -1583,6 +1695,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			timeout = 200;
 		if (o->once && timeout > LIST_MIN_MS)
 			timeout = LIST_MIN_MS; /* --once: look again soon whether all is done */
+		if (o->metrics && timeout > 1000)
+			timeout = 1000; /* gauges a scrape may read: at most a second old */
 		if (d->nsettle)
 			timeout = 0;
 		int r = poll(pf, (nfds_t)(d->nagents + 1), timeout);

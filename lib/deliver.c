@@ -302,6 +302,17 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 		}
 	}
 	rep->reached = 1;
+	if (!rc.stash) {
+		/* A new connection: how it is secured (after STARTTLS, which
+		 * connecting includes). */
+		const ms_tls_info *ti = ms_client_tls(cl);
+		if (!ti)
+			rep->plain++;
+		else if (ti->verified)
+			rep->tls_verified++;
+		else
+			rep->tls_unverified++;
+	}
 	run_session(o, rt, &co, &cl, &carried, msgs, n, rep);
 	if (cl)
 		ms_client_flush(cl, err);
@@ -487,6 +498,9 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 	                            : ms_dns_targets_for(domain, &dop, tg, &e);
 	ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
 	                   st == MS_OK ? "resolved" : e.msg);
+	if (domain[0] != '[')
+		rep->dns = st == MS_OK ? (hit ? MS_DELIVER_DNS_CACHED : MS_DELIVER_DNS_OK)
+		           : st == MS_ERR_PERM ? MS_DELIVER_DNS_PERM : MS_DELIVER_DNS_TEMP;
 	if (st != MS_OK) {
 		/* Final DNS answers fail every recipient now; the rest wait. */
 		int perm = st == MS_ERR_PERM;

@@ -372,6 +372,10 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		ms_spool_reserve(sp, 1);
 		bst = bounce(sp, o, e, fails, nfail, now, MS_DSN_FAILED, sum->bounce_id, &berr);
 		ms_spool_reserve(sp, 0);
+		if (bst == MS_OK)
+			sum->reports[0]++;
+		else
+			sum->report_failures++;
 	}
 	if (st == MS_OK && ngood && o->bounce && e->sender[0]) {
 		/* A delivery report that cannot be queued is logged, not kept:
@@ -379,6 +383,10 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		char gid[MS_ENV_ID_MAX + 1] = "";
 		ms_error gerr;
 		ms_status gst = bounce(sp, o, e, goods, ngood, now, MS_DSN_RELAYED, gid, &gerr);
+		if (gst == MS_OK)
+			sum->reports[2]++;
+		else
+			sum->report_failures++;
 		if (o->log) {
 			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
 			if (gst == MS_OK)
@@ -397,6 +405,10 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		ms_status wst = bounce(sp, o, e, lates, nlate, now, MS_DSN_DELAYED, wid, &werr);
 		if (wst == MS_OK)
 			e->flags |= MS_ENV_WARNED;
+		if (wst == MS_OK)
+			sum->reports[1]++;
+		else
+			sum->report_failures++;
 		if (o->log) {
 			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
 			if (wst == MS_OK)
@@ -557,6 +569,38 @@ static void collect(void *ctx, ms_message *m, const char *relay)
 	attempt_ctx *a = ctx;
 	ms_sched_results(m, a->idx, relay, a->out + a->n);
 	a->n += m->nrcpts;
+}
+
+ms_status ms_sched_deliver_mode(ms_spool *sp, const ms_conf *c, const char *id,
+                                ms_sched_mode mode, ms_envelope *e, ms_sched_result **res,
+                                size_t *nres, int *busy, ms_error *err)
+{
+	ms_claim cl;
+	*res = NULL;
+	*nres = 0;
+	*busy = 0;
+	ms_env_init(e);
+	if (ms_spool_claim(sp, id, c->hostname, &cl, NULL) != MS_OK) {
+		*busy = 1; /* a daemon is delivering it: it is queued, that is all */
+		return MS_OK;
+	}
+	ms_status st = ms_spool_read(sp, id, e, err);
+	if (st == MS_OK) {
+		e->flags &= ~(uint32_t)MS_ENV_HOLD;
+		st = ms_sched_attempt(sp, c, e, NULL, res, nres, err);
+	}
+	if (st == MS_OK && mode == MS_MODE_NOW) {
+		st = ms_spool_remove(sp, id, err);
+	} else if (st == MS_OK) {
+		/* No bounces: the caller tells the submitter, who is right here. */
+		ms_sched_summary sum;
+		ms_sched_opts so = { .conf = c, .bounce = 0 };
+		st = ms_sched_settle(sp, &so, e, *res, *nres, &sum, err);
+	} else if (mode == MS_MODE_NOW) {
+		ms_spool_remove(sp, id, NULL); /* now queues nothing, even on failure */
+	}
+	ms_spool_release(sp, &cl, NULL);
+	return st;
 }
 
 ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,

@@ -51,6 +51,10 @@
  *     S <unit> =<site>         the MX rollup key of the unit's destination
  *     U <unit>                 no address of the destination answered
  *     H <unit>                 a server asked us to slow down (421, 4.7.x)
+ *     C <unit> <connections> <reused> <tls verified> <tls unverified>
+ *       <plain> <dns ok> <dns temporary> <dns permanent> <dns cached>
+ *                              what the unit's sessions and lookups were
+ *                              (for the metrics; before X)
  *     X <unit>                 every message of the unit was reported
  * <token> is 1 when the message held one of the agent's tokens: the
  * scheduler returns it with A once the result is committed.
@@ -69,6 +73,7 @@
 #include "mailspool/conf.h"
 #include "mailspool/envelope.h"
 #include "mailspool/error.h"
+#include "mailspool/metrics.h"
 #include "mailspool/sched.h"
 #include "mailspool/spool.h"
 
@@ -87,12 +92,13 @@ ms_status ms_agent_work_end(ms_buf *b);
 
 /* Scheduler side: one result line (NUL-terminated, no LF). */
 typedef struct ms_agent_result {
-	int kind;       /* 'R' 'D' 'N' 'S' 'U' 'H' 'X', or 0: not ours (ignored) */
+	int kind;       /* 'R' 'D' 'N' 'S' 'U' 'H' 'C' 'X', or 0: not ours (ignored) */
 	uint64_t unit;
 	size_t item;
 	int token;      /* D, N */
 	ms_sched_result r; /* R */
 	char site[MS_DEST_MAX]; /* S */
+	ms_metrics_conn conn;   /* C */
 } ms_agent_result;
 void ms_agent_parse_result(const char *line, ms_agent_result *out);
 

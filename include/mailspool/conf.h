@@ -154,6 +154,7 @@ typedef struct ms_conf {
 	size_t smtp_session_failures;      /* smtp_session_failures (8) per connection */
 	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
 	int log_json;                      /* log_format = json (text): one JSON object a line */
+	char metrics_listen[64];           /* metrics_listen ("": off) ADDRESS:PORT, OpenMetrics */
 	/* Local names (mailspool/aliases.h). */
 	char aliases[MS_CONF_PATH_MAX];    /* aliases ("": none), Debian /etc/aliases format */
 	char admin_address[256];           /* admin_address ("": none) for local names left */

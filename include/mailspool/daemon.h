@@ -62,6 +62,7 @@ typedef struct ms_daemon_opts {
 	ms_log_fn log;
 	void *log_ctx;
 	const char *agent;              /* the delivery agent program (mailspool-deliver) */
+	struct ms_metrics *metrics;     /* kept up to date when set (mailspool/metrics.h) */
 } ms_daemon_opts;
 
 ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err);

@@ -76,7 +76,14 @@ typedef struct ms_deliver_report {
 	char site[MS_DEST_MAX];
 	int throttled;      /* a server answered with a rate or connection limit */
 	size_t reused;      /* sessions taken from the pool */
+	/* For the metrics: how the new connections were secured, and the MX
+	 * lookup (MS_DELIVER_DNS_*; NONE for routes, relays and literals). */
+	size_t tls_verified, tls_unverified, plain;
+	int dns;
 } ms_deliver_report;
+
+enum { MS_DELIVER_DNS_NONE = 0, MS_DELIVER_DNS_OK, MS_DELIVER_DNS_CACHED, MS_DELIVER_DNS_TEMP,
+       MS_DELIVER_DNS_PERM };
 
 /* MX rollup: "site:" and the MX host names of tg, sorted, without
  * repeats ("" for an implicit MX, or when too long to share). */

@@ -72,6 +72,8 @@ typedef struct ms_sched_summary {
 	char bounce_id[MS_ENV_ID_MAX + 1];  /* the bounce queued, "" if none */
 	int removed;                        /* nothing was left to try */
 	int64_t next_due;                   /* when the message is due again */
+	unsigned reports[3];                /* DSNs queued: bounce, delayed, relayed */
+	unsigned report_failures;           /* DSNs that could not be queued */
 } ms_sched_summary;
 
 /* When to try again after a fault of our own (a bounce or an envelope that
@@ -125,5 +127,22 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
  * result per attempted recipient. */
 ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
                            ms_transcript *tx, ms_sched_result **res, size_t *nres, ms_error *err);
+
+/* The delivery modes that deliver at once (send --mode, sendmail -odi and
+ * -odb), for the queue's owner and a message it has just queued:
+ *  - MS_MODE_NOW (Interactive): the message was queued held, so no daemon
+ *    takes it; every recipient is attempted once and the message removed
+ *    whatever happened: the caller reports each result and nothing stays;
+ *  - MS_MODE_BACKGROUND: attempted once, the results recorded as the
+ *    daemon would but without bounces (the caller reports the failures);
+ *    temporary failures stay queued on the tiers.
+ * The message's claim is taken first: *busy is set (MS_OK, nothing done)
+ * when a daemon already holds it.  e and *res (free both) hold the
+ * envelope and the results, even when the final remove or settle failed
+ * (err then says why, with *nres results still to report). */
+typedef enum ms_sched_mode { MS_MODE_NOW = 1, MS_MODE_BACKGROUND } ms_sched_mode;
+ms_status ms_sched_deliver_mode(ms_spool *sp, const ms_conf *c, const char *id,
+                                ms_sched_mode mode, ms_envelope *e, ms_sched_result **res,
+                                size_t *nres, int *busy, ms_error *err);
 
 #endif

@@ -355,7 +355,21 @@ static void test_agent_grammar(void **state)
 	assert_int_equal(r.unit, 5);
 	assert_int_equal(r.r.rcpt, 1); /* the envelope's index, not the group's */
 	assert_int_equal(r.r.state, MS_RCPT_DEFERRED);
-	assert_string_equal(nl + 1, "D 5 0 1\nX 5\n");
+	/* Then the unit's connection facts (C, for the metrics), then X. */
+	assert_true(!strncmp(nl + 1, "D 5 0 1\nC 5 ", 12));
+	char *cline = strchr(nl + 1, '\n') + 1, *cnl = strchr(cline, '\n');
+	*cnl = '\0';
+	ms_agent_parse_result(cline, &r);
+	assert_int_equal(r.kind, 'C');
+	assert_int_equal(r.unit, 5);
+	assert_string_equal(cnl + 1, "X 5\n");
+	ms_agent_parse_result("C 7 3 1 2 0 1 4 1 0 9", &r);
+	assert_int_equal(r.kind, 'C');
+	assert_true(r.conn.connections == 3 && r.conn.reused == 1 && r.conn.tls_verified == 2 &&
+	            r.conn.plain == 1 && r.conn.dns_ok == 4 && r.conn.dns_temp == 1 &&
+	            r.conn.dns_cached == 9);
+	ms_agent_parse_result("C 7 3 1 2", &r); /* short: not ours */
+	assert_int_equal(r.kind, 0);
 	close(in[0]);
 	close(out[0]);
 	ms_buf_free(&w);
