@@ -516,17 +516,222 @@ static int queue_files(const send_opts *so, const char *confp, const char *full_
 	return worst;
 }
 
+/* TLS and credentials for --via: the user from --user or the URL, one
+ * source of its secret, and the TLS policy - `verify` when we log in,
+ * `may` otherwise; smtps:// (TLS from the first byte) only encrypt or
+ * verify.  The secret goes into secret (wiped by the caller).  Returns -1
+ * to go on, or an exit code. */
+static int send_security(ms_smtp_opts *o, const ms_route *route, const char *tls_arg,
+                         const char *pwfile, const char *pweval, const char *oauth, char *secret,
+                         size_t secretlen)
+{
+	if (!o->auth_user && route->user[0])
+		o->auth_user = route->user;
+	if ((pwfile != NULL) + (pweval != NULL) + (oauth != NULL) > 1) {
+		fprintf(stderr, "%s send: give one of --password-file, --password-eval, "
+		                "--oauth-token-eval\n", progname);
+		return EX_USAGE_;
+	}
+	if ((pwfile || pweval || oauth) && !o->auth_user) {
+		fprintf(stderr, "%s send: a password needs a user: --user NAME or smtp://NAME@host\n",
+		        progname);
+		return EX_USAGE_;
+	}
+	if (o->auth_user && !(pwfile || pweval || oauth)) {
+		fprintf(stderr, "%s send: user %s needs --password-file, --password-eval or "
+		                "--oauth-token-eval\n", progname, o->auth_user);
+		return EX_USAGE_;
+	}
+	if (pwfile || pweval || oauth) {
+		ms_error perr;
+		if ((pwfile ? ms_secret_file(pwfile, secret, secretlen, &perr)
+		            : ms_secret_command(pweval ? pweval : oauth, secret, secretlen, &perr)) !=
+		    MS_OK) {
+			fprintf(stderr, "%s send: %s\n", progname, perr.msg);
+			return EX_USAGE_;
+		}
+		o->auth_secret = secret;
+		if (oauth)
+			o->auth_mechs = "XOAUTH2";
+	}
+	o->tls = o->auth_user ? MS_TLS_VERIFY : MS_TLS_MAY;
+	if (tls_arg && ms_tls_policy_parse(tls_arg, &o->tls) < 0) {
+		fprintf(stderr, "%s send: --tls wants none, may, encrypt or verify\n", progname);
+		return EX_USAGE_;
+	}
+	if (route->implicit_tls) {
+		if (tls_arg && o->tls < MS_TLS_ENCRYPT) {
+			fprintf(stderr, "%s send: smtps:// is TLS from the first byte: --tls %s makes no "
+			                "sense\n", progname, tls_arg);
+			return EX_USAGE_;
+		}
+		if (!tls_arg)
+			o->tls = MS_TLS_VERIFY;
+	}
+	return -1;
+}
+
+/* The sender (default: the login name at this host) and every --to,
+ * checked once before anything is sent: a bad one is a usage error. */
+static int send_addresses(send_opts *so, char *defsender, size_t n)
+{
+	ms_error err;
+	if (!so->sender) {
+		if (default_sender(defsender, n) < 0) {
+			fprintf(stderr, "%s send: cannot make a default sender; use -f\n", progname);
+			return EX_USAGE_;
+		}
+		so->sender = defsender;
+	}
+	char wire[MS_ADDR_MAX + 1];
+	if (ms_addr_parse(so->sender, strlen(so->sender), MS_ADDR_SENDER, wire, NULL, &err) !=
+	    MS_OK) {
+		fprintf(stderr, "%s send: %s\n", progname, err.msg);
+		return EX_USAGE_;
+	}
+	for (size_t i = 0; i < so->nrcpts; i++)
+		if (ms_addr_parse(so->rcpts[i], strlen(so->rcpts[i]), MS_ADDR_RECIPIENT, wire, NULL,
+		                  &err) != MS_OK) {
+			fprintf(stderr, "%s send: %s\n", progname, err.msg);
+			return EX_USAGE_;
+		}
+	if (!so->nrcpts && !so->from_headers) {
+		fprintf(stderr, "%s send: no recipients: give --to RCPT or -t\n", progname);
+		return EX_USAGE_;
+	}
+	return -1;
+}
+
+/* Every message in flight holds its file open: let the QMTP window (and
+ * a long SMTP batch) have the descriptors it needs, or shrink the window
+ * to what there is. */
+static void raise_fd_limit(ms_qmtp_opts *qo)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && qo->window + 64 > rl.rlim_cur)
+		qo->window = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64 : 64;
+}
+
+/* The summary: one JSON object (--json: the messages collected in R->out,
+ * counts, timing, round trips, shape, TLS, AUTH, the session's error) or
+ * one line, with a second for TLS and AUTH when they were used. */
+static void print_summary(const run *R, const char *via, ms_proto proto, double secs,
+                          const ms_client_stats *st, const ms_tls_info *tlsi, const char *authm,
+                          const ms_error *session_error)
+{
+	double rate = secs > 0 ? (double)R->nmsg / secs : 0;
+	double rtpm = R->nmsg ? (double)st->round_trips / (double)R->nmsg : 0;
+	if (!R->json) {
+		printf("%zu message%s: %zu delivered, %zu deferred, %zu failed; recipients: %zu "
+		       "delivered, %zu deferred, %zu failed; %.3f s (%.1f messages/s, %.2f round "
+		       "trips/message)\n",
+		       R->nmsg, R->nmsg == 1 ? "" : "s", R->delivered, R->deferred, R->failed,
+		       R->rcpt_delivered, R->rcpt_deferred, R->rcpt_failed, secs, rate, rtpm);
+		if (tlsi || authm)
+			printf("%s%s%s%s%s%s\n", tlsi ? "TLS " : "", tlsi ? tlsi->protocol : "",
+			       tlsi ? (tlsi->verified ? ", certificate verified" : ", certificate not checked")
+			            : "",
+			       tlsi && authm ? "; " : "", authm ? "authenticated with " : "",
+			       authm ? authm : "");
+		return;
+	}
+	ms_buf tlsj, srv;
+	ms_buf_init(&tlsj, 0);
+	ms_buf_init(&srv, 0);
+	char authj[64];
+	snprintf(authj, sizeof authj, authm ? "\"%s\"" : "null", authm ? authm : "");
+	if (tlsi) {
+		ms_buf_appendstr(&tlsj, "{\"protocol\":");
+		ms_json_string(&tlsj, tlsi->protocol, strlen(tlsi->protocol));
+		ms_buf_appendstr(&tlsj, ",\"cipher\":");
+		ms_json_string(&tlsj, tlsi->cipher, strlen(tlsi->cipher));
+		ms_buf_appendstr(&tlsj, ",\"peer\":");
+		ms_json_string(&tlsj, tlsi->peer_subject, strlen(tlsi->peer_subject));
+		ms_buf_printf(&tlsj, ",\"verified\":%s}", tlsi->verified ? "true" : "false");
+	} else {
+		ms_buf_appendstr(&tlsj, "null");
+	}
+	printf("{\"protocol\":\"%s\",\"server\":", ms_proto_name(proto));
+	ms_json_string(&srv, via, strlen(via));
+	printf("%s,\"messages\":[%s\n],\"summary\":{\"messages\":%zu,\"delivered\":%zu,"
+	       "\"deferred\":%zu,\"failed\":%zu,\"recipients_delivered\":%zu,"
+	       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
+	       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
+	       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"connections\":%llu,"
+	       "\"bytes_sent\":%llu,\"writes\":%llu,\"pipelining\":%s,\"shape\":\"%s\","
+	       "\"bdat\":%llu,\"resent\":%llu,\"tls\":%s,\"auth\":%s,\"session_error\":",
+	       ms_buf_ptr(&srv), ms_buf_ptr(&R->out), R->nmsg, R->delivered, R->deferred, R->failed,
+	       R->rcpt_delivered, R->rcpt_deferred, R->rcpt_failed, secs, rate,
+	       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
+	       (unsigned long long)st->connections, (unsigned long long)st->bytes_out,
+	       (unsigned long long)st->writes, st->pipelining ? "true" : "false",
+	       st->shape ? st->shape : "none", (unsigned long long)st->bdat,
+	       (unsigned long long)st->resent, ms_buf_ptr(&tlsj), authj);
+	ms_buf_reset(&srv);
+	if (session_error)
+		ms_json_string(&srv, session_error->msg, strlen(session_error->msg));
+	else
+		ms_buf_appendstr(&srv, "null");
+	printf("%s}}\n", ms_buf_ptr(&srv));
+	ms_buf_free(&srv);
+	ms_buf_free(&tlsj);
+}
+
+/* The transcript to tpath ("-": standard error; *.json: as JSON), then
+ * freed.  0, or EX_CANTCREAT_ when it cannot be written. */
+static int write_transcript(ms_transcript *tx, const char *tpath)
+{
+	int rc = 0;
+	ms_buf tb;
+	ms_buf_init(&tb, 0);
+	size_t tl = strlen(tpath);
+	if (tl > 5 && !strcmp(tpath + tl - 5, ".json"))
+		ms_transcript_render_json(tx, &tb);
+	else
+		ms_transcript_render(tx, &tb);
+	FILE *f = strcmp(tpath, "-") ? fopen(tpath, "w") : stderr;
+	if (!f || fwrite(ms_buf_ptr(&tb), 1, ms_buf_avail(&tb), f) != ms_buf_avail(&tb)) {
+		fprintf(stderr, "%s send: cannot write transcript %s\n", progname, tpath);
+		rc = EX_CANTCREAT_;
+	}
+	if (f && f != stderr)
+		fclose(f);
+	ms_buf_free(&tb);
+	ms_transcript_free(tx);
+	return rc;
+}
+
 /* The send command; `rcpts` has room for every argument (the --to
  * values) and belongs to the caller, so that every return frees it. */
-static int send_with(int argc, char **argv, const char **rcpts)
+/* What send's command line says: the engines' options (SMTP and QMTP),
+ * the messages' envelope, the output, and the options that decide what
+ * else is allowed (smtp_only, qmtp_only, via_only name one for the error). */
+typedef struct send_args {
+	ms_smtp_opts *o;
+	ms_qmtp_opts *qo;
+	send_opts *so;
+	run *R;
+	const char *tls_arg, *pwfile, *pweval, *oauth, *confp, *full_name;
+	const char *via_only, *smtp_only, *qmtp_only, *qreplies, *via, *tpath, *mode_arg;
+	int tbodies, cap_ms, mode;
+} send_args;
+
+/* Parse send's options into a (optind: the first file).  -1 to go on, or
+ * an exit code (--help: 0). */
+static int parse_send_args(int argc, char **argv, send_args *a)
 {
 	enum { O_VIA = 256, O_TO, O_JSON, O_TRANSCRIPT, O_TBODIES, O_NOPIPE, O_NOCROSS, O_HELO,
 	       O_MAXRCPT, O_LONG, O_TIMEOUT, O_CTIMEOUT, O_QREPLIES, O_QENC, O_MAXSESSION, O_TLS,
 	       O_TLSCA, O_TLSNAME, O_USER, O_PWFILE, O_PWEVAL, O_OAUTH, O_MECHS, O_AUTHPLAIN,
 	       O_MODE, O_NOCHUNK, O_NORSET, O_BDATWIN, O_BDATBYTES, O_SESSMSGS, O_NOTIFY, O_RET,
 	       O_ENVID, O_BIND };
-	const char *tls_arg = NULL, *pwfile = NULL, *pweval = NULL, *oauth = NULL;
-	const char *confp = NULL, *full_name = NULL, *via_only = NULL;
 	static const struct option lo[] = {
 		{ "via", required_argument, NULL, O_VIA },
 		{ "mode", required_argument, NULL, O_MODE },
@@ -569,62 +774,52 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	ms_client_opts co;
-	ms_client_opts_default(&co);
-	ms_smtp_opts o = co.smtp;
-	ms_qmtp_opts *qo = &co.qmtp;
-	const char *smtp_only = NULL, *qmtp_only = NULL, *qreplies = NULL;
-	send_opts so = { 0 };
-	const char *via = NULL, *tpath = NULL;
-	int tbodies = 0, cap_ms = 0, mode = CLI_QUEUE;
-	const char *mode_arg = NULL;
-	char defsender[MS_ADDR_MAX + 1];
-	run R = { .first_json = 1 };
-	ms_buf_init(&R.out, 0);
-	so.rcpts = rcpts;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "f:tqhC:F:46", lo, NULL)) != -1) {
 		if (c == O_TRANSCRIPT || c == O_TBODIES || c == O_TIMEOUT || c == O_CTIMEOUT)
-			via_only = argv[optind - 1];
+			a->via_only = argv[optind - 1];
 		switch (c) {
-		case 'C': confp = optarg; break;
-		case 'F': full_name = optarg; break;
-		case O_VIA: via = optarg; break;
+		case 'C': a->confp = optarg; break;
+		case 'F': a->full_name = optarg; break;
+		case O_VIA: a->via = optarg; break;
 		case O_MODE:
-			if ((mode = cli_mode_parse(optarg)) < 0) {
+			if ((a->mode = cli_mode_parse(optarg)) < 0) {
 				fprintf(stderr, "%s send: --mode wants now, background or queue\n", progname);
 				return EX_USAGE_;
 			}
-			mode_arg = optarg;
+			a->mode_arg = optarg;
 			break;
-		case 'f': so.sender = optarg; break;
-		case O_TO: so.rcpts[so.nrcpts++] = optarg; break;
-		case 't': so.from_headers = 1; break;
-		case O_JSON: R.json = 1; break;
-		case O_TRANSCRIPT: tpath = optarg; break;
-		case O_TBODIES: tbodies = 1; break;
-		case O_NOPIPE: o.pipelining = MS_PIPELINING_OFF; smtp_only = "--no-pipelining"; break;
-		case O_NOCROSS: o.cross_message = 0; smtp_only = "--no-cross-message"; break;
-		case O_NOCHUNK: o.chunking = MS_CHUNKING_OFF; smtp_only = "--no-chunking"; break;
+		case 'f': a->so->sender = optarg; break;
+		case O_TO: a->so->rcpts[a->so->nrcpts++] = optarg; break;
+		case 't': a->so->from_headers = 1; break;
+		case O_JSON: a->R->json = 1; break;
+		case O_TRANSCRIPT: a->tpath = optarg; break;
+		case O_TBODIES: a->tbodies = 1; break;
+		case O_NOPIPE:
+			a->o->pipelining = MS_PIPELINING_OFF;
+			a->smtp_only = "--no-pipelining";
+			break;
+		case O_NOCROSS: a->o->cross_message = 0; a->smtp_only = "--no-cross-message"; break;
+		case O_NOCHUNK: a->o->chunking = MS_CHUNKING_OFF; a->smtp_only = "--no-chunking"; break;
 		case O_NOTIFY:
 		case O_RET:
 		case O_ENVID: {
 			ms_error derr;
 			ms_dsn_ret ret;
-			if ((c == O_NOTIFY && ms_dsn_notify_parse(optarg, &so.notify, &derr) != MS_OK) ||
+			if ((c == O_NOTIFY && ms_dsn_notify_parse(optarg, &a->so->notify, &derr) != MS_OK) ||
 			    (c == O_RET && ms_dsn_ret_parse(optarg, &ret, &derr) != MS_OK) ||
 			    (c == O_ENVID && ms_dsn_envid_check(optarg, &derr) != MS_OK)) {
 				fprintf(stderr, "%s send: %s\n", progname, derr.msg);
 				return EX_USAGE_;
 			}
 			if (c == O_RET)
-				so.ret = ret;
+				a->so->ret = ret;
 			if (c == O_ENVID)
-				so.envid = optarg;
+				a->so->envid = optarg;
 			break;
 		}
-		case O_NORSET: o.rset_first = 0; smtp_only = "--no-rset-first"; break;
+		case O_NORSET: a->o->rset_first = 0; a->smtp_only = "--no-rset-first"; break;
 		case O_BDATWIN:
 		case O_SESSMSGS: {
 			char *end;
@@ -635,10 +830,10 @@ static int send_with(int argc, char **argv, const char **rcpts)
 				return EX_USAGE_;
 			}
 			if (c == O_BDATWIN)
-				o.bdat_messages = (size_t)v;
+				a->o->bdat_messages = (size_t)v;
 			else
-				o.session_messages = (size_t)v;
-			smtp_only = c == O_BDATWIN ? "--bdat-window" : "--session-messages";
+				a->o->session_messages = (size_t)v;
+			a->smtp_only = c == O_BDATWIN ? "--bdat-window" : "--session-messages";
 			break;
 		}
 		case O_BDATBYTES: {
@@ -649,20 +844,20 @@ static int send_with(int argc, char **argv, const char **rcpts)
 				        progname);
 				return EX_USAGE_;
 			}
-			o.bdat_bytes = v;
-			smtp_only = "--bdat-window-bytes";
+			a->o->bdat_bytes = v;
+			a->smtp_only = "--bdat-window-bytes";
 			break;
 		}
-		case O_HELO: o.helo = optarg; smtp_only = "--helo"; break;
-		case '4': o.net.families = MS_NET_V4; via_only = "-4"; break;
-		case '6': o.net.families = MS_NET_V6; via_only = "-6"; break;
+		case O_HELO: a->o->helo = optarg; a->smtp_only = "--helo"; break;
+		case '4': a->o->net.families = MS_NET_V4; a->via_only = "-4"; break;
+		case '6': a->o->net.families = MS_NET_V6; a->via_only = "-6"; break;
 		case O_BIND:
-			if (ms_net_parse_bind(optarg, &o.net) != 0) {
+			if (ms_net_parse_bind(optarg, &a->o->net) != 0) {
 				fprintf(stderr, "%s send: --bind-address wants one IPv4 and/or one IPv6 "
 				        "address\n", progname);
 				return EX_USAGE_;
 			}
-			via_only = "--bind-address";
+			a->via_only = "--bind-address";
 			break;
 		case O_MAXRCPT: {
 			char *end;
@@ -671,11 +866,11 @@ static int send_with(int argc, char **argv, const char **rcpts)
 				fprintf(stderr, "%s send: --max-rcpts wants 1..100000\n", progname);
 				return EX_USAGE_;
 			}
-			o.max_rcpts = (size_t)v;
-			smtp_only = "--max-rcpts";
+			a->o->max_rcpts = (size_t)v;
+			a->smtp_only = "--max-rcpts";
 			break;
 		}
-		case O_LONG: o.allow_long_lines = 1; smtp_only = "--allow-long-lines"; break;
+		case O_LONG: a->o->allow_long_lines = 1; a->smtp_only = "--allow-long-lines"; break;
 		case O_QREPLIES:
 			if (strcmp(optarg, "package") && strcmp(optarg, "recipient") &&
 			    strcmp(optarg, "auto")) {
@@ -683,71 +878,96 @@ static int send_with(int argc, char **argv, const char **rcpts)
 				        progname);
 				return EX_USAGE_;
 			}
-			qreplies = optarg;
-			qmtp_only = "--qmtp-replies";
+			a->qreplies = optarg;
+			a->qmtp_only = "--qmtp-replies";
 			break;
 		case O_QENC:
 			if (!strcmp(optarg, "auto"))
-				qo->encoding = MS_QMTP_ENC_AUTO;
+				a->qo->encoding = MS_QMTP_ENC_AUTO;
 			else if (!strcmp(optarg, "crlf"))
-				qo->encoding = MS_QMTP_ENC_CRLF;
+				a->qo->encoding = MS_QMTP_ENC_CRLF;
 			else if (!strcmp(optarg, "lf"))
-				qo->encoding = MS_QMTP_ENC_LF;
+				a->qo->encoding = MS_QMTP_ENC_LF;
 			else if (!strcmp(optarg, "to-lf"))
-				qo->encoding = MS_QMTP_ENC_TO_LF;
+				a->qo->encoding = MS_QMTP_ENC_TO_LF;
 			else {
 				fprintf(stderr, "%s send: --qmtp-encoding wants auto, crlf, lf or to-lf\n",
 				        progname);
 				return EX_USAGE_;
 			}
-			qmtp_only = "--qmtp-encoding";
+			a->qmtp_only = "--qmtp-encoding";
 			break;
-		case O_TLS: tls_arg = optarg; smtp_only = "--tls"; break;
-		case O_TLSCA: o.tls_ca_file = optarg; smtp_only = "--tls-ca-file"; break;
-		case O_TLSNAME: o.tls_name = optarg; smtp_only = "--tls-name"; break;
-		case O_USER: o.auth_user = optarg; smtp_only = "--user"; break;
-		case O_PWFILE: pwfile = optarg; smtp_only = "--password-file"; break;
-		case O_PWEVAL: pweval = optarg; smtp_only = "--password-eval"; break;
-		case O_OAUTH: oauth = optarg; smtp_only = "--oauth-token-eval"; break;
-		case O_MECHS: o.auth_mechs = optarg; smtp_only = "--auth-mechs"; break;
-		case O_AUTHPLAIN: o.auth_plaintext = 1; smtp_only = "--auth-plaintext"; break;
+		case O_TLS: a->tls_arg = optarg; a->smtp_only = "--tls"; break;
+		case O_TLSCA: a->o->tls_ca_file = optarg; a->smtp_only = "--tls-ca-file"; break;
+		case O_TLSNAME: a->o->tls_name = optarg; a->smtp_only = "--tls-name"; break;
+		case O_USER: a->o->auth_user = optarg; a->smtp_only = "--user"; break;
+		case O_PWFILE: a->pwfile = optarg; a->smtp_only = "--password-file"; break;
+		case O_PWEVAL: a->pweval = optarg; a->smtp_only = "--password-eval"; break;
+		case O_OAUTH: a->oauth = optarg; a->smtp_only = "--oauth-token-eval"; break;
+		case O_MECHS: a->o->auth_mechs = optarg; a->smtp_only = "--auth-mechs"; break;
+		case O_AUTHPLAIN: a->o->auth_plaintext = 1; a->smtp_only = "--auth-plaintext"; break;
 		case O_MAXSESSION:
-			if (parse_seconds(optarg, &qo->max_session_ms) < 0) {
+			if (parse_seconds(optarg, &a->qo->max_session_ms) < 0) {
 				fprintf(stderr, "%s send: bad --max-session \"%s\"\n", progname, optarg);
 				return EX_USAGE_;
 			}
-			qmtp_only = "--max-session";
+			a->qmtp_only = "--max-session";
 			break;
 		case O_TIMEOUT:
-			if (parse_seconds(optarg, &cap_ms) < 0) {
+			if (parse_seconds(optarg, &a->cap_ms) < 0) {
 				fprintf(stderr, "%s send: bad --timeout \"%s\"\n", progname, optarg);
 				return EX_USAGE_;
 			}
 			break;
 		case O_CTIMEOUT:
-			if (parse_seconds(optarg, &o.timeouts.connect) < 0) {
+			if (parse_seconds(optarg, &a->o->timeouts.connect) < 0) {
 				fprintf(stderr, "%s send: bad --connect-timeout \"%s\"\n", progname, optarg);
 				return EX_USAGE_;
 			}
 			break;
-		case 'q': R.quiet = 1; break;
+		case 'q': a->R->quiet = 1; break;
 		case 'h': usage_send(stdout); return EX_OK_;
 		default: usage_send(stderr); return EX_USAGE_;
 		}
 	}
-	if (cap_ms) {
-		int *t[] = { &o.timeouts.greeting, &o.timeouts.ehlo, &o.timeouts.mail, &o.timeouts.rcpt,
-		             &o.timeouts.data, &o.timeouts.data_block, &o.timeouts.dot,
-		             &o.timeouts.rset, &o.timeouts.quit };
+	if (a->cap_ms) {
+		ms_smtp_timeouts *to = &a->o->timeouts;
+		int *t[] = { &to->greeting, &to->ehlo, &to->mail, &to->rcpt, &to->data,
+		             &to->data_block, &to->dot, &to->rset, &to->quit };
 		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-			if (*t[i] > cap_ms)
-				*t[i] = cap_ms;
-		if (qo->reply_timeout_ms > cap_ms)
-			qo->reply_timeout_ms = cap_ms;
-		if (qo->write_timeout_ms > cap_ms)
-			qo->write_timeout_ms = cap_ms;
+			if (*t[i] > a->cap_ms)
+				*t[i] = a->cap_ms;
+		if (a->qo->reply_timeout_ms > a->cap_ms)
+			a->qo->reply_timeout_ms = a->cap_ms;
+		if (a->qo->write_timeout_ms > a->cap_ms)
+			a->qo->write_timeout_ms = a->cap_ms;
 	}
-	qo->connect_timeout_ms = o.timeouts.connect;
+	a->qo->connect_timeout_ms = a->o->timeouts.connect;
+	return -1;
+}
+
+static int send_with(int argc, char **argv, const char **rcpts)
+{
+	ms_client_opts co;
+	ms_client_opts_default(&co);
+	ms_smtp_opts o = co.smtp;
+	ms_qmtp_opts *qo = &co.qmtp;
+	send_opts so = { 0 };
+	char defsender[MS_ADDR_MAX + 1];
+	run R = { .first_json = 1 };
+	ms_buf_init(&R.out, 0);
+	so.rcpts = rcpts;
+	send_args A = { .o = &o, .qo = qo, .so = &so, .R = &R, .mode = CLI_QUEUE };
+	int r = parse_send_args(argc, argv, &A);
+	if (r >= 0) {
+		ms_buf_free(&R.out);
+		return r;
+	}
+	const char *via = A.via, *tpath = A.tpath, *tls_arg = A.tls_arg, *confp = A.confp;
+	const char *full_name = A.full_name, *smtp_only = A.smtp_only, *qmtp_only = A.qmtp_only;
+	const char *via_only = A.via_only, *mode_arg = A.mode_arg, *qreplies = A.qreplies;
+	const char *pwfile = A.pwfile, *pweval = A.pweval, *oauth = A.oauth;
+	int mode = A.mode, tbodies = A.tbodies;
 	if (!via) {
 		const char *bad = smtp_only ? smtp_only : qmtp_only ? qmtp_only : via_only;
 		if (bad || R.json < 0) {
@@ -797,75 +1017,14 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		route.qmtp_replies = !strcmp(qreplies, "package")   ? MS_QMTP_PER_PACKAGE
 		                     : !strcmp(qreplies, "recipient") ? MS_QMTP_PER_RECIPIENT
 		                                                      : MS_QMTP_REPLIES_AUTO;
-	/* TLS and credentials.  A relay we log in to defaults to `verify`
-	 * (its certificate checked); a plain server to `may`. */
+	/* TLS and credentials. */
 	char secret[4096] = "";
-	if (!o.auth_user && route.user[0])
-		o.auth_user = route.user;
-	if ((pwfile != NULL) + (pweval != NULL) + (oauth != NULL) > 1) {
-		fprintf(stderr, "%s send: give one of --password-file, --password-eval, "
-		                "--oauth-token-eval\n", progname);
-		return EX_USAGE_;
-	}
-	if ((pwfile || pweval || oauth) && !o.auth_user) {
-		fprintf(stderr, "%s send: a password needs a user: --user NAME or smtp://NAME@host\n",
-		        progname);
-		return EX_USAGE_;
-	}
-	if (o.auth_user && !(pwfile || pweval || oauth)) {
-		fprintf(stderr, "%s send: user %s needs --password-file, --password-eval or "
-		                "--oauth-token-eval\n", progname, o.auth_user);
-		return EX_USAGE_;
-	}
-	if (pwfile || pweval || oauth) {
-		ms_error perr;
-		if ((pwfile ? ms_secret_file(pwfile, secret, sizeof secret, &perr)
-		            : ms_secret_command(pweval ? pweval : oauth, secret, sizeof secret, &perr)) !=
-		    MS_OK) {
-			fprintf(stderr, "%s send: %s\n", progname, perr.msg);
-			return EX_USAGE_;
-		}
-		o.auth_secret = secret;
-		if (oauth)
-			o.auth_mechs = "XOAUTH2";
-	}
-	o.tls = o.auth_user ? MS_TLS_VERIFY : MS_TLS_MAY;
-	if (tls_arg && ms_tls_policy_parse(tls_arg, &o.tls) < 0) {
-		fprintf(stderr, "%s send: --tls wants none, may, encrypt or verify\n", progname);
-		return EX_USAGE_;
-	}
-	if (route.implicit_tls) {
-		/* TLS from the first byte: only encrypt or verify make sense. */
-		if (tls_arg && o.tls < MS_TLS_ENCRYPT) {
-			fprintf(stderr, "%s send: smtps:// is TLS from the first byte: --tls %s makes no "
-			                "sense\n", progname, tls_arg);
-			return EX_USAGE_;
-		}
-		if (!tls_arg)
-			o.tls = MS_TLS_VERIFY;
-	}
-	if (!so.sender) {
-		if (default_sender(defsender, sizeof defsender) < 0) {
-			fprintf(stderr, "%s send: cannot make a default sender; use -f\n", progname);
-			return EX_USAGE_;
-		}
-		so.sender = defsender;
-	}
-	/* Check addresses once, up front: a bad one is a usage error. */
-	char wire[MS_ADDR_MAX + 1];
-	if (ms_addr_parse(so.sender, strlen(so.sender), MS_ADDR_SENDER, wire, NULL, &err) != MS_OK) {
-		fprintf(stderr, "%s send: %s\n", progname, err.msg);
-		return EX_USAGE_;
-	}
-	for (size_t i = 0; i < so.nrcpts; i++)
-		if (ms_addr_parse(so.rcpts[i], strlen(so.rcpts[i]), MS_ADDR_RECIPIENT, wire, NULL,
-		                  &err) != MS_OK) {
-			fprintf(stderr, "%s send: %s\n", progname, err.msg);
-			return EX_USAGE_;
-		}
-	if (!so.nrcpts && !so.from_headers) {
-		fprintf(stderr, "%s send: no recipients: give --to RCPT or -t\n", progname);
-		return EX_USAGE_;
+	r = send_security(&o, &route, tls_arg, pwfile, pweval, oauth, secret, sizeof secret);
+	if (r >= 0)
+		return r;
+	if ((r = send_addresses(&so, defsender, sizeof defsender)) >= 0) {
+		OPENSSL_cleanse(secret, sizeof secret);
+		return r;
 	}
 	char *stdin_only[] = { "-" };
 	char **files = optind < argc ? argv + optind : stdin_only;
@@ -877,16 +1036,7 @@ static int send_with(int argc, char **argv, const char **rcpts)
 	o.ctx = qo->ctx = &R;
 	co.smtp = o;
 	qo->net = o.net; /* -4, -6, --bind-address: both protocols */
-	/* Every message in flight holds its file open: let the QMTP window
-	 * (and a long SMTP batch) have the descriptors it needs. */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
-		setrlimit(RLIMIT_NOFILE, &rl);
-		getrlimit(RLIMIT_NOFILE, &rl);
-	}
-	if (rl.rlim_cur != RLIM_INFINITY && qo->window + 64 > rl.rlim_cur)
-		qo->window = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64 : 64;
+	raise_fd_limit(qo);
 	const ms_conf_relay *relays[MS_CONF_MAX_RELAYS];
 	size_t nrelays = 0;
 	ms_message **held = NULL; /* --via relay: all messages, sent at the end */
@@ -964,85 +1114,11 @@ static int send_with(int argc, char **argv, const char **rcpts)
 		tlsi = ms_client_tls(s);
 		authm = ms_client_auth_mech(s);
 	}
-	double secs = (double)(ms_now_ms() - t0) / 1000.0;
-	const ms_client_stats *st = &cs;
-	double rate = secs > 0 ? (double)R.nmsg / secs : 0;
-	double rtpm = R.nmsg ? (double)st->round_trips / (double)R.nmsg : 0;
-	ms_buf tlsj;
-	ms_buf_init(&tlsj, 0);
-	char authj[64];
-	snprintf(authj, sizeof authj, authm ? "\"%s\"" : "null", authm ? authm : "");
-	if (tlsi) {
-		ms_buf_appendstr(&tlsj, "{\"protocol\":");
-		ms_json_string(&tlsj, tlsi->protocol, strlen(tlsi->protocol));
-		ms_buf_appendstr(&tlsj, ",\"cipher\":");
-		ms_json_string(&tlsj, tlsi->cipher, strlen(tlsi->cipher));
-		ms_buf_appendstr(&tlsj, ",\"peer\":");
-		ms_json_string(&tlsj, tlsi->peer_subject, strlen(tlsi->peer_subject));
-		ms_buf_printf(&tlsj, ",\"verified\":%s}", tlsi->verified ? "true" : "false");
-	} else {
-		ms_buf_appendstr(&tlsj, "null");
-	}
-	if (R.json) {
-		printf("{\"protocol\":\"%s\",\"server\":", ms_proto_name(route.proto));
-		ms_buf srv;
-		ms_buf_init(&srv, 0);
-		ms_json_string(&srv, via, strlen(via));
-		printf("%s,\"messages\":[%s\n],\"summary\":{\"messages\":%zu,\"delivered\":%zu,"
-		       "\"deferred\":%zu,\"failed\":%zu,\"recipients_delivered\":%zu,"
-		       "\"recipients_deferred\":%zu,\"recipients_failed\":%zu,\"seconds\":%.3f,"
-		       "\"messages_per_second\":%.1f,\"round_trips\":%llu,"
-		       "\"round_trips_per_message\":%.3f,\"transactions\":%llu,\"connections\":%llu,\"bytes_sent\":%llu,"
-		       "\"writes\":%llu,\"pipelining\":%s,\"shape\":\"%s\",\"bdat\":%llu,\"resent\":%llu,"
-		       "\"tls\":%s,\"auth\":%s,\"session_error\":",
-		       ms_buf_ptr(&srv), ms_buf_ptr(&R.out), R.nmsg, R.delivered, R.deferred, R.failed,
-		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate,
-		       (unsigned long long)st->round_trips, rtpm, (unsigned long long)st->transactions,
-		       (unsigned long long)st->connections,
-		       (unsigned long long)st->bytes_out, (unsigned long long)st->writes,
-		       st->pipelining ? "true" : "false", st->shape ? st->shape : "none",
-		       (unsigned long long)st->bdat, (unsigned long long)st->resent, ms_buf_ptr(&tlsj),
-		       authj);
-		ms_buf_reset(&srv);
-		if (failed_session)
-			ms_json_string(&srv, ferr.msg, strlen(ferr.msg));
-		else
-			ms_buf_appendstr(&srv, "null");
-		printf("%s}}\n", ms_buf_ptr(&srv));
-		ms_buf_free(&srv);
-	} else {
-		printf("%zu message%s: %zu delivered, %zu deferred, %zu failed; recipients: %zu "
-		       "delivered, %zu deferred, %zu failed; %.3f s (%.1f messages/s, %.2f round "
-		       "trips/message)\n",
-		       R.nmsg, R.nmsg == 1 ? "" : "s", R.delivered, R.deferred, R.failed,
-		       R.rcpt_delivered, R.rcpt_deferred, R.rcpt_failed, secs, rate, rtpm);
-		if (tlsi || authm)
-			printf("%s%s%s%s%s%s\n", tlsi ? "TLS " : "", tlsi ? tlsi->protocol : "",
-			       tlsi ? (tlsi->verified ? ", certificate verified" : ", certificate not checked")
-			            : "",
-			       tlsi && authm ? "; " : "", authm ? "authenticated with " : "",
-			       authm ? authm : "");
-	}
+	print_summary(&R, via, route.proto, (double)(ms_now_ms() - t0) / 1000.0, &cs, tlsi, authm,
+	              failed_session ? &ferr : NULL);
 	OPENSSL_cleanse(secret, sizeof secret);
-	ms_buf_free(&tlsj);
-	if (tx) {
-		ms_buf tb;
-		ms_buf_init(&tb, 0);
-		size_t tl = strlen(tpath);
-		if (tl > 5 && !strcmp(tpath + tl - 5, ".json"))
-			ms_transcript_render_json(tx, &tb);
-		else
-			ms_transcript_render(tx, &tb);
-		FILE *f = strcmp(tpath, "-") ? fopen(tpath, "w") : stderr;
-		if (!f || fwrite(ms_buf_ptr(&tb), 1, ms_buf_avail(&tb), f) != ms_buf_avail(&tb)) {
-			fprintf(stderr, "%s send: cannot write transcript %s\n", progname, tpath);
-			bad_input = bad_input ? bad_input : EX_CANTCREAT_;
-		}
-		if (f && f != stderr)
-			fclose(f);
-		ms_buf_free(&tb);
-		ms_transcript_free(tx);
-	}
+	if (tx && (r = write_transcript(tx, tpath)) && !bad_input)
+		bad_input = r;
 	ms_client_free(s);
 	ms_buf_free(&R.out);
 	fflush(stdout);
