@@ -290,10 +290,10 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 			return st;
 		}
 		rep->connections++;
-		/* Of several addresses raced (Happy Eyeballs), the one that won
-		 * is the one the log names. */
+		/* The address that won (of a name resolved, or of several raced:
+		 * Happy Eyeballs) is the one the log names. */
 		const char *peer = ms_client_peer(cl);
-		if (net && net->naddrs > 1 && *peer && strcmp(peer, rt->host)) {
+		if (*peer && strcmp(peer, rt->host)) {
 			char name[256];
 			const char *br = strchr(rep->relay, '[');
 			snprintf(name, sizeof name, "%.*s", br ? (int)(br - rep->relay) : 0, rep->relay);

@@ -719,3 +719,30 @@ def test_delay_warning_once_per_message(tmp_path, port):
         assert f"{qid}: sender delay notification:" in w.logtext()
         states = {r["address"]: r["state"] for m in w.spool.queue() for r in m["recipients"]}
         assert states == {"later@a.test": "deferred", "quiet@a.test": "deferred"}
+
+
+def test_route_and_relay_names_resolve_through_dns_servers(tmp_path, port):
+    """A route URL's and a relay's host names are looked up with c-ares at
+    dns_servers (here dnsmasq; the system resolver has never heard of
+    them), and a name server that does not answer costs dns_timeout, then
+    the message waits (it used to be a blocking getaddrinfo that ignored
+    both)."""
+    with dns_for(port, hosts={"smarthost.test": "127.0.0.5", "relayhost.test": "127.0.0.6"},
+                 dead=["slowdns.test"]) as dns, \
+            Aiosmtpd(host="127.0.0.5", port=port) as smart, \
+            Aiosmtpd(host="127.0.0.6", port=port) as relayed:
+        w = World(str(tmp_path), dns, port,
+                  extra=f"route.r.test = smtp://smarthost.test:{port}\n"
+                        f"route.q.test = smtp://mx.slowdns.test:{port}\n"
+                        f"relay.hub.url = smtp://relayhost.test:{port}\n"
+                        "relay.hub.tls = may\nroute.h.test = hub\n")
+        for r in ("a@r.test", "b@h.test", "c@q.test"):
+            w.queue_msg([r])
+        w.once()
+        assert [e[1] for e in smart.envelopes] == [["a@r.test"]]
+        assert [e[1] for e in relayed.envelopes] == [["b@h.test"]]
+        assert "smarthost.test[127.0.0.5]" in w.logtext()
+        q = w.spool.queue()
+        assert [r["address"] for m in q for r in m["recipients"]] == ["c@q.test"]
+        assert q[0]["recipients"][0]["state"] == "deferred"
+        assert "cannot resolve mx.slowdns.test" in w.logtext()
