@@ -227,6 +227,7 @@ typedef struct expansion {
 	void *ctx;
 	const char *chain[MS_ALIASES_DEPTH + 1]; /* the names being expanded */
 	size_t depth;
+	size_t steps;   /* targets visited so far */
 } expansion;
 
 /* A local name that ends here: admin_address, or the name itself. */
@@ -249,6 +250,10 @@ static int expand(expansion *x, const char *name)
 	x->chain[x->depth++] = key; /* lives in this frame, under every deeper one */
 	int r = 0;
 	for (const char *t = targets; *t && !r; t += strlen(t) + 1) {
+		if (++x->steps > MS_ALIASES_STEPS_MAX) {
+			r = -2;
+			break;
+		}
 		if (t[0] == '\\') /* \name: local, not looked up again */
 			r = final_local(x, t + 1);
 		else if (ms_aliases_is_local(t, x->host)) {

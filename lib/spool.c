@@ -841,12 +841,19 @@ ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_clai
 {
 	if (!ms_env_id_ok(id))
 		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
+	/* Two attempts at most: the second follows either a claim released
+	 * between our link() and our look at it, or a stale claim we broke.
+	 * A claim found stale again on the second round is left to its holder
+	 * (it may have just renewed): we never break twice in one call. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		struct stat st;
 		int got = link_claim(sp, id, node, &st, err);
 		if (got < 0)
 			return MS_ERR_IO;
 		if (got == 1) {
+			/* The claim is this inode: a holder that broke ours and made
+			 * its own has another one, which is how every later act
+			 * (ms_spool_claim_held) knows the claim is no longer ours. */
 			snprintf(c->id, sizeof c->id, "%s", id);
 			c->dev = st.st_dev;
 			c->ino = st.st_ino;
@@ -884,6 +891,11 @@ ms_status ms_spool_renew(ms_spool *sp, const ms_claim *c, ms_error *err)
 {
 	if (!ms_spool_claim_held(sp, c))
 		return ms_error_set(err, MS_ERR_TEMP, "claim on %s was lost", c->id);
+	/* The lease is the claim file's mtime: touching it is the renewal.
+	 * The touch goes by name: should another daemon break the claim
+	 * between the check and the touch, its new claim file is touched - a
+	 * lease it holds anyway - and ours is not extended; the next check
+	 * (every act makes one) finds the loss. */
 	if (utimensat(sp->dfd_claim, c->id, NULL, AT_SYMLINK_NOFOLLOW) < 0)
 		return sys_err(err, "cannot renew claim", c->id);
 	return MS_OK;

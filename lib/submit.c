@@ -24,6 +24,7 @@
 #include "mailspool/drop.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
+#include "mailspool/printable.h"
 
 #define IN_BUF (64u * 1024)
 /* A line's octets before its line end; one more byte than allowed is
@@ -199,8 +200,15 @@ static int add_rcpt(void *ctx, const char *addr)
 		}
 		c->aliases_read = 1;
 	}
-	return ms_aliases_expand(c->aliases_read ? &c->aliases : NULL, addr, c->host,
-	                         conf->admin_address, add_final, c);
+	int r = ms_aliases_expand(c->aliases_read ? &c->aliases : NULL, addr, c->host,
+	                          conf->admin_address, add_final, c);
+	if (r == -2) {
+		char safe[MS_PRINTABLE_SIZE(MS_ADDR_MAX)];
+		ms_error_set(c->err, MS_ERR_TEMP, "the aliases of %s reach more than %d addresses",
+		             ms_printable_str(addr, safe, sizeof safe), MS_ALIASES_STEPS_MAX);
+		c->bad = 1;
+	}
+	return r;
 }
 
 /* Is there a field called `name` in the header block? */

@@ -32,6 +32,8 @@
 
 #define MS_ALIASES_DEPTH 8          /* nested names followed */
 #define MS_ALIASES_ENTRY_MAX 65536  /* octets of one entry with its continuations */
+#define MS_ALIASES_STEPS_MAX 10000  /* targets visited in one expansion (a file
+                                     * of lists of lists must not explode) */
 
 typedef struct ms_aliases {
 	ms_hmap names;   /* lower-case name -> targets: NUL-separated, "" at the end */
@@ -53,7 +55,8 @@ int ms_aliases_is_local(const char *addr, const char *hostname);
 /* What the local address addr turns into: emit() once per final address
  * (addresses as the file has them; a bare name when neither an alias nor
  * admin_address applies).  a may be NULL (admin_address alone).  emit's
- * non-zero return stops the expansion and is returned. */
+ * non-zero return stops the expansion and is returned; -2 when the
+ * expansion visited more than MS_ALIASES_STEPS_MAX targets. */
 typedef int (*ms_aliases_emit_fn)(void *ctx, const char *addr);
 int ms_aliases_expand(const ms_aliases *a, const char *addr, const char *hostname,
                       const char *admin_address, ms_aliases_emit_fn emit, void *ctx);

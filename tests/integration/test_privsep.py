@@ -198,6 +198,31 @@ def test_users_submit_one_after_another(inst):
             assert st.st_uid == owner and st.st_mode & 0o777 == 0o600
 
 
+def test_users_speak_smtp_to_sendmail_bs(inst):
+    """sendmail -bs as an ordinary user: each message of the dialogue goes
+    through the set-id helper like a piped one (recorded with the user's
+    uid, owned by the queue's owner); a message over the configured size
+    gets 552 and the session goes on."""
+    inst.clear()
+    big = b"x" * 900 + b"\r\n"
+    dialogue = (b"EHLO app.example.test\r\nMAIL FROM:<app@example.test>\r\n"
+                b"RCPT TO:<b@example.test>\r\nDATA\r\nSubject: one\r\n\r\nbody\r\n.\r\n"
+                b"MAIL FROM:<app@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n"
+                + big * 300 + b".\r\nQUIT\r\n")
+    p = inst.run(ALICE, [inst.sendmail, "-bs"], stdin=dialogue)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.split(b"\r\n")
+    queued = [l for l in lines if l.startswith(b"250 2.0.0 Ok: queued as ")]
+    assert len(queued) == 1, p.stdout
+    assert b"552 5.3.4 Message size exceeds fixed limit" in lines, p.stdout
+    qid = queued[0].split()[-1].decode()
+    q = {m["id"]: m for m in inst.queue()}
+    assert list(q) == [qid]
+    assert q[qid]["uid"] == pwd.getpwnam(ALICE).pw_uid and q[qid]["sender"] == "app@example.test"
+    st = os.stat(f"{inst.spool}/data/{qid}")
+    assert st.st_uid == pwd.getpwnam(OWNER).pw_uid
+
+
 def test_forged_sender_leaves_a_trace(inst):
     inst.clear()
     p = submit(inst, ALICE, "-f", "root@host.example.test", "b@example.test")
