@@ -274,3 +274,15 @@ void ms_addr_hostname(char *out, size_t n)
 	if (!ok || !ms_addr_domain_ok(out, strlen(out), NULL))
 		snprintf(out, n, "localhost");
 }
+
+const char *ms_addr_unquoted_chr(const char *s, int c)
+{
+	int quoted = 0;
+	for (; *s && (quoted || *s != c); s++) {
+		if (*s == '\\' && s[1])
+			s++;
+		else if (*s == '"')
+			quoted = !quoted;
+	}
+	return s;
+}

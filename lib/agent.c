@@ -32,6 +32,7 @@
 #include "mailspool/dsnreq.h"
 #include "mailspool/pool.h"
 #include "mailspool/quirks.h"
+#include "mailspool/io.h"
 
 /* ---- the scheduler's side ------------------------------------------------ */
 
@@ -211,17 +212,8 @@ struct agent {
 static void say(agent *a, const char *p, size_t n)
 {
 	pthread_mutex_lock(&a->out_mu);
-	while (n > 0 && !a->broken) {
-		ssize_t w = write(a->out_fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			a->broken = 1;
-			break;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
+	if (!a->broken && ms_write_all(a->out_fd, p, n) < 0)
+		a->broken = 1;
 	pthread_mutex_unlock(&a->out_mu);
 }
 

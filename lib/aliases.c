@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "mailspool/addr.h"
 #include "mailspool/buf.h"
 
 static void lower(char *s)
@@ -58,13 +59,7 @@ static void targets(char *list, ms_buf *out, const char *path, size_t line,
 	char *p = list;
 	while (*p) {
 		char *start = p;
-		int quoted = 0;
-		for (; *p && (quoted || *p != ','); p++) {
-			if (*p == '\\' && p[1])
-				p++;
-			else if (*p == '"')
-				quoted = !quoted;
-		}
+		p = start + (ms_addr_unquoted_chr(start, ',') - start);
 		if (*p)
 			*p++ = '\0';
 		char *t = trim(start);

@@ -122,38 +122,32 @@ typedef struct attempt {
 
 /* Start a non-blocking connect to addr:port from the family's source
  * address; the socket, or -1 with *why set (errno). */
-static int start_attempt(const char *addr, unsigned port, const ms_net_opts *o, int *why)
+/* A numeric address and port as a socket address; its length. */
+static socklen_t sockaddr_of(const char *addr, unsigned port, struct sockaddr_storage *ss)
 {
-	struct sockaddr_storage ss, src;
-	socklen_t len, slen = 0;
-	memset(&ss, 0, sizeof ss);
-	memset(&src, 0, sizeof src);
-	int fam = family_of(addr);
-	if (fam == AF_INET) {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+	memset(ss, 0, sizeof *ss);
+	if (family_of(addr) == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
 		s4->sin_family = AF_INET;
 		s4->sin_port = htons((uint16_t)port);
 		inet_pton(AF_INET, addr, &s4->sin_addr);
-		len = sizeof *s4;
-		if (o && o->bind4[0]) {
-			struct sockaddr_in *b = (struct sockaddr_in *)&src;
-			b->sin_family = AF_INET;
-			inet_pton(AF_INET, o->bind4, &b->sin_addr);
-			slen = sizeof *b;
-		}
-	} else {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		inet_pton(AF_INET6, addr, &s6->sin6_addr);
-		len = sizeof *s6;
-		if (o && o->bind6[0]) {
-			struct sockaddr_in6 *b = (struct sockaddr_in6 *)&src;
-			b->sin6_family = AF_INET6;
-			inet_pton(AF_INET6, o->bind6, &b->sin6_addr);
-			slen = sizeof *b;
-		}
+		return sizeof *s4;
 	}
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+	s6->sin6_family = AF_INET6;
+	s6->sin6_port = htons((uint16_t)port);
+	inet_pton(AF_INET6, addr, &s6->sin6_addr);
+	return sizeof *s6;
+}
+
+static int start_attempt(const char *addr, unsigned port, const ms_net_opts *o, int *why)
+{
+	struct sockaddr_storage ss, src;
+	int fam = family_of(addr);
+	socklen_t len = sockaddr_of(addr, port, &ss), slen = 0;
+	const char *from = !o ? NULL : fam == AF_INET ? o->bind4 : o->bind6;
+	if (from && *from)
+		slen = sockaddr_of(from, 0, &src); /* any port: the kernel picks */
 	int s = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (s < 0) {
 		*why = errno;

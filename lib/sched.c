@@ -19,6 +19,7 @@
 #include "mailspool/printable.h"
 #include "mailspool/submit.h"
 #include "mailspool/transcript.h"
+#include "mailspool/io.h"
 
 int64_t ms_sched_retry_soon(const ms_conf *c, int64_t cap)
 {
@@ -206,15 +207,8 @@ static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope 
 	if (st == MS_OK && (mfd = memfd_create("mailspool-dsn", MFD_CLOEXEC)) < 0)
 		st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: memfd_create failed");
 	if (st == MS_OK) {
-		const char *p = ms_buf_ptr(&msg);
-		size_t left = ms_buf_avail(&msg);
-		while (left > 0 && st == MS_OK) {
-			ssize_t w = write(mfd, p, left);
-			if (w <= 0)
-				st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: write failed");
-			else
-				p += w, left -= (size_t)w;
-		}
+		if (ms_write_all(mfd, ms_buf_ptr(&msg), ms_buf_avail(&msg)) < 0)
+			st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: write failed");
 	}
 	if (st == MS_OK && lseek(mfd, 0, SEEK_SET) != 0)
 		st = ms_error_set(err, MS_ERR_IO, "cannot make the bounce: lseek failed");
@@ -233,6 +227,32 @@ static ms_status bounce(ms_spool *sp, const ms_sched_opts *o, const ms_envelope 
 	ms_buf_free(&hdr);
 	ms_buf_free(&full);
 	ms_buf_free(&msg);
+	return st;
+}
+
+/* Queue a report that is not a bounce (relayed, delayed) to the sender,
+ * count it in sum and log what became of it. */
+static ms_status queue_report(ms_spool *sp, const ms_sched_opts *o, const ms_envelope *e,
+                              const ms_dsn_rcpt *rcpts, size_t n, int64_t now, int kind,
+                              ms_sched_summary *sum)
+{
+	const char *what = kind == MS_DSN_DELAYED ? "delay" : "delivery";
+	char id[MS_ENV_ID_MAX + 1] = "";
+	ms_error err;
+	ms_status st = bounce(sp, o, e, rcpts, n, now, kind, id, &err);
+	if (st == MS_OK)
+		sum->reports[kind == MS_DSN_DELAYED ? 1 : 2]++;
+	else
+		sum->report_failures++;
+	if (o->log) {
+		char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
+		if (st == MS_OK)
+			snprintf(line, sizeof line, "%s: sender %s notification: %s", e->id, what, id);
+		else
+			snprintf(line, sizeof line, "%s: cannot queue the %s notification: %s", e->id, what,
+			         ms_printable(err.msg, strnlen(err.msg, 512), why, sizeof why));
+		o->log(o->log_ctx, line);
+	}
 	return st;
 }
 
@@ -377,48 +397,15 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		else
 			sum->report_failures++;
 	}
-	if (st == MS_OK && ngood && o->bounce && e->sender[0]) {
-		/* A delivery report that cannot be queued is logged, not kept:
-		 * the mail itself is delivered. */
-		char gid[MS_ENV_ID_MAX + 1] = "";
-		ms_error gerr;
-		ms_status gst = bounce(sp, o, e, goods, ngood, now, MS_DSN_RELAYED, gid, &gerr);
-		if (gst == MS_OK)
-			sum->reports[2]++;
-		else
-			sum->report_failures++;
-		if (o->log) {
-			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
-			if (gst == MS_OK)
-				snprintf(line, sizeof line, "%s: sender delivery notification: %s", e->id, gid);
-			else
-				snprintf(line, sizeof line, "%s: cannot queue the delivery notification: %s",
-				         e->id, ms_printable(gerr.msg, strnlen(gerr.msg, 512), why, sizeof why));
-			o->log(o->log_ctx, line);
-		}
-	}
-	if (st == MS_OK && nlate && o->bounce) {
-		/* A warning that cannot be queued is logged and tried again at
-		 * the next deferral (the flag is set only once one is queued). */
-		char wid[MS_ENV_ID_MAX + 1] = "";
-		ms_error werr;
-		ms_status wst = bounce(sp, o, e, lates, nlate, now, MS_DSN_DELAYED, wid, &werr);
-		if (wst == MS_OK)
-			e->flags |= MS_ENV_WARNED;
-		if (wst == MS_OK)
-			sum->reports[1]++;
-		else
-			sum->report_failures++;
-		if (o->log) {
-			char line[MS_LOG_LINE_MAX], why[MS_PRINTABLE_SIZE(512)];
-			if (wst == MS_OK)
-				snprintf(line, sizeof line, "%s: sender delay notification: %s", e->id, wid);
-			else
-				snprintf(line, sizeof line, "%s: cannot queue the delay notification: %s",
-				         e->id, ms_printable(werr.msg, strnlen(werr.msg, 512), why, sizeof why));
-			o->log(o->log_ctx, line);
-		}
-	}
+	/* A delivery report that cannot be queued is logged, not kept: the
+	 * mail itself is delivered. */
+	if (st == MS_OK && ngood && o->bounce && e->sender[0])
+		queue_report(sp, o, e, goods, ngood, now, MS_DSN_RELAYED, sum);
+	/* A delay warning that cannot be queued is tried again at the next
+	 * deferral: the flag is set only once one is queued. */
+	if (st == MS_OK && nlate && o->bounce &&
+	    queue_report(sp, o, e, lates, nlate, now, MS_DSN_DELAYED, sum) == MS_OK)
+		e->flags |= MS_ENV_WARNED;
 	if (bst != MS_OK) {
 		/* Not lost: the failed recipients wait, BOUNCING, and the message
 		 * stays until their bounce is queued. */

@@ -24,6 +24,7 @@
 
 #include "mailspool/addr.h"
 #include "mailspool/buf.h"
+#include "mailspool/io.h"
 
 #define IN_CAP (64u * 1024)
 #define OUT_CAP (64u * 1024)
@@ -222,14 +223,7 @@ static int split_path(const char *arg, const char *key, char *path, size_t cap,
 		p++; /* "MAIL FROM: <a@b>", which some clients send */
 	if (*p != '<')
 		return 0;
-	const char *q = ++p;
-	int quoted = 0;
-	for (; *q && (quoted || *q != '>'); q++) {
-		if (*q == '\\' && q[1])
-			q++;
-		else if (*q == '"')
-			quoted = !quoted;
-	}
+	const char *q = ms_addr_unquoted_chr(++p, '>');
 	if (*q != '>' || (size_t)(q - p) >= cap)
 		return 0;
 	/* A source route (@a,@b:x@y) is accepted and ignored (RFC 5321 4.1.2,
@@ -446,18 +440,9 @@ static void data_put(data_out *d, const char *p, size_t n)
 		p += k;
 		n -= k;
 		if (d->len == sizeof d->buf) {
-			const char *q = d->buf;
-			size_t left = d->len;
-			while (left) {
-				ssize_t w = write(d->fd, q, left);
-				if (w < 0 && errno == EINTR)
-					continue;
-				if (w <= 0) {
-					d->failed = 1;
-					return;
-				}
-				q += w;
-				left -= (size_t)w;
+			if (ms_write_all(d->fd, d->buf, d->len) < 0) {
+				d->failed = 1;
+				return;
 			}
 			d->len = 0;
 		}
@@ -547,7 +532,7 @@ static void do_data(sess *s)
 		s->fatal = rst; /* nothing sensible can follow */
 		return;
 	}
-	if (!d->over && !d->failed && d->len && write(d->fd, d->buf, d->len) != (ssize_t)d->len)
+	if (!d->over && !d->failed && d->len && ms_write_all(d->fd, d->buf, d->len) < 0)
 		d->failed = 1;
 	if (d->over) {
 		reply(s, 552, "5.3.4", "Message size exceeds fixed limit");

@@ -8,6 +8,7 @@
  * only report success for data that is gone.
  */
 #include "mailspool/spool.h"
+#include "mailspool/io.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -61,19 +62,6 @@ static const char *const subdirs[] = { "tmp", "data", "env", "claim", "corrupt",
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
 
 static ms_status sys_err(ms_error *err, const char *what, const char *name)
 {
@@ -112,7 +100,7 @@ static ms_status write_file(int dfd, const char *name, const char *p, size_t n, 
 	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return sys_err(err, "cannot create", name);
-	if (write_all(fd, p, n) < 0) {
+	if (ms_write_all(fd, p, n) < 0) {
 		sys_err(err, "cannot write", name);
 		close(fd);
 		unlinkat(dfd, name, 0);
@@ -391,7 +379,7 @@ uint64_t ms_spool_tx_size(const ms_spool_tx *tx)
 
 static ms_status tx_flush(ms_spool_tx *tx, ms_error *err)
 {
-	if (tx->blen && write_all(tx->fd, tx->buf, tx->blen) < 0) {
+	if (tx->blen && ms_write_all(tx->fd, tx->buf, tx->blen) < 0) {
 		tx->failed = 1;
 		return sys_err(err, "cannot write spool file", tx->dname);
 	}
@@ -784,7 +772,7 @@ static int link_claim(ms_spool *sp, const char *name, const char *node, struct s
 	}
 	int n = snprintf(body, sizeof body, "%.64s %ld %lld\n", node, (long)getpid(),
 	                 (long long)now_s());
-	int ok = write_all(fd, body, (size_t)n) == 0;
+	int ok = ms_write_all(fd, body, (size_t)n) == 0;
 	close(fd);
 	if (!ok) {
 		sys_err(err, "cannot write claim token", token);

@@ -52,6 +52,10 @@ void ms_addr_hostname(char *out, size_t n);
 /* Check a domain or address literal (also used for the EHLO name). */
 int ms_addr_domain_ok(const char *d, size_t len, unsigned *flags);
 
+/* The first c in s outside a quoted string (a backslash escapes the next
+ * byte), or s's terminating NUL. */
+const char *ms_addr_unquoted_chr(const char *s, int c);
+
 /* Check an ESMTP parameter value or other token for the command line:
  * printable ASCII only, no spaces.  */
 int ms_addr_param_ok(const char *s);

@@ -77,6 +77,10 @@ static inline size_t ms_io_pending(const ms_io *io) { return ms_buf_avail(&io->o
  */
 ms_status ms_io_pump(ms_io *io, int64_t deadline, ms_error *err);
 
+/* Write all of p[0..n) to a blocking descriptor (a file, a pipe),
+ * retrying short writes and EINTR: 0, or -1 with errno set. */
+int ms_write_all(int fd, const void *p, size_t n);
+
 /* (Opening connections: mailspool/net.h.) */
 
 #endif
