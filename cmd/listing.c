@@ -156,6 +156,8 @@ void cli_json_envelope(ms_buf *b, const ms_envelope *e, int with_history)
 				json_str(b, a->enh);
 				ms_buf_appendstr(b, ",\"text\":");
 				json_str(b, a->text);
+				ms_buf_appendstr(b, ",\"tls\":");
+				json_str(b, a->tls[0] ? a->tls : "none");
 				ms_buf_appendstr(b, "}");
 			}
 			ms_buf_appendstr(b, "]");

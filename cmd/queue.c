@@ -188,6 +188,11 @@ int cmd_show(int argc, char **argv)
 				cli_fmt_time(r2->hist[k].when, when, sizeof when);
 				printf("    %s  ", when);
 				cli_put_reply(stdout, r2->hist[k].code, r2->hist[k].enh, r2->hist[k].text);
+				if (r2->hist[k].tls[0]) {
+					printf("  [tls ");
+					cli_put_safe(stdout, r2->hist[k].tls);
+					printf("]");
+				}
 				printf("\n");
 			}
 		}

@@ -154,7 +154,11 @@ void ms_agent_parse_result(const char *line, ms_agent_result *out)
 		r->dsn_passed = dsn;
 		const char *q = p + used, *end;
 		char *relay = field(q, &end, MS_RELAY_DESC_MAX - 1);
-		char *text = relay && *end == ' ' ? field(end + 1, NULL, MS_ENV_TEXT_MAX - 1) : NULL;
+		const char *tend = NULL;
+		char *text = relay && *end == ' ' ? field(end + 1, &tend, MS_ENV_TEXT_MAX - 1) : NULL;
+		char *tls = text && *tend == ' ' ? field(tend + 1, NULL, MS_MESSAGE_TLS_MAX - 1) : NULL;
+		snprintf(r->tls, sizeof r->tls, "%s", tls ? tls : "");
+		free(tls);
 		r->state = (ms_rcpt_state)state;
 		snprintf(r->enh, sizeof r->enh, "%.15s", strcmp(enh, "-") ? enh : "");
 		snprintf(r->relay, sizeof r->relay, "%s", relay ? relay : "none");
@@ -307,7 +311,8 @@ static void report(unit *u, work_msg *w, const ms_message *m, const char *relay)
 		                  w->item, r[i].rcpt, (int)r[i].state, r[i].code, r[i].dsn_passed,
 		                  r[i].enh[0] ? r[i].enh : "-") == MS_OK &&
 		    put_field(&line, r[i].relay) == MS_OK && ms_buf_append(&line, " ", 1) == MS_OK &&
-		    put_field(&line, r[i].text) == MS_OK && ms_buf_append(&line, "\n", 1) == MS_OK)
+		    put_field(&line, r[i].text) == MS_OK && ms_buf_append(&line, " ", 1) == MS_OK &&
+		    put_field(&line, r[i].tls) == MS_OK && ms_buf_append(&line, "\n", 1) == MS_OK)
 			say(a, ms_buf_ptr(&line), ms_buf_avail(&line));
 	}
 	ms_buf_reset(&line);

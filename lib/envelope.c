@@ -122,7 +122,7 @@ static ms_env_attempt *push_hist(ms_env_rcpt *r)
 }
 
 ms_status ms_env_record_attempt(ms_env_rcpt *r, int64_t when, int code, const char *enh,
-                                const char *text, ms_error *err)
+                                const char *text, const char *tls, ms_error *err)
 {
 	if (ms_env_set_reply(r, code, enh, text, err) != MS_OK)
 		return MS_ERR_NOMEM;
@@ -132,6 +132,7 @@ ms_status ms_env_record_attempt(ms_env_rcpt *r, int64_t when, int code, const ch
 	a->when = when;
 	a->code = code;
 	snprintf(a->enh, sizeof a->enh, "%s", r->enh);
+	snprintf(a->tls, sizeof a->tls, "%s", tls ? tls : "");
 	r->nhist++;
 	r->attempts++;
 	r->last = when;
@@ -262,6 +263,8 @@ ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err)
 				st = ms_buf_appendstr(out, " ");
 			if (st == MS_OK)
 				st = put_str(out, a->text ? a->text : "", a->text ? strlen(a->text) : 0);
+			if (st == MS_OK && a->tls[0] && (st = ms_buf_appendstr(out, " ")) == MS_OK)
+				st = put_str(out, a->tls, strlen(a->tls));
 			if (st == MS_OK)
 				st = ms_buf_appendstr(out, "\n");
 			records++;
@@ -489,8 +492,13 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 			ms_env_attempt *a = r->nhist < MS_ENV_HISTORY ? push_hist(r) : NULL;
 			int64_t code;
 			char *enh = NULL;
+			char *tls = NULL;
 			ok = a && num(&c, 0, INT64_MAX, &a->when) && num(&c, 0, 999, &code) &&
 			     str(&c, &enh, sizeof a->enh - 1) && str(&c, &a->text, MS_ENV_TEXT_MAX);
+			/* The TLS field came later: an attempt may have none. */
+			if (ok && c.p != c.end && (ok = str(&c, &tls, MS_ENV_TLS_MAX - 1)))
+				memcpy(a->tls, tls, strlen(tls) + 1);
+			free(tls);
 			if (a) {
 				if (ok) {
 					a->code = (int)code;

@@ -506,6 +506,7 @@ static ms_status start_package(ms_qmtp *q, pkg *p)
 	q->seq++;
 	q->conn_started++;
 	p->m->engaged = 1; /* its bytes go out from here on */
+	snprintf(p->m->tls, sizeof p->m->tls, "none"); /* QMTP has no TLS */
 	p->m->transactions++;
 	if (q->o.transcript && !ms_transcript_full_bodies(q->o.transcript)) {
 		p->sha = EVP_MD_CTX_new();

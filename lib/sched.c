@@ -92,6 +92,7 @@ void ms_sched_results(const ms_message *m, const size_t *idx, const char *relay,
 		snprintf(s->text, sizeof s->text, "%s", r->out.text ? r->out.text : "");
 		snprintf(s->relay, sizeof s->relay, "%s", relay ? relay : "none");
 		s->dsn_passed = r->state == MS_RCPT_DELIVERED && r->dsn_passed;
+		snprintf(s->tls, sizeof s->tls, "%s", m->tls);
 	}
 }
 
@@ -102,6 +103,20 @@ static void relay_host(const char *relay, char *out, size_t n)
 	if (!relay[k] || k >= n)
 		k = 0; /* "none", or a relay by name: no server name to give */
 	snprintf(out, n, "%.*s", (int)k, relay);
+}
+
+/* "verified TLSv1.3 TLS_AES_256_GCM_SHA384" -> level "verified", the rest
+ * protocol and cipher ("" when plain or unknown: level "none"). */
+static void split_tls(const char *tls, char *level, size_t ln, char *proto, size_t pn,
+                      char *cipher, size_t cn)
+{
+	char copy[MS_MESSAGE_TLS_MAX];
+	snprintf(copy, sizeof copy, "%s", tls && *tls ? tls : "none");
+	char *sv, *l = strtok_r(copy, " ", &sv), *p = strtok_r(NULL, " ", &sv),
+	          *c = strtok_r(NULL, " ", &sv);
+	snprintf(level, ln, "%s", l ? l : "none");
+	snprintf(proto, pn, "%s", p ? p : "");
+	snprintf(cipher, cn, "%s", c ? c : "");
 }
 
 /* log_format = json: the same record as one JSON object (the program
@@ -118,8 +133,18 @@ static void log_result_json(const ms_sched_opts *o, const ms_envelope *e, const 
 	ms_json_string(&b, r->addr, strlen(r->addr));
 	ms_buf_appendstr(&b, ",\"relay\":");
 	ms_json_string(&b, s->relay, strnlen(s->relay, MS_RELAY_DESC_MAX));
-	ms_buf_printf(&b, ",\"delay\":%lld,\"attempt\":%u,\"dsn\":\"%s\",\"status\":\"%s\"",
-	              (long long)(now - e->arrival), r->attempts, dsn, status);
+	char level[16], proto[32], cipher[64];
+	split_tls(s->tls, level, sizeof level, proto, sizeof proto, cipher, sizeof cipher);
+	ms_buf_printf(&b, ",\"delay\":%lld,\"attempt\":%u,\"tls\":", (long long)(now - e->arrival),
+	              r->attempts);
+	ms_json_string(&b, level, strlen(level));
+	if (proto[0]) {
+		ms_buf_appendstr(&b, ",\"tls_protocol\":");
+		ms_json_string(&b, proto, strlen(proto));
+		ms_buf_appendstr(&b, ",\"tls_cipher\":");
+		ms_json_string(&b, cipher, strlen(cipher));
+	}
+	ms_buf_printf(&b, ",\"dsn\":\"%s\",\"status\":\"%s\"", dsn, status);
 	if (s->code)
 		ms_buf_printf(&b, ",\"code\":%d", s->code);
 	ms_buf_appendstr(&b, ",\"text\":");
@@ -134,7 +159,7 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 {
 	if (!o->log)
 		return;
-	char line[MS_LOG_LINE_MAX * 2], dsn[16], text[1501];
+	char line[MS_LOG_LINE_MAX * 3], dsn[16], text[1501];
 	ms_dsn_status(s->code ? s->code : (s->state == MS_RCPT_DELIVERED ? 250 : 450), s->enh,
 	              r->state == MS_ENV_FAILED, dsn, sizeof dsn);
 	if (s->state == MS_RCPT_DELIVERED)
@@ -152,9 +177,19 @@ static void log_result(const ms_sched_opts *o, const ms_envelope *e, const ms_en
 		log_result_json(o, e, r, s, status, now, dsn);
 		return;
 	}
+	/* tls=none, or tls=verified (TLSv1.3 TLS_AES_256_GCM_SHA384): the
+	 * engine's words (printable already; escaped once more anyway). */
+	char level[16], proto[32], cipher[64], tls[MS_PRINTABLE_SIZE(MS_MESSAGE_TLS_MAX)];
+	split_tls(s->tls, level, sizeof level, proto, sizeof proto, cipher, sizeof cipher);
+	char tlsraw[MS_MESSAGE_TLS_MAX + 8];
+	if (proto[0])
+		snprintf(tlsraw, sizeof tlsraw, "%s (%s %s)", level, proto, cipher);
+	else
+		snprintf(tlsraw, sizeof tlsraw, "%s", level);
+	ms_printable_str(tlsraw, tls, sizeof tls);
 	snprintf(line, sizeof line,
-	         "%s: to=<%s>, relay=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%s)",
-	         e->id, addr, relay, (long long)(now - e->arrival), r->attempts, dsn, status,
+	         "%s: to=<%s>, relay=%s, tls=%s, delay=%lld, attempt=%u, dsn=%s, status=%s (%s%s)",
+	         e->id, addr, relay, tls, (long long)(now - e->arrival), r->attempts, dsn, status,
 	         code, text);
 	o->log(o->log_ctx, line);
 }
@@ -329,7 +364,7 @@ ms_status ms_sched_settle(ms_spool *sp, const ms_sched_opts *o, ms_envelope *e,
 		ms_env_rcpt *r = &e->rcpts[s->rcpt];
 		if (r->state == MS_ENV_DELIVERED || r->state == MS_ENV_FAILED)
 			continue; /* final states stay final */
-		if ((st = ms_env_record_attempt(r, now, s->code, s->enh, s->text, err)) != MS_OK)
+		if ((st = ms_env_record_attempt(r, now, s->code, s->enh, s->text, s->tls, err)) != MS_OK)
 			break;
 		if (s->state == MS_RCPT_DELIVERED) {
 			r->state = MS_ENV_DELIVERED;

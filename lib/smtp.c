@@ -1390,8 +1390,17 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 	s->refused_last = t && t->rode && (kind == EX_RSET || kind == EX_MAIL) && cls == 5;
 	/* A 421 is the session ending, not an answer about this message (a
 	 * server's per-connection message cap, say): it was not attempted. */
-	if (t && r->code != 421 && kind != EX_RSET)
+	if (t && r->code != 421 && kind != EX_RSET) {
 		t->m->engaged = 1;
+		/* Recorded for the log and the envelope's history: how the
+		 * connection that carried it was secured. */
+		if (!s->tls_active)
+			snprintf(t->m->tls, sizeof t->m->tls, "none");
+		else
+			snprintf(t->m->tls, sizeof t->m->tls, "%s %.31s %.63s",
+			         s->tls.verified ? "verified" : "unverified", s->tls.protocol,
+			         s->tls.cipher);
+	}
 
 	if (r->code == 421 && kind != EX_QUIT && (s->conn_done > 0 || s->conn_failed > 0) &&
 	    s->host[0] && (kind != EX_DOT && kind != EX_BDAT)) {

@@ -42,8 +42,9 @@
  *                              message is started later (renewed as it goes)
  *     A <n>                    n more results were committed (tokens back)
  * Results, as soon as each message is decided:
- *     R <unit> <item> <rcpt> <state> <code> <dsn> <enh|-> =<relay> =<text>
- *                              (<dsn> 1: delivered to a server offering DSN)
+ *     R <unit> <item> <rcpt> <state> <code> <dsn> <enh|-> =<relay> =<text> =<tls>
+ *                              (<dsn> 1: delivered to a server offering DSN;
+ *                              <tls>: ms_message.tls, "" if no server answered)
  *     D <unit> <item> <token>  every result of that message was sent
  *     N <unit> <item> <token>  not attempted (its session broke before a
  *                              server saw it, or the deadline came): the

@@ -23,8 +23,10 @@
  *     N <notify> =<orcpt>                        at most once, right after its R:
  *                                                NOTIFY bits (mailspool/dsnreq.h)
  *                                                and ORCPT ("=" alone: none)
- *     H <time> <code> =<enh> =<text>             that recipient's past attempts,
- *                                                oldest first (at most MS_ENV_HISTORY)
+ *     H <time> <code> =<enh> =<text> [=<tls>]    that recipient's past attempts,
+ *                                                oldest first (at most MS_ENV_HISTORY);
+ *                                                tls: how the session was secured
+ *                                                ("none", "verified TLSv1.3 ...")
  *     E <number of records before this one>
  *     C <SHA-256 of every byte before this line, hex>
  *
@@ -67,11 +69,14 @@ typedef enum ms_env_state {
 	MS_ENV_NSTATES
 } ms_env_state;
 
+#define MS_ENV_TLS_MAX 112
+
 typedef struct ms_env_attempt {
 	int64_t when;
 	int code;
 	char enh[16];
 	char *text;
+	char tls[MS_ENV_TLS_MAX]; /* "" when not known (no server answered, older records) */
 } ms_env_attempt;
 
 typedef struct ms_env_rcpt {
@@ -112,9 +117,10 @@ ms_status ms_env_add_rcpt(ms_envelope *e, const char *addr, int64_t next, ms_err
 ms_status ms_env_set_reply(ms_env_rcpt *r, int code, const char *enh, const char *text,
                            ms_error *err);
 /* Record an attempt: it becomes the last reply and joins the history (the
- * oldest is dropped past MS_ENV_HISTORY); attempts and last are updated. */
+ * oldest is dropped past MS_ENV_HISTORY); attempts and last are updated.
+ * tls (may be NULL) is kept with it in the history. */
 ms_status ms_env_record_attempt(ms_env_rcpt *r, int64_t when, int code, const char *enh,
-                                const char *text, ms_error *err);
+                                const char *text, const char *tls, ms_error *err);
 
 ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err);
 /* Parse p[0..n) into e (initialised here).  MS_ERR_DATA: damaged. */

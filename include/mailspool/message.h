@@ -77,6 +77,8 @@ typedef struct ms_segment {
 	char *mem;       /* owned copy when fd < 0 */
 } ms_segment;
 
+#define MS_MESSAGE_TLS_MAX 112
+
 typedef struct ms_message {
 	char *sender;      /* wire mailbox; "" is the null sender */
 	unsigned sender_flags;
@@ -100,6 +102,11 @@ typedef struct ms_message {
 	int solo;
 	int dsn_ret;        /* RFC 3461 RET (ms_dsn_ret), 0: not given */
 	char *dsn_envid;    /* ENVID, NULL: not given */
+	/* How the session that last carried it was secured, set by the engine
+	 * when a server first answers for it: "none", or "verified" or
+	 * "unverified" with the protocol and cipher ("verified TLSv1.3
+	 * TLS_AES_256_GCM_SHA384"); "" when no server ever did. */
+	char tls[MS_MESSAGE_TLS_MAX];
 	void *user;         /* for the caller */
 	size_t id;          /* for the caller */
 } ms_message;

@@ -53,6 +53,7 @@ typedef struct ms_sched_result {
 	char text[MS_ENV_TEXT_MAX];
 	char relay[MS_RELAY_DESC_MAX];
 	int dsn_passed;       /* delivered to a server that offers DSN (RFC 3461 5.2) */
+	char tls[MS_MESSAGE_TLS_MAX]; /* ms_message.tls: "none", "verified TLSv1.3 ..." */
 } ms_sched_result;
 
 /* One log record: a line of printable text, or (log_format = json) a JSON

@@ -236,7 +236,7 @@ def test_temporary_failure_is_retried_at_the_next_tier(tmp_path, port):
             stop_daemon(d)
         # The second attempt went only to the recipient still pending.
         assert [e[1] for e in mx1.envelopes] == [["fast@a.test"], ["slow@a.test"]]
-        assert "to=<slow@a.test>, relay=mx1.a.test[127.0.0.2]:%d, delay=" % port in w.logtext()
+        assert "to=<slow@a.test>, relay=mx1.a.test[127.0.0.2]:%d, tls=none, delay=" % port in w.logtext()
         assert re.search(r"to=<slow@a\.test>.*attempt=2, dsn=2\.\d\.\d, status=sent", w.logtext())
 
 
@@ -675,6 +675,7 @@ def test_json_log_lines(tmp_path, port):
         good, bad = by["good@a.test"], by["bad@a.test"]
         assert good["id"] == qid and good["status"] == "sent" and good["code"] == 250
         assert good["relay"].startswith("mx1.a.test[127.0.0.2]") and good["attempt"] == 1
+        assert good["tls"] == "none" and "tls_protocol" not in good  # aiosmtpd: no STARTTLS
         assert bad["status"] == "bounced" and bad["dsn"] == "5.1.1" and bad["code"] == 550
         assert bad["text"] == '5.1.1 <bad@a.test> "no such" \\ user'
         assert any(r.get("id") == qid and r.get("text") == "removed" for r in recs)
@@ -746,3 +747,42 @@ def test_route_and_relay_names_resolve_through_dns_servers(tmp_path, port):
         assert [r["address"] for m in q for r in m["recipients"]] == ["c@q.test"]
         assert q[0]["recipients"][0]["state"] == "deferred"
         assert "cannot resolve mx.slowdns.test" in w.logtext()
+
+
+def test_tls_recorded_per_attempt(tmp_path, port, certs):
+    """Every delivery log line says how the session was secured - verified
+    (a relay checked against its CA), unverified (opportunistic STARTTLS
+    to a self-signed server), none (no STARTTLS) - with protocol and
+    cipher; the JSON log too; and `show` keeps it per attempt."""
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*certs.good)
+    selfctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    selfctx.load_cert_chain(*certs.selfsigned)
+    replies = {"later@u.test": "451 4.3.0 come back later"}
+    with dns_for(port) as dns, \
+            Aiosmtpd(port=free_port(), tls_context=ctx) as good, \
+            Aiosmtpd(port=free_port(), tls_context=selfctx, rcpt_replies=replies) as selfs, \
+            Aiosmtpd(port=free_port()) as plain:
+        w = World(str(tmp_path), dns, port,
+                  extra=f"relay.hub.url = smtp://127.0.0.1:{good.port}\nrelay.hub.tls = verify\n"
+                        f"relay.hub.tls_ca_file = {certs.ca}\nroute.v.test = hub\n"
+                        f"route.u.test = smtp://127.0.0.1:{selfs.port}\n"
+                        f"route.p.test = smtp://127.0.0.1:{plain.port}\n")
+        for r in ("a@v.test", "b@u.test", "c@p.test"):
+            w.queue_msg([r])
+        later = w.queue_msg(["later@u.test"])
+        w.once()
+        assert len(good.envelopes) == len(selfs.envelopes) == len(plain.envelopes) == 1
+        log = w.logtext()
+        tls = dict(re.findall(r"to=<([^>]+)>, relay=[^,]+, tls=([^,]+), delay=", log))
+        assert re.fullmatch(r"verified \(TLSv1\.[23] \S+\)", tls["a@v.test"]), log
+        assert re.fullmatch(r"unverified \(TLSv1\.[23] \S+\)", tls["b@u.test"]), log
+        assert tls["c@p.test"] == "none"
+        assert tls["later@u.test"].startswith("unverified (")
+        p = w.spool.ms("show", later)
+        assert re.search(rb"451 4\.3\.0 come back later  \[tls unverified TLSv1\.[23] \S+\]",
+                         p.stdout), p.stdout
+        p = w.spool.ms("show", "--json", later)
+        hist = json.loads(p.stdout)["recipients"][0]["history"]
+        assert hist[0]["tls"].startswith("unverified TLSv1.")

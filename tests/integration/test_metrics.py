@@ -48,13 +48,15 @@ def test_metrics_scraped_while_delivering(tmp_path, port):
 
             def settled():
                 # A unit's connection facts (its C line) come after its
-                # results, so the counters may trail the queue by a moment.
+                # results, and gauges are refreshed once a second: both may
+                # trail the counters by a moment.
                 _, s = scrape(mport)
                 dns = value(s, "mailspool_dns_lookups_total", result="ok") + \
                     value(s, "mailspool_dns_lookups_total", result="cached")
                 return value(s, "mailspool_reports_total", kind="bounce") == 1 and \
                     value(s, "mailspool_queue_messages") == 2 and dns >= 3 and \
-                    value(s, "mailspool_connections_total", tls="none") >= 2
+                    value(s, "mailspool_connections_total", tls="none") >= 2 and \
+                    value(s, "mailspool_destinations_backed_off") == 1
             assert wait_for(settled, 20)
             text, s = scrape(mport)
             assert text.endswith("# EOF\n")

@@ -35,8 +35,10 @@ static void build(ms_envelope *e, const char *sender, const char *addr, const ch
 	r->state = MS_ENV_DEFERRED;
 	r->tier = 2;
 	r->next = 1795314400;
-	assert_int_equal(ms_env_record_attempt(r, 1795300100, 451, "4.3.0", text, NULL), MS_OK);
-	assert_int_equal(ms_env_record_attempt(r, 1795302000, 0, "", "", NULL), MS_OK);
+	assert_int_equal(ms_env_record_attempt(r, 1795300100, 451, "4.3.0", text,
+	                                       "verified TLSv1.3 TLS_AES_256_GCM_SHA384", NULL),
+	                 MS_OK);
+	assert_int_equal(ms_env_record_attempt(r, 1795302000, 0, "", "", NULL, NULL), MS_OK);
 	/* A DSN request (RFC 3461) for the message and the second recipient. */
 	e->dsn_ret = 1;
 	e->dsn_envid = strdup("ENV-1+x");
@@ -78,6 +80,7 @@ static void expect_same(const ms_envelope *a, const ms_envelope *b)
 			assert_int_equal(x->hist[k].code, y->hist[k].code);
 			assert_string_equal(x->hist[k].enh, y->hist[k].enh);
 			assert_string_equal(x->hist[k].text, y->hist[k].text);
+			assert_string_equal(x->hist[k].tls, y->hist[k].tls);
 		}
 	}
 }
@@ -197,7 +200,7 @@ static void test_history_cap(void **state)
 	ms_envelope e, back;
 	build(&e, "a@b", "c@d", "x");
 	for (int i = 0; i < 40; i++)
-		ms_env_record_attempt(&e.rcpts[1], 1000 + i, 450, "4.0.0", "again", NULL);
+		ms_env_record_attempt(&e.rcpts[1], 1000 + i, 450, "4.0.0", "again", NULL, NULL);
 	assert_int_equal(e.rcpts[1].nhist, MS_ENV_HISTORY);
 	assert_int_equal(e.rcpts[1].attempts, 40);
 	assert_int_equal(e.rcpts[1].hist[0].when, 1000 + 40 - MS_ENV_HISTORY);

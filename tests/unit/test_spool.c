@@ -101,7 +101,7 @@ static void test_commit_read_update_remove(void **state)
 	assert_non_null(strstr(buf, "\r\n\r\nbody\r\n"));
 	/* Update and read back. */
 	e.flags |= MS_ENV_HOLD;
-	assert_int_equal(ms_env_record_attempt(&e.rcpts[1], 77, 451, "4.3.0", "later", &err), MS_OK);
+	assert_int_equal(ms_env_record_attempt(&e.rcpts[1], 77, 451, "4.3.0", "later", NULL, &err), MS_OK);
 	assert_int_equal(ms_spool_update(sp, &e, &err), MS_OK);
 	ms_env_free(&e);
 	assert_int_equal(ms_spool_read(sp, id, &e, &err), MS_OK);
