@@ -50,8 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(s);
 	for (int r = 0; r < 3 && n > 0; r++) {
 		char *addr = piece(&p, &n, 300), *enh = piece(&p, &n, 15), *text = piece(&p, &n, 3000);
+		char *tls = piece(&p, &n, 200); /* any bytes, cut to MS_ENV_TLS_MAX */
 		ms_env_add_rcpt(&e, addr, -(int64_t)r, NULL);
-		ms_env_record_attempt(&e.rcpts[e.nrcpts - 1], 7, 451, enh, text, NULL);
+		ms_env_record_attempt(&e.rcpts[e.nrcpts - 1], 7, 451, enh, text, tls, NULL);
+		free(tls);
 		e.rcpts[e.nrcpts - 1].state = (ms_env_state)(r % MS_ENV_NSTATES);
 		free(addr);
 		free(enh);
@@ -68,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const ms_env_rcpt *x = &e.rcpts[i], *y = &back.rcpts[i];
 		if (strcmp(x->addr, y->addr) || strcmp(x->text, y->text) || strcmp(x->enh, y->enh) ||
 		    x->state != y->state || x->next != y->next || x->nhist != y->nhist ||
-		    strcmp(x->hist[0].text, y->hist[0].text))
+		    strcmp(x->hist[0].text, y->hist[0].text) || strcmp(x->hist[0].tls, y->hist[0].tls))
 			abort();
 	}
 	ms_buf_free(&b);
