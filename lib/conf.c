@@ -35,6 +35,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->clock_skew = 60;
 	c->dns_timeout = 30;
 	snprintf(c->mx_port, sizeof c->mx_port, "25");
+	c->tls_security_level = MS_TLS_MAY; /* opportunistic, as Postfix's default */
 	c->mx_address_limit = 5;
 	c->max_deliveries = 1000;
 	c->connection_reuse_time = 5;
@@ -302,6 +303,20 @@ static int dns_server_ok(const char *s, size_t n)
 	return *port && !*end && p > 0 && p < 65536;
 }
 
+/* A TLS level for MX delivery: none, may, encrypt, verify; dane and
+ * mta-sts are named as not built, so that nobody believes them in force. */
+static const char *tls_level(const char *val, int *out)
+{
+	ms_tls_policy p;
+	if (!strcmp(val, "dane") || !strcmp(val, "mta-sts"))
+		return "dane and mta-sts are not supported yet: use verify (with tls_ca_file) or "
+		       "encrypt";
+	if (ms_tls_policy_parse(val, &p) < 0)
+		return "wants none, may, encrypt or verify";
+	*out = (int)p;
+	return NULL;
+}
+
 /* bind_address: one IPv4 and/or one IPv6 address (the v6 one may be in
  * brackets), separated by spaces or a comma.  (The light sendmail links
  * this file without the network code: the check is its own.) */
@@ -393,11 +408,16 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			if (c->nshapes == MS_CONF_MAX_SHAPES)
 				return "too many destination patterns";
 			memset(&c->shapes[i], 0, sizeof c->shapes[i]);
+			c->shapes[i].tls = -1;
 			for (size_t k = 0; k < (size_t)(dot - pat); k++)
 				c->shapes[i].pattern[k] = (char)tolower((unsigned char)pat[k]);
 			c->nshapes++;
 		}
 		ms_conf_shape *sh = &c->shapes[i];
+		if (!strcmp(dot + 1, "tls")) {
+			const char *why = tls_level(val, &sh->tls);
+			return why;
+		}
 		if (!strcmp(dot + 1, "bind_address")) {
 			if (!bind_ok(val) || strlen(val) >= sizeof sh->bind_address)
 				return "wants one IPv4 and/or one IPv6 address";
@@ -409,8 +429,8 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		              : !strcmp(dot + 1, "rate")                ? &sh->rate
 		                                                        : NULL;
 		if (!dst)
-			return "wants destination.PATTERN.concurrency, .connection_messages, .rate or "
-			       ".bind_address";
+			return "wants destination.PATTERN.concurrency, .connection_messages, .rate, "
+			       ".bind_address or .tls";
 		return parse_count(val, dst, 1000000) ? "wants a positive number" : NULL;
 	}
 	if (!strcmp(key, "destination_rate"))
@@ -496,6 +516,13 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		return set_str(c->authorized_mailq_users, sizeof c->authorized_mailq_users, val)
 		           ? "is too long"
 		           : NULL;
+	}
+	if (!strcmp(key, "tls_security_level"))
+		return tls_level(val, &c->tls_security_level);
+	if (!strcmp(key, "tls_ca_file")) {
+		if (*val && val[0] != '/')
+			return "wants an absolute path";
+		return set_str(c->tls_ca_file, sizeof c->tls_ca_file, val) ? "is too long" : NULL;
 	}
 	if (!strcmp(key, "inet_protocols")) {
 		unsigned f = 0;
@@ -705,6 +732,16 @@ size_t ms_conf_relays_for(const ms_conf *c, const char *sender, const ms_conf_re
 	for (size_t i = 0; i < n && k < max; i++)
 		out[k++] = &c->relays[idx[i]];
 	return k;
+}
+
+int ms_conf_tls_for(const ms_conf *c, const char *domain, const char *mxhost)
+{
+	for (size_t i = 0; i < c->nshapes; i++)
+		if (c->shapes[i].tls >= 0 &&
+		    ((domain && ms_conf_pattern_match(c->shapes[i].pattern, domain)) ||
+		     (mxhost && ms_conf_pattern_match(c->shapes[i].pattern, mxhost))))
+			return c->shapes[i].tls;
+	return c->tls_security_level;
 }
 
 int ms_conf_pattern_match(const char *pat, const char *name)

@@ -196,14 +196,15 @@ static ms_status via_relays(const ms_deliver_opts *o, const char *names, ms_mess
 
 /* The pool's key for a server: everything that makes two sessions
  * interchangeable (protocol, address, port, the name TLS checks). */
-static void pool_key(const ms_route *rt, const char *tls_name, const ms_net_opts *net, char *key,
-                     size_t n)
+static void pool_key(const ms_route *rt, const char *tls_name, const ms_net_opts *net, int tls,
+                     char *key, size_t n)
 {
-	/* The source address too: a session from 10.0.0.2 is no session
-	 * from 10.0.0.3 (bind_address per destination). */
-	snprintf(key, n, "%d|%d|%d|%d|%s|%s|%s|%s|%s", (int)rt->proto, rt->implicit_tls,
+	/* The source address and the TLS policy too: a session from 10.0.0.2
+	 * is no session from 10.0.0.3, one opened under `may` none for a
+	 * destination that wants `verify`. */
+	snprintf(key, n, "%d|%d|%d|%d|%s|%s|%s|%s|%s|%d", (int)rt->proto, rt->implicit_tls,
 	         (int)rt->qmtp_replies, (int)rt->qmtp_encoding, rt->host, rt->port,
-	         tls_name ? tls_name : "", net ? net->bind4 : "", net ? net->bind6 : "");
+	         tls_name ? tls_name : "", net ? net->bind4 : "", net ? net->bind6 : "", tls);
 }
 
 static void add_stats(ms_deliver_report *rep, const ms_client *cl)
@@ -257,17 +258,24 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
  * every message is reported; otherwise err says why not and no message
  * was touched. */
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
-                            const ms_net_opts *net, ms_message **msgs, size_t n,
+                            const ms_net_opts *net, int tls, ms_message **msgs, size_t n,
                             ms_deliver_report *rep, ms_error *err)
 {
 	ms_client_opts co;
 	session_opts(o->conf, o->transcript, net, &co);
+	if (tls >= 0) {
+		/* MX delivery: the destination's TLS policy (tls_security_level,
+		 * destination.P.tls); verify checks the MX host's name. */
+		co.smtp.tls = (ms_tls_policy)tls;
+		if (o->conf->tls_ca_file[0])
+			co.smtp.tls_ca_file = o->conf->tls_ca_file;
+	}
 	relay_ctx rc = { .o = o, .relay = rep->relay, .rep = rep };
 	co.smtp.on_result = co.qmtp.on_result = forward;
 	co.smtp.ctx = co.qmtp.ctx = &rc;
 	co.smtp.tls_name = tls_name;
 	char key[MS_POOL_KEY_MAX];
-	pool_key(rt, tls_name, &co.smtp.net, key, sizeof key);
+	pool_key(rt, tls_name, &co.smtp.net, tls, key, sizeof key);
 	co.smtp.quirks = ms_quirks_get(o->quirks, key);
 	size_t carried = 0;
 	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
@@ -286,6 +294,10 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 		if (st != MS_OK) {
 			if (strstr(err->msg, " 421") || strstr(err->msg, "\"421"))
 				rep->throttled = 1;
+			/* A server that answered but did not meet the TLS policy is
+			 * not down: its other domains (same MX, other policy) go on. */
+			if (tls >= MS_TLS_ENCRYPT && st != MS_ERR_CONNECT && st != MS_ERR_TIMEOUT)
+				rep->tls_refused = 1;
 			ms_client_free(cl);
 			return st;
 		}
@@ -363,12 +375,13 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
  * says why not.  rep->relay names it as "name[addr]:port". */
 static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, const char *name,
                             const char *addr, const char *tls_name, const ms_net_opts *net,
-                            ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
+                            int tls, ms_message **msgs, size_t n, ms_deliver_report *rep,
+                            ms_error *err)
 {
 	ms_route rt = *base;
 	snprintf(rt.host, sizeof rt.host, "%s", addr);
 	snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", name, addr, rt.port);
-	ms_status st = try_target(o, &rt, tls_name, net, msgs, n, rep, err);
+	ms_status st = try_target(o, &rt, tls_name, net, tls, msgs, n, rep, err);
 	if (st != MS_OK)
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
 	return st;
@@ -389,7 +402,8 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 		k++;
 	}
 	*i = k;
-	return try_server(o, base, t->name, t->addr, t->name, &net, msgs, n, rep, err);
+	int tls = ms_conf_tls_for(o->conf, domain, t->name);
+	return try_server(o, base, t->name, t->addr, t->name, &net, tls, msgs, n, rep, err);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -453,6 +467,12 @@ static ms_status give_up(const ms_deliver_opts *o, ms_message **msgs, size_t n,
 		           rep->relay);
 		return MS_OK;
 	}
+	if (rep->tls_refused) {
+		/* The policy was not met (RFC 3463 X.7.5, a cryptographic
+		 * failure): deferred, the destination not backed off. */
+		settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.7.5", last, rep->relay);
+		return MS_OK;
+	}
 	rep->unreachable = 1;
 	settle_all(o, msgs, n, MS_RCPT_DEFERRED, MS_STAGE_CONNECT, 0, "4.4.1", last, rep->relay);
 	return MS_OK;
@@ -475,7 +495,8 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 			           "none");
 			return MS_OK;
 		}
-		if (try_server(o, &base, base.host, base.host, NULL, NULL, msgs, n, rep, &e) == MS_OK)
+		if (try_server(o, &base, base.host, base.host, NULL, NULL, -1, msgs, n, rep, &e) ==
+		    MS_OK)
 			return MS_OK;
 		return give_up(o, msgs, n, rep, e.msg);
 	}
@@ -520,7 +541,8 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		snprintf(rt.host, sizeof rt.host, "%s", tg->t[i].addr);
 		ms_net_opts net;
 		ms_net_opts_for(o->conf, domain, tg->t[i].name, &net);
-		pool_key(&rt, tg->t[i].name, &net, key, sizeof key);
+		pool_key(&rt, tg->t[i].name, &net, ms_conf_tls_for(o->conf, domain, tg->t[i].name), key,
+		         sizeof key);
 		size_t at = i;
 		if (i > 0 && tg->t[i].pref == tg->t[0].pref && ms_pool_has(o->pool, key) &&
 		    try_mx_host(o, &base, domain, tg, &at, msgs, n, rep, &e) == MS_OK) {

@@ -58,6 +58,7 @@ typedef struct ms_conf_shape {
 	size_t conn_messages;    /* destination.P.connection_messages */
 	size_t rate;             /* destination.P.rate: messages per minute (0: no limit) */
 	char bind_address[100];  /* destination.P.bind_address ("": the global one) */
+	int tls;                 /* destination.P.tls: an ms_tls_policy, -1: the global one */
 } ms_conf_shape;
 
 /* One relay: how to reach it, how to secure and log in to it. */
@@ -143,6 +144,8 @@ typedef struct ms_conf {
 	unsigned inet_protocols;           /* inet_protocols (all): MS_NET_V4 | MS_NET_V6 */
 	int address_preference;            /* address_preference (any: 0), ipv4: 4, ipv6: 6 */
 	char bind_address[100];            /* bind_address ("": the kernel chooses) */
+	int tls_security_level;            /* tls_security_level (may): MX delivery's policy */
+	char tls_ca_file[MS_CONF_PATH_MAX]; /* tls_ca_file ("": the system store) for verify */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
 	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES P1-P6): */
 	int smtp_chunking;                 /* smtp_chunking (yes): BDAT when offered */
@@ -188,6 +191,11 @@ int ms_conf_mailq_allowed(const ms_conf *c, const char *name);
 /* Does name fall under a destination pattern: "example.com" itself,
  * ".example.com" (its subdomains) or "*.example.com" (the same)? */
 int ms_conf_pattern_match(const char *pat, const char *name);
+
+/* The TLS policy (an ms_tls_policy) for mail to domain through the MX
+ * host mxhost: destination.P.tls of the first pattern matching either,
+ * else tls_security_level. */
+int ms_conf_tls_for(const ms_conf *c, const char *domain, const char *mxhost);
 
 /* "30m", "4h", "2d", "90" (seconds) -> seconds; -1 if malformed. */
 int64_t ms_conf_duration(const char *s);

@@ -80,6 +80,7 @@ typedef struct ms_deliver_report {
 	 * lookup (MS_DELIVER_DNS_*; NONE for routes, relays and literals). */
 	size_t tls_verified, tls_unverified, plain;
 	int dns;
+	int tls_refused;    /* a server answered but did not meet the TLS policy */
 } ms_deliver_report;
 
 enum { MS_DELIVER_DNS_NONE = 0, MS_DELIVER_DNS_OK, MS_DELIVER_DNS_CACHED, MS_DELIVER_DNS_TEMP,

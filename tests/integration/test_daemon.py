@@ -786,3 +786,51 @@ def test_tls_recorded_per_attempt(tmp_path, port, certs):
         p = w.spool.ms("show", "--json", later)
         hist = json.loads(p.stdout)["recipients"][0]["history"]
         assert hist[0]["tls"].startswith("unverified TLSv1.")
+
+
+def test_tls_policy_per_destination(tmp_path, port, certs):
+    """tls_security_level and destination.PATTERN.tls for MX delivery:
+    encrypt to a server without STARTTLS defers, verify against a
+    self-signed certificate defers, verify with tls_ca_file and an MX host
+    whose name the certificate carries delivers (matched by an MX host
+    pattern); the default stays opportunistic.  A failed required policy
+    says why."""
+    import ssl
+    good = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    good.load_cert_chain(*certs.good)
+    selfs = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    selfs.load_cert_chain(*certs.selfsigned)
+    mx = [("plain.test", "mx.plain.test", 10), ("self.test", "mx.self.test", 10),
+          ("good.test", "mail.example.test", 10), ("may.test", "mx.self.test", 10)]
+    hosts = {"mx.plain.test": "127.0.0.11", "mx.self.test": "127.0.0.12",
+             "mail.example.test": "127.0.0.13"}
+    with dns_for(port, mx=mx, hosts=hosts) as dns, \
+            Aiosmtpd(host="127.0.0.11", port=port) as plain, \
+            Aiosmtpd(host="127.0.0.12", port=port, tls_context=selfs) as selfsrv, \
+            Aiosmtpd(host="127.0.0.13", port=port, tls_context=good) as goodsrv:
+        w = World(str(tmp_path), dns, port,
+                  extra="destination.plain.test.tls = encrypt\n"
+                        "destination.self.test.tls = verify\n"
+                        "destination.*.example.test.tls = verify\n"
+                        f"tls_ca_file = {certs.ca}\n")
+        for r in ("a@plain.test", "b@self.test", "c@good.test", "d@may.test"):
+            w.queue_msg([r])
+        w.once()
+        assert plain.envelopes == []
+        assert [e[1] for e in selfsrv.envelopes] == [["d@may.test"]]  # may: unverified is fine
+        assert [e[1] for e in goodsrv.envelopes] == [["c@good.test"]]
+        log = w.logtext()
+        assert re.search(r"to=<c@good\.test>, relay=mail\.example\.test\[127\.0\.0\.13\]:\d+, "
+                         r"tls=verified \(TLSv1\.[23] ", log), log
+        assert re.search(r"to=<d@may\.test>, [^\n]*tls=unverified ", log), log
+        q = {m["recipients"][0]["address"]: m["recipients"][0] for m in w.spool.queue()}
+        assert set(q) == {"a@plain.test", "b@self.test"}
+        a, b = q["a@plain.test"], q["b@self.test"]
+        assert a["state"] == "deferred" and "does not offer STARTTLS" in a["last_reply"]["text"]
+        assert b["state"] == "deferred" and "certificate not trusted" in b["last_reply"]["text"]
+        assert a["last_reply"]["enhanced"] == b["last_reply"]["enhanced"] == "4.7.5"
+        # A policy failure is no dead destination: nothing was backed off.
+        assert "not tried again" not in log
+    bad = Spool(str(tmp_path / "bad"), "tls_security_level = dane\n")
+    p = bad.run([bad.sendmail, "x@y.test"], "Subject: s\n\nb\n")
+    assert p.returncode == 64 and b"dane and mta-sts are not supported yet" in p.stderr
