@@ -14,6 +14,8 @@
 #include <cmocka.h>
 
 #include "mailspool/conf.h"
+#include "mailspool/net.h"
+#include "mailspool/tls.h"
 
 static ms_status load_text(const char *text, ms_conf *c, ms_error *err)
 {
@@ -87,12 +89,53 @@ static void test_relay_credentials_need_a_user(void **state)
 	assert_int_equal(load_text("relay.a.url = smtp://h:587\n", &c, &err), MS_OK);
 }
 
+/* The null-client and connection keys: good values taken, bad ones named. */
+static void test_new_keys(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_error err;
+	assert_int_equal(load_text("aliases = /etc/aliases\nadmin_address = ops@example.org\n"
+	                           "log_format = json\nmetrics_listen = [::1]:9725\n"
+	                           "delay_warning = 4h\ninet_protocols = ipv4\n"
+	                           "address_preference = ipv6\nbind_address = 192.0.2.1, [2001:db8::1]\n"
+	                           "tls_security_level = verify\ndestination.x.test.tls = none\n"
+	                           "destination.x.test.bind_address = 192.0.2.9\n",
+	                           &c, &err),
+	                 MS_OK);
+	assert_string_equal(c.aliases, "/etc/aliases");
+	assert_string_equal(c.admin_address, "ops@example.org");
+	assert_true(c.log_json);
+	assert_string_equal(c.metrics_listen, "[::1]:9725");
+	assert_int_equal(c.delay_warning, 4 * 3600);
+	assert_int_equal(c.inet_protocols, MS_NET_V4);
+	assert_int_equal(c.address_preference, 6);
+	assert_int_equal(ms_conf_tls_for(&c, "x.test", "mx.x.test"), MS_TLS_NONE);
+	assert_int_equal(ms_conf_tls_for(&c, "y.test", "mx.y.test"), MS_TLS_VERIFY);
+	ms_net_opts o;
+	ms_net_opts_for(&c, "x.test", NULL, &o);
+	assert_string_equal(o.bind4, "192.0.2.9");
+	ms_net_opts_for(&c, "y.test", NULL, &o);
+	assert_string_equal(o.bind4, "192.0.2.1");
+	assert_string_equal(o.bind6, "2001:db8::1");
+	static const char *const bad[] = {
+		"aliases = relative/path\n",  "admin_address = root\n", "log_format = xml\n",
+		"metrics_listen = localhost\n", "delay_warning = soon\n", "inet_protocols = ipv5\n",
+		"address_preference = both\n", "bind_address = 192.0.2.1 192.0.2.2\n",
+		"bind_address = mail.example.org\n", "tls_security_level = dane\n",
+		"destination.x.test.tls = sometimes\n",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		assert_int_equal(load_text(bad[i], &c, &err), MS_ERR_USAGE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_repeated_key_anywhere),
 		cmocka_unit_test(test_dns_servers_checked_when_read),
 		cmocka_unit_test(test_relay_credentials_need_a_user),
+		cmocka_unit_test(test_new_keys),
 	};
 	return cmocka_run_group_tests_name("configuration", tests, NULL, NULL);
 }
