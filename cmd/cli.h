@@ -81,6 +81,12 @@ int cli_open_for_submit(const char *conf_path, ms_conf *conf, ms_spool **sp);
  * comma first unless *first), and returns an exit code. */
 int cli_submit(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,
                const char *name, int quiet, FILE *json, int *first, cli_mode mode);
+/* One DSN option (RFC 3461) - kind 'N' the NOTIFY list, 'R' RET, 'V' the
+ * ENVID - checked and stored in the field it sets; on a bad value prints
+ * "WHO: why" and returns EX_USAGE_, else 0.  (send's --notify, --ret,
+ * --envid and sendmail's -N, -R, -V.) */
+int cli_dsn_option(char kind, const char *v, const char *who, unsigned *notify, int *ret,
+                   const char **envid);
 /* Queue one message read from fd, quietly: in-process for the owner,
  * through the set-id helper for everyone else (for sendmail -bs). */
 ms_status cli_queue_message(ms_spool *sp, const ms_conf *conf, const ms_submit_opts *o, int fd,

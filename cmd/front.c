@@ -25,8 +25,27 @@
 #include "cli.h"
 #include "mailspool/buf.h"
 #include "mailspool/drop.h"
+#include "mailspool/dsnreq.h"
 #include "mailspool/spawn.h"
 #include "mailspool/transcript.h"
+
+int cli_dsn_option(char kind, const char *v, const char *who, unsigned *notify, int *ret,
+                   const char **envid)
+{
+	ms_error err;
+	ms_dsn_ret r;
+	if ((kind == 'N' && ms_dsn_notify_parse(v, notify, &err) != MS_OK) ||
+	    (kind == 'R' && ms_dsn_ret_parse(v, &r, &err) != MS_OK) ||
+	    (kind == 'V' && ms_dsn_envid_check(v, &err) != MS_OK)) {
+		fprintf(stderr, "%s: %s\n", who, err.msg);
+		return EX_USAGE_;
+	}
+	if (kind == 'R')
+		*ret = (int)r;
+	if (kind == 'V')
+		*envid = v;
+	return 0;
+}
 
 int cli_mode_parse(const char *s)
 {

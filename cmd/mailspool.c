@@ -19,7 +19,6 @@
 
 #include "cli.h"
 #include "mailspool/client.h"
-#include "mailspool/dsnreq.h"
 #include "mailspool/headers.h"
 #include "mailspool/net.h"
 #include "mailspool/hmap.h"
@@ -805,18 +804,11 @@ static int parse_send_args(int argc, char **argv, send_args *a)
 		case O_NOTIFY:
 		case O_RET:
 		case O_ENVID: {
-			ms_error derr;
-			ms_dsn_ret ret;
-			if ((c == O_NOTIFY && ms_dsn_notify_parse(optarg, &a->so->notify, &derr) != MS_OK) ||
-			    (c == O_RET && ms_dsn_ret_parse(optarg, &ret, &derr) != MS_OK) ||
-			    (c == O_ENVID && ms_dsn_envid_check(optarg, &derr) != MS_OK)) {
-				fprintf(stderr, "%s send: %s\n", progname, derr.msg);
+			char who[64];
+			snprintf(who, sizeof who, "%s send", progname);
+			if (cli_dsn_option(c == O_NOTIFY ? 'N' : c == O_RET ? 'R' : 'V', optarg, who,
+			                   &a->so->notify, &a->so->ret, &a->so->envid))
 				return EX_USAGE_;
-			}
-			if (c == O_RET)
-				a->so->ret = ret;
-			if (c == O_ENVID)
-				a->so->envid = optarg;
 			break;
 		}
 		case O_NORSET: a->o->rset_first = 0; a->smtp_only = "--no-rset-first"; break;

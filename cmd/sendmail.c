@@ -30,9 +30,15 @@
 
 #include "cli.h"
 #include "mailspool/aliases.h"
-#include "mailspool/dsnreq.h"
 #include "mailspool/smtpin.h"
 #include "mailspool/version.h"
+
+/* sendmail --version, -bV, mailq --version, newaliases --version. */
+static int print_version(void)
+{
+	printf("%s (mailspool %s)\n", progname, MS_VERSION);
+	return EX_OK_;
+}
 
 static int usage_sendmail(void)
 {
@@ -153,10 +159,8 @@ int cmd_sendmail(int argc, char **argv)
 			i++;
 			break;
 		}
-		if (!strcmp(a, "--version")) {
-			printf("%s (mailspool %s)\n", progname, MS_VERSION);
-			return EX_OK_;
-		}
+		if (!strcmp(a, "--version"))
+			return print_version();
 		char opt = a[1];
 		const char *rest = a + 2;
 		switch (opt) {
@@ -170,20 +174,10 @@ int cmd_sendmail(int argc, char **argv)
 		/* DSN (RFC 3461): -N notify, -R return, -V envelope id. */
 		case 'N': case 'R': case 'V': {
 			const char *v = value(argc, argv, &i, rest, &bad);
-			ms_error derr;
-			ms_dsn_ret ret;
-			if (!v)
-				break;
-			if ((opt == 'N' && ms_dsn_notify_parse(v, &o.dsn_notify, &derr) != MS_OK) ||
-			    (opt == 'R' && ms_dsn_ret_parse(v, &ret, &derr) != MS_OK) ||
-			    (opt == 'V' && ms_dsn_envid_check(v, &derr) != MS_OK)) {
-				fprintf(stderr, "%s: -%c: %s\n", progname, opt, derr.msg);
+			char who[64];
+			snprintf(who, sizeof who, "%s: -%c", progname, opt);
+			if (v && cli_dsn_option(opt, v, who, &o.dsn_notify, &o.dsn_ret, &o.dsn_envid))
 				return EX_USAGE_;
-			}
-			if (opt == 'R')
-				o.dsn_ret = ret;
-			if (opt == 'V')
-				o.dsn_envid = v;
 			break;
 		}
 		/* Body type, hop count, label, log file: accepted, ignored. */
@@ -213,10 +207,8 @@ int cmd_sendmail(int argc, char **argv)
 				; /* read mail from stdin: the default */
 			else if (!strcmp(rest, "s"))
 				bs = 1;
-			else if (!strcmp(rest, "V")) { /* Exim's -bV */
-				printf("%s (mailspool %s)\n", progname, MS_VERSION);
-				return EX_OK_;
-			}
+			else if (!strcmp(rest, "V")) /* Exim's -bV */
+				return print_version();
 			else if (!strcmp(rest, "i"))
 				check_aliases = 1;
 			else {
@@ -298,10 +290,8 @@ int cmd_newaliases(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strncmp(argv[i], "-C", 2))
 			confp = argv[i][2] ? argv[i] + 2 : i + 1 < argc ? argv[++i] : NULL;
-		else if (!strcmp(argv[i], "--version")) {
-			printf("%s (mailspool %s)\n", progname, MS_VERSION);
-			return EX_OK_;
-		}
+		else if (!strcmp(argv[i], "--version"))
+			return print_version();
 	}
 	return cli_check_aliases(confp);
 }
@@ -310,10 +300,8 @@ int cmd_mailq(int argc, char **argv)
 {
 	const char *confp = NULL;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--version")) {
-			printf("%s (mailspool %s)\n", progname, MS_VERSION);
-			return EX_OK_;
-		}
+		if (!strcmp(argv[i], "--version"))
+			return print_version();
 		if (!strncmp(argv[i], "-C", 2))
 			confp = argv[i][2] ? argv[i] + 2 : i + 1 < argc ? argv[++i] : NULL;
 		/* -v, -Ac, -q...: accepted, the listing is the same */
