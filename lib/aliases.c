@@ -252,14 +252,10 @@ static int expand(expansion *x, const char *name)
 		if (t[0] == '\\') /* \name: local, not looked up again */
 			r = final_local(x, t + 1);
 		else if (ms_aliases_is_local(t, x->host)) {
-			char lp[256];
+			char lp[256]; /* lives in this frame, under the deeper ones */
 			const char *at = at_of(t);
 			snprintf(lp, sizeof lp, "%.*s", at ? (int)(at - t) : (int)strlen(t), t);
-			char *copy = strdup(lp);
-			if (!copy)
-				return -1;
-			r = expand(x, copy);
-			free(copy);
+			r = expand(x, lp);
 		} else
 			r = x->emit(x->ctx, t);
 	}

@@ -317,16 +317,13 @@ static const char *tls_level(const char *val, int *out)
 	return NULL;
 }
 
-/* bind_address: one IPv4 and/or one IPv6 address (the v6 one may be in
- * brackets), separated by spaces or a comma.  (The light sendmail links
- * this file without the network code: the check is its own.) */
-static int bind_ok(const char *val)
+int ms_conf_parse_bind(const char *s, char bind4[46], char bind6[46])
 {
-	char copy[128];
-	int have4 = 0, have6 = 0;
-	if (strlen(val) >= sizeof copy)
-		return 0;
-	snprintf(copy, sizeof copy, "%s", val);
+	char copy[200];
+	if (strlen(s) >= sizeof copy)
+		return -1;
+	snprintf(copy, sizeof copy, "%s", s);
+	bind4[0] = bind6[0] = '\0';
 	for (char *sv, *w = strtok_r(copy, " \t,", &sv); w; w = strtok_r(NULL, " \t,", &sv)) {
 		unsigned char bin[16];
 		size_t n = strlen(w);
@@ -334,13 +331,20 @@ static int bind_ok(const char *val)
 			w[n - 1] = '\0';
 			w++;
 		}
-		if (inet_pton(AF_INET, w, bin) == 1 && !have4++)
-			continue;
-		if (inet_pton(AF_INET6, w, bin) == 1 && !have6++)
-			continue;
-		return 0;
+		char *slot = inet_pton(AF_INET, w, bin) == 1    ? bind4
+		             : inet_pton(AF_INET6, w, bin) == 1 ? bind6
+		                                                : NULL;
+		if (!slot || *slot)
+			return -1; /* not a numeric address, or its family given twice */
+		snprintf(slot, 46, "%s", w);
 	}
-	return 1;
+	return 0;
+}
+
+static int bind_ok(const char *val)
+{
+	char b4[46], b6[46];
+	return ms_conf_parse_bind(val, b4, b6) == 0;
 }
 
 static int dns_servers_ok(const char *v)

@@ -66,24 +66,7 @@ void ms_net_opts_for(const ms_conf *c, const char *domain, const char *mxhost, m
 
 int ms_net_parse_bind(const char *s, ms_net_opts *o)
 {
-	char copy[200];
-	if (strlen(s) >= sizeof copy)
-		return -1;
-	snprintf(copy, sizeof copy, "%s", s);
-	o->bind4[0] = o->bind6[0] = '\0';
-	for (char *save, *w = strtok_r(copy, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
-		size_t n = strlen(w);
-		if (n >= 2 && w[0] == '[' && w[n - 1] == ']') {
-			w[n - 1] = '\0';
-			w++;
-		}
-		int fam = family_of(w);
-		char *slot = fam == AF_INET ? o->bind4 : fam == AF_INET6 ? o->bind6 : NULL;
-		if (!slot || *slot)
-			return -1;
-		snprintf(slot, 46, "%s", w);
-	}
-	return 0;
+	return ms_conf_parse_bind(s, o->bind4, o->bind6);
 }
 
 size_t ms_net_order(char (*addrs)[46], size_t n, const ms_net_opts *o)

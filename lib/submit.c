@@ -102,23 +102,30 @@ static int is_field_start(const char *line, size_t n)
 
 /* A bare local name ("root", as cron gives it) gets @hostname, as
  * sendmail and Postfix qualify it with the local domain. */
+/* <> and <address>: what is inside the brackets (into inner, n octets),
+ * else addr itself.  The brackets are not part of a name ("<>" became
+ * "<>"@HOST, a recipient that exists nowhere).  Too long to fit, the
+ * brackets stay, and the address is refused whole rather than cut. */
+static const char *unbracket(const char *addr, char *inner, size_t n)
+{
+	size_t len = strlen(addr);
+	if (len < 2 || addr[0] != '<' || addr[len - 1] != '>' || len - 2 >= n)
+		return addr;
+	snprintf(inner, n, "%.*s", (int)(len - 2), addr + 1);
+	return inner;
+}
+
 static const char *qualify(const char *addr, const char *host, char *buf, size_t n)
 {
-	/* <> and <local>: the brackets are not part of a name ("<>" became
-	 * "<>"@HOST, a recipient that exists nowhere). */
-	size_t len = strlen(addr);
-	if (len >= 2 && addr[0] == '<' && addr[len - 1] == '>' && len - 2 < n) {
-		char inner[MS_ADDR_MAX + 1];
-		snprintf(inner, sizeof inner, "%.*s", (int)(len - 2), addr + 1);
-		if (!*inner || strchr(inner, '@') || strlen(inner) > MS_ADDR_LOCAL_MAX)
-			snprintf(buf, n, "%s", inner);
-		else
-			snprintf(buf, n, "%s@%s", inner, host);
+	char inner[MS_ADDR_MAX + 1];
+	const char *a = unbracket(addr, inner, sizeof inner);
+	if (!*a || strchr(a, '@') || strlen(a) > MS_ADDR_LOCAL_MAX) {
+		if (a == addr)
+			return addr;
+		snprintf(buf, n, "%s", inner);
 		return buf;
 	}
-	if (!*addr || strchr(addr, '@') || len > MS_ADDR_LOCAL_MAX)
-		return addr;
-	snprintf(buf, n, "%s@%s", addr, host);
+	snprintf(buf, n, "%s@%s", a, host);
 	return buf;
 }
 
@@ -182,11 +189,7 @@ static int add_rcpt(void *ctx, const char *addr)
 	if (!conf->aliases[0] && !conf->admin_address[0])
 		return add_final(c, addr);
 	char inner[MS_ADDR_MAX + 1];
-	size_t len = strlen(addr);
-	if (len >= 2 && addr[0] == '<' && addr[len - 1] == '>' && len - 2 < sizeof inner) {
-		snprintf(inner, sizeof inner, "%.*s", (int)(len - 2), addr + 1);
-		addr = inner;
-	}
+	addr = unbracket(addr, inner, sizeof inner);
 	/* "" and "@x" are no local names: left to add_final to refuse. */
 	if (!*addr || *addr == '@' || !ms_aliases_is_local(addr, c->host))
 		return add_final(c, addr);

@@ -188,6 +188,13 @@ const ms_conf_route *ms_conf_route_for(const ms_conf *c, const char *domain);
  * mail_owner always may. */
 int ms_conf_mailq_allowed(const ms_conf *c, const char *name);
 
+/* bind_address's value: one IPv4 and/or one IPv6 address (the IPv6 one
+ * may be in brackets), separated by spaces or a comma, into bind4/bind6
+ * ("" for a family not given).  -1 if a word is no numeric address or a
+ * family comes twice.  (Here and not in the network code: the light
+ * sendmail reads the configuration without linking that.) */
+int ms_conf_parse_bind(const char *s, char bind4[46], char bind6[46]);
+
 /* Does name fall under a destination pattern: "example.com" itself,
  * ".example.com" (its subdomains) or "*.example.com" (the same)? */
 int ms_conf_pattern_match(const char *pat, const char *name);

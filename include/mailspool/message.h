@@ -103,7 +103,7 @@ typedef struct ms_message {
 	int dsn_ret;        /* RFC 3461 RET (ms_dsn_ret), 0: not given */
 	char *dsn_envid;    /* ENVID, NULL: not given */
 	/* How the session that last carried it was secured, set by the engine
-	 * when a server first answers for it: "none", or "verified" or
+	 * each time a server answers for it: "none", or "verified" or
 	 * "unverified" with the protocol and cipher ("verified TLSv1.3
 	 * TLS_AES_256_GCM_SHA384"); "" when no server ever did. */
 	char tls[MS_MESSAGE_TLS_MAX];
