@@ -82,10 +82,14 @@ AGENT_SRC = cmd/agent.c cmd/listing.c
 # sendmail and mailq without SMTP, TLS and DNS (light.c says why).
 LIGHT_SRC = cmd/light.c cmd/front.c cmd/sendmail.c cmd/listing.c cmd/priv.c
 
-# The main program alone serves the daemon's metrics over HTTP.
+# The main program alone serves the daemon's metrics over HTTP, with
+# libmicrohttpd opened at run time (metrics_http.c says why): its soname,
+# from the installed library, is compiled in.
+MHD_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir libmicrohttpd 2>/dev/null)/libmicrohttpd.so 2>/dev/null | sed -n 's/^ *SONAME *//p')
 $(BUILD)/mailspool: $(MAIN_SRC) cmd/cli.h cmd/metrics_http.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $(MAIN_SRC) $(BUILD)/libmailspool.a $(LDLIBS) -lmicrohttpd -lpthread
+	$(CC) $(ALL_CFLAGS) $(if $(MHD_SONAME),-DMS_MHD_SONAME='"$(MHD_SONAME)"') -o $@ $(MAIN_SRC) \
+		$(BUILD)/libmailspool.a $(LDLIBS) -ldl -lpthread
 
 $(BUILD)/mailspool-drop: $(DROP_SRC) cmd/cli.h $(BUILD)/libmailspool.a
 	@mkdir -p $(dir $@)

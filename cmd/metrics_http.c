@@ -17,8 +17,14 @@
  * whose labels come from a fixed set - nothing from a request reaches it.
  * The listener's thread blocks every signal, so SIGTERM and SIGHUP reach
  * the scheduler's thread as before.
+ *
+ * The library is opened with dlopen when a daemon is told to listen, not
+ * linked: linking it loaded GnuTLS, p11-kit, nettle, gmp and six more
+ * libraries into every `mailspool` process (send, sendmail -odi, every
+ * command) - start-up work and resident pages none of them uses.
  */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -32,16 +38,59 @@
 #include "metrics_http.h"
 #include "mailspool/buf.h"
 
-struct metrics_http {
-	struct MHD_Daemon *mhd;
-	ms_metrics *m;
-};
-
 #if MHD_VERSION >= 0x00097002
 typedef enum MHD_Result mhd_result;
 #else
 typedef int mhd_result;
 #endif
+
+#ifndef MS_MHD_SONAME
+#define MS_MHD_SONAME "libmicrohttpd.so.12"
+#endif
+
+/* The library's functions we call, from dlsym. */
+typedef struct mhd_api {
+	void *dl;
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_destroy_response) *destroy_response;
+} mhd_api;
+
+struct metrics_http {
+	struct MHD_Daemon *mhd;
+	ms_metrics *m;
+	mhd_api api;
+};
+
+/* Open the library and find its functions; 0, or -1 with why set. */
+static int mhd_open(mhd_api *a, char *why, size_t whylen)
+{
+	if (!(a->dl = dlopen(MS_MHD_SONAME, RTLD_NOW | RTLD_LOCAL))) {
+		snprintf(why, whylen, "metrics_listen needs libmicrohttpd: %s", dlerror());
+		return -1;
+	}
+	struct {
+		const char *name;
+		void **slot;
+	} syms[] = {
+		{ "MHD_start_daemon", (void **)&a->start_daemon },
+		{ "MHD_stop_daemon", (void **)&a->stop_daemon },
+		{ "MHD_create_response_from_buffer", (void **)&a->create_response_from_buffer },
+		{ "MHD_add_response_header", (void **)&a->add_response_header },
+		{ "MHD_queue_response", (void **)&a->queue_response },
+		{ "MHD_destroy_response", (void **)&a->destroy_response },
+	};
+	for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+		if (!(*syms[i].slot = dlsym(a->dl, syms[i].name))) {
+			snprintf(why, whylen, "metrics_listen: %s has no %s", MS_MHD_SONAME, syms[i].name);
+			dlclose(a->dl);
+			return -1;
+		}
+	return 0;
+}
 
 static mhd_result answer(void *cls, struct MHD_Connection *conn, const char *url,
                          const char *method, const char *version, const char *upload,
@@ -75,16 +124,16 @@ static mhd_result answer(void *cls, struct MHD_Connection *conn, const char *url
 		                                                               : "out of memory\n");
 		type = "text/plain; charset=us-ascii";
 	}
-	struct MHD_Response *r = MHD_create_response_from_buffer(
+	struct MHD_Response *r = h->api.create_response_from_buffer(
 		head ? 0 : ms_buf_avail(&body), (void *)ms_buf_ptr(&body), MHD_RESPMEM_MUST_COPY);
 	ms_buf_free(&body);
 	if (!r)
 		return MHD_NO;
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	h->api.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
 	if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
-		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-	mhd_result ret = MHD_queue_response(conn, code, r);
-	MHD_destroy_response(r);
+		h->api.add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	mhd_result ret = h->api.queue_response(conn, code, r);
+	h->api.destroy_response(r);
 	return ret;
 }
 
@@ -131,6 +180,10 @@ metrics_http *metrics_http_start(const char *listen, ms_metrics *m, char *why, s
 		return NULL;
 	}
 	h->m = m;
+	if (mhd_open(&h->api, why, whylen) != 0) {
+		free(h);
+		return NULL;
+	}
 	/* The listener's thread inherits this mask: every signal blocked. */
 	sigset_t all, old;
 	sigfillset(&all);
@@ -138,7 +191,7 @@ metrics_http *metrics_http_start(const char *listen, ms_metrics *m, char *why, s
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, answer, h,
+	h->mhd = h->api.start_daemon(flags, 0, NULL, NULL, answer, h,
 	                          MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 	                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)8,
 	                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
@@ -149,6 +202,7 @@ metrics_http *metrics_http_start(const char *listen, ms_metrics *m, char *why, s
 	if (!h->mhd) {
 		snprintf(why, whylen, "cannot listen for metrics on %s: %s", listen,
 		         e ? strerror(e) : "libmicrohttpd refused");
+		dlclose(h->api.dl);
 		free(h);
 		return NULL;
 	}
@@ -160,6 +214,7 @@ void metrics_http_stop(metrics_http *h)
 {
 	if (!h)
 		return;
-	MHD_stop_daemon(h->mhd);
+	h->api.stop_daemon(h->mhd);
+	dlclose(h->api.dl);
 	free(h);
 }
