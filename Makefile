@@ -62,6 +62,11 @@ $(BUILD)/lib/%.o: lib/%.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
 
+# libopendkim is opened at run time (lib/dkim.c): its soname from the
+# library installed here.
+OPENDKIM_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir opendkim 2>/dev/null)/libopendkim.so 2>/dev/null | sed -n 's/^ *SONAME *//p')
+$(BUILD)/lib/dkim.o: ALL_CFLAGS += $(if $(OPENDKIM_SONAME),-DMS_OPENDKIM_SONAME='"$(OPENDKIM_SONAME)"')
+
 $(BUILD)/libmailspool.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
@@ -75,7 +80,7 @@ $(BUILD)/mailspool.pc: scripts/mailspool.pc.in include/mailspool/version.h Makef
 # Three programs: the command (never set-id), the set-id helper (only the
 # queue side: spool, envelope, configuration - no SMTP, TLS or DNS code is
 # linked into it) and the delivery agent the daemon execs.
-MAIN_SRC  = cmd/mailspool.c cmd/queue.c cmd/front.c cmd/sendmail.c cmd/daemon.c cmd/setup.c \
+MAIN_SRC  = cmd/mailspool.c cmd/dkim.c cmd/queue.c cmd/front.c cmd/sendmail.c cmd/daemon.c cmd/setup.c \
             cmd/listing.c cmd/priv.c cmd/metrics_http.c
 DROP_SRC  = cmd/drop.c cmd/listing.c cmd/priv.c
 AGENT_SRC = cmd/agent.c cmd/listing.c

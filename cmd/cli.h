@@ -100,6 +100,7 @@ extern cli_deliver_fn cli_deliver_now;
 int cli_common_opts(int argc, char **argv, const char *usage, const char **conf, int *json);
 int cmd_daemon(int argc, char **argv);
 int cmd_setup(int argc, char **argv);
+int cmd_dkim_keygen(int argc, char **argv); /* dkim.c */
 
 int cmd_queue(int argc, char **argv);
 int cmd_show(int argc, char **argv);

@@ -23,6 +23,7 @@
 #include "mailspool/addr.h"
 #include "mailspool/buf.h"
 #include "mailspool/daemon.h"
+#include "mailspool/dkim.h"
 #include "mailspool/transcript.h"
 
 static volatile sig_atomic_t stop_flag, reload_flag, reopen_flag;
@@ -271,6 +272,13 @@ int cmd_daemon(int argc, char **argv)
 		return EX_CONFIG_;
 	}
 	ms_spool_close(check);
+	/* The DKIM keys, as the owner that will sign with them: one open to
+	 * others, or one that cannot sign, stops the start (exit 78). */
+	if (ms_dkim_check(conf, &err) != MS_OK) {
+		fprintf(stderr, "%s daemon: %s\n", progname, err.msg);
+		free(conf);
+		return EX_CONFIG_;
+	}
 	if (!fg && !once) {
 		if (daemon(0, 0) < 0) {
 			fprintf(stderr, "%s daemon: cannot detach: %s\n", progname, strerror(errno));

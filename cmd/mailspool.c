@@ -50,6 +50,7 @@ static void usage_main(FILE *f)
 	        "  stats    the usage log summed by day and purpose\n"
 	        "  sweep    repair what a crash left in the spool\n"
 	        "  setup    (root) make the queue's owner, the spool and the set-id helper\n"
+	        "  dkim-keygen  a DKIM key and the TXT record that publishes it\n"
 	        "  version  this program's version and the library's (also --version)\n"
 	        "\n"
 	        "Run as sendmail (or '%s sendmail ...') it takes sendmail's options;\n"
@@ -1170,7 +1171,8 @@ int main(int argc, char **argv)
 		         { "hold", cmd_hold },       { "release", cmd_hold },    { "delete", cmd_hold },
 		         { "flush", cmd_hold },      { "stats", cmd_stats },     { "sweep", cmd_sweep },
 		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq },
-		         { "daemon", cmd_daemon },   { "setup", cmd_setup } };
+		         { "daemon", cmd_daemon },   { "setup", cmd_setup },
+		         { "dkim-keygen", cmd_dkim_keygen } };
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
 		if (!strcmp(argv[1], cmds[i].name))
 			return cmds[i].fn(argc - 1, argv + 1);

@@ -145,15 +145,21 @@ int cmd_show(int argc, char **argv)
 		ms_spool_close(sp);
 		return st == MS_ERR_USAGE ? EX_NOINPUT_ : EX_TEMPFAIL_;
 	}
-	/* The header block of the stored message. */
-	ms_buf hdr;
-	ms_buf_init(&hdr, MS_HDR_MAX);
+	/* The header block as it is sent: the signatures made at commit
+	 * (the envelope's prefix), then the stored message's own. */
+	ms_buf hdr, file_hdr;
+	ms_buf_init(&hdr, MS_HDR_MAX + MS_ENV_PREFIX_MAX);
+	ms_buf_init(&file_hdr, MS_HDR_MAX);
 	int fd;
 	uint64_t body_off = 0;
+	if (e.prefix)
+		ms_buf_appendstr(&hdr, e.prefix);
 	if (ms_spool_open_data(sp, id, &fd, &err) == MS_OK) {
-		ms_hdr_read(fd, &hdr, &body_off, &err);
+		if (ms_hdr_read(fd, &file_hdr, &body_off, &err) == MS_OK)
+			ms_buf_append(&hdr, ms_buf_ptr(&file_hdr), ms_buf_avail(&file_hdr));
 		close(fd);
 	}
+	ms_buf_free(&file_hdr);
 	ms_buf b;
 	ms_buf_init(&b, 0);
 	if (json) {

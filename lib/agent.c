@@ -68,6 +68,13 @@ ms_status ms_agent_work_message(ms_buf *b, size_t item, const ms_envelope *e, co
 		st = put_field(b, e->dsn_envid ? e->dsn_envid : "");
 	if (st == MS_OK)
 		st = ms_buf_append(b, "\n", 1);
+	if (st == MS_OK && e->prefix) {
+		st = ms_buf_append(b, "P ", 2);
+		if (st == MS_OK)
+			st = put_field(b, e->prefix);
+		if (st == MS_OK)
+			st = ms_buf_append(b, "\n", 1);
+	}
 	for (size_t i = 0; i < n && st == MS_OK; i++) {
 		const ms_env_rcpt *r = &e->rcpts[idx[i]];
 		st = ms_buf_printf(b, "T %zu ", idx[i]);
@@ -627,6 +634,18 @@ static ms_status work_line(agent *a, reader *rd, char *l, ms_error *err)
 		if (st != MS_OK || !(w->idx = calloc(want, sizeof *w->idx)))
 			return st != MS_OK ? st : ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 		rd->want = want;
+		return MS_OK;
+	}
+	if (l[0] == 'P' && l[1] == ' ' && u->n && rd->want > 0 && !u->msgs[u->n - 1].env.nrcpts &&
+	    !u->msgs[u->n - 1].env.prefix) {
+		/* The header lines signed at commit (DKIM), before any T. */
+		const char *end;
+		char *prefix = field(l + 2, &end, MS_ENV_PREFIX_MAX);
+		if (!prefix || !*prefix || *end) {
+			free(prefix);
+			return bad_work(err, "P");
+		}
+		u->msgs[u->n - 1].env.prefix = prefix;
 		return MS_OK;
 	}
 	if (l[0] == 'T' && u->n && rd->want > 0) {

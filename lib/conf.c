@@ -173,6 +173,124 @@ static int set_str(char *dst, size_t n, const char *val)
 	return 0;
 }
 
+/* dkim.DOMAIN.FIELD = value: the lists are split by dkim_complete. */
+static const char *apply_dkim(ms_conf *c, const char *key, const char *val)
+{
+	const char *dom = key + 5, *dot = strrchr(dom, '.');
+	size_t dn = dot ? (size_t)(dot - dom) : 0;
+	if (!dot || !dn || dn > MS_CONF_HOST_MAX)
+		return "wants dkim.DOMAIN.selector, .key_file, .algorithm, .headers or "
+		       ".canonicalization";
+	size_t i = 0;
+	while (i < c->ndkim &&
+	       (strlen(c->dkim[i].domain) != dn || strncasecmp(c->dkim[i].domain, dom, dn)))
+		i++;
+	if (i == c->ndkim) {
+		if (c->ndkim == MS_CONF_MAX_DKIM)
+			return "too many DKIM signing domains";
+		ms_conf_dkim *d = &c->dkim[c->ndkim++];
+		memset(d, 0, sizeof *d);
+		for (size_t k = 0; k < dn; k++)
+			d->domain[k] = (char)tolower((unsigned char)dom[k]);
+		d->relaxed_header = d->relaxed_body = 1;
+	}
+	ms_conf_dkim *d = &c->dkim[i];
+	const char *f = dot + 1;
+	if (!strcmp(f, "selector"))
+		return set_str(d->selector_list, sizeof d->selector_list, val) ? "is too long" : NULL;
+	if (!strcmp(f, "key_file"))
+		return set_str(d->key_list, sizeof d->key_list, val) ? "is too long" : NULL;
+	if (!strcmp(f, "algorithm"))
+		return set_str(d->alg_list, sizeof d->alg_list, val) ? "is too long" : NULL;
+	if (!strcmp(f, "headers")) {
+		/* Field names (RFC 5322 ftext) separated by colons; From is
+		 * required by RFC 6376 5.4 and added when missing. */
+		for (const char *p = val; *p; p++)
+			if (*p != ':' && (*p < 33 || *p > 126))
+				return "wants field names separated by colons (From:To:Subject)";
+		return set_str(d->headers, sizeof d->headers, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(f, "canonicalization")) {
+		char h[16] = "", b[16] = "";
+		if (sscanf(val, "%15[a-z]/%15[a-z]", h, b) < 1)
+			return "wants relaxed/relaxed, simple/simple, relaxed/simple or simple/relaxed";
+		if (!*b)
+			snprintf(b, sizeof b, "simple"); /* RFC 6376 3.5: c=relaxed means relaxed/simple */
+		int hr = !strcmp(h, "relaxed"), br = !strcmp(b, "relaxed");
+		if ((!hr && strcmp(h, "simple")) || (!br && strcmp(b, "simple")) ||
+		    strlen(val) != strlen(h) + (strchr(val, '/') ? strlen(b) + 1 : 0))
+			return "wants relaxed/relaxed, simple/simple, relaxed/simple or simple/relaxed";
+		d->relaxed_header = hr;
+		d->relaxed_body = br;
+		return NULL;
+	}
+	return "wants dkim.DOMAIN.selector, .key_file, .algorithm, .headers or .canonicalization";
+}
+
+/* A selector (RFC 6376 3.1): dot-separated labels of letters, digits and
+ * hyphens. */
+static int selector_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (!n || n >= sizeof ((ms_conf_dkim_sig *)0)->selector || s[0] == '.' || s[n - 1] == '.' ||
+	    strstr(s, ".."))
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.' && *s != '_')
+			return 0;
+	return 1;
+}
+
+/* Split one DKIM entry's lists: a selector per signature, as many key
+ * files, and no algorithms or as many. */
+static ms_status dkim_complete(ms_conf_dkim *d, const char *path, ms_error *err)
+{
+	char sel[sizeof d->selector_list], key[sizeof d->key_list], alg[sizeof d->alg_list];
+	snprintf(sel, sizeof sel, "%s", d->selector_list);
+	snprintf(key, sizeof key, "%s", d->key_list);
+	snprintf(alg, sizeof alg, "%s", d->alg_list);
+	char *s1, *s2, *s3;
+	char *ws = strtok_r(sel, " \t,", &s1), *wk = strtok_r(key, " \t,", &s2),
+	     *wa = strtok_r(alg, " \t,", &s3);
+	int with_alg = wa != NULL;
+	d->nsigs = 0;
+	for (; ws; ws = strtok_r(NULL, " \t,", &s1), wk = strtok_r(NULL, " \t,", &s2),
+	           wa = with_alg ? strtok_r(NULL, " \t,", &s3) : NULL) {
+		if (d->nsigs == MS_CONF_DKIM_SIGS)
+			return ms_error_set(err, MS_ERR_USAGE, "%s: dkim.%s: at most %d selectors", path,
+			                    d->domain, MS_CONF_DKIM_SIGS);
+		if (!selector_ok(ws))
+			return ms_error_set(err, MS_ERR_USAGE, "%s: dkim.%s.selector: bad selector %.64s",
+			                    path, d->domain, ws);
+		if (!wk || wk[0] != '/' || strlen(wk) >= MS_CONF_VALUE_MAX)
+			return ms_error_set(err, MS_ERR_USAGE,
+			                    "%s: dkim.%s.key_file wants an absolute path per selector",
+			                    path, d->domain);
+		ms_conf_dkim_sig *g = &d->sigs[d->nsigs++];
+		snprintf(g->selector, sizeof g->selector, "%s", ws);
+		snprintf(g->key_file, sizeof g->key_file, "%s", wk);
+		g->alg = MS_DKIM_ALG_RSA_SHA256;
+		if (with_alg) {
+			if (wa && !strcmp(wa, "rsa-sha256"))
+				g->alg = MS_DKIM_ALG_RSA_SHA256;
+			else if (wa && !strcmp(wa, "ed25519-sha256"))
+				g->alg = MS_DKIM_ALG_ED25519_SHA256;
+			else
+				return ms_error_set(err, MS_ERR_USAGE,
+				                    "%s: dkim.%s.algorithm wants rsa-sha256 or "
+				                    "ed25519-sha256 per selector",
+				                    path, d->domain);
+		}
+	}
+	if (!d->nsigs)
+		return ms_error_set(err, MS_ERR_USAGE, "%s: dkim.%s wants a selector", path, d->domain);
+	if (wk || (with_alg && wa))
+		return ms_error_set(err, MS_ERR_USAGE,
+		                    "%s: dkim.%s: more key files or algorithms than selectors", path,
+		                    d->domain);
+	return MS_OK;
+}
+
 /* relay.NAME.FIELD = value */
 static const char *apply_relay(ms_conf *c, const char *key, const char *val)
 {
@@ -369,6 +487,8 @@ static int dns_servers_ok(const char *v)
 static const char *apply(ms_conf *c, const char *key, char *val)
 {
 	int ok;
+	if (!strncmp(key, "dkim.", 5))
+		return apply_dkim(c, key, val);
 	if (!strncmp(key, "relay.", 6))
 		return apply_relay(c, key, val);
 	if (!strcmp(key, "relays"))
@@ -713,6 +833,8 @@ ms_status ms_conf_load(ms_conf *c, const char *path, int required, ms_error *err
 	}
 	for (size_t i = 0; st == MS_OK && i < c->nrelays; i++)
 		st = relay_complete(&c->relays[i], path, err);
+	for (size_t i = 0; st == MS_OK && i < c->ndkim; i++)
+		st = dkim_complete(&c->dkim[i], path, err);
 	ms_hmap_free(&seen);
 	if (st == MS_OK && ferror(f))
 		st = ms_error_set(err, MS_ERR_IO, "cannot read configuration %s", path);
@@ -746,6 +868,15 @@ int ms_conf_tls_for(const ms_conf *c, const char *domain, const char *mxhost)
 		     (mxhost && ms_conf_pattern_match(c->shapes[i].pattern, mxhost))))
 			return c->shapes[i].tls;
 	return c->tls_security_level;
+}
+
+const ms_conf_dkim *ms_conf_dkim_for(const ms_conf *c, const char *domain)
+{
+	for (const char *d = domain; d && *d; d = strchr(d, '.') ? strchr(d, '.') + 1 : NULL)
+		for (size_t i = 0; i < c->ndkim; i++)
+			if (!strcasecmp(c->dkim[i].domain, d))
+				return &c->dkim[i];
+	return NULL;
 }
 
 int ms_conf_pattern_match(const char *pat, const char *name)

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "mailspool/addr.h"
+#include "mailspool/dkim.h"
 #include "mailspool/dsnreq.h"
 #include "mailspool/encode.h"
 #include "mailspool/headers.h"
@@ -176,6 +177,12 @@ ms_status ms_drop_commit(ms_drop *d, const ms_envelope *in, ms_submit_result *re
 	}
 	if (st == MS_OK)
 		st = ms_spool_space_ok(d->sp, d->size, err);
+	/* Signed here, once: the queue's owner alone can read the keys, and
+	 * the data file is final.  A signer that fails keeps the message out
+	 * (temporary) rather than let it go unsigned. */
+	int data_fd = -1;
+	if (st == MS_OK && d->conf->ndkim && (st = ms_spool_tx_data(d->tx, &data_fd, err)) == MS_OK)
+		st = ms_dkim_sign(d->conf, data_fd, d->size, env.sender, &env.prefix, err);
 	if (st != MS_OK) {
 		ms_env_free(&env);
 		ms_drop_abort(d);

@@ -31,6 +31,7 @@ void ms_env_free(ms_envelope *e)
 	free(e->rcpts);
 	free(e->sender);
 	free(e->dsn_envid);
+	free(e->prefix);
 	ms_env_init(e);
 }
 
@@ -222,6 +223,16 @@ ms_status ms_env_serialize(const ms_envelope *e, ms_buf *out, ms_error *err)
 		if (st == MS_OK)
 			st = put_str(out, e->dsn_envid ? e->dsn_envid : "",
 			             e->dsn_envid ? strlen(e->dsn_envid) : 0);
+		if (st == MS_OK)
+			st = ms_buf_appendstr(out, "\n");
+		records++;
+	}
+	if (st == MS_OK && e->prefix) {
+		if (strlen(e->prefix) > MS_ENV_PREFIX_MAX)
+			return ms_error_set(err, MS_ERR_USAGE, "header prefix too long");
+		st = ms_buf_appendstr(out, "P ");
+		if (st == MS_OK)
+			st = put_str(out, e->prefix, strlen(e->prefix));
 		if (st == MS_OK)
 			st = ms_buf_appendstr(out, "\n");
 		records++;
@@ -443,8 +454,9 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 			return damaged(e, err, "bad record type", line);
 		char type = t[0];
 		if ((records < 6 && type != order[records]) ||
-		    (records >= 6 && !strchr("RHEDN", type)) || (type == 'H' && e->nrcpts == 0) ||
-		    (type == 'D' && prev != 'F') || (type == 'N' && prev != 'R'))
+		    (records >= 6 && !strchr("RHEDNP", type)) || (type == 'H' && e->nrcpts == 0) ||
+		    (type == 'D' && prev != 'F') ||
+		    (type == 'P' && prev != 'F' && prev != 'D') || (type == 'N' && prev != 'R'))
 			return damaged(e, err, "record out of order", line);
 		prev = type;
 		int ok = 1;
@@ -521,6 +533,9 @@ ms_status ms_env_parse(const char *p, size_t n, ms_envelope *e, ms_error *err)
 			}
 			break;
 		}
+		case 'P':
+			ok = str(&c, &e->prefix, MS_ENV_PREFIX_MAX) && *e->prefix;
+			break;
 		case 'N': {
 			ms_env_rcpt *r = &e->rcpts[e->nrcpts - 1];
 			int64_t notify;

@@ -64,6 +64,10 @@ ms_status ms_sched_message(ms_spool *sp, const ms_envelope *e, const size_t *idx
 	}
 	if (st == MS_OK)
 		st = ms_spool_open_data(sp, e->id, fd, err);
+	/* The signatures made at commit go first: they were computed over the
+	 * data file as it is, so the pair is the signed message. */
+	if (st == MS_OK && e->prefix)
+		st = ms_message_add_mem(m, e->prefix, strlen(e->prefix), err);
 	if (st == MS_OK)
 		st = ms_message_add_fd(m, *fd, 0, e->size, err);
 	if (st != MS_OK) {

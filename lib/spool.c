@@ -355,7 +355,8 @@ ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **out, ms_error *err)
 	ms_spool_new_id(tx->id);
 	snprintf(tx->dname, sizeof tx->dname, "%s.d", tx->id);
 	snprintf(tx->ename, sizeof tx->ename, "%s.e", tx->id);
-	tx->fd = openat(sp->dfd_tmp, tx->dname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	/* Read and write: the queue side reads it back to sign it (DKIM). */
+	tx->fd = openat(sp->dfd_tmp, tx->dname, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 	                0600);
 	if (tx->fd < 0) {
 		ms_status st = sys_err(err, "cannot create spool file", tx->dname);
@@ -403,6 +404,16 @@ ms_status ms_spool_tx_write(ms_spool_tx *tx, const void *p, size_t n, ms_error *
 		n -= k;
 	}
 	return MS_OK;
+}
+
+ms_status ms_spool_tx_data(ms_spool_tx *tx, int *fd, ms_error *err)
+{
+	if (tx->failed)
+		return ms_error_set(err, MS_ERR_IO, "spool file %s already failed", tx->dname);
+	ms_status st = tx_flush(tx, err);
+	if (st == MS_OK)
+		*fd = tx->fd;
+	return st;
 }
 
 static void tx_free(ms_spool_tx *tx)

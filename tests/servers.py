@@ -308,10 +308,16 @@ class Exim(Daemon):
     STARTTLS; auth=(user, password) offers AUTH PLAIN and LOGIN (Exim's
     plaintext authenticator) - only inside TLS unless auth_in_clear."""
 
-    def __init__(self, tls=None, auth=None, auth_in_clear=False, extra_main=""):
+    def __init__(self, tls=None, auth=None, auth_in_clear=False, extra_main="", resolv=None,
+                 extra_acl=""):
+        """resolv: a resolv.conf for Exim's own DNS lookups (DKIM keys):
+        bind-mounted over /etc/resolv.conf in a mount namespace of its
+        own, so nothing else on the machine sees it."""
         super().__init__("ms-exim-", 0o755)  # Exim's own user must reach spool/
         self.tls, self.auth, self.auth_in_clear = tls, auth, auth_in_clear
         self.extra_main = extra_main
+        self.resolv = resolv
+        self.extra_acl = extra_acl
 
     def __enter__(self):
         d = self.dir
@@ -323,6 +329,8 @@ class Exim(Daemon):
         conf = EXIM_CONF.format(d=d, size=SIZE_LIMIT)
         if self.extra_main:
             conf = conf.replace("begin acl\n", self.extra_main + "\nbegin acl\n", 1)
+        if self.extra_acl:
+            conf = conf.replace("begin acl\n", "begin acl\n" + self.extra_acl, 1)
         if self.tls:
             conf = conf.replace("tls_advertise_hosts =\n",
                                 f"tls_advertise_hosts = *\ntls_certificate = {self.tls[0]}\n"
@@ -334,7 +342,18 @@ class Exim(Daemon):
             conf += EXIM_AUTH.replace("@USER@", self.auth[0]).replace("@PASSWORD@", self.auth[1])
         with open(self.conf, "w") as f:
             f.write(conf)
-        return self.start([EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port), "-odq"])
+        argv = [EXIM, "-C", self.conf, "-bdf", "-oX", str(self.port), "-odq"]
+        if self.resolv:
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', self.resolv] + argv
+        return self.start(argv)
+
+    def mainlog(self):
+        try:
+            with open(os.path.join(self.dir, "log/mainlog")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     def messages(self):
         """Data files of the queued messages, oldest first."""
@@ -501,8 +520,10 @@ class Dnsmasq(Daemon):
     hosts: {name: address}; cname: {alias: target}; dead: [domain] - names
     sent to a server that never answers (a DNS timeout)."""
 
-    def __init__(self, mx=(), hosts=None, cname=None, dead=()):
-        super().__init__("ms-dns-")
+    def __init__(self, mx=(), hosts=None, cname=None, dead=(), txt=None, port=None):
+        """txt: {name: [strings]} TXT records; port=53 for a resolver
+        that programs which read resolv.conf can use."""
+        super().__init__("ms-dns-", port=port)
         argv = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
                 f"--port={self.port}", "--listen-address=127.0.0.1",
                 "--bind-interfaces", f"--pid-file={self.dir}/pid", "--user=root",
@@ -513,6 +534,11 @@ class Dnsmasq(Daemon):
             argv.append(f"--host-record={name},{addr}")
         for alias, target in (cname or {}).items():
             argv.append(f"--cname={alias},{target}")
+        for name, strings in (txt or {}).items():
+            # (On the command line quotes are kept as data: strings go bare,
+            # and so may hold no comma.)
+            assert not any("," in t for t in strings), strings
+            argv.append(f"--txt-record={name}," + ",".join(strings))
         # A DNS server that never answers: a port nothing listens on (UDP
         # packets to it vanish on loopback only with a firewall, so use a
         # socket that reads and never replies).

@@ -35,6 +35,8 @@
  *     K <unit> <deadline> <conn-messages> =<unit key>   a unit begins
  *     M <item> <queue id> <size> =<sender> <recipients> =<destination key>
  *       <ret> =<envid>                             (the DSN request, RFC 3461)
+ *     P =<prefix>              at most once, right after its M: header lines
+ *                              to send before the data file (DKIM signatures)
  *     T <envelope recipient index> =<address> <notify> =<orcpt>  (that many per M)
  *     E                                            the unit is complete
  *                    (a unit without M records only resolves its key: S, X)

@@ -46,6 +46,8 @@
 #define MS_CONF_VALUE_MAX 512
 #define MS_CONF_MAX_ROUTES 128
 #define MS_CONF_MAX_SHAPES 64
+#define MS_CONF_MAX_DKIM 64     /* signing domains */
+#define MS_CONF_DKIM_SIGS 4     /* signatures per domain (e.g. RSA and Ed25519) */
 #define MS_CONF_UNCOMMITTED_DEFAULT 48
 
 /* Traffic shaping for destinations matching a pattern (destination.P.*):
@@ -62,6 +64,30 @@ typedef struct ms_conf_shape {
 } ms_conf_shape;
 
 /* One relay: how to reach it, how to secure and log in to it. */
+/* DKIM signing for mail whose From: is in one domain (dkim.DOMAIN.*;
+ * RFC 6376, RFC 8463; mailspool/dkim.h signs).  One signature per
+ * selector, each with its own key file and algorithm. */
+typedef enum ms_dkim_alg {
+	MS_DKIM_ALG_RSA_SHA256 = 0, /* the default, as every signer's */
+	MS_DKIM_ALG_ED25519_SHA256
+} ms_dkim_alg;
+
+typedef struct ms_conf_dkim_sig {
+	char selector[64];                /* .selector (one word of the list) */
+	char key_file[MS_CONF_VALUE_MAX]; /* .key_file (the same place in its list) */
+	ms_dkim_alg alg;                  /* .algorithm (the same place; default rsa-sha256) */
+} ms_conf_dkim_sig;
+
+typedef struct ms_conf_dkim {
+	char domain[MS_CONF_HOST_MAX + 1];   /* d=, lower case */
+	ms_conf_dkim_sig sigs[MS_CONF_DKIM_SIGS];
+	size_t nsigs;
+	char headers[MS_CONF_VALUE_MAX];     /* .headers: "From:To:..." ("": mailspool's list) */
+	int relaxed_header, relaxed_body;    /* .canonicalization (relaxed/relaxed) */
+	/* The raw lists, split when the file is complete. */
+	char selector_list[MS_CONF_VALUE_MAX], key_list[MS_CONF_VALUE_MAX * 2], alg_list[128];
+} ms_conf_dkim;
+
 typedef struct ms_conf_relay {
 	char name[64];
 	char url[MS_CONF_VALUE_MAX];            /* relay.N.url (required) */
@@ -135,6 +161,8 @@ typedef struct ms_conf {
 	size_t destination_rate;           /* destination_rate (0: none) messages per minute */
 	ms_conf_shape shapes[MS_CONF_MAX_SHAPES];
 	size_t nshapes;
+	ms_conf_dkim dkim[MS_CONF_MAX_DKIM]; /* dkim.DOMAIN.* */
+	size_t ndkim;
 	size_t destination_concurrency;    /* destination_concurrency (10) per destination */
 	size_t connection_messages;        /* connection_messages (100): messages per
 	                                    * connection; a group this large earns another */
@@ -194,6 +222,11 @@ int ms_conf_mailq_allowed(const ms_conf *c, const char *name);
  * family comes twice.  (Here and not in the network code: the light
  * sendmail reads the configuration without linking that.) */
 int ms_conf_parse_bind(const char *s, char bind4[46], char bind6[46]);
+
+/* The DKIM entry for mail From: `domain`: dkim.DOMAIN, else that of its
+ * nearest parent domain (a.b.example.org, then b.example.org, ...); NULL
+ * when none signs for it. */
+const ms_conf_dkim *ms_conf_dkim_for(const ms_conf *c, const char *domain);
 
 /* Does name fall under a destination pattern: "example.com" itself,
  * ".example.com" (its subdomains) or "*.example.com" (the same)? */

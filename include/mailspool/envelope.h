@@ -18,6 +18,10 @@
  *     D <ret> =<envid>                           at most once: the DSN request
  *                                                (RFC 3461; ret 0 none, 1 FULL,
  *                                                2 HDRS; "=" alone: no ENVID)
+ *     P =<prefix>                                at most once, after F or D: header
+ *                                                lines sent before the data file
+ *                                                (the DKIM-Signature fields made at
+ *                                                commit, CRLF-terminated)
  *     R <state> <attempts> <tier> <next> <last> <code> =<enh> =<addr> =<text>
  *                                                once per recipient, in order
  *     N <notify> =<orcpt>                        at most once, right after its R:
@@ -53,6 +57,7 @@
 #define MS_ENV_TEXT_MAX 2048  /* last reply text kept per recipient */
 #define MS_ENV_FILE_MAX (64u << 20)
 #define MS_ENV_HISTORY 16      /* attempts remembered per recipient */
+#define MS_ENV_PREFIX_MAX 16384 /* the P record's header lines */
 
 enum {
 	MS_ENV_HOLD = 1u << 0,   /* held: no dequeuer takes it */
@@ -106,6 +111,7 @@ typedef struct ms_envelope {
 	size_t nrcpts, cap;
 	int dsn_ret;        /* ms_dsn_ret: RET, 0 when not given */
 	char *dsn_envid;    /* ENVID, NULL when not given */
+	char *prefix;       /* header lines sent before the data (DKIM), NULL: none */
 } ms_envelope;
 
 void ms_env_init(ms_envelope *e);

@@ -83,6 +83,9 @@ const char *ms_spool_tx_id(const ms_spool_tx *tx);
 /* Append data (buffered). */
 ms_status ms_spool_tx_write(ms_spool_tx *tx, const void *p, size_t n, ms_error *err);
 uint64_t ms_spool_tx_size(const ms_spool_tx *tx);
+/* Everything written so far, readable with pread on *fd (the
+ * transaction's own descriptor: not to be closed or written). */
+ms_status ms_spool_tx_data(ms_spool_tx *tx, int *fd, ms_error *err);
 /* Make it durable and visible; env's id and size are filled in.  The
  * transaction is finished either way. */
 ms_status ms_spool_commit(ms_spool_tx *tx, ms_envelope *env, ms_error *err);

@@ -614,3 +614,32 @@ def test_the_readme_example_builds_against_the_installed_library(inst, tmp_path)
             assert f"libmailspool {version.split()[1]}" in p.stdout
             assert "you@example.net: delivered 250" in p.stdout, p.stdout
         assert len(srv.envelopes) == 2
+
+
+def test_users_mail_is_signed_by_the_helper_with_a_key_they_cannot_read(inst):
+    """DKIM at commit through the set-id helper: the key (made by root
+    with dkim-keygen, so the owner's, 0600) signs a user's message; the
+    user cannot read the key."""
+    inst.clear()
+    key = f"{inst.etc}/dkim-s1.example.test.pem"
+    if os.path.exists(key):
+        os.unlink(key)
+    p = inst.ms(None, "dkim-keygen", "-C", inst.conf, "-a", "ed25519", "-k", key,
+                "example.test", "s1")
+    assert p.returncode == 0, p.stderr
+    st = os.stat(key)
+    assert st.st_uid == pwd.getpwnam(OWNER).pw_uid and st.st_mode & 0o777 == 0o600
+    inst.write_conf(f"dkim.example.test.selector = s1\ndkim.example.test.key_file = {key}\n"
+                    "dkim.example.test.algorithm = ed25519-sha256\n")
+    try:
+        assert inst.run(ALICE, ["cat", key]).returncode != 0
+        p = submit(inst, ALICE, "b@example.test")
+        assert p.returncode == 0, p.stderr
+        qid = qid_of(p)
+        p = inst.ms(None, "show", qid)
+        assert p.returncode == 0, p.stderr
+        assert re.search(rb"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;\s+"
+                         rb"d=example\.test;\s+s=s1;", p.stdout), p.stdout
+    finally:
+        inst.write_conf()
+        inst.clear()

@@ -129,6 +129,56 @@ static void test_new_keys(void **state)
 		assert_int_equal(load_text(bad[i], &c, &err), MS_ERR_USAGE);
 }
 
+static void test_dkim_keys(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_error err;
+	assert_int_equal(load_text("dkim.Example.ORG.selector = r1 e1\n"
+	                           "dkim.example.org.key_file = /k/r1.pem /k/e1.pem\n"
+	                           "dkim.example.org.algorithm = rsa-sha256 ed25519-sha256\n"
+	                           "dkim.example.org.canonicalization = simple/relaxed\n"
+	                           "dkim.other.test.selector = s\ndkim.other.test.key_file = /k/s\n"
+	                           "dkim.other.test.headers = From:To:Subject\n",
+	                           &c, &err),
+	                 MS_OK);
+	const ms_conf_dkim *d = ms_conf_dkim_for(&c, "example.org");
+	assert_non_null(d);
+	assert_string_equal(d->domain, "example.org");
+	assert_int_equal(d->nsigs, 2);
+	assert_string_equal(d->sigs[1].selector, "e1");
+	assert_string_equal(d->sigs[1].key_file, "/k/e1.pem");
+	assert_int_equal(d->sigs[0].alg, MS_DKIM_ALG_RSA_SHA256);
+	assert_int_equal(d->sigs[1].alg, MS_DKIM_ALG_ED25519_SHA256);
+	assert_false(d->relaxed_header);
+	assert_true(d->relaxed_body);
+	/* A subdomain signs with its parent's entry; an unrelated one not. */
+	assert_ptr_equal(ms_conf_dkim_for(&c, "news.example.org"), d);
+	assert_null(ms_conf_dkim_for(&c, "example.net"));
+	assert_null(ms_conf_dkim_for(&c, "badexample.org"));
+	d = ms_conf_dkim_for(&c, "OTHER.test");
+	assert_non_null(d);
+	assert_int_equal(d->sigs[0].alg, MS_DKIM_ALG_RSA_SHA256); /* the default */
+	assert_true(d->relaxed_header && d->relaxed_body);
+	assert_string_equal(d->headers, "From:To:Subject");
+	static const char *const bad[] = {
+		"dkim.x.test.selector = s\n",                                   /* no key */
+		"dkim.x.test.key_file = /k\n",                                  /* no selector */
+		"dkim.x.test.selector = s t\ndkim.x.test.key_file = /k\n",      /* too few keys */
+		"dkim.x.test.selector = s\ndkim.x.test.key_file = /k /l\n",     /* too many */
+		"dkim.x.test.selector = s\ndkim.x.test.key_file = rel.pem\n",   /* relative */
+		"dkim.x.test.selector = s;x\ndkim.x.test.key_file = /k\n",      /* selector */
+		"dkim.x.test.selector = s\ndkim.x.test.key_file = /k\ndkim.x.test.algorithm = dsa\n",
+		"dkim.x.test.selector = s\ndkim.x.test.key_file = /k\n"
+		"dkim.x.test.canonicalization = loose\n",
+		"dkim.x.test.headers = From To\n", "dkim.x.test.colour = red\n", "dkim.selector = s\n",
+		"dkim.x.test.selector = a b c d e\ndkim.x.test.key_file = /1 /2 /3 /4 /5\n",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		if (load_text(bad[i], &c, &err) != MS_ERR_USAGE)
+			fail_msg("accepted: %s", bad[i]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -136,6 +186,7 @@ int main(void)
 		cmocka_unit_test(test_dns_servers_checked_when_read),
 		cmocka_unit_test(test_relay_credentials_need_a_user),
 		cmocka_unit_test(test_new_keys),
+		cmocka_unit_test(test_dkim_keys),
 	};
 	return cmocka_run_group_tests_name("configuration", tests, NULL, NULL);
 }

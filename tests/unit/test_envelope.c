@@ -44,6 +44,9 @@ static void build(ms_envelope *e, const char *sender, const char *addr, const ch
 	e->dsn_envid = strdup("ENV-1+x");
 	e->rcpts[1].notify = 2 | 4;
 	e->rcpts[1].orcpt = strdup("rfc822;second@example.test");
+	/* Header lines signed at commit, sent before the data (DKIM). */
+	e->prefix = strdup("DKIM-Signature: v=1; a=ed25519-sha256; d=example.test;\r\n"
+	                   "\ts=s1; b=AbC+/=;\r\n");
 }
 
 static void expect_same(const ms_envelope *a, const ms_envelope *b)
@@ -59,6 +62,9 @@ static void expect_same(const ms_envelope *a, const ms_envelope *b)
 	assert_true((a->dsn_envid == NULL) == (b->dsn_envid == NULL));
 	if (a->dsn_envid)
 		assert_string_equal(a->dsn_envid, b->dsn_envid);
+	assert_true((a->prefix == NULL) == (b->prefix == NULL));
+	if (a->prefix)
+		assert_string_equal(a->prefix, b->prefix);
 	for (size_t i = 0; i < a->nrcpts; i++) {
 		const ms_env_rcpt *x = &a->rcpts[i], *y = &b->rcpts[i];
 		assert_string_equal(x->addr, y->addr);
@@ -162,6 +168,9 @@ static void test_structure(void **state)
 		"MSENV 1\nI ../x\nA 1\nU 0\nS =\nZ 0\nF 0\nE 6\n",      /* bad id */
 		"MSENV 1\nI x\nA 1\nU 0\nS =\nZ 0\nF 0\nR 9 0 0 0 0 0 = =a@b =\nE 7\n", /* state */
 		"MSENV 2\nI x\nA 1\nU 0\nS =\nZ 0\nF 0\nE 6\n",         /* version */
+		"MSENV 1\nI x\nA 1\nU 0\nS =\nZ 0\nF 0\nR 0 0 0 0 0 0 = =a@b =\nP =x\nE 8\n", /* P late */
+		"MSENV 1\nI x\nA 1\nU 0\nS =\nZ 0\nF 0\nP =x\nP =y\nE 8\n", /* P twice */
+		"MSENV 1\nI x\nA 1\nU 0\nS =\nZ 0\nF 0\nP =\nE 7\n",  /* empty prefix */
 	};
 	for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
 		/* Each gets a correct checksum, so only the structure is wrong. */
