@@ -175,6 +175,7 @@ bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/bdat_bench.py
 	$(PYTHON) bench/spool_bench.py
 	$(PYTHON) bench/tls_bench.py
+	$(PYTHON) bench/dkim_bench.py
 	$(PYTHON) bench/daemon_bench.py
 	$(PYTHON) bench/many_bench.py
 	$(PYTHON) bench/million_bench.py

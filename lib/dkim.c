@@ -165,19 +165,78 @@ static int take_domain(void *ctx, const char *addr)
 	return 0;
 }
 
-/* One signer's state: a library handle (its header lists are the
- * library's options) and a signing handle. */
+/* A library handle per header choice, made once per process and shared:
+ * dkim_init and the header lists (which the library compiles into
+ * regular expressions) cost more than an Ed25519 signature, and the
+ * library's own filter shares one handle among all its threads. */
+#define MAX_LIBS 8
+static struct {
+	char headers[MS_CONF_VALUE_MAX];
+	DKIM_LIB *lib;
+} libs[MAX_LIBS];
+static size_t nlibs;
+static pthread_mutex_t libs_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static DKIM_LIB *lib_new(const char *headers)
+{
+	DKIM_LIB *lib = api.init(NULL, NULL);
+	if (!lib)
+		return NULL;
+	char copy[MS_CONF_VALUE_MAX];
+	const char *list[MAX_LISTED];
+	const char *const *sign = sign_default, *const *over = oversign_default;
+	if (headers[0]) {
+		split_headers(headers, copy, sizeof copy, list);
+		sign = list;
+		over = oversign_from;
+	}
+	/* (The library takes the NULL-terminated array itself, with the size
+	 * of a pointer to it, as OpenDKIM's own filter passes it; it keeps
+	 * compiled copies, not the array.) */
+	if (api.options(lib, DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS, (void *)sign, sizeof sign) !=
+	        DKIM_STAT_OK ||
+	    api.options(lib, DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS, (void *)over, sizeof over) !=
+	        DKIM_STAT_OK) {
+		api.close(lib);
+		return NULL;
+	}
+	return lib;
+}
+
+/* The shared handle for this header choice; NULL when the library fails
+ * or the table is full (then the caller makes and closes its own). */
+static DKIM_LIB *lib_for(const char *headers, int *owned)
+{
+	DKIM_LIB *lib = NULL;
+	*owned = 0;
+	pthread_mutex_lock(&libs_mu);
+	for (size_t i = 0; i < nlibs && !lib; i++)
+		if (!strcmp(libs[i].headers, headers))
+			lib = libs[i].lib;
+	if (!lib && (lib = lib_new(headers))) {
+		if (nlibs < MAX_LIBS) {
+			snprintf(libs[nlibs].headers, sizeof libs[nlibs].headers, "%s", headers);
+			libs[nlibs++].lib = lib;
+		} else {
+			*owned = 1;
+		}
+	}
+	pthread_mutex_unlock(&libs_mu);
+	return lib;
+}
+
+/* One signature in progress. */
 typedef struct signer {
 	DKIM_LIB *lib;
+	int lib_owned;
 	DKIM *dkim;
-	const char *what; /* "domain selector" for errors */
 } signer;
 
 static void signer_free(signer *s)
 {
 	if (s->dkim)
 		api.free(s->dkim);
-	if (s->lib)
+	if (s->lib && s->lib_owned)
 		api.close(s->lib);
 	s->dkim = NULL;
 	s->lib = NULL;
@@ -189,25 +248,8 @@ static ms_status signer_start(signer *s, const ms_conf_dkim *d, const ms_conf_dk
 	static char key[MS_DKIM_KEY_MAX];
 	static pthread_mutex_t key_mu = PTHREAD_MUTEX_INITIALIZER;
 	memset(s, 0, sizeof *s);
-	if (!(s->lib = api.init(NULL, NULL)))
-		return ms_error_set(err, MS_ERR_NOMEM, "DKIM: the library did not start");
-	char copy[MS_CONF_VALUE_MAX];
-	const char *list[MAX_LISTED];
-	const char *const *sign = sign_default, *const *over = oversign_default;
-	if (d->headers[0]) {
-		split_headers(d->headers, copy, sizeof copy, list);
-		sign = list;
-		over = oversign_from;
-	}
-	/* (The library takes the NULL-terminated array itself, with the size
-	 * of a pointer to it, as OpenDKIM's own filter passes it.) */
-	if (api.options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS, (void *)sign, sizeof sign) !=
-	        DKIM_STAT_OK ||
-	    api.options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS, (void *)over,
-	                sizeof over) != DKIM_STAT_OK) {
-		signer_free(s);
-		return ms_error_set(err, MS_ERR_TEMP, "DKIM: cannot set the header lists");
-	}
+	if (!(s->lib = lib_for(d->headers, &s->lib_owned)))
+		return ms_error_set(err, MS_ERR_TEMP, "DKIM: the library did not start");
 	/* The key lives in one buffer, wiped as soon as the library has its
 	 * own copy (dkim_sign copies it). */
 	pthread_mutex_lock(&key_mu);
