@@ -35,7 +35,9 @@ void ms_conf_defaults(ms_conf *c)
 	c->clock_skew = 60;
 	c->dns_timeout = 30;
 	snprintf(c->mx_port, sizeof c->mx_port, "25");
-	c->tls_security_level = MS_TLS_MAY; /* opportunistic, as Postfix's default */
+	/* Opportunistic, and DANE where DNSSEC-validated TLSA records say so
+	 * (Postfix's smtp_tls_security_level = dane) */
+	c->tls_security_level = MS_TLS_LEVEL_DANE;
 	c->mx_address_limit = 5;
 	c->max_deliveries = 1000;
 	c->connection_reuse_time = 5;
@@ -309,7 +311,8 @@ static const char *apply_relay(ms_conf *c, const char *key, const char *val)
 	}
 	if (!strcmp(f, "tls")) {
 		ms_tls_policy p;
-		if (ms_tls_policy_parse(val, &p) < 0)
+		/* A relay has no MX records to take TLSA records from. */
+		if (ms_tls_policy_parse(val, &p) < 0 || p > MS_TLS_VERIFY)
 			return "wants none, may, encrypt or verify";
 		r->tls = (int)p;
 		return NULL;
@@ -421,16 +424,16 @@ static int dns_server_ok(const char *s, size_t n)
 	return *port && !*end && p > 0 && p < 65536;
 }
 
-/* A TLS level for MX delivery: none, may, encrypt, verify; dane and
- * mta-sts are named as not built, so that nobody believes them in force. */
+/* A TLS level for MX delivery: none, may, encrypt, verify, dane,
+ * dane-only; mta-sts is named as not built, so that nobody believes it in
+ * force. */
 static const char *tls_level(const char *val, int *out)
 {
 	ms_tls_policy p;
-	if (!strcmp(val, "dane") || !strcmp(val, "mta-sts"))
-		return "dane and mta-sts are not supported yet: use verify (with tls_ca_file) or "
-		       "encrypt";
+	if (!strcmp(val, "mta-sts"))
+		return "mta-sts is not supported yet: use dane, verify (with tls_ca_file) or encrypt";
 	if (ms_tls_policy_parse(val, &p) < 0)
-		return "wants none, may, encrypt or verify";
+		return "wants none, may, encrypt, verify, dane or dane-only";
 	*out = (int)p;
 	return NULL;
 }

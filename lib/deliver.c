@@ -257,16 +257,30 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
 /* One address: a session (parked or new), then the whole group.  MS_OK:
  * every message is reported; otherwise err says why not and no message
  * was touched. */
+/* How an MX host's session is secured: `tls` is the policy resolved for
+ * it (MS_TLS_DANE with its TLSA records), `level` the configured one,
+ * which names its parked sessions; -1 for routes and relays (their own
+ * settings). */
+typedef struct tls_choice {
+	int tls, level;
+	const ms_tlsa_set *tlsa;
+} tls_choice;
+
+static const tls_choice NO_TLS_CHOICE = { -1, -1, NULL };
+
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
-                            const ms_net_opts *net, int tls, ms_message **msgs, size_t n,
+                            const ms_net_opts *net, tls_choice tc, ms_message **msgs, size_t n,
                             ms_deliver_report *rep, ms_error *err)
 {
 	ms_client_opts co;
 	session_opts(o->conf, o->transcript, net, &co);
+	int tls = tc.tls;
 	if (tls >= 0) {
 		/* MX delivery: the destination's TLS policy (tls_security_level,
-		 * destination.P.tls); verify checks the MX host's name. */
+		 * destination.P.tls); verify checks the MX host's name, dane
+		 * the certificate against the host's TLSA records. */
 		co.smtp.tls = (ms_tls_policy)tls;
+		co.smtp.tlsa = tc.tlsa;
 		if (o->conf->tls_ca_file[0])
 			co.smtp.tls_ca_file = o->conf->tls_ca_file;
 	}
@@ -275,7 +289,7 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 	co.smtp.ctx = co.qmtp.ctx = &rc;
 	co.smtp.tls_name = tls_name;
 	char key[MS_POOL_KEY_MAX];
-	pool_key(rt, tls_name, &co.smtp.net, tls, key, sizeof key);
+	pool_key(rt, tls_name, &co.smtp.net, tc.level, key, sizeof key);
 	co.smtp.quirks = ms_quirks_get(o->quirks, key);
 	size_t carried = 0;
 	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
@@ -375,16 +389,66 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
  * says why not.  rep->relay names it as "name[addr]:port". */
 static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, const char *name,
                             const char *addr, const char *tls_name, const ms_net_opts *net,
-                            int tls, ms_message **msgs, size_t n, ms_deliver_report *rep,
+                            tls_choice tc, ms_message **msgs, size_t n, ms_deliver_report *rep,
                             ms_error *err)
 {
 	ms_route rt = *base;
 	snprintf(rt.host, sizeof rt.host, "%s", addr);
 	snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", name, addr, rt.port);
-	ms_status st = try_target(o, &rt, tls_name, net, tls, msgs, n, rep, err);
+	ms_status st = try_target(o, &rt, tls_name, net, tc, msgs, n, rep, err);
 	if (st != MS_OK)
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
 	return st;
+}
+
+static void dns_opts_of(const ms_conf *c, ms_dns_opts *dop)
+{
+	ms_dns_opts_default(dop);
+	dop->servers = c->dns_servers[0] ? c->dns_servers : NULL;
+	dop->timeout_ms = (int)(c->dns_timeout * 1000);
+	dop->address_limit = c->mx_address_limit;
+	dop->myname = c->hostname;
+}
+
+/* The levels dane and dane-only for one MX host (RFC 7672 2.2): with a
+ * DNSSEC-validated MX answer, the host's TLSA records decide - usable
+ * ones make the session MS_TLS_DANE, only unusable ones `encrypt`, none
+ * `may` (dane) or no session at all (dane-only).  A failed TLSA lookup
+ * for a validated host means not now: the host is skipped, deferred. */
+static ms_status dane_for(const ms_deliver_opts *o, const ms_route *base,
+                          const ms_dns_targets *tg, const char *host, tls_choice *tc,
+                          ms_tlsa_set **tlsa, ms_deliver_report *rep, ms_error *err)
+{
+	int only = tc->level == MS_TLS_LEVEL_DANE_ONLY;
+	tc->tls = MS_TLS_MAY;
+	if (tg->secure) {
+		ms_dns_opts dop;
+		dns_opts_of(o->conf, &dop);
+		ms_dane_state ds = MS_DANE_NONE;
+		if (!(*tlsa = calloc(1, sizeof **tlsa)))
+			return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		ms_status st = ms_dns_tlsa(host, (unsigned)atoi(base->port), &dop, *tlsa, &ds, err);
+		if (st != MS_OK) {
+			rep->tls_refused = 1;
+			return st;
+		}
+		if (ds == MS_DANE_USABLE) {
+			tc->tls = MS_TLS_DANE;
+			tc->tlsa = *tlsa;
+		} else if (ds == MS_DANE_UNUSABLE) {
+			tc->tls = MS_TLS_ENCRYPT;
+		}
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "DANE for %s: %s", host,
+		                   ds == MS_DANE_USABLE     ? "TLSA records, TLS authenticated by them"
+		                   : ds == MS_DANE_UNUSABLE ? "only unusable TLSA records: TLS required"
+		                                            : "no validated TLSA records");
+	}
+	if (only && tc->tls == MS_TLS_MAY) {
+		rep->tls_refused = 1;
+		return ms_error_set(err, MS_ERR_TEMP,
+		                    "no DNSSEC-validated TLSA records for %s (tls dane-only)", host);
+	}
+	return MS_OK;
 }
 
 /* One MX host: its addresses (consecutive in tg from *i) race as one
@@ -402,8 +466,21 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 		k++;
 	}
 	*i = k;
-	int tls = ms_conf_tls_for(o->conf, domain, t->name);
-	return try_server(o, base, t->name, t->addr, t->name, &net, tls, msgs, n, rep, err);
+	tls_choice tc = { .level = ms_conf_tls_for(o->conf, domain, t->name), .tlsa = NULL };
+	tc.tls = tc.level;
+	ms_tlsa_set *tlsa = NULL;
+	if (tc.level == MS_TLS_LEVEL_DANE || tc.level == MS_TLS_LEVEL_DANE_ONLY) {
+		snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", t->name, t->addr, base->port);
+		ms_status st = dane_for(o, base, tg, t->name, &tc, &tlsa, rep, err);
+		if (st != MS_OK) {
+			ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
+			free(tlsa);
+			return st;
+		}
+	}
+	ms_status st = try_server(o, base, t->name, t->addr, t->name, &net, tc, msgs, n, rep, err);
+	free(tlsa);
+	return st;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -495,7 +572,8 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 			           "none");
 			return MS_OK;
 		}
-		if (try_server(o, &base, base.host, base.host, NULL, NULL, -1, msgs, n, rep, &e) ==
+		if (try_server(o, &base, base.host, base.host, NULL, NULL, NO_TLS_CHOICE, msgs, n, rep,
+		               &e) ==
 		    MS_OK)
 			return MS_OK;
 		return give_up(o, msgs, n, rep, e.msg);
@@ -509,11 +587,7 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 	base.proto = MS_PROTO_SMTP;
 	snprintf(base.port, sizeof base.port, "%s", o->conf->mx_port);
 	ms_dns_opts dop;
-	ms_dns_opts_default(&dop);
-	dop.servers = o->conf->dns_servers[0] ? o->conf->dns_servers : NULL;
-	dop.timeout_ms = (int)(o->conf->dns_timeout * 1000);
-	dop.address_limit = o->conf->mx_address_limit;
-	dop.myname = o->conf->hostname;
+	dns_opts_of(o->conf, &dop);
 	int hit = 0;
 	ms_status st = o->dns_cache ? ms_dns_cache_targets(o->dns_cache, domain, &dop, tg, &e, &hit)
 	                            : ms_dns_targets_for(domain, &dop, tg, &e);

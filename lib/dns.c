@@ -43,6 +43,7 @@ typedef struct host_q {
 
 typedef struct mx_q {
 	int status;
+	int secure; /* the answer (records or their absence) was DNSSEC-validated */
 	mx_rec rec[MX_MAX];
 	size_t n;
 } mx_q;
@@ -118,10 +119,46 @@ static void run(ares_channel ch, int64_t deadline)
 	}
 }
 
+/* The header of an answer: rcode as ares_query would report it, and the
+ * AD bit (RFC 4035 3.2.3: set only by a validating resolver, for data it
+ * validated; we ask for it with AD in the query, RFC 6840 5.7). */
+static int answer_status(int status, const unsigned char *abuf, int alen, int *ad)
+{
+	*ad = 0;
+	if (status != ARES_SUCCESS)
+		return status;
+	if (alen < 12)
+		return ARES_EBADRESP;
+	*ad = (abuf[3] & 0x20) != 0;
+	switch (abuf[3] & 0x0f) {
+	case 0: return (abuf[6] | abuf[7]) ? ARES_SUCCESS : ARES_ENODATA;
+	case 2: return ARES_ESERVFAIL;
+	case 3: return ARES_ENOTFOUND;
+	case 4: return ARES_ENOTIMP;
+	case 5: return ARES_EREFUSED;
+	default: return ARES_EBADRESP;
+	}
+}
+
+/* Send name/type with the AD bit set; cb gets the raw answer. */
+static void send_ad(ares_channel ch, const char *name, int type, ares_callback cb, void *arg)
+{
+	unsigned char *q = NULL;
+	int qlen = 0;
+	if (ares_create_query(name, 1 /* C_IN */, type, 0, 1, &q, &qlen, 0) != ARES_SUCCESS) {
+		cb(arg, ARES_EBADNAME, 0, NULL, 0);
+		return;
+	}
+	q[3] |= 0x20; /* AD */
+	ares_send(ch, q, qlen, cb, arg);
+	ares_free_string(q);
+}
+
 static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
 	(void)timeouts;
 	mx_q *q = arg;
+	status = answer_status(status, abuf, alen, &q->secure);
 	q->status = status;
 	if (status != ARES_SUCCESS)
 		return;
@@ -348,8 +385,11 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
 
 	/* 1. MX. */
 	mq->status = ARES_ECANCELLED;
-	ares_query(ch, domain, 1 /* C_IN */, 15 /* T_MX */, on_mx, mq);
+	send_ad(ch, domain, 15 /* T_MX */, on_mx, mq);
 	run(ch, deadline);
+	/* DNSSEC-validated MX records, or a validated denial of them: the
+	 * condition for DANE (RFC 7672 2.2.1, as Postfix applies it). */
+	out->secure = mq->secure && (mq->status == ARES_SUCCESS || mq->status == ARES_ENODATA);
 	size_t nhosts = 0;
 	if (mq->status == ARES_ENOTFOUND) {
 		st = fail(out, err, 0, "5.1.2", "%s: no such domain (NXDOMAIN)", domain);
@@ -434,5 +474,130 @@ out:
 	ares_destroy(ch);
 	free(hosts);
 	free(mq);
+	return st;
+}
+
+/* ---- DANE: TLSA records and whether the addresses are validated ---- */
+
+typedef struct raw_q {
+	int status, ad;
+	unsigned char *buf; /* the answer, for TLSA */
+	int len;
+} raw_q;
+
+static void on_raw(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	(void)timeouts;
+	raw_q *q = arg;
+	q->status = answer_status(status, abuf, alen, &q->ad);
+	if (abuf && alen > 0 && (q->buf = malloc((size_t)alen))) {
+		memcpy(q->buf, abuf, (size_t)alen);
+		q->len = alen;
+	}
+}
+
+static int rd16(const unsigned char *p)
+{
+	return (p[0] << 8) | p[1];
+}
+
+int ms_dns_parse_tlsa(const unsigned char *abuf, int alen, ms_tlsa_set *out)
+{
+	out->n = out->unusable = 0;
+	if (alen < 12)
+		return -1;
+	int qd = rd16(abuf + 4), an = rd16(abuf + 6);
+	const unsigned char *p = abuf + 12, *end = abuf + alen;
+	for (int i = 0; i < qd + an; i++) {
+		char *name = NULL;
+		long nl = 0;
+		if (ares_expand_name(p, abuf, alen, &name, &nl) != ARES_SUCCESS)
+			return -1;
+		ares_free_string(name);
+		p += nl;
+		if (i < qd) { /* the question: type and class */
+			if (end - p < 4)
+				return -1;
+			p += 4;
+			continue;
+		}
+		if (end - p < 10)
+			return -1;
+		int type = rd16(p), rdlen = rd16(p + 8);
+		p += 10;
+		if (end - p < rdlen)
+			return -1;
+		if (type == 52 /* TLSA */) {
+			/* RFC 7672 3.1: DANE-TA(2) and DANE-EE(3) are usable for
+			 * SMTP; PKIX-TA(0)/PKIX-EE(1) are not (no CA store is
+			 * agreed).  Selectors 0/1, matching types 0-2. */
+			int ok = rdlen >= 3 && (p[0] == 2 || p[0] == 3) && p[1] <= 1 && p[2] <= 2 &&
+			         rdlen - 3 <= MS_TLSA_DATA_MAX && rdlen > 3;
+			if (ok && out->n < MS_TLSA_MAX) {
+				ms_tlsa *r = &out->r[out->n++];
+				r->usage = p[0];
+				r->selector = p[1];
+				r->mtype = p[2];
+				r->len = (unsigned char)(rdlen - 3);
+				memcpy(r->data, p + 3, (size_t)(rdlen - 3));
+			} else {
+				out->unusable++;
+			}
+		}
+		p += rdlen;
+	}
+	return 0;
+}
+
+ms_status ms_dns_tlsa(const char *host, unsigned port, const ms_dns_opts *o, ms_tlsa_set *out,
+                      ms_dane_state *state, ms_error *err)
+{
+	memset(out, 0, sizeof *out);
+	*state = MS_DANE_NONE;
+	char tname[MS_DNS_NAME_MAX + 32];
+	if (!*host || strlen(host) > MS_DNS_NAME_MAX - 16)
+		return MS_OK;
+	snprintf(tname, sizeof tname, "_%u._tcp.%s", port, host);
+	snprintf(out->base, sizeof out->base, "%s", host);
+	ares_channel ch;
+	ms_status st = open_channel(o, "b", &ch, err);
+	if (st != MS_OK)
+		return st;
+	raw_q q[3];
+	memset(q, 0, sizeof q);
+	for (int i = 0; i < 3; i++)
+		q[i].status = ARES_ECANCELLED;
+	send_ad(ch, host, 1 /* A */, on_raw, &q[0]);
+	send_ad(ch, host, 28 /* AAAA */, on_raw, &q[1]);
+	send_ad(ch, tname, 52 /* TLSA */, on_raw, &q[2]);
+	run(ch, now_ms() + (o->timeout_ms > 0 ? o->timeout_ms : 30000));
+	ares_destroy(ch);
+	/* The addresses are validated when every answer that has records
+	 * says so, and one does (RFC 7672 2.2.2: insecure addresses, no
+	 * TLSA). */
+	int have = 0, secure = 1;
+	for (int i = 0; i < 2; i++)
+		if (q[i].status == ARES_SUCCESS) {
+			have = 1;
+			secure &= q[i].ad;
+		} else if (q[i].status != ARES_ENODATA) {
+			secure = 0;
+		}
+	if (have && secure) {
+		if (q[2].status == ARES_SUCCESS && q[2].ad) {
+			if (ms_dns_parse_tlsa(q[2].buf, q[2].len, out) < 0)
+				st = ms_error_set(err, MS_ERR_TEMP, "TLSA lookup for %s: malformed answer", tname);
+			else if (out->n)
+				*state = MS_DANE_USABLE;
+			else if (out->unusable)
+				*state = MS_DANE_UNUSABLE;
+		} else if (temporary(q[2].status) && q[2].status != ARES_ENODATA) {
+			st = ms_error_set(err, MS_ERR_TEMP, "TLSA lookup for %s failed: %s", tname,
+			                  why(q[2].status));
+		}
+		/* (NXDOMAIN, NODATA or an unvalidated answer: no DANE.) */
+	}
+	for (int i = 0; i < 3; i++)
+		free(q[i].buf);
 	return st;
 }

@@ -19,7 +19,7 @@ typedef struct entry {
 	int64_t expires_ms, made_ms;
 	ms_status st;
 	char msg[MS_ERROR_MSG_MAX];
-	int implicit, code;
+	int implicit, secure, code;
 	char enh[16];
 	unsigned ttl;
 	size_t n;
@@ -110,6 +110,7 @@ static ms_status answer(const entry *e, ms_dns_targets *out, ms_error *err)
 	out->n = e->n;
 	memcpy(out->t, e->t, e->n * sizeof *e->t);
 	out->implicit = e->implicit;
+	out->secure = e->secure;
 	out->code = e->code;
 	out->ttl = e->ttl;
 	snprintf(out->enh, sizeof out->enh, "%s", e->enh);
@@ -160,6 +161,7 @@ ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns
 	ne->st = st;
 	snprintf(ne->msg, sizeof ne->msg, "%s", st == MS_OK ? "" : e2.msg);
 	ne->implicit = out->implicit;
+	ne->secure = out->secure;
 	ne->code = out->code;
 	ne->ttl = out->ttl;
 	snprintf(ne->enh, sizeof ne->enh, "%s", out->enh);

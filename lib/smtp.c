@@ -1051,7 +1051,7 @@ static ms_status start_tls(ms_smtp *s, ms_tls_policy policy, int timeout_ms, con
                            ms_error *err)
 {
 	const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
-	ms_status st = ms_tls_handshake(&s->io, policy, name, s->o.tls_ca_file,
+	ms_status st = ms_tls_handshake(&s->io, policy, name, s->o.tls_ca_file, s->o.tlsa,
 	                                ms_now_ms() + timeout_ms, &s->tls, err);
 	if (st != MS_OK)
 		return st;
@@ -1059,7 +1059,9 @@ static ms_status start_tls(ms_smtp *s, ms_tls_policy policy, int timeout_ms, con
 	ms_transcript_addf(s->o.transcript, MS_TX_NOTE,
 	                   "TLS%s: %s, cipher %s, peer \"%s\" (issuer \"%s\"), %s", how,
 	                   s->tls.protocol, s->tls.cipher, s->tls.peer_subject, s->tls.peer_issuer,
-	                   s->tls.verified ? "certificate verified" : "certificate not checked");
+	                   s->tls.dane       ? "certificate matched a TLSA record (DANE)"
+	                   : s->tls.verified ? "certificate verified"
+	                                     : "certificate not checked");
 	return MS_OK;
 }
 
@@ -1398,7 +1400,10 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			snprintf(t->m->tls, sizeof t->m->tls, "none");
 		else
 			snprintf(t->m->tls, sizeof t->m->tls, "%s %.31s %.63s",
-			         s->tls.verified ? "verified" : "unverified", s->tls.protocol,
+			         s->tls.dane       ? "dane"
+			         : s->tls.verified ? "verified"
+			                           : "unverified",
+			         s->tls.protocol,
 			         s->tls.cipher);
 	}
 
@@ -1905,7 +1910,8 @@ ms_status ms_smtp_attach(ms_smtp *s, int fd, ms_error *err)
 	s->io.on_write_ctx = s;
 	if (s->o.implicit_tls) {
 		/* RFC 8314: TLS from the first byte; the greeting comes inside. */
-		ms_tls_policy p = s->o.tls == MS_TLS_VERIFY ? MS_TLS_VERIFY : MS_TLS_ENCRYPT;
+		ms_tls_policy p = s->o.tls == MS_TLS_VERIFY || s->o.tls == MS_TLS_DANE ? s->o.tls
+		                                                                       : MS_TLS_ENCRYPT;
 		ms_error terr;
 		if (start_tls(s, p, s->o.timeouts.greeting, " (implicit)", &terr) != MS_OK) {
 			s->broken = 1;

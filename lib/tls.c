@@ -104,8 +104,8 @@ static void x509_name(X509_NAME *nm, char *out, size_t n)
 }
 
 ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
-                           const char *ca_file, int64_t deadline, ms_tls_info *info,
-                           ms_error *err)
+                           const char *ca_file, const ms_tlsa_set *tlsa, int64_t deadline,
+                           ms_tls_info *info, ms_error *err)
 {
 	memset(info, 0, sizeof *info);
 	if (ms_buf_avail(&io->in) > 0)
@@ -120,13 +120,27 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 	SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_options(c->ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
-	int verify = policy == MS_TLS_VERIFY;
+	int dane = policy == MS_TLS_DANE;
+	int verify = policy == MS_TLS_VERIFY || dane;
 	if (verify && (!name || !*name)) {
 		tls_close(c);
 		return ms_error_set(err, MS_ERR_USAGE,
 		                    "TLS verify needs the server's name to check the certificate against");
 	}
-	if (verify) {
+	if (dane && (!tlsa || !tlsa->n)) {
+		tls_close(c);
+		return ms_error_set(err, MS_ERR_USAGE, "TLS dane needs TLSA records");
+	}
+	if (dane) {
+		/* The TLSA records are the only trust anchors (RFC 7672 3): no CA
+		 * store; a chain that matches none fails the handshake. */
+		if (SSL_CTX_dane_enable(c->ctx) <= 0) {
+			ssl_error(why, sizeof why);
+			tls_close(c);
+			return ms_error_set(err, MS_ERR_USAGE, "cannot enable DANE: %s", why);
+		}
+		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+	} else if (verify) {
 		int ok = ca_file && *ca_file ? SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL)
 		                             : SSL_CTX_set_default_verify_paths(c->ctx);
 		if (!ok) {
@@ -143,7 +157,27 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 		tls_close(c);
 		return ms_error_set(err, MS_ERR_NOMEM, "cannot create a TLS session");
 	}
-	if (name && *name) {
+	if (dane) {
+		/* The MX host name is the reference identifier (and SNI) for
+		 * DANE-TA(2); DANE-EE(3) checks no name (RFC 7672 3.1.1). */
+		SSL_set_tlsext_host_name(c->ssl, tlsa->base);
+		size_t usable = 0;
+		if (SSL_dane_enable(c->ssl, tlsa->base) <= 0) {
+			ssl_error(why, sizeof why);
+			tls_close(c);
+			return ms_error_set(err, MS_ERR_USAGE, "cannot enable DANE: %s", why);
+		}
+		SSL_dane_set_flags(c->ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+		for (size_t i = 0; i < tlsa->n; i++)
+			if (SSL_dane_tlsa_add(c->ssl, tlsa->r[i].usage, tlsa->r[i].selector,
+			                      tlsa->r[i].mtype, tlsa->r[i].data, tlsa->r[i].len) > 0)
+				usable++;
+		if (!usable) {
+			tls_close(c);
+			return ms_error_set(err, MS_ERR_USAGE, "no TLSA record of %s is usable",
+			                    tlsa->base);
+		}
+	} else if (name && *name) {
 		if (!is_ip(name))
 			SSL_set_tlsext_host_name(c->ssl, name); /* SNI: names only */
 		if (verify) {
@@ -165,7 +199,11 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 		int e = SSL_get_error(c->ssl, r);
 		if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
 			long vr = SSL_get_verify_result(c->ssl);
-			if (verify && vr != X509_V_OK)
+			if (dane && vr != X509_V_OK)
+				snprintf(why, sizeof why,
+				         "the certificate matches no TLSA record of %.200s (DANE): %s",
+				         tlsa->base, X509_verify_cert_error_string(vr));
+			else if (verify && vr != X509_V_OK)
 				snprintf(why, sizeof why, "certificate not trusted: %s",
 				         X509_verify_cert_error_string(vr));
 			else
@@ -194,6 +232,14 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 	}
 	long vr = SSL_get_verify_result(c->ssl);
 	info->verified = verify && vr == X509_V_OK;
+	info->dane = dane && info->verified && SSL_get0_dane_authority(c->ssl, NULL, NULL) >= 0;
+	if (dane && !info->dane) {
+		/* (SSL_VERIFY_PEER makes a mismatch fail above; this is the
+		 * belt to those braces.) */
+		tls_close(c);
+		return ms_error_set(err, MS_ERR_TEMP, "TLS handshake failed: no TLSA record of %s "
+		                                      "matched", tlsa->base);
+	}
 	snprintf(info->verify_error, sizeof info->verify_error, "%s",
 	         verify ? "" : "not checked (policy)");
 	/* From here on every byte goes through TLS. */

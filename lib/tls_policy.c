@@ -9,15 +9,21 @@
 
 const char *ms_tls_policy_name(ms_tls_policy p)
 {
-	static const char *names[] = { "none", "may", "encrypt", "verify" };
-	return (unsigned)p < 4 ? names[p] : "?";
+	static const char *names[] = { "none", "may", "encrypt", "verify", "dane", "dane",
+		                            "dane-only" };
+	return (unsigned)p < sizeof names / sizeof names[0] ? names[p] : "?";
 }
 
 int ms_tls_policy_parse(const char *s, ms_tls_policy *p)
 {
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(s, ms_tls_policy_name((ms_tls_policy)i))) {
-			*p = (ms_tls_policy)i;
+	/* (MS_TLS_DANE is a session's resolved policy, never configured:
+	 * "dane" names the level.) */
+	static const ms_tls_policy levels[] = { MS_TLS_NONE, MS_TLS_MAY, MS_TLS_ENCRYPT,
+		                                    MS_TLS_VERIFY, MS_TLS_LEVEL_DANE,
+		                                    MS_TLS_LEVEL_DANE_ONLY };
+	for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+		if (!strcmp(s, ms_tls_policy_name(levels[i]))) {
+			*p = levels[i];
 			return 0;
 		}
 	return -1;

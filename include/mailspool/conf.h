@@ -172,7 +172,7 @@ typedef struct ms_conf {
 	unsigned inet_protocols;           /* inet_protocols (all): MS_NET_V4 | MS_NET_V6 */
 	int address_preference;            /* address_preference (any: 0), ipv4: 4, ipv6: 6 */
 	char bind_address[100];            /* bind_address ("": the kernel chooses) */
-	int tls_security_level;            /* tls_security_level (may): MX delivery's policy */
+	int tls_security_level;            /* tls_security_level (dane): MX delivery's policy */
 	char tls_ca_file[MS_CONF_PATH_MAX]; /* tls_ca_file ("": the system store) for verify */
 	int64_t command_timeout;           /* command_timeout (0: RFC 5321 4.5.3.2 per command) */
 	/* SMTP shapes (mailspool.conf(5); PROTOCOL-RULES P1-P6): */

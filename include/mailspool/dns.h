@@ -32,6 +32,7 @@
 
 #include <stddef.h>
 #include "mailspool/error.h"
+#include "mailspool/tls.h"
 
 #define MS_DNS_MAX_TARGETS 32
 #define MS_DNS_NAME_MAX 255
@@ -46,6 +47,8 @@ typedef struct ms_dns_targets {
 	ms_dns_target t[MS_DNS_MAX_TARGETS];
 	size_t n;
 	int implicit;    /* no MX records: the domain's own addresses */
+	int secure;      /* the MX answer (or its absence) was DNSSEC-validated by the
+	                  * resolver (its AD bit): DANE may apply (mailspool/dns.h) */
 	unsigned ttl;    /* seconds the answer may be kept: the smallest address
 	                  * TTL (c-ares 1.18 does not give the MX record's) */
 	int code;        /* on failure: the SMTP-style code to report (556, 550, 451) */
@@ -74,5 +77,24 @@ ms_status ms_dns_targets_for(const char *domain, const ms_dns_opts *o, ms_dns_ta
  * MS_ERR_USAGE when the name has no address. */
 ms_status ms_dns_host_addrs(const char *host, const ms_dns_opts *o, char (*addrs)[46], size_t max,
                             size_t *n, ms_error *err);
+
+/* DANE for one MX host (RFC 7672 2.2): its A and AAAA records and its
+ * TLSA records at _PORT._tcp.HOST, asked at once with the AD bit.
+ *  MS_DANE_USABLE    validated TLSA records; out holds the usable ones
+ *  MS_DANE_UNUSABLE  validated TLSA records, none usable: TLS is required
+ *                    but cannot be authenticated (RFC 7672 2.2, "encrypt")
+ *  MS_DANE_NONE      no validated TLSA records (the addresses or the TLSA
+ *                    answer not validated, or a validated denial)
+ * MS_ERR_TEMP: the TLSA lookup failed (SERVFAIL, a timeout) for a host
+ * whose addresses were validated - RFC 7672 2.2: that host is not used
+ * now, never reached without DANE. */
+typedef enum ms_dane_state { MS_DANE_NONE = 0, MS_DANE_USABLE, MS_DANE_UNUSABLE } ms_dane_state;
+ms_status ms_dns_tlsa(const char *host, unsigned port, const ms_dns_opts *o, ms_tlsa_set *out,
+                      ms_dane_state *state, ms_error *err);
+
+/* The TLSA records in a DNS answer (abuf[0..alen)), for tests and the
+ * lookup above: usable ones into out, the others counted.  -1 when the
+ * answer is malformed. */
+int ms_dns_parse_tlsa(const unsigned char *abuf, int alen, ms_tlsa_set *out);
 
 #endif

@@ -136,6 +136,7 @@ typedef struct ms_smtp_opts {
 	int implicit_tls;       /* TLS from the first byte (smtps://, port 465) */
 	const char *tls_name;   /* the name the certificate must carry; default: the host */
 	const char *tls_ca_file; /* CAs for `verify`; default: the system store */
+	const ms_tlsa_set *tlsa; /* the server's TLSA records, for MS_TLS_DANE */
 	/* AUTH (RFC 4954; R37) */
 	const char *auth_user;  /* NULL: no AUTH */
 	const char *auth_secret; /* password, or the OAuth token for XOAUTH2 */

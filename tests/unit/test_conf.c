@@ -118,12 +118,17 @@ static void test_new_keys(void **state)
 	ms_net_opts_for(&c, "y.test", NULL, &o);
 	assert_string_equal(o.bind4, "192.0.2.1");
 	assert_string_equal(o.bind6, "2001:db8::1");
+	/* The default: may, with DANE where published; dane-only by pattern. */
+	assert_int_equal(load_text("destination.d.test.tls = dane-only\n", &c, &err), MS_OK);
+	assert_int_equal(ms_conf_tls_for(&c, "y.test", NULL), MS_TLS_LEVEL_DANE);
+	assert_int_equal(ms_conf_tls_for(&c, "d.test", NULL), MS_TLS_LEVEL_DANE_ONLY);
 	static const char *const bad[] = {
 		"aliases = relative/path\n",  "admin_address = root\n", "log_format = xml\n",
 		"metrics_listen = localhost\n", "delay_warning = soon\n", "inet_protocols = ipv5\n",
 		"address_preference = both\n", "bind_address = 192.0.2.1 192.0.2.2\n",
-		"bind_address = mail.example.org\n", "tls_security_level = dane\n",
+		"bind_address = mail.example.org\n", "tls_security_level = mta-sts\n",
 		"destination.x.test.tls = sometimes\n",
+		"relay.r.url = smtp://127.0.0.1\nrelay.r.tls = dane\n", /* a relay has no TLSA */
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		assert_int_equal(load_text(bad[i], &c, &err), MS_ERR_USAGE);
