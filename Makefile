@@ -66,6 +66,9 @@ $(BUILD)/lib/%.o: lib/%.c Makefile
 # library installed here.
 OPENDKIM_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir opendkim 2>/dev/null)/libopendkim.so 2>/dev/null | sed -n 's/^ *SONAME *//p')
 $(BUILD)/lib/dkim.o: ALL_CFLAGS += $(if $(OPENDKIM_SONAME),-DMS_OPENDKIM_SONAME='"$(OPENDKIM_SONAME)"')
+# libcurl too (lib/https.c, MTA-STS policies).
+CURL_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir libcurl 2>/dev/null)/libcurl.so 2>/dev/null | sed -n 's/^ *SONAME *//p')
+$(BUILD)/lib/https.o: ALL_CFLAGS += $(if $(CURL_SONAME),-DMS_CURL_SONAME='"$(CURL_SONAME)"')
 
 $(BUILD)/libmailspool.a: $(LIB_OBJ)
 	rm -f $@

@@ -35,6 +35,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->clock_skew = 60;
 	c->dns_timeout = 30;
 	snprintf(c->mx_port, sizeof c->mx_port, "25");
+	c->mta_sts_port = 443;
 	/* Opportunistic, and DANE where DNSSEC-validated TLSA records say so
 	 * (Postfix's smtp_tls_security_level = dane) */
 	c->tls_security_level = MS_TLS_LEVEL_DANE;
@@ -425,15 +426,12 @@ static int dns_server_ok(const char *s, size_t n)
 }
 
 /* A TLS level for MX delivery: none, may, encrypt, verify, dane,
- * dane-only; mta-sts is named as not built, so that nobody believes it in
- * force. */
+ * dane-only, mta-sts. */
 static const char *tls_level(const char *val, int *out)
 {
 	ms_tls_policy p;
-	if (!strcmp(val, "mta-sts"))
-		return "mta-sts is not supported yet: use dane, verify (with tls_ca_file) or encrypt";
 	if (ms_tls_policy_parse(val, &p) < 0)
-		return "wants none, may, encrypt, verify, dane or dane-only";
+		return "wants none, may, encrypt, verify, dane, dane-only or mta-sts";
 	*out = (int)p;
 	return NULL;
 }
@@ -711,6 +709,13 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 		if (strcmp(val, "syslog") && strcmp(val, "stderr") && val[0] != '/')
 			return "wants syslog, stderr or an absolute path";
 		return set_str(c->log_file, sizeof c->log_file, val) ? "is too long" : NULL;
+	}
+	if (!strcmp(key, "mta_sts_port")) {
+		size_t port;
+		if (parse_count(val, &port, 65535) || !port)
+			return "wants a port number";
+		c->mta_sts_port = (unsigned)port;
+		return NULL;
 	}
 	if (!strcmp(key, "mx_port")) {
 		size_t port;

@@ -14,6 +14,7 @@
 
 #include "mailspool/client.h"
 #include "mailspool/dns.h"
+#include "mailspool/sts.h"
 #include "mailspool/net.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/pool.h"
@@ -264,9 +265,18 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
 typedef struct tls_choice {
 	int tls, level;
 	const ms_tlsa_set *tlsa;
+	int sts;     /* required by an MTA-STS policy in enforce mode */
+	int observe; /* MTA-STS testing: checked and reported, not enforced */
 } tls_choice;
 
-static const tls_choice NO_TLS_CHOICE = { -1, -1, NULL };
+static const tls_choice NO_TLS_CHOICE = { -1, -1, NULL, 0, 0 };
+
+/* The key of the sessions a choice may share: the policy as resolved, so
+ * that a session opened under `may` never serves one that must verify. */
+static int choice_key(const tls_choice *tc)
+{
+	return tc->tls < 0 ? -1 : tc->tls + 16 * tc->sts + 32 * tc->observe;
+}
 
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
                             const ms_net_opts *net, tls_choice tc, ms_message **msgs, size_t n,
@@ -281,6 +291,8 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 		 * the certificate against the host's TLSA records. */
 		co.smtp.tls = (ms_tls_policy)tls;
 		co.smtp.tlsa = tc.tlsa;
+		co.smtp.tls_sts = tc.sts;
+		co.smtp.tls_observe = tc.observe;
 		if (o->conf->tls_ca_file[0])
 			co.smtp.tls_ca_file = o->conf->tls_ca_file;
 	}
@@ -289,7 +301,7 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 	co.smtp.ctx = co.qmtp.ctx = &rc;
 	co.smtp.tls_name = tls_name;
 	char key[MS_POOL_KEY_MAX];
-	pool_key(rt, tls_name, &co.smtp.net, tc.level, key, sizeof key);
+	pool_key(rt, tls_name, &co.smtp.net, choice_key(&tc), key, sizeof key);
 	co.smtp.quirks = ms_quirks_get(o->quirks, key);
 	size_t carried = 0;
 	ms_client *cl = o->pool ? ms_pool_take(o->pool, key, &carried) : NULL;
@@ -338,6 +350,13 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 			rep->tls_verified++;
 		else
 			rep->tls_unverified++;
+		if (tc.observe && (!ti || !ti->verified)) {
+			/* MTA-STS testing: what enforce would have refused. */
+			rep->sts_testing_failed = 1;
+			ms_transcript_addf(o->transcript, MS_TX_NOTE,
+			                   "MTA-STS (testing): %s would fail the policy: %s", rep->relay,
+			                   ti ? ti->verify_error : "no STARTTLS");
+		}
 	}
 	run_session(o, rt, &co, &cl, &carried, msgs, n, rep);
 	if (cl)
@@ -401,6 +420,34 @@ static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, cons
 	return st;
 }
 
+/* The policy a host's session will have when that is known without
+ * looking anything up (no DANE possible: the MX answer was not
+ * validated), for finding a parked session; -2 when it is not. */
+static int predicted_key(const ms_deliver_opts *o, const char *domain, const char *host,
+                         const ms_dns_targets *tg, const ms_sts_policy *sts)
+{
+	tls_choice tc = { .level = ms_conf_tls_for(o->conf, domain, host) };
+	tc.tls = tc.level;
+	if (tc.level == MS_TLS_LEVEL_DANE || tc.level == MS_TLS_LEVEL_DANE_ONLY) {
+		if (tg->secure)
+			return -2;
+		if (tc.level == MS_TLS_LEVEL_DANE_ONLY)
+			return -2;
+		tc.tls = MS_TLS_MAY;
+	} else if (tc.level == MS_TLS_LEVEL_MTA_STS) {
+		tc.tls = MS_TLS_MAY;
+	}
+	if (sts && tc.tls == MS_TLS_MAY) {
+		if (sts->mode == MS_STS_ENFORCE && !ms_sts_mx_ok(sts, host))
+			return -2;
+		if (sts->mode == MS_STS_ENFORCE)
+			tc.tls = MS_TLS_VERIFY, tc.sts = 1;
+		else if (sts->mode == MS_STS_TESTING)
+			tc.observe = 1;
+	}
+	return choice_key(&tc);
+}
+
 static void dns_opts_of(const ms_conf *c, ms_dns_opts *dop)
 {
 	ms_dns_opts_default(dop);
@@ -454,8 +501,8 @@ static ms_status dane_for(const ms_deliver_opts *o, const ms_route *base,
 /* One MX host: its addresses (consecutive in tg from *i) race as one
  * server (RFC 8305), from the source address its patterns give. */
 static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, const char *domain,
-                             const ms_dns_targets *tg, size_t *i, ms_message **msgs, size_t n,
-                             ms_deliver_report *rep, ms_error *err)
+                             const ms_dns_targets *tg, const ms_sts_policy *sts, size_t *i,
+                             ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
 {
 	const ms_dns_target *t = &tg->t[*i];
 	ms_net_opts net;
@@ -469,13 +516,32 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 	tls_choice tc = { .level = ms_conf_tls_for(o->conf, domain, t->name), .tlsa = NULL };
 	tc.tls = tc.level;
 	ms_tlsa_set *tlsa = NULL;
+	snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", t->name, t->addr, base->port);
+	if (sts && sts->mode == MS_STS_ENFORCE && !ms_sts_mx_ok(sts, t->name)) {
+		/* RFC 8461 4.1: an MX host outside the policy is not used. */
+		rep->tls_refused = 1;
+		ms_error_set(err, MS_ERR_TEMP, "%s is not an MX host of the MTA-STS policy of %s",
+		             t->name, domain);
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
+		return MS_ERR_TEMP;
+	}
 	if (tc.level == MS_TLS_LEVEL_DANE || tc.level == MS_TLS_LEVEL_DANE_ONLY) {
-		snprintf(rep->relay, sizeof rep->relay, "%.255s[%.50s]:%s", t->name, t->addr, base->port);
 		ms_status st = dane_for(o, base, tg, t->name, &tc, &tlsa, rep, err);
 		if (st != MS_OK) {
 			ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
 			free(tlsa);
 			return st;
+		}
+	} else if (tc.level == MS_TLS_LEVEL_MTA_STS) {
+		tc.tls = MS_TLS_MAY;
+	}
+	/* MTA-STS where DANE did not decide (RFC 8461 2: DANE first). */
+	if (sts && tc.tls == MS_TLS_MAY) {
+		if (sts->mode == MS_STS_ENFORCE) {
+			tc.tls = MS_TLS_VERIFY;
+			tc.sts = 1;
+		} else if (sts->mode == MS_STS_TESTING) {
+			tc.observe = 1;
 		}
 	}
 	ms_status st = try_server(o, base, t->name, t->addr, t->name, &net, tc, msgs, n, rep, err);
@@ -607,6 +673,22 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 	}
 	if (domain[0] != '[')
 		ms_deliver_site(tg, rep->site, sizeof rep->site);
+	/* MTA-STS (RFC 8461) for the levels that honour it. */
+	ms_sts_policy *sts = NULL;
+	int dlevel = ms_conf_tls_for(o->conf, domain, NULL);
+	if (o->sts && domain[0] != '[' &&
+	    (dlevel == MS_TLS_LEVEL_DANE || dlevel == MS_TLS_LEVEL_MTA_STS) &&
+	    (sts = calloc(1, sizeof *sts))) {
+		char note[700];
+		ms_sts_policy_for(o->sts, o->conf, domain, sts, note, sizeof note);
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s", note);
+		if (!sts->found || sts->mode == MS_STS_NONE) {
+			free(sts);
+			sts = NULL;
+		} else {
+			rep->sts_mode = (int)sts->mode;
+		}
+	}
 	/* The MX hosts' addresses in order; the MX name is the TLS name.  A
 	 * parked session to any of them is taken first. */
 	for (size_t i = 0; o->pool && i < tg->n; i++) {
@@ -615,20 +697,25 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		snprintf(rt.host, sizeof rt.host, "%s", tg->t[i].addr);
 		ms_net_opts net;
 		ms_net_opts_for(o->conf, domain, tg->t[i].name, &net);
-		pool_key(&rt, tg->t[i].name, &net, ms_conf_tls_for(o->conf, domain, tg->t[i].name), key,
-		         sizeof key);
+		int pk = predicted_key(o, domain, tg->t[i].name, tg, sts);
+		if (pk == -2)
+			continue;
+		pool_key(&rt, tg->t[i].name, &net, pk, key, sizeof key);
 		size_t at = i;
 		if (i > 0 && tg->t[i].pref == tg->t[0].pref && ms_pool_has(o->pool, key) &&
-		    try_mx_host(o, &base, domain, tg, &at, msgs, n, rep, &e) == MS_OK) {
+		    try_mx_host(o, &base, domain, tg, sts, &at, msgs, n, rep, &e) == MS_OK) {
+			free(sts);
 			free(tg);
 			return MS_OK;
 		}
 	}
 	for (size_t i = 0; i < tg->n;)
-		if (try_mx_host(o, &base, domain, tg, &i, msgs, n, rep, &e) == MS_OK) {
+		if (try_mx_host(o, &base, domain, tg, sts, &i, msgs, n, rep, &e) == MS_OK) {
+			free(sts);
 			free(tg);
 			return MS_OK;
 		}
+	free(sts);
 	free(tg);
 	return give_up(o, msgs, n, rep, e.msg);
 }

@@ -601,3 +601,98 @@ ms_status ms_dns_tlsa(const char *host, unsigned port, const ms_dns_opts *o, ms_
 		free(q[i].buf);
 	return st;
 }
+
+/* ---- MTA-STS: the _mta-sts TXT record ---- */
+
+typedef struct txt_q {
+	int status;
+	int nsts;      /* records that start with v=STSv1 */
+	char id[33];
+	int id_ok;
+} txt_q;
+
+/* "v=STSv1; id=20160831085700Z;" (RFC 8461 3.1: fields separated by ';'
+ * and optional white space; the id 1-32 alphanumerics). */
+static void sts_record(txt_q *q, const char *t)
+{
+	if (strncmp(t, "v=STSv1", 7) || (t[7] && t[7] != ';' && t[7] != ' ' && t[7] != '\t'))
+		return;
+	q->nsts++;
+	q->id_ok = 0;
+	for (const char *p = t + 7; *p;) {
+		while (*p == ';' || *p == ' ' || *p == '\t')
+			p++;
+		if (!strncmp(p, "id=", 3)) {
+			size_t n = 0;
+			p += 3;
+			while (n < 33 && ((p[n] >= '0' && p[n] <= '9') || (p[n] >= 'a' && p[n] <= 'z') ||
+			                  (p[n] >= 'A' && p[n] <= 'Z')))
+				n++;
+			if (n >= 1 && n <= 32 && (!p[n] || p[n] == ';' || p[n] == ' ' || p[n] == '\t')) {
+				memcpy(q->id, p, n);
+				q->id[n] = '\0';
+				q->id_ok = 1;
+			}
+		}
+		while (*p && *p != ';')
+			p++;
+	}
+}
+
+static void on_txt(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	(void)timeouts;
+	txt_q *q = arg;
+	q->status = status;
+	if (status != ARES_SUCCESS)
+		return;
+	struct ares_txt_ext *txt = NULL;
+	if ((q->status = ares_parse_txt_reply_ext(abuf, alen, &txt)) != ARES_SUCCESS)
+		return;
+	/* A record's strings are one text (RFC 8461 3.1): joined, capped. */
+	char rec[1024];
+	size_t k = 0;
+	rec[0] = '\0';
+	for (struct ares_txt_ext *t = txt; t; t = t->next) {
+		if (t->record_start) {
+			if (k)
+				sts_record(q, rec);
+			k = 0;
+			rec[0] = '\0';
+		}
+		size_t n = t->length < sizeof rec - 1 - k ? t->length : sizeof rec - 1 - k;
+		memcpy(rec + k, t->txt, n);
+		k += n;
+		rec[k] = '\0';
+	}
+	if (k)
+		sts_record(q, rec);
+	ares_free_data(txt);
+}
+
+ms_status ms_dns_sts_id(const char *domain, const ms_dns_opts *o, char id[33], int *found,
+                        ms_error *err)
+{
+	*found = 0;
+	id[0] = '\0';
+	char name[MS_DNS_NAME_MAX + 16];
+	if (!*domain || strlen(domain) > MS_DNS_NAME_MAX - 10)
+		return MS_OK;
+	snprintf(name, sizeof name, "_mta-sts.%s", domain);
+	ares_channel ch;
+	ms_status st = open_channel(o, "b", &ch, err);
+	if (st != MS_OK)
+		return st;
+	txt_q q = { .status = ARES_ECANCELLED };
+	ares_query(ch, name, 1 /* C_IN */, 16 /* TXT */, on_txt, &q);
+	run(ch, now_ms() + (o->timeout_ms > 0 ? o->timeout_ms : 30000));
+	ares_destroy(ch);
+	if (temporary(q.status) && q.status != ARES_EBADRESP)
+		return ms_error_set(err, MS_ERR_TEMP, "TXT lookup for %s failed: %s", name,
+		                    why(q.status));
+	if (q.status == ARES_SUCCESS && q.nsts == 1 && q.id_ok) {
+		*found = 1;
+		memcpy(id, q.id, sizeof q.id);
+	}
+	return MS_OK;
+}

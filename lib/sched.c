@@ -3,6 +3,7 @@
  * messages (see mailspool/sched.h; RFC 5321 4.5.4.1, 6.1; RFC 3464).
  */
 #include "mailspool/sched.h"
+#include "mailspool/sts.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -645,6 +646,12 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 	}
 	memcpy(out, plan.unroutable, plan.nunroutable * sizeof *out);
 	size_t nout = plan.nunroutable;
+	/* MTA-STS policies: the spool's cache, shared with the daemon's agents. */
+	int sts_dfd = -1;
+	ms_error serr;
+	if (!sp || ms_spool_state_dir(sp, "sts", &sts_dfd, &serr) != MS_OK)
+		sts_dfd = -1;
+	ms_sts_cache *sts = ms_sts_cache_new(sts_dfd);
 	/* One session per destination, for all of its recipients. */
 	for (size_t g = 0; g < plan.ngroups && st == MS_OK; g++) {
 		const ms_sched_group *gr = &plan.groups[g];
@@ -653,7 +660,8 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 		if ((st = ms_sched_message(sp, e, gr->idx, gr->n, &m, &fd, err)) != MS_OK)
 			break;
 		attempt_ctx a = { gr->idx, out, nout };
-		ms_deliver_opts dopt = { .conf = c, .transcript = tx, .on_result = collect, .ctx = &a };
+		ms_deliver_opts dopt = { .conf = c, .transcript = tx, .on_result = collect, .ctx = &a,
+			                     .sts = sts };
 		ms_deliver_report rep;
 		st = ms_deliver(&dopt, gr->key, &m, 1, &rep, err);
 		nout = a.n;
@@ -661,6 +669,7 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 		close(fd);
 	}
 	ms_sched_plan_free(&plan);
+	ms_sts_cache_free(sts);
 	if (st != MS_OK) {
 		free(out);
 		return st;

@@ -1052,7 +1052,7 @@ static ms_status start_tls(ms_smtp *s, ms_tls_policy policy, int timeout_ms, con
 {
 	const char *name = s->o.tls_name && *s->o.tls_name ? s->o.tls_name : s->peer;
 	ms_status st = ms_tls_handshake(&s->io, policy, name, s->o.tls_ca_file, s->o.tlsa,
-	                                ms_now_ms() + timeout_ms, &s->tls, err);
+	                                s->o.tls_observe, ms_now_ms() + timeout_ms, &s->tls, err);
 	if (st != MS_OK)
 		return st;
 	s->tls_active = 1;
@@ -1400,9 +1400,10 @@ static int on_reply(ms_smtp *s, ms_reply *r)
 			snprintf(t->m->tls, sizeof t->m->tls, "none");
 		else
 			snprintf(t->m->tls, sizeof t->m->tls, "%s %.31s %.63s",
-			         s->tls.dane       ? "dane"
-			         : s->tls.verified ? "verified"
-			                           : "unverified",
+			         s->tls.dane                        ? "dane"
+			         : s->tls.verified && s->o.tls_sts ? "mta-sts"
+			         : s->tls.verified                  ? "verified"
+			                                            : "unverified",
 			         s->tls.protocol,
 			         s->tls.cipher);
 	}

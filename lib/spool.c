@@ -268,6 +268,27 @@ ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *
 	return MS_OK;
 }
 
+ms_status ms_spool_state_dir(ms_spool *sp, const char *name, int *dfd, ms_error *err)
+{
+	*dfd = -1;
+	if (!*name || strchr(name, '/') || name[0] == '.')
+		return ms_error_set(err, MS_ERR_USAGE, "bad state directory name");
+	if (mkdirat(sp->dfd_root, name, 0700) < 0 && errno != EEXIST)
+		return ms_error_set(err, MS_ERR_IO, "cannot create %s/%s: %s", sp->dir, name,
+		                    strerror(errno));
+	int fd = openat(sp->dfd_root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return ms_error_set(err, MS_ERR_IO, "cannot open %s/%s: %s", sp->dir, name,
+		                    errno == ELOOP || errno == ENOTDIR ? "not a directory" : strerror(errno));
+	ms_status st = check_dir(sp, fd, name, err);
+	if (st != MS_OK) {
+		close(fd);
+		return st;
+	}
+	*dfd = fd;
+	return MS_OK;
+}
+
 void ms_spool_close(ms_spool *sp)
 {
 	if (!sp)

@@ -104,8 +104,8 @@ static void x509_name(X509_NAME *nm, char *out, size_t n)
 }
 
 ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
-                           const char *ca_file, const ms_tlsa_set *tlsa, int64_t deadline,
-                           ms_tls_info *info, ms_error *err)
+                           const char *ca_file, const ms_tlsa_set *tlsa, int observe,
+                           int64_t deadline, ms_tls_info *info, ms_error *err)
 {
 	memset(info, 0, sizeof *info);
 	if (ms_buf_avail(&io->in) > 0)
@@ -122,6 +122,8 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 	SSL_CTX_set_options(c->ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	int dane = policy == MS_TLS_DANE;
 	int verify = policy == MS_TLS_VERIFY || dane;
+	/* Checked as verify would, not enforced (MTA-STS testing). */
+	int check = verify || (observe && name && *name);
 	if (verify && (!name || !*name)) {
 		tls_close(c);
 		return ms_error_set(err, MS_ERR_USAGE,
@@ -140,7 +142,7 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 			return ms_error_set(err, MS_ERR_USAGE, "cannot enable DANE: %s", why);
 		}
 		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-	} else if (verify) {
+	} else if (check) {
 		int ok = ca_file && *ca_file ? SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL)
 		                             : SSL_CTX_set_default_verify_paths(c->ctx);
 		if (!ok) {
@@ -149,7 +151,7 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 			return ms_error_set(err, MS_ERR_USAGE, "cannot load CA certificates%s%s: %s",
 			                    ca_file ? " from " : "", ca_file ? ca_file : "", why);
 		}
-		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+		SSL_CTX_set_verify(c->ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
 	} else {
 		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
 	}
@@ -180,7 +182,7 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 	} else if (name && *name) {
 		if (!is_ip(name))
 			SSL_set_tlsext_host_name(c->ssl, name); /* SNI: names only */
-		if (verify) {
+		if (check) {
 			X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
 			X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
 			int ok = is_ip(name) ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
@@ -231,7 +233,7 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 		X509_free(peer);
 	}
 	long vr = SSL_get_verify_result(c->ssl);
-	info->verified = verify && vr == X509_V_OK;
+	info->verified = check && vr == X509_V_OK;
 	info->dane = dane && info->verified && SSL_get0_dane_authority(c->ssl, NULL, NULL) >= 0;
 	if (dane && !info->dane) {
 		/* (SSL_VERIFY_PEER makes a mismatch fail above; this is the
@@ -241,7 +243,9 @@ ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
 		                                      "matched", tlsa->base);
 	}
 	snprintf(info->verify_error, sizeof info->verify_error, "%s",
-	         verify ? "" : "not checked (policy)");
+	         !check              ? "not checked (policy)"
+	         : info->verified    ? ""
+	                             : X509_verify_cert_error_string(vr));
 	/* From here on every byte goes through TLS. */
 	io->tr.read = tls_read;
 	io->tr.write = tls_write;

@@ -149,6 +149,7 @@ typedef struct ms_conf {
 	char dns_servers[MS_CONF_VALUE_MAX]; /* dns_servers ("": /etc/resolv.conf) */
 	int64_t dns_timeout;               /* dns_timeout (30 s) for one domain's lookup */
 	char mx_port[6];                   /* mx_port (25) */
+	unsigned mta_sts_port;             /* mta_sts_port (443): the policy's HTTPS port */
 	size_t mx_address_limit;           /* mx_address_limit (5) addresses tried */
 	size_t max_deliveries;             /* max_deliveries (1000) sessions at once, all agents */
 	size_t claim_window;               /* claim_window (4000): messages claimed at once */

@@ -92,6 +92,13 @@ typedef enum ms_dane_state { MS_DANE_NONE = 0, MS_DANE_USABLE, MS_DANE_UNUSABLE 
 ms_status ms_dns_tlsa(const char *host, unsigned port, const ms_dns_opts *o, ms_tlsa_set *out,
                       ms_dane_state *state, ms_error *err);
 
+/* MTA-STS discovery (RFC 8461 3.1): the TXT record at _mta-sts.DOMAIN.
+ * *found 1 with its id (1-32 letters and digits) when exactly one record
+ * starts "v=STSv1" and carries a valid id; 0 when there is none (or more
+ * than one, or a bad one).  MS_ERR_TEMP when the lookup failed. */
+ms_status ms_dns_sts_id(const char *domain, const ms_dns_opts *o, char id[33], int *found,
+                        ms_error *err);
+
 /* The TLSA records in a DNS answer (abuf[0..alen)), for tests and the
  * lookup above: usable ones into out, the others counted.  -1 when the
  * answer is malformed. */

@@ -137,6 +137,8 @@ typedef struct ms_smtp_opts {
 	const char *tls_name;   /* the name the certificate must carry; default: the host */
 	const char *tls_ca_file; /* CAs for `verify`; default: the system store */
 	const ms_tlsa_set *tlsa; /* the server's TLSA records, for MS_TLS_DANE */
+	int tls_sts;             /* verify because of an MTA-STS policy: recorded as "mta-sts" */
+	int tls_observe;         /* check the certificate, do not enforce (MTA-STS testing) */
 	/* AUTH (RFC 4954; R37) */
 	const char *auth_user;  /* NULL: no AUTH */
 	const char *auth_secret; /* password, or the OAuth token for XOAUTH2 */

@@ -77,6 +77,12 @@ void ms_spool_set_report(ms_spool *sp, ms_spool_report_fn fn, void *ctx);
 /* A fresh queue id: 13 hex digits of microseconds since the epoch, then
  * 16 random hex digits (unique without coordination; sorts by arrival). */
 void ms_spool_new_id(char out[MS_ENV_ID_MAX + 1]);
+/* A directory of the spool for state that is not the queue (sts/, the
+ * MTA-STS policy cache; tlsrpt/, TLS-RPT counts): made 0700 when missing,
+ * opened without following a symlink and checked as the spool's own
+ * directories are.  *dfd is the caller's to close. */
+ms_status ms_spool_state_dir(ms_spool *sp, const char *name, int *dfd, ms_error *err);
+
 /* Start a new message: a fresh id and a data file in tmp/. */
 ms_status ms_spool_begin(ms_spool *sp, ms_spool_tx **tx, ms_error *err);
 const char *ms_spool_tx_id(const ms_spool_tx *tx);

@@ -43,7 +43,10 @@ typedef enum ms_tls_policy {
 	 * (lib/deliver.c): "dane" is DANE where DNSSEC-validated TLSA records
 	 * exist and `may` elsewhere; "dane-only" defers where there are none. */
 	MS_TLS_LEVEL_DANE,
-	MS_TLS_LEVEL_DANE_ONLY
+	MS_TLS_LEVEL_DANE_ONLY,
+	/* "mta-sts": MTA-STS where published (mailspool/sts.h), `may`
+	 * elsewhere; "dane" honours MTA-STS too, after DANE. */
+	MS_TLS_LEVEL_MTA_STS
 } ms_tls_policy;
 
 /* TLSA records (RFC 6698 2.1) of one server, as the DANE check takes them.
@@ -76,15 +79,18 @@ typedef struct ms_tls_info {
  * Handshake on io's socket.  `name` is the server's name to check (a DNS
  * name or an IP address; with `verify`); `ca_file` replaces the system CA
  * store when set.  MS_ERR_TEMP with a sentence on any failure, including a
- * certificate that does not verify.
+ * certificate that does not verify.  observe (with `may` or `encrypt`):
+ * the chain and name are checked as `verify` would and the result is
+ * recorded in info (verified, verify_error), never enforced - MTA-STS's
+ * testing mode.
  */
 ms_status ms_tls_handshake(ms_io *io, ms_tls_policy policy, const char *name,
-                           const char *ca_file, const ms_tlsa_set *tlsa, int64_t deadline,
-                           ms_tls_info *info, ms_error *err);
+                           const char *ca_file, const ms_tlsa_set *tlsa, int observe,
+                           int64_t deadline, ms_tls_info *info, ms_error *err);
 
 const char *ms_tls_policy_name(ms_tls_policy p);
-/* "none", "may", "encrypt", "verify", "dane", "dane-only" -> policy (the
- * last two as configuration levels); -1 if unknown. */
+/* "none", "may", "encrypt", "verify", "dane", "dane-only", "mta-sts" ->
+ * policy (the last three as configuration levels); -1 if unknown. */
 int ms_tls_policy_parse(const char *s, ms_tls_policy *p);
 
 #endif

@@ -831,6 +831,6 @@ def test_tls_policy_per_destination(tmp_path, port, certs):
         assert a["last_reply"]["enhanced"] == b["last_reply"]["enhanced"] == "4.7.5"
         # A policy failure is no dead destination: nothing was backed off.
         assert "not tried again" not in log
-    bad = Spool(str(tmp_path / "bad"), "tls_security_level = mta-sts\n")
+    bad = Spool(str(tmp_path / "bad"), "tls_security_level = strict\n")
     p = bad.run([bad.sendmail, "x@y.test"], "Subject: s\n\nb\n")
-    assert p.returncode == 64 and b"mta-sts is not supported yet" in p.stderr
+    assert p.returncode == 64 and b"wants none, may, encrypt, verify, dane" in p.stderr

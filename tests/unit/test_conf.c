@@ -126,7 +126,7 @@ static void test_new_keys(void **state)
 		"aliases = relative/path\n",  "admin_address = root\n", "log_format = xml\n",
 		"metrics_listen = localhost\n", "delay_warning = soon\n", "inet_protocols = ipv5\n",
 		"address_preference = both\n", "bind_address = 192.0.2.1 192.0.2.2\n",
-		"bind_address = mail.example.org\n", "tls_security_level = mta-sts\n",
+		"bind_address = mail.example.org\n", "tls_security_level = strict\n",
 		"destination.x.test.tls = sometimes\n",
 		"relay.r.url = smtp://127.0.0.1\nrelay.r.tls = dane\n", /* a relay has no TLSA */
 	};
