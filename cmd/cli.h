@@ -107,6 +107,7 @@ int cmd_show(int argc, char **argv);
 int cmd_hold(int argc, char **argv);   /* hold, release, delete, flush by argv[0] */
 int cmd_stats(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
+int cmd_tls_report(int argc, char **argv);
 /* Printing (listing.c): text from outside made printable; a reply;
  * local time; an envelope as JSON. */
 void cli_put_safe(FILE *f, const char *s);

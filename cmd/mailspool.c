@@ -51,6 +51,7 @@ static void usage_main(FILE *f)
 	        "  sweep    repair what a crash left in the spool\n"
 	        "  setup    (root) make the queue's owner, the spool and the set-id helper\n"
 	        "  dkim-keygen  a DKIM key and the TXT record that publishes it\n"
+	        "  tls-report   the TLS-RPT (RFC 8460) report of a day, as JSON\n"
 	        "  version  this program's version and the library's (also --version)\n"
 	        "\n"
 	        "Run as sendmail (or '%s sendmail ...') it takes sendmail's options;\n"
@@ -1172,7 +1173,7 @@ int main(int argc, char **argv)
 		         { "flush", cmd_hold },      { "stats", cmd_stats },     { "sweep", cmd_sweep },
 		         { "sendmail", cmd_sendmail }, { "mailq", cmd_mailq },
 		         { "daemon", cmd_daemon },   { "setup", cmd_setup },
-		         { "dkim-keygen", cmd_dkim_keygen } };
+		         { "dkim-keygen", cmd_dkim_keygen }, { "tls-report", cmd_tls_report } };
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
 		if (!strcmp(argv[1], cmds[i].name))
 			return cmds[i].fn(argc - 1, argv + 1);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mailspool/tlsrpt.h"
 #include "mailspool/sched.h"
 #include "mailspool/buf.h"
 #include "mailspool/headers.h"
@@ -253,6 +254,59 @@ int cmd_stats(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", progname, err.msg);
 		return EX_TEMPFAIL_;
 	}
+	return EX_OK_;
+}
+
+/* `mailspool tls-report [DAY [DOMAIN]]`: the RFC 8460 report(s) of a UTC
+ * day (default: yesterday) from the spool's tlsrpt/ counts. */
+int cmd_tls_report(int argc, char **argv)
+{
+	int json = 0;
+	ms_conf conf;
+	ms_spool *sp;
+	static const char usage[] = "tls-report [-C FILE] [DAY [DOMAIN]]";
+	int r = begin(argc, argv, usage, &json, &conf, &sp, "read the TLS-RPT data");
+	if (r >= 0)
+		return r;
+	if (argc - optind > 2) {
+		fprintf(stderr, "usage: %s %s\n", progname, usage);
+		ms_spool_close(sp);
+		return EX_USAGE_;
+	}
+	char day[16];
+	if (optind < argc) {
+		snprintf(day, sizeof day, "%s", argv[optind]);
+	} else {
+		time_t y = time(NULL) - 86400;
+		struct tm tm;
+		gmtime_r(&y, &tm);
+		strftime(day, sizeof day, "%Y-%m-%d", &tm);
+	}
+	char contact[300];
+	if (conf.admin_address[0])
+		snprintf(contact, sizeof contact, "%s", conf.admin_address);
+	else
+		snprintf(contact, sizeof contact, "postmaster@%s", conf.hostname);
+	ms_tlsrpt_opts o = { .day = day, .domain = optind + 1 < argc ? argv[optind + 1] : NULL,
+		                 .org = conf.hostname, .contact = contact,
+		                 .report_host = conf.hostname };
+	int dfd = -1;
+	ms_error err;
+	ms_buf out;
+	ms_buf_init(&out, 64u << 20);
+	ms_status st = ms_spool_state_dir(sp, "tlsrpt", &dfd, &err);
+	if (st == MS_OK)
+		st = ms_tlsrpt_report(dfd, &o, &out, &err);
+	if (dfd >= 0)
+		close(dfd);
+	ms_spool_close(sp);
+	if (st != MS_OK) {
+		fprintf(stderr, "%s: %s\n", progname, err.msg);
+		ms_buf_free(&out);
+		return st == MS_ERR_USAGE ? EX_NOINPUT_ : EX_TEMPFAIL_;
+	}
+	fwrite(ms_buf_ptr(&out), 1, ms_buf_avail(&out), stdout);
+	ms_buf_free(&out);
 	return EX_OK_;
 }
 

@@ -33,6 +33,7 @@
 #include "mailspool/pool.h"
 #include "mailspool/quirks.h"
 #include "mailspool/sts.h"
+#include "mailspool/tlsrpt.h"
 #include "mailspool/io.h"
 
 /* ---- the scheduler's side ------------------------------------------------ */
@@ -220,6 +221,7 @@ struct agent {
 	ms_dns_cache *dns;
 	ms_quirks *quirks; /* what servers cannot take, for all units */
 	ms_sts_cache *sts; /* MTA-STS policies, kept in the spool's sts/ */
+	ms_tlsrpt *tlsrpt; /* TLS-RPT counts, appended to the spool's tlsrpt/ */
 };
 
 static void say(agent *a, const char *p, size_t n)
@@ -399,7 +401,7 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 	if (nm) {
 		ms_deliver_opts dopt = { .conf = a->conf, .on_result = on_result, .ctx = &c,
 			                     .pool = a->pool, .dns_cache = a->dns, .quirks = a->quirks,
-			                     .sts = a->sts, .conn_messages = u->conn_messages, .admit = admit };
+			                     .sts = a->sts, .tlsrpt = a->tlsrpt, .conn_messages = u->conn_messages, .admit = admit };
 		ms_deliver_report rep;
 		ms_error derr;
 		ms_deliver(&dopt, dest, msgs, nm, &rep, &derr);
@@ -709,18 +711,24 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	ms_dns_cache_opts_default(&dco);
 	a->dns = ms_dns_cache_new(&dco);
 	a->quirks = ms_quirks_new(MS_QUIRKS_TTL_MS);
-	/* The one directory an agent writes: the MTA-STS policy cache, not
-	 * the queue.  Without it policies are kept in memory only. */
+	/* The directories an agent writes, which are not the queue: the
+	 * MTA-STS policy cache (without it, policies are kept in memory only)
+	 * and the TLS-RPT counts. */
 	int sts_dfd = -1;
 	ms_error serr;
 	if (ms_spool_state_dir(sp, "sts", &sts_dfd, &serr) != MS_OK)
 		sts_dfd = -1;
 	a->sts = ms_sts_cache_new(sts_dfd);
-	if (!a->pool || !a->dns || !a->quirks || !a->sts) {
+	int rpt_dfd = -1;
+	if (ms_spool_state_dir(sp, "tlsrpt", &rpt_dfd, &serr) != MS_OK)
+		rpt_dfd = -1;
+	a->tlsrpt = ms_tlsrpt_new(rpt_dfd);
+	if (!a->pool || !a->dns || !a->quirks || !a->sts || !a->tlsrpt) {
 		ms_pool_free(a->pool);
 		ms_dns_cache_free(a->dns);
 		ms_quirks_free(a->quirks);
 		ms_sts_cache_free(a->sts);
+		ms_tlsrpt_free(a->tlsrpt);
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	}
 	pthread_t rt;
@@ -774,6 +782,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	ms_dns_cache_free(a->dns);
 	ms_quirks_free(a->quirks);
 	ms_sts_cache_free(a->sts);
+	ms_tlsrpt_free(a->tlsrpt);
 	pthread_cond_destroy(&a->cv);
 	pthread_mutex_destroy(&a->mu);
 	pthread_mutex_destroy(&a->out_mu);

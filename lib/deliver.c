@@ -15,6 +15,7 @@
 #include "mailspool/client.h"
 #include "mailspool/dns.h"
 #include "mailspool/sts.h"
+#include "mailspool/tlsrpt.h"
 #include "mailspool/net.h"
 #include "mailspool/dnscache.h"
 #include "mailspool/pool.h"
@@ -353,6 +354,8 @@ static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const 
 		if (tc.observe && (!ti || !ti->verified)) {
 			/* MTA-STS testing: what enforce would have refused. */
 			rep->sts_testing_failed = 1;
+			snprintf(rep->sts_testing_why, sizeof rep->sts_testing_why, "%s",
+			         ti ? ti->verify_error : "the server does not offer STARTTLS");
 			ms_transcript_addf(o->transcript, MS_TX_NOTE,
 			                   "MTA-STS (testing): %s would fail the policy: %s", rep->relay,
 			                   ti ? ti->verify_error : "no STARTTLS");
@@ -498,6 +501,63 @@ static ms_status dane_for(const ms_deliver_opts *o, const ms_route *base,
 	return MS_OK;
 }
 
+/* TLS-RPT (RFC 8460 4.3): the result type a policy failure's reason
+ * names. */
+static const char *rpt_result(const char *why)
+{
+	return strstr(why, "STARTTLS")                  ? "starttls-not-supported"
+	       : strstr(why, "hostname mismatch")        ? "certificate-host-mismatch"
+	       : strstr(why, "has expired")              ? "certificate-expired"
+	       : strstr(why, "matches no TLSA record")   ? "validation-failure"
+	       : strstr(why, "TLSA lookup")              ? "dnssec-invalid"
+	       : strstr(why, "no DNSSEC-validated TLSA") ? "dane-required"
+	       : strstr(why, "not trusted") || strstr(why, "self-signed") ||
+	               strstr(why, "issuer")
+	           ? "certificate-not-trusted"
+	           : "validation-failure";
+}
+
+/* The policy a host was held to, as RFC 8460 4.4 reports it: its type
+ * and its text (MTA-STS: the policy's lines; DANE: the TLSA records). */
+static void rpt_policy(const tls_choice *tc, const ms_sts_policy *sts, const char *host,
+                       const char *port, const char **type, ms_buf *text)
+{
+	if (tc->tls == MS_TLS_DANE && tc->tlsa) {
+		*type = "tlsa";
+		for (size_t i = 0; i < tc->tlsa->n; i++) {
+			const ms_tlsa *r = &tc->tlsa->r[i];
+			ms_buf_printf(text, "%s_%s._tcp.%s. IN TLSA %u %u %u ", i ? "\n" : "", port, host,
+			              r->usage, r->selector, r->mtype);
+			for (size_t k = 0; k < r->len; k++)
+				ms_buf_printf(text, "%02x", r->data[k]);
+		}
+	} else if (sts) {
+		*type = "sts";
+		ms_buf_printf(text, "version: STSv1\nmode: %s", ms_sts_mode_name(sts->mode));
+		for (size_t i = 0; i < sts->nmx; i++)
+			ms_buf_printf(text, "\nmx: %s", sts->mx[i]);
+		ms_buf_printf(text, "\nmax_age: %lld", (long long)sts->max_age);
+	} else {
+		*type = "no-policy-found";
+	}
+}
+
+static void rpt_note(const ms_deliver_opts *o, const char *domain, const tls_choice *tc,
+                     const ms_sts_policy *sts, const char *host, const char *port, int ok,
+                     const char *why)
+{
+	if (!o->tlsrpt)
+		return;
+	const char *type;
+	ms_buf text;
+	ms_buf_init(&text, 4096);
+	rpt_policy(tc, sts, host, port, &type, &text);
+	ms_buf_append(&text, "", 1);
+	ms_tlsrpt_add(o->tlsrpt, domain, type, ms_buf_ptr(&text), host, ok,
+	              ok ? NULL : rpt_result(why), ok ? NULL : why);
+	ms_buf_free(&text);
+}
+
 /* One MX host: its addresses (consecutive in tg from *i) race as one
  * server (RFC 8305), from the source address its patterns give. */
 static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, const char *domain,
@@ -523,12 +583,17 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 		ms_error_set(err, MS_ERR_TEMP, "%s is not an MX host of the MTA-STS policy of %s",
 		             t->name, domain);
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
+		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, err->msg);
 		return MS_ERR_TEMP;
 	}
 	if (tc.level == MS_TLS_LEVEL_DANE || tc.level == MS_TLS_LEVEL_DANE_ONLY) {
 		ms_status st = dane_for(o, base, tg, t->name, &tc, &tlsa, rep, err);
 		if (st != MS_OK) {
 			ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
+			tls_choice held = tc; /* a failed TLSA lookup is DANE's failure */
+			if (strstr(err->msg, "TLSA lookup"))
+				held.tls = MS_TLS_DANE, held.tlsa = tlsa;
+			rpt_note(o, domain, &held, NULL, t->name, base->port, 0, err->msg);
 			free(tlsa);
 			return st;
 		}
@@ -544,7 +609,22 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 			tc.observe = 1;
 		}
 	}
+	/* What this host did, for TLS-RPT: a session (new, or parked and
+	 * opened under the same resolved policy) that met its policy, or a
+	 * policy it did not meet; other failures are not TLS's. */
+	int refused_before = rep->tls_refused, testing_before = rep->sts_testing_failed;
+	uint64_t conns = rep->connections;
+	size_t reused = rep->reused;
+	rep->tls_refused = rep->sts_testing_failed = 0;
 	ms_status st = try_server(o, base, t->name, t->addr, t->name, &net, tc, msgs, n, rep, err);
+	if (rep->sts_testing_failed)
+		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, rep->sts_testing_why);
+	else if (st == MS_OK && (rep->connections > conns || rep->reused > reused))
+		rpt_note(o, domain, &tc, sts, t->name, base->port, 1, NULL);
+	else if (st != MS_OK && rep->tls_refused)
+		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, err->msg);
+	rep->tls_refused |= refused_before;
+	rep->sts_testing_failed |= testing_before;
 	free(tlsa);
 	return st;
 }

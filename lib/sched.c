@@ -4,6 +4,7 @@
  */
 #include "mailspool/sched.h"
 #include "mailspool/sts.h"
+#include "mailspool/tlsrpt.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -652,6 +653,10 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 	if (!sp || ms_spool_state_dir(sp, "sts", &sts_dfd, &serr) != MS_OK)
 		sts_dfd = -1;
 	ms_sts_cache *sts = ms_sts_cache_new(sts_dfd);
+	int rpt_dfd = -1;
+	if (!sp || ms_spool_state_dir(sp, "tlsrpt", &rpt_dfd, &serr) != MS_OK)
+		rpt_dfd = -1;
+	ms_tlsrpt *rpt = ms_tlsrpt_new(rpt_dfd);
 	/* One session per destination, for all of its recipients. */
 	for (size_t g = 0; g < plan.ngroups && st == MS_OK; g++) {
 		const ms_sched_group *gr = &plan.groups[g];
@@ -661,7 +666,7 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 			break;
 		attempt_ctx a = { gr->idx, out, nout };
 		ms_deliver_opts dopt = { .conf = c, .transcript = tx, .on_result = collect, .ctx = &a,
-			                     .sts = sts };
+			                     .sts = sts, .tlsrpt = rpt };
 		ms_deliver_report rep;
 		st = ms_deliver(&dopt, gr->key, &m, 1, &rep, err);
 		nout = a.n;
@@ -670,6 +675,7 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 	}
 	ms_sched_plan_free(&plan);
 	ms_sts_cache_free(sts);
+	ms_tlsrpt_free(rpt);
 	if (st != MS_OK) {
 		free(out);
 		return st;

@@ -61,6 +61,7 @@ typedef struct ms_deliver_opts {
 	struct ms_dns_cache *dns_cache; /* MX answers kept for their TTL */
 	struct ms_quirks *quirks;       /* what servers cannot take (mailspool/quirks.h) */
 	struct ms_sts_cache *sts;       /* MTA-STS policies (mailspool/sts.h); NULL: not honoured */
+	struct ms_tlsrpt *tlsrpt;       /* TLS-RPT counts (mailspool/tlsrpt.h); NULL: none kept */
 	size_t conn_messages;           /* messages per connection; 0: no cap */
 	ms_deliver_admit_fn admit;
 } ms_deliver_opts;
@@ -84,6 +85,7 @@ typedef struct ms_deliver_report {
 	int tls_refused;    /* a server answered but did not meet the TLS policy */
 	int sts_mode;       /* the MTA-STS policy applied (ms_sts_mode), 0: none */
 	int sts_testing_failed; /* testing mode: a session enforce would have refused */
+	char sts_testing_why[128];
 } ms_deliver_report;
 
 enum { MS_DELIVER_DNS_NONE = 0, MS_DELIVER_DNS_OK, MS_DELIVER_DNS_CACHED, MS_DELIVER_DNS_TEMP,

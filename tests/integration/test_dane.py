@@ -142,6 +142,23 @@ def test_dane_decides_per_mx_host(world):
     # dane-only with nothing to authenticate: deferred, no connection.
     assert "status=deferred" in line["only"], line["only"]
     assert "no DNSSEC-validated TLSA records" in line["only"], line["only"]
+    # TLS-RPT: the DANE policy (its TLSA records) per domain.
+    import datetime
+    import json
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    p = sp.ms("tls-report", today)
+    assert p.returncode == 0, p.stderr
+    rep = {r["policies"][0]["policy"]["policy-domain"]: r["policies"] for r in json.loads(p.stdout)}
+    (g,) = rep["good.dane.test"]
+    assert g["policy"]["policy-type"] == "tlsa"
+    assert g["policy"]["policy-string"][0].startswith("_%d._tcp.mx-good.dane.test. IN TLSA 3 1 1 "
+                                                      % int(re.search(r":(\d+)", line["good"])
+                                                            .group(1)))
+    assert g["summary"]["total-successful-session-count"] == 1
+    (b,) = rep["bad.dane.test"]
+    assert b["summary"]["total-failure-session-count"] == 1
+    assert b["failure-details"][0]["result-type"] == "validation-failure"
+    assert rep["only.dane.test"][0]["failure-details"][0]["result-type"] == "dane-required"
     # What stays queued is the mail DANE kept back.
     left = {m["id"] for m in sp.queue()}
     assert left == {ids[k] for k in ("bad", "wrongname", "plain", "only")}, left

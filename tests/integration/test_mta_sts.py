@@ -4,7 +4,9 @@ enforce with a matching, verified MX delivers (tls=mta-sts); enforce with
 a wrong-name certificate or an MX outside the policy defers; testing
 delivers and records the failure; the cache in the spool is used when the
 HTTPS server is down; a policy that cannot be fetched is no policy."""
+import datetime
 import http.server
+import json
 import os
 import re
 import ssl
@@ -133,6 +135,38 @@ def test_mta_sts_policies(tmp_path, certs):
         assert files == ["enf.test", "enfbad.test", "outside.test", "testing.test"], files
         st = os.stat(os.path.join(sp.dir, "sts", "enf.test"))
         assert st.st_mode & 0o777 == 0o600
+        # TLS-RPT (RFC 8460): today's aggregate report, per policy domain.
+        today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        p = sp.ms("tls-report", today)
+        assert p.returncode == 0, p.stderr
+        reports = {r["policies"][0]["policy"]["policy-domain"]: r for r in json.loads(p.stdout)}
+        enf_r = reports["enf.test"]
+        assert enf_r["date-range"]["start-datetime"] == f"{today}T00:00:00Z"
+        assert enf_r["organization-name"] == "host.example.test"
+        pol = enf_r["policies"][0]
+        assert pol["policy"]["policy-type"] == "sts"
+        assert "mode: enforce" in pol["policy"]["policy-string"]
+        assert pol["policy"]["mx-host"] == ["mail.example.test"]
+        assert pol["summary"] == {"total-successful-session-count": 1,
+                                  "total-failure-session-count": 0}
+        bad_p = reports["enfbad.test"]["policies"][0]
+        assert bad_p["summary"]["total-failure-session-count"] == 1
+        (fd,) = bad_p["failure-details"]
+        assert fd["result-type"] == "certificate-host-mismatch"
+        assert fd["receiving-mx-hostname"] == "wrong.example.test"
+        out_p = reports["outside.test"]["policies"][0]
+        assert out_p["failure-details"][0]["receiving-mx-hostname"] == "mx.elsewhere.test"
+        # testing: delivered, and the failure counted all the same.
+        tst_p = reports["testing.test"]["policies"][0]
+        assert tst_p["summary"]["total-failure-session-count"] == 1
+        assert tst_p["failure-details"][0]["result-type"] == "certificate-host-mismatch"
+        nop = reports["nopolicy.test"]["policies"][0]
+        assert nop["policy"]["policy-type"] == "no-policy-found"
+        assert nop["summary"]["total-successful-session-count"] == 1
+        # One domain: one report object.
+        p = sp.ms("tls-report", today, "enf.test")
+        assert json.loads(p.stdout)["report-id"].startswith(f"{today}_enf.test@")
+        assert sp.ms("tls-report", "1999-01-01").returncode == 66
         fetched = len(web.hits)
         # Again with the same ids: the cache answers, no fetch.
         queue(sp, "v@enf.test")
