@@ -44,7 +44,7 @@ LIB_OBJ  = $(LIB_SRC:lib/%.c=$(BUILD)/lib/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN = $(BUILD)/bench/latproxy
-FUZZERS  = reply addr encode headers qmtp envelope sasl submit smtpin
+FUZZERS  = reply addr encode headers qmtp envelope sasl submit smtpin policy
 REPLAY_BIN = $(FUZZERS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_SECONDS ?= 60
 

@@ -9,7 +9,8 @@
  * of work to their standard input as messages become due, and reads
  * results from their standard output.  An agent runs as the queue's
  * owner, opens each data file itself (checked as every spool file is) and
- * never writes the spool.
+ * never writes the queue (its only writes are the spool's MTA-STS cache,
+ * sts/, and its TLS-RPT counts, tlsrpt/).
  *
  * Inside an agent each unit (one destination's messages) runs on its own
  * thread with a small stack, over one session at a time
