@@ -163,6 +163,7 @@ integration: all $(BUILD)/tests/faultinject.so
 # same servers (the crash tests preload their own library: not with ASan).
 integration-asan: asan
 	cd tests && MAILSPOOL_BIN=$(abspath build-asan/mailspool) ASAN_OPTIONS=detect_leaks=1 \
+		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider integration hostile
 
 check: deps

@@ -36,6 +36,7 @@
 #include <time.h>
 
 #include "metrics_http.h"
+#include "mailspool/dl.h"
 #include "mailspool/buf.h"
 
 #if MHD_VERSION >= 0x00097002
@@ -68,14 +69,7 @@ struct metrics_http {
 /* Open the library and find its functions; 0, or -1 with why set. */
 static int mhd_open(mhd_api *a, char *why, size_t whylen)
 {
-	if (!(a->dl = dlopen(MS_MHD_SONAME, RTLD_NOW | RTLD_LOCAL))) {
-		snprintf(why, whylen, "metrics_listen needs libmicrohttpd: %s", dlerror());
-		return -1;
-	}
-	struct {
-		const char *name;
-		void **slot;
-	} syms[] = {
+	const ms_dl_sym syms[] = {
 		{ "MHD_start_daemon", (void **)&a->start_daemon },
 		{ "MHD_stop_daemon", (void **)&a->stop_daemon },
 		{ "MHD_create_response_from_buffer", (void **)&a->create_response_from_buffer },
@@ -83,13 +77,9 @@ static int mhd_open(mhd_api *a, char *why, size_t whylen)
 		{ "MHD_queue_response", (void **)&a->queue_response },
 		{ "MHD_destroy_response", (void **)&a->destroy_response },
 	};
-	for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
-		if (!(*syms[i].slot = dlsym(a->dl, syms[i].name))) {
-			snprintf(why, whylen, "metrics_listen: %s has no %s", MS_MHD_SONAME, syms[i].name);
-			dlclose(a->dl);
-			return -1;
-		}
-	return 0;
+	a->dl = ms_dl_open(MS_MHD_SONAME, "metrics_listen", syms, sizeof syms / sizeof syms[0], why,
+	                   whylen);
+	return a->dl ? 0 : -1;
 }
 
 static mhd_result answer(void *cls, struct MHD_Connection *conn, const char *url,

@@ -48,6 +48,7 @@
 
 #include "mailspool/agent.h"
 #include "mailspool/deliver.h"
+#include "mailspool/dkim.h"
 #include "mailspool/envelope.h"
 #include "mailspool/hmap.h"
 #include "mailspool/io.h"
@@ -1351,6 +1352,9 @@ static void reload(sched_state *d)
 		logf_(d, "configuration not reloaded: %s", err.msg);
 	} else if (strcmp(nc->spool_dir, d->c->spool_dir)) {
 		logf_(d, "configuration not reloaded: spool_dir cannot change while running");
+	} else if (ms_dkim_check(nc, &err) != MS_OK) {
+		/* As at start: a key that cannot sign keeps the old settings. */
+		logf_(d, "configuration not reloaded: %s", err.msg);
 	} else {
 		ms_spool *sp;
 		if (ms_spool_open(nc, 0, &sp, &err) != MS_OK) {

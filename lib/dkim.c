@@ -6,7 +6,6 @@
 #include "mailspool/dkim.h"
 
 #include <ctype.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <opendkim/dkim.h>
@@ -17,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mailspool/dl.h"
 #include "mailspool/envelope.h"
 #include "mailspool/headers.h"
 
@@ -43,14 +43,7 @@ static pthread_once_t api_once = PTHREAD_ONCE_INIT;
 
 static void api_open(void)
 {
-	if (!(api.dl = dlopen(MS_OPENDKIM_SONAME, RTLD_NOW | RTLD_LOCAL))) {
-		snprintf(api.why, sizeof api.why, "DKIM signing needs libopendkim: %s", dlerror());
-		return;
-	}
-	struct {
-		const char *name;
-		void **slot;
-	} syms[] = {
+	const ms_dl_sym syms[] = {
 		{ "dkim_init", (void **)&api.init },         { "dkim_close", (void **)&api.close },
 		{ "dkim_options", (void **)&api.options },   { "dkim_sign", (void **)&api.sign },
 		{ "dkim_chunk", (void **)&api.chunk },       { "dkim_eom", (void **)&api.eom },
@@ -58,14 +51,8 @@ static void api_open(void)
 		{ "dkim_free", (void **)&api.free },         { "dkim_geterror", (void **)&api.geterror },
 		{ "dkim_getresultstr", (void **)&api.resultstr },
 	};
-	for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
-		if (!(*syms[i].slot = dlsym(api.dl, syms[i].name))) {
-			snprintf(api.why, sizeof api.why, "%s has no %s", MS_OPENDKIM_SONAME,
-			         syms[i].name);
-			dlclose(api.dl);
-			api.dl = NULL;
-			return;
-		}
+	api.dl = ms_dl_open(MS_OPENDKIM_SONAME, "DKIM signing", syms, sizeof syms / sizeof syms[0],
+	                    api.why, sizeof api.why);
 }
 
 static ms_status api_ready(ms_error *err)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "mailspool/dl.h"
 #include "mailspool/version.h"
 
 #ifndef MS_CURL_SONAME
@@ -33,14 +34,7 @@ static pthread_once_t api_once = PTHREAD_ONCE_INIT;
 
 static void api_open(void)
 {
-	if (!(api.dl = dlopen(MS_CURL_SONAME, RTLD_NOW | RTLD_LOCAL))) {
-		snprintf(api.why, sizeof api.why, "MTA-STS needs libcurl: %s", dlerror());
-		return;
-	}
-	struct {
-		const char *name;
-		void **slot;
-	} syms[] = {
+	const ms_dl_sym syms[] = {
 		{ "curl_global_init", (void **)&api.global_init },
 		{ "curl_easy_init", (void **)&api.easy_init },
 		{ "curl_easy_setopt", (void **)&api.setopt },
@@ -51,16 +45,11 @@ static void api_open(void)
 		{ "curl_slist_append", (void **)&api.slist_append },
 		{ "curl_slist_free_all", (void **)&api.slist_free_all },
 	};
-	for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
-		if (!(*syms[i].slot = dlsym(api.dl, syms[i].name))) {
-			snprintf(api.why, sizeof api.why, "%s has no %s", MS_CURL_SONAME, syms[i].name);
-			dlclose(api.dl);
-			api.dl = NULL;
-			return;
-		}
+	api.dl = ms_dl_open(MS_CURL_SONAME, "MTA-STS", syms, sizeof syms / sizeof syms[0], api.why,
+	                    sizeof api.why);
 	/* Once, before any thread uses it (curl_global_init is not
 	 * thread-safe in every build). */
-	if (api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+	if (api.dl && api.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		snprintf(api.why, sizeof api.why, "libcurl did not start");
 		dlclose(api.dl);
 		api.dl = NULL;
