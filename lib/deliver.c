@@ -423,6 +423,20 @@ static ms_status try_server(const ms_deliver_opts *o, const ms_route *base, cons
 	return st;
 }
 
+/* MTA-STS where DANE did not decide (RFC 8461 2: DANE first): enforce
+ * verifies the MX host's name, testing checks and reports. */
+static void apply_sts(tls_choice *tc, const ms_sts_policy *sts)
+{
+	if (!sts || tc->tls != MS_TLS_MAY)
+		return;
+	if (sts->mode == MS_STS_ENFORCE) {
+		tc->tls = MS_TLS_VERIFY;
+		tc->sts = 1;
+	} else if (sts->mode == MS_STS_TESTING) {
+		tc->observe = 1;
+	}
+}
+
 /* The policy a host's session will have when that is known without
  * looking anything up (no DANE possible: the MX answer was not
  * validated), for finding a parked session; -2 when it is not. */
@@ -440,14 +454,9 @@ static int predicted_key(const ms_deliver_opts *o, const char *domain, const cha
 	} else if (tc.level == MS_TLS_LEVEL_MTA_STS) {
 		tc.tls = MS_TLS_MAY;
 	}
-	if (sts && tc.tls == MS_TLS_MAY) {
-		if (sts->mode == MS_STS_ENFORCE && !ms_sts_mx_ok(sts, host))
-			return -2;
-		if (sts->mode == MS_STS_ENFORCE)
-			tc.tls = MS_TLS_VERIFY, tc.sts = 1;
-		else if (sts->mode == MS_STS_TESTING)
-			tc.observe = 1;
-	}
+	if (sts && sts->mode == MS_STS_ENFORCE && !ms_sts_mx_ok(sts, host))
+		return -2;
+	apply_sts(&tc, sts);
 	return choice_key(&tc);
 }
 
@@ -600,15 +609,7 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 	} else if (tc.level == MS_TLS_LEVEL_MTA_STS) {
 		tc.tls = MS_TLS_MAY;
 	}
-	/* MTA-STS where DANE did not decide (RFC 8461 2: DANE first). */
-	if (sts && tc.tls == MS_TLS_MAY) {
-		if (sts->mode == MS_STS_ENFORCE) {
-			tc.tls = MS_TLS_VERIFY;
-			tc.sts = 1;
-		} else if (sts->mode == MS_STS_TESTING) {
-			tc.observe = 1;
-		}
-	}
+	apply_sts(&tc, sts);
 	/* What this host did, for TLS-RPT: a session (new, or parked and
 	 * opened under the same resolved policy) that met its policy, or a
 	 * policy it did not meet; other failures are not TLS's. */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mailspool/hmap.h"
 #include "mailspool/io.h"
@@ -28,8 +29,11 @@ typedef struct entry {
 
 struct ms_dns_cache {
 	pthread_mutex_t mu;
+	pthread_cond_t cv;     /* a lookup finished: a slot, and maybe an answer */
 	ms_dns_cache_opts o;
 	ms_hmap map;
+	ms_hmap pending;       /* domains being looked up (value: this cache) */
+	size_t inflight;
 	ms_dns_cache_stats st;
 };
 
@@ -39,6 +43,7 @@ void ms_dns_cache_opts_default(ms_dns_cache_opts *o)
 	o->negative_ttl = 300;
 	o->temp_ttl = 5;
 	o->max_entries = 100000;
+	o->max_inflight = 64;
 }
 
 ms_dns_cache *ms_dns_cache_new(const ms_dns_cache_opts *o)
@@ -50,8 +55,12 @@ ms_dns_cache *ms_dns_cache_new(const ms_dns_cache_opts *o)
 		c->o = *o;
 	else
 		ms_dns_cache_opts_default(&c->o);
+	if (!c->o.max_inflight)
+		c->o.max_inflight = 64;
 	ms_hmap_init(&c->map);
+	ms_hmap_init(&c->pending);
 	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
 	return c;
 }
 
@@ -69,6 +78,8 @@ void ms_dns_cache_free(ms_dns_cache *c)
 	if (!c)
 		return;
 	clear(&c->map);
+	ms_hmap_free(&c->pending);
+	pthread_cond_destroy(&c->cv);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }
@@ -119,22 +130,57 @@ static ms_status answer(const entry *e, ms_dns_targets *out, ms_error *err)
 	return MS_OK;
 }
 
+/* Wait on the cache's condition until deadline (ms, monotonic); 0 when
+ * the deadline passed. */
+static int wait_until(ms_dns_cache *c, int64_t deadline)
+{
+	int64_t left = deadline - ms_now_ms();
+	if (left <= 0)
+		return 0;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(left / 1000);
+	ts.tv_nsec += (long)(left % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+	return 1;
+}
+
 ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns_opts *o,
                                ms_dns_targets *out, ms_error *err, int *hit)
 {
 	char key[MS_DNS_NAME_MAX + 1];
 	lower(domain, key, sizeof key);
 	int64_t now = ms_now_ms();
+	/* How long a lookup may wait for another's answer or for a slot: as
+	 * long as one lookup may take; then it goes ahead anyway, so that a
+	 * queue of lookups behind dead name servers costs at most about two
+	 * timeouts, never their number times one. */
+	int64_t wait_deadline = now + (o && o->timeout_ms > 0 ? o->timeout_ms : 30000);
 	pthread_mutex_lock(&c->mu);
-	entry *e = ms_hmap_get(&c->map, key);
-	if (e && e->expires_ms > now) {
-		ms_status st = answer(e, out, err);
-		c->st.hits++;
-		pthread_mutex_unlock(&c->mu);
-		*hit = 1;
-		return st;
+	for (;;) {
+		entry *e = ms_hmap_get(&c->map, key);
+		if (e && e->expires_ms > ms_now_ms()) {
+			ms_status st = answer(e, out, err);
+			c->st.hits++;
+			pthread_mutex_unlock(&c->mu);
+			*hit = 1;
+			return st;
+		}
+		/* The same domain being looked up: wait for that answer rather
+		 * than ask again (5,000 sessions of one domain ask once). */
+		int busy = ms_hmap_get(&c->pending, key) != NULL;
+		if (!busy && c->inflight < c->o.max_inflight)
+			break;
+		if (!wait_until(c, wait_deadline))
+			break;
 	}
 	c->st.misses++;
+	int mine = !ms_hmap_get(&c->pending, key) && ms_hmap_put(&c->pending, key, c) == 0;
+	c->inflight++;
 	pthread_mutex_unlock(&c->mu);
 	*hit = 0;
 
@@ -142,39 +188,44 @@ ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns
 	ms_status st = ms_dns_targets_for(domain, o, out, &e2);
 	if (err)
 		*err = e2;
-	unsigned ttl;
+	unsigned ttl = 0;
 	if (st == MS_OK)
 		ttl = out->ttl < c->o.max_ttl ? out->ttl : c->o.max_ttl;
 	else if (st == MS_ERR_PERM)
 		ttl = c->o.negative_ttl;
 	else if (st == MS_ERR_TEMP)
 		ttl = c->o.temp_ttl;
-	else
-		return st; /* the resolver could not be set up: nothing to keep */
-	if (ttl == 0)
-		return st;
-	entry *ne = malloc(sizeof *ne + out->n * sizeof out->t[0]);
-	if (!ne)
-		return st;
-	ne->made_ms = now;
-	ne->expires_ms = now + (int64_t)ttl * 1000;
-	ne->st = st;
-	snprintf(ne->msg, sizeof ne->msg, "%s", st == MS_OK ? "" : e2.msg);
-	ne->implicit = out->implicit;
-	ne->secure = out->secure;
-	ne->code = out->code;
-	ne->ttl = out->ttl;
-	snprintf(ne->enh, sizeof ne->enh, "%s", out->enh);
-	ne->n = out->n;
-	memcpy(ne->t, out->t, out->n * sizeof out->t[0]);
+	/* (Anything else - the resolver could not be set up - is not kept.) */
+	entry *ne = ttl && (st == MS_OK || st == MS_ERR_PERM || st == MS_ERR_TEMP)
+	                ? malloc(sizeof *ne + out->n * sizeof out->t[0])
+	                : NULL;
+	if (ne) {
+		ne->made_ms = now;
+		ne->expires_ms = now + (int64_t)ttl * 1000;
+		ne->st = st;
+		snprintf(ne->msg, sizeof ne->msg, "%s", st == MS_OK ? "" : e2.msg);
+		ne->implicit = out->implicit;
+		ne->secure = out->secure;
+		ne->code = out->code;
+		ne->ttl = out->ttl;
+		snprintf(ne->enh, sizeof ne->enh, "%s", out->enh);
+		ne->n = out->n;
+		memcpy(ne->t, out->t, out->n * sizeof out->t[0]);
+	}
 	pthread_mutex_lock(&c->mu);
-	if (c->map.n >= c->o.max_entries)
-		shrink(c, now);
-	entry *old = ms_hmap_get(&c->map, key);
-	if (ms_hmap_put(&c->map, key, ne) < 0)
-		free(ne);
-	else
-		free(old);
+	if (ne) {
+		if (c->map.n >= c->o.max_entries)
+			shrink(c, now);
+		entry *old = ms_hmap_get(&c->map, key);
+		if (ms_hmap_put(&c->map, key, ne) < 0)
+			free(ne);
+		else
+			free(old);
+	}
+	if (mine)
+		ms_hmap_del(&c->pending, key);
+	c->inflight--;
+	pthread_cond_broadcast(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	return st;
 }

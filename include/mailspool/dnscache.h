@@ -12,8 +12,11 @@
  *  - a temporary failure (timeout, SERVFAIL), for temp_ttl only, so one
  *    dead name server costs one timeout per few seconds, not one per
  *    session.
- * Lookups run outside the lock: two sessions may resolve the same domain
- * at once, and the later answer is kept.  Thread-safe.
+ * Lookups run outside the lock, at most max_inflight at once per cache
+ * (5,000 domains resolved at the same moment overwhelmed the name server:
+ * timeouts, mail deferred for nothing); a lookup for a domain already
+ * being looked up waits for that answer.  Neither wait outlasts one
+ * lookup's deadline: then it asks anyway.  Thread-safe.
  */
 #ifndef MAILSPOOL_DNSCACHE_H
 #define MAILSPOOL_DNSCACHE_H
@@ -27,6 +30,7 @@ typedef struct ms_dns_cache_opts {
 	unsigned negative_ttl; /* seconds (default 300) */
 	unsigned temp_ttl;     /* seconds (default 5) */
 	size_t max_entries;    /* default 100,000: the oldest half goes when full */
+	size_t max_inflight;   /* lookups at once (default 64) */
 } ms_dns_cache_opts;
 
 typedef struct ms_dns_cache ms_dns_cache;
