@@ -197,9 +197,10 @@ static int load_file(ms_sts_cache *c, const char *name, ms_sts_policy *p)
 		long long fetched = 0;
 		int off = 0;
 		char why[64];
-		ok = sscanf(buf, "MSSTS 1\nid %32[0-9A-Za-z]\nfetched %lld\n\n%n", id, &fetched, &off) ==
-		         2 &&
-		     off > 0 && ms_sts_parse(buf + off, (size_t)(st.st_size - off), p, why, sizeof why) == 0;
+		ok = sscanf(buf, "MSSTS 1\nid %32[0-9A-Za-z]\nfetched %lld\n\n%n", id, &fetched,
+		            &off) == 2 &&
+		     off > 0 &&
+		     ms_sts_parse(buf + off, (size_t)(st.st_size - off), p, why, sizeof why) == 0;
 		if (ok) {
 			snprintf(p->id, sizeof p->id, "%s", id);
 			p->fetched = fetched;
