@@ -256,9 +256,6 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
 	}
 }
 
-/* One address: a session (parked or new), then the whole group.  MS_OK:
- * every message is reported; otherwise err says why not and no message
- * was touched. */
 /* How an MX host's session is secured: `tls` is the policy resolved for
  * it (MS_TLS_DANE with its TLSA records), `level` the configured one,
  * which names its parked sessions; -1 for routes and relays (their own
@@ -279,6 +276,9 @@ static int choice_key(const tls_choice *tc)
 	return tc->tls < 0 ? -1 : tc->tls + 16 * tc->sts + 32 * tc->observe;
 }
 
+/* One address: a session (parked or new), then the whole group.  MS_OK:
+ * every message is reported; otherwise err says why not and no message
+ * was touched. */
 static ms_status try_target(const ms_deliver_opts *o, const ms_route *rt, const char *tls_name,
                             const ms_net_opts *net, tls_choice tc, ms_message **msgs, size_t n,
                             ms_deliver_report *rep, ms_error *err)
@@ -663,11 +663,7 @@ ms_status ms_deliver_resolve(const ms_conf *c, struct ms_dns_cache *cache, const
 	if (!tg)
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	ms_dns_opts dop;
-	ms_dns_opts_default(&dop);
-	dop.servers = c->dns_servers[0] ? c->dns_servers : NULL;
-	dop.timeout_ms = (int)(c->dns_timeout * 1000);
-	dop.address_limit = c->mx_address_limit;
-	dop.myname = c->hostname;
+	dns_opts_of(c, &dop);
 	int hit;
 	ms_status st = cache ? ms_dns_cache_targets(cache, dest + 3, &dop, tg, err, &hit)
 	                     : ms_dns_targets_for(dest + 3, &dop, tg, err);
