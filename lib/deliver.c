@@ -257,9 +257,9 @@ static void run_session(const ms_deliver_opts *o, const ms_route *rt, const ms_c
 }
 
 /* How an MX host's session is secured: `tls` is the policy resolved for
- * it (MS_TLS_DANE with its TLSA records), `level` the configured one,
- * which names its parked sessions; -1 for routes and relays (their own
- * settings). */
+ * it (MS_TLS_DANE with its TLSA records, or MTA-STS's verify or testing
+ * check), `level` the configured one; -1 for routes and relays (their
+ * own settings). */
 typedef struct tls_choice {
 	int tls, level;
 	const ms_tlsa_set *tlsa;
