@@ -188,7 +188,10 @@ static void test_sweep(void **state)
 	ms_claim cl;
 	ms_error err;
 	assert_int_equal(ms_spool_claim(sp, id, "dead-node", &cl, &err), MS_OK);
-	sleep(2); /* lease 1 s, skew 0 */
+	/* lease 1 s, skew 0: stale once more than a whole second has passed
+	 * in whole seconds; 3 s leaves a margin for a loaded machine (a CI run
+	 * saw one of the two claims not yet stale after 2). */
+	sleep(3);
 	ms_sweep_report r;
 	assert_int_equal(ms_spool_sweep(sp, &r, &err), MS_OK);
 	assert_int_equal(r.tmp_removed, 1);
