@@ -212,7 +212,9 @@ struct agent {
 	pthread_mutex_t out_mu;
 	int broken;           /* the scheduler stopped reading */
 	pthread_mutex_t mu;   /* tokens, running, stopping */
-	pthread_cond_t cv;
+	pthread_cond_t cv;    /* running, stopping, the lease (the reaper, the end) */
+	pthread_cond_t token_cv; /* a token came back, or stopping */
+	size_t token_waiters; /* sessions waiting in take_token */
 	size_t tokens;        /* free */
 	size_t running;       /* unit threads alive */
 	int64_t lease_until;  /* wall clock: the scheduler's claims hold until then (L) */
@@ -280,8 +282,10 @@ static int admit(void *ctx)
 static int take_token(agent *a)
 {
 	pthread_mutex_lock(&a->mu);
+	a->token_waiters++;
 	while (a->tokens == 0 && !a->stopping)
-		pthread_cond_wait(&a->cv, &a->mu);
+		pthread_cond_wait(&a->token_cv, &a->mu);
+	a->token_waiters--;
 	int ok = a->tokens > 0;
 	if (ok)
 		a->tokens--;
@@ -289,13 +293,16 @@ static int take_token(agent *a)
 	return ok;
 }
 
+/* n tokens back: n waiters woken, not all of them (with a thousand
+ * sessions waiting, a broadcast per A line was a thundering herd). */
 static void give_back(agent *a, size_t n)
 {
 	if (!n)
 		return;
 	pthread_mutex_lock(&a->mu);
 	a->tokens += n;
-	pthread_cond_broadcast(&a->cv);
+	for (size_t i = 0; i < n && i < a->token_waiters; i++)
+		pthread_cond_signal(&a->token_cv);
 	pthread_mutex_unlock(&a->mu);
 }
 
@@ -706,6 +713,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	pthread_mutex_init(&a->out_mu, NULL);
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_cond_init(&a->cv, NULL);
+	pthread_cond_init(&a->token_cv, NULL);
 	a->pool = ms_pool_new(o ? o->idle_ms : 0, o && o->max_idle ? o->max_idle : 1000);
 	ms_dns_cache_opts dco;
 	ms_dns_cache_opts_default(&dco);
@@ -751,6 +759,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 			pthread_mutex_lock(&a->mu);
 			a->stopping = 1;
 			pthread_cond_broadcast(&a->cv);
+			pthread_cond_broadcast(&a->token_cv);
 			pthread_mutex_unlock(&a->mu);
 			break;
 		}
@@ -772,6 +781,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	/* Let every running unit finish and report. */
 	pthread_mutex_lock(&a->mu);
 	a->stopping = 1;
+	pthread_cond_broadcast(&a->token_cv);
 	while (a->running)
 		pthread_cond_wait(&a->cv, &a->mu);
 	pthread_cond_broadcast(&a->cv);
@@ -784,6 +794,7 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	ms_sts_cache_free(a->sts);
 	ms_tlsrpt_free(a->tlsrpt);
 	pthread_cond_destroy(&a->cv);
+	pthread_cond_destroy(&a->token_cv);
 	pthread_mutex_destroy(&a->mu);
 	pthread_mutex_destroy(&a->out_mu);
 	return st;

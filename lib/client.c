@@ -160,6 +160,11 @@ void ms_client_set_transcript(ms_client *c, ms_transcript *tx)
 		ms_smtp_set_transcript(c->smtp, tx);
 }
 
+int ms_client_idle_fd(const ms_client *c)
+{
+	return c->qmtp ? ms_qmtp_idle_fd(c->qmtp) : ms_smtp_idle_fd(c->smtp);
+}
+
 int ms_client_reusable(const ms_client *c)
 {
 	return c->qmtp ? ms_qmtp_reusable(c->qmtp) : ms_smtp_reusable(c->smtp);

@@ -29,7 +29,8 @@ typedef struct entry {
 
 struct ms_dns_cache {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;     /* a lookup finished: a slot, and maybe an answer */
+	pthread_cond_t slot_cv; /* a lookup finished: a slot is free (one waiter woken) */
+	pthread_cond_t done_cv; /* a lookup finished: its answer is in (all of its waiters) */
 	ms_dns_cache_opts o;
 	ms_hmap map;
 	ms_hmap pending;       /* domains being looked up (value: this cache) */
@@ -60,7 +61,8 @@ ms_dns_cache *ms_dns_cache_new(const ms_dns_cache_opts *o)
 	ms_hmap_init(&c->map);
 	ms_hmap_init(&c->pending);
 	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
+	pthread_cond_init(&c->slot_cv, NULL);
+	pthread_cond_init(&c->done_cv, NULL);
 	return c;
 }
 
@@ -79,7 +81,8 @@ void ms_dns_cache_free(ms_dns_cache *c)
 		return;
 	clear(&c->map);
 	ms_hmap_free(&c->pending);
-	pthread_cond_destroy(&c->cv);
+	pthread_cond_destroy(&c->slot_cv);
+	pthread_cond_destroy(&c->done_cv);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }
@@ -130,9 +133,8 @@ static ms_status answer(const entry *e, ms_dns_targets *out, ms_error *err)
 	return MS_OK;
 }
 
-/* Wait on the cache's condition until deadline (ms, monotonic); 0 when
- * the deadline passed. */
-static int wait_until(ms_dns_cache *c, int64_t deadline)
+/* Wait on cv until deadline (ms, monotonic); 0 when the deadline passed. */
+static int wait_until(ms_dns_cache *c, pthread_cond_t *cv, int64_t deadline)
 {
 	int64_t left = deadline - ms_now_ms();
 	if (left <= 0)
@@ -145,7 +147,7 @@ static int wait_until(ms_dns_cache *c, int64_t deadline)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000L;
 	}
-	pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+	pthread_cond_timedwait(cv, &c->mu, &ts);
 	return 1;
 }
 
@@ -175,7 +177,12 @@ ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns
 		int busy = ms_hmap_get(&c->pending, key) != NULL;
 		if (!busy && c->inflight < c->o.max_inflight)
 			break;
-		if (!wait_until(c, wait_deadline))
+		/* (Separate conditions: a finished lookup wakes one waiter for
+		 * its slot, and only the waiters of its own domain - a broadcast
+		 * to all woke thousands per answer.) */
+		if (busy && c->inflight < c->o.max_inflight)
+			pthread_cond_signal(&c->slot_cv); /* a slot we leave: pass the wakeup on */
+		if (!wait_until(c, busy ? &c->done_cv : &c->slot_cv, wait_deadline))
 			break;
 	}
 	c->st.misses++;
@@ -225,7 +232,9 @@ ms_status ms_dns_cache_targets(ms_dns_cache *c, const char *domain, const ms_dns
 	if (mine)
 		ms_hmap_del(&c->pending, key);
 	c->inflight--;
-	pthread_cond_broadcast(&c->cv);
+	pthread_cond_signal(&c->slot_cv);
+	if (mine)
+		pthread_cond_broadcast(&c->done_cv);
 	pthread_mutex_unlock(&c->mu);
 	return st;
 }

@@ -7,6 +7,7 @@
  */
 #include "mailspool/pool.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,21 +172,50 @@ size_t ms_pool_expire(ms_pool *p)
 {
 	int64_t now = ms_now_ms();
 	pthread_mutex_lock(&p->mu);
-	ms_client **cs = malloc((p->n ? p->n : 1) * sizeof *cs);
-	size_t n = 0;
-	for (size_t i = 0; cs && i < p->n;)
-		if (now - p->v[i].since_ms >= p->idle_ms || !ms_client_reusable(p->v[i].c)) {
+	size_t cap = p->n ? p->n : 1, n = 0, m = 0;
+	ms_client **cs = malloc(cap * sizeof *cs), **watched = malloc(cap * sizeof *watched);
+	struct pollfd *pf = malloc(cap * sizeof *pf);
+	for (size_t i = 0; cs && watched && pf && i < p->n;) {
+		int fd = ms_client_idle_fd(p->v[i].c);
+		if (now - p->v[i].since_ms >= p->idle_ms || fd < 0) {
 			cs[n++] = p->v[i].c;
 			p->v[i] = p->v[--p->n];
 			p->st.expired++;
 		} else {
+			pf[m].fd = fd;
+			pf[m].events = POLLIN;
+			pf[m].revents = 0;
+			watched[m++] = p->v[i].c;
 			i++;
 		}
+	}
+	pthread_mutex_unlock(&p->mu);
+	/* One poll for every parked session, outside the lock (a poll each,
+	 * under it, was a lock convoy with thousands parked): a readable idle
+	 * session is its server closing. */
+	if (m && poll(pf, m, 0) > 0) {
+		pthread_mutex_lock(&p->mu);
+		for (size_t k = 0; k < m; k++) {
+			if (!pf[k].revents)
+				continue;
+			for (size_t i = 0; i < p->n; i++)
+				if (p->v[i].c == watched[k]) { /* still parked: taken meanwhile is fine */
+					cs[n++] = p->v[i].c;
+					p->v[i] = p->v[--p->n];
+					p->st.expired++;
+					break;
+				}
+		}
+		pthread_mutex_unlock(&p->mu);
+	}
+	pthread_mutex_lock(&p->mu);
 	size_t left = p->n;
 	pthread_mutex_unlock(&p->mu);
 	if (cs)
 		quit_all(cs, n);
 	free(cs);
+	free(watched);
+	free(pf);
 	return left;
 }
 

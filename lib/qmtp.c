@@ -1142,11 +1142,17 @@ void ms_qmtp_set_transcript(ms_qmtp *q, ms_transcript *tx)
 	q->o.transcript = tx;
 }
 
+int ms_qmtp_idle_fd(const ms_qmtp *q)
+{
+	return q->broken || !q->have_io || q->live || q->head || q->cycling ? -1 : q->io.fd;
+}
+
 int ms_qmtp_reusable(const ms_qmtp *q)
 {
-	if (q->broken || !q->have_io || q->live || q->head || q->cycling)
+	int fd = ms_qmtp_idle_fd(q);
+	if (fd < 0)
 		return 0;
-	struct pollfd pf = { .fd = q->io.fd, .events = POLLIN };
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
 	return poll(&pf, 1, 0) == 0;
 }
 

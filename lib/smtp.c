@@ -2116,17 +2116,24 @@ void ms_smtp_set_transcript(ms_smtp *s, ms_transcript *tx)
 	s->o.transcript = tx;
 }
 
+int ms_smtp_idle_fd(const ms_smtp *s)
+{
+	if (s->broken || s->state != S_READY || s->live || s->flen || s->closing || !s->have_io ||
+	    (s->io.tr.pending && s->io.tr.pending(s->io.tr.ctx)))
+		return -1;
+	return s->io.fd;
+}
+
 int ms_smtp_reusable(const ms_smtp *s)
 {
-	if (s->broken || s->state != S_READY || s->live || s->flen || s->closing || !s->have_io)
+	int fd = ms_smtp_idle_fd(s);
+	if (fd < 0)
 		return 0;
 	/* Idle, nothing outstanding: anything readable now is the server
 	 * closing (EOF, or a 421 before it hangs up), so the session is not
 	 * to be used again. */
-	struct pollfd pf = { .fd = s->io.fd, .events = POLLIN };
-	if (poll(&pf, 1, 0) != 0)
-		return 0;
-	return !(s->io.tr.pending && s->io.tr.pending(s->io.tr.ctx));
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	return poll(&pf, 1, 0) == 0;
 }
 
 unsigned ms_smtp_quirks(const ms_smtp *s) { return s->quirks; }

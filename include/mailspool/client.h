@@ -57,6 +57,9 @@ const ms_route *ms_client_route(const ms_client *c);
 void ms_client_set_result(ms_client *c, void (*fn)(void *ctx, ms_message *m), void *ctx);
 void ms_client_set_transcript(ms_client *c, ms_transcript *tx);
 int ms_client_reusable(const ms_client *c);
+/* The socket of a session idle by its state, without a system call; -1
+ * when it is not (mailspool/smtp.h ms_smtp_idle_fd). */
+int ms_client_idle_fd(const ms_client *c);
 /* SMTP only: the TLS session (NULL if plain) and the AUTH mechanism used. */
 const ms_tls_info *ms_client_tls(const ms_client *c);
 const char *ms_client_auth_mech(const ms_client *c);

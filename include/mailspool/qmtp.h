@@ -158,6 +158,8 @@ const char *ms_qmtp_peer(const ms_qmtp *q);
 void ms_qmtp_set_result(ms_qmtp *q, ms_qmtp_result_fn fn, void *ctx);
 void ms_qmtp_set_transcript(ms_qmtp *q, ms_transcript *tx);
 int ms_qmtp_reusable(const ms_qmtp *q);
+/* As ms_smtp_idle_fd. */
+int ms_qmtp_idle_fd(const ms_qmtp *q);
 
 /* ---- the pieces, for tests and for callers with their own transport ---- */
 

@@ -210,6 +210,9 @@ void ms_smtp_set_transcript(ms_smtp *s, ms_transcript *tx);
 /* Ready, nothing outstanding, and the server has said nothing since (an
  * idle server that closes, or sends 421 first, is not reusable). */
 int ms_smtp_reusable(const ms_smtp *s);
+/* The socket of a session that is idle by its state (nothing outstanding,
+ * nothing buffered), without looking at it; -1 otherwise. */
+int ms_smtp_idle_fd(const ms_smtp *s);
 /* MS_QUIRK_* known of this server: opts.quirks and what this session
  * learnt (for the caller to remember per server). */
 unsigned ms_smtp_quirks(const ms_smtp *s);
