@@ -294,7 +294,7 @@ int cmd_tls_report(int argc, char **argv)
 	ms_error err;
 	ms_buf out;
 	ms_buf_init(&out, 64u << 20);
-	ms_status st = ms_spool_state_dir(sp, "tlsrpt", &dfd, &err);
+	ms_status st = ms_spool_state_dir(sp, MS_TLSRPT_DIR, &dfd, &err);
 	if (st == MS_OK)
 		st = ms_tlsrpt_report(dfd, &o, &out, &err);
 	if (dfd >= 0)

@@ -722,15 +722,8 @@ ms_status ms_agent_serve(const ms_conf *conf, ms_spool *sp, const ms_agent_opts 
 	/* The directories an agent writes, which are not the queue: the
 	 * MTA-STS policy cache (without it, policies are kept in memory only)
 	 * and the TLS-RPT counts. */
-	int sts_dfd = -1;
-	ms_error serr;
-	if (ms_spool_state_dir(sp, "sts", &sts_dfd, &serr) != MS_OK)
-		sts_dfd = -1;
-	a->sts = ms_sts_cache_new(sts_dfd);
-	int rpt_dfd = -1;
-	if (ms_spool_state_dir(sp, "tlsrpt", &rpt_dfd, &serr) != MS_OK)
-		rpt_dfd = -1;
-	a->tlsrpt = ms_tlsrpt_new(rpt_dfd);
+	a->sts = ms_sts_cache_new(sp);
+	a->tlsrpt = ms_tlsrpt_new(sp);
 	if (!a->pool || !a->dns || !a->quirks || !a->sts || !a->tlsrpt) {
 		ms_pool_free(a->pool);
 		ms_dns_cache_free(a->dns);

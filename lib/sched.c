@@ -647,16 +647,10 @@ ms_status ms_sched_attempt(ms_spool *sp, const ms_conf *c, const ms_envelope *e,
 	}
 	memcpy(out, plan.unroutable, plan.nunroutable * sizeof *out);
 	size_t nout = plan.nunroutable;
-	/* MTA-STS policies: the spool's cache, shared with the daemon's agents. */
-	int sts_dfd = -1;
-	ms_error serr;
-	if (!sp || ms_spool_state_dir(sp, "sts", &sts_dfd, &serr) != MS_OK)
-		sts_dfd = -1;
-	ms_sts_cache *sts = ms_sts_cache_new(sts_dfd);
-	int rpt_dfd = -1;
-	if (!sp || ms_spool_state_dir(sp, "tlsrpt", &rpt_dfd, &serr) != MS_OK)
-		rpt_dfd = -1;
-	ms_tlsrpt *rpt = ms_tlsrpt_new(rpt_dfd);
+	/* MTA-STS policies and TLS-RPT counts: the spool's, shared with the
+	 * daemon's agents. */
+	ms_sts_cache *sts = ms_sts_cache_new(sp);
+	ms_tlsrpt *rpt = ms_tlsrpt_new(sp);
 	/* One session per destination, for all of its recipients. */
 	for (size_t g = 0; g < plan.ngroups && st == MS_OK; g++) {
 		const ms_sched_group *gr = &plan.groups[g];

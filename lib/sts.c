@@ -132,8 +132,13 @@ struct ms_sts_cache {
 	int dfd;
 };
 
-ms_sts_cache *ms_sts_cache_new(int dfd)
+ms_sts_cache *ms_sts_cache_new(ms_spool *sp)
 {
+	/* Without its directory the cache still works, in memory only. */
+	int dfd = -1;
+	ms_error err;
+	if (!sp || ms_spool_state_dir(sp, MS_STS_DIR, &dfd, &err) != MS_OK)
+		dfd = -1;
 	ms_sts_cache *c = calloc(1, sizeof *c);
 	if (!c) {
 		if (dfd >= 0)

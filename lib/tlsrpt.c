@@ -25,8 +25,13 @@ struct ms_tlsrpt {
 	int dfd;
 };
 
-ms_tlsrpt *ms_tlsrpt_new(int dfd)
+ms_tlsrpt *ms_tlsrpt_new(ms_spool *sp)
 {
+	/* Without its directory nothing is counted (delivery goes on). */
+	int dfd = -1;
+	ms_error err;
+	if (!sp || ms_spool_state_dir(sp, MS_TLSRPT_DIR, &dfd, &err) != MS_OK)
+		dfd = -1;
 	ms_tlsrpt *r = calloc(1, sizeof *r);
 	if (!r) {
 		if (dfd >= 0)

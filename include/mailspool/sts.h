@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include "mailspool/conf.h"
 #include "mailspool/error.h"
+#include "mailspool/spool.h"
 
 #define MS_STS_MX_MAX 16
 #define MS_STS_POLICY_MAX 65536  /* octets of a policy file */
@@ -51,10 +52,12 @@ int ms_sts_parse(const char *text, size_t n, ms_sts_policy *p, char *why, size_t
 int ms_sts_mx_ok(const ms_sts_policy *p, const char *host);
 const char *ms_sts_mode_name(ms_sts_mode m);
 
+#define MS_STS_DIR "sts" /* the cache's directory in the spool */
+
 typedef struct ms_sts_cache ms_sts_cache;
-/* dfd: the spool's sts/ directory (owned from here on), or -1: memory
- * only. */
-ms_sts_cache *ms_sts_cache_new(int dfd);
+/* A cache kept in sp's sts/ (made when missing); in memory only when sp
+ * is NULL or the directory cannot be used. */
+ms_sts_cache *ms_sts_cache_new(ms_spool *sp);
 void ms_sts_cache_free(ms_sts_cache *c);
 
 /* The policy for mail to `domain` (never fails: out->found 0 when no

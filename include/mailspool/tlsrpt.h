@@ -21,11 +21,15 @@
 #include <stdint.h>
 #include "mailspool/buf.h"
 #include "mailspool/error.h"
+#include "mailspool/spool.h"
+
+#define MS_TLSRPT_DIR "tlsrpt" /* the counts' directory in the spool */
 
 typedef struct ms_tlsrpt ms_tlsrpt;
 
-/* dfd: the spool's tlsrpt/ directory (owned from here on). */
-ms_tlsrpt *ms_tlsrpt_new(int dfd);
+/* Counts kept in sp's tlsrpt/ (made when missing); none are kept when sp
+ * is NULL or the directory cannot be used. */
+ms_tlsrpt *ms_tlsrpt_new(ms_spool *sp);
 void ms_tlsrpt_free(ms_tlsrpt *r);
 
 /* One session's result.  policy_type "tlsa", "sts" or "no-policy-found";
