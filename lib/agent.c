@@ -368,17 +368,21 @@ static void unit_free(unit *u)
 	free(u);
 }
 
-/* Deliver the messages of one destination key (within the unit). */
-static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, int *unreachable,
-                          int *throttled, char *site, size_t sitelen, ms_metrics_conn *facts)
+/* Deliver the unit's messages: those of destinations that resolve to the
+ * same servers under the same policy (a site's domains) share sessions
+ * and are pipelined together (ms_deliver_many). */
+static void deliver_unit(unit *u, int *unreachable, int *throttled, char *site, size_t sitelen,
+                         ms_metrics_conn *facts)
 {
 	agent *a = u->a;
+	size_t n = u->n;
 	ms_message **msgs = calloc(n, sizeof *msgs);
 	work_msg **byid = calloc(n, sizeof *byid);
+	const char **dests = calloc(n, sizeof *dests);
 	size_t nm = 0;
 	call c = { .u = u, .w = byid };
-	for (size_t i = 0; msgs && byid && i < n; i++) {
-		work_msg *w = ws[i];
+	for (size_t i = 0; msgs && byid && dests && i < n; i++) {
+		work_msg *w = &u->msgs[i];
 		size_t *all = calloc(w->env.nrcpts, sizeof *all);
 		ms_error merr;
 		ms_status st = all ? MS_OK : MS_ERR_NOMEM;
@@ -402,27 +406,29 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 			continue;
 		}
 		byid[nm] = w;
+		dests[nm] = w->dest;
 		msgs[nm]->id = nm;
 		nm++;
 	}
 	if (nm) {
 		ms_deliver_opts dopt = { .conf = a->conf, .on_result = on_result, .ctx = &c,
 			                     .pool = a->pool, .dns_cache = a->dns, .quirks = a->quirks,
-			                     .sts = a->sts, .tlsrpt = a->tlsrpt, .conn_messages = u->conn_messages, .admit = admit };
+			                     .sts = a->sts, .tlsrpt = a->tlsrpt,
+			                     .conn_messages = u->conn_messages, .admit = admit };
 		ms_deliver_report rep;
 		ms_error derr;
-		ms_deliver(&dopt, dest, msgs, nm, &rep, &derr);
-		*unreachable = *unreachable && rep.unreachable;
-		*throttled = *throttled || rep.throttled;
+		ms_deliver_many(&dopt, dests, msgs, nm, &rep, &derr);
+		*unreachable = rep.unreachable;
+		*throttled = rep.throttled;
 		facts->connections += rep.connections;
 		facts->reused += rep.reused;
 		facts->tls_verified += rep.tls_verified;
 		facts->tls_unverified += rep.tls_unverified;
 		facts->plain += rep.plain;
-		facts->dns_ok += rep.dns == MS_DELIVER_DNS_OK;
-		facts->dns_cached += rep.dns == MS_DELIVER_DNS_CACHED;
-		facts->dns_temp += rep.dns == MS_DELIVER_DNS_TEMP;
-		facts->dns_perm += rep.dns == MS_DELIVER_DNS_PERM;
+		facts->dns_ok += rep.dns_lookups[MS_DELIVER_DNS_OK];
+		facts->dns_cached += rep.dns_lookups[MS_DELIVER_DNS_CACHED];
+		facts->dns_temp += rep.dns_lookups[MS_DELIVER_DNS_TEMP];
+		facts->dns_perm += rep.dns_lookups[MS_DELIVER_DNS_PERM];
 		if (!site[0] && rep.site[0])
 			snprintf(site, sitelen, "%s", rep.site);
 	} else {
@@ -432,6 +438,7 @@ static void deliver_group(unit *u, const char *dest, work_msg **ws, size_t n, in
 		ms_message_free(msgs[i]);
 	free(msgs);
 	free(byid);
+	free(dests);
 }
 
 static void *unit_run(void *arg)
@@ -441,8 +448,8 @@ static void *unit_run(void *arg)
 	int unreachable = 1, throttled = 0;
 	char site[MS_DEST_MAX] = "";
 	ms_metrics_conn facts = { 0 };
-	/* Messages by destination key, in the order given (a site's unit
-	 * holds several domains: one ms_deliver each, the session reused). */
+	/* A site's unit holds several domains: ms_deliver_many serves those
+	 * that resolve alike with the same sessions. */
 	if (u->n == 0) {
 		/* A unit without messages asks where its destination goes: the
 		 * scheduler groups domains by site before it hands any out. */
@@ -450,22 +457,8 @@ static void *unit_run(void *arg)
 		ms_deliver_resolve(a->conf, a->dns, u->key, site, sizeof site, &rerr);
 		unreachable = 0;
 	}
-	work_msg **ws = calloc(u->n ? u->n : 1, sizeof *ws);
-	char *done = calloc(u->n ? u->n : 1, 1);
-	for (size_t i = 0; ws && done && i < u->n; i++) {
-		if (done[i])
-			continue;
-		size_t k = 0;
-		for (size_t j = i; j < u->n; j++)
-			if (!done[j] && !strcmp(u->msgs[j].dest, u->msgs[i].dest)) {
-				ws[k++] = &u->msgs[j];
-				done[j] = 1;
-			}
-		deliver_group(u, u->msgs[i].dest, ws, k, &unreachable, &throttled, site, sizeof site,
-		              &facts);
-	}
-	free(ws);
-	free(done);
+	if (u->n)
+		deliver_unit(u, &unreachable, &throttled, site, sizeof site, &facts);
 	ms_buf line;
 	ms_buf_init(&line, 0);
 	if (site[0] && ms_buf_printf(&line, "S %llu ", (unsigned long long)u->id) == MS_OK &&

@@ -551,7 +551,15 @@ static void rpt_policy(const tls_choice *tc, const ms_sts_policy *sts, const cha
 	}
 }
 
-static void rpt_note(const ms_deliver_opts *o, const char *domain, const tls_choice *tc,
+/* The policy domains one session served: the first names the session's
+ * settings (the others resolved to the same servers under the same policy,
+ * ms_deliver_many); TLS-RPT counts the session for each of them. */
+typedef struct dom_set {
+	const char *const *v;
+	size_t n;
+} dom_set;
+
+static void rpt_note(const ms_deliver_opts *o, dom_set ds, const tls_choice *tc,
                      const ms_sts_policy *sts, const char *host, const char *port, int ok,
                      const char *why)
 {
@@ -562,17 +570,19 @@ static void rpt_note(const ms_deliver_opts *o, const char *domain, const tls_cho
 	ms_buf_init(&text, 4096);
 	rpt_policy(tc, sts, host, port, &type, &text);
 	ms_buf_append(&text, "", 1);
-	ms_tlsrpt_add(o->tlsrpt, domain, type, ms_buf_ptr(&text), host, ok,
-	              ok ? NULL : rpt_result(why), ok ? NULL : why);
+	for (size_t i = 0; i < ds.n; i++)
+		ms_tlsrpt_add(o->tlsrpt, ds.v[i], type, ms_buf_ptr(&text), host, ok,
+		              ok ? NULL : rpt_result(why), ok ? NULL : why);
 	ms_buf_free(&text);
 }
 
 /* One MX host: its addresses (consecutive in tg from *i) race as one
  * server (RFC 8305), from the source address its patterns give. */
-static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, const char *domain,
+static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, dom_set ds,
                              const ms_dns_targets *tg, const ms_sts_policy *sts, size_t *i,
                              ms_message **msgs, size_t n, ms_deliver_report *rep, ms_error *err)
 {
+	const char *domain = ds.v[0];
 	const ms_dns_target *t = &tg->t[*i];
 	ms_net_opts net;
 	ms_net_opts_for(o->conf, domain, t->name, &net);
@@ -592,7 +602,7 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 		ms_error_set(err, MS_ERR_TEMP, "%s is not an MX host of the MTA-STS policy of %s",
 		             t->name, domain);
 		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s: %s", rep->relay, err->msg);
-		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, err->msg);
+		rpt_note(o, ds, &tc, sts, t->name, base->port, 0, err->msg);
 		return MS_ERR_TEMP;
 	}
 	if (tc.level == MS_TLS_LEVEL_DANE || tc.level == MS_TLS_LEVEL_DANE_ONLY) {
@@ -602,7 +612,7 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 			tls_choice held = tc; /* a failed TLSA lookup is DANE's failure */
 			if (strstr(err->msg, "TLSA lookup"))
 				held.tls = MS_TLS_DANE, held.tlsa = tlsa;
-			rpt_note(o, domain, &held, NULL, t->name, base->port, 0, err->msg);
+			rpt_note(o, ds, &held, NULL, t->name, base->port, 0, err->msg);
 			free(tlsa);
 			return st;
 		}
@@ -619,11 +629,11 @@ static ms_status try_mx_host(const ms_deliver_opts *o, const ms_route *base, con
 	rep->tls_refused = rep->sts_testing_failed = 0;
 	ms_status st = try_server(o, base, t->name, t->addr, t->name, &net, tc, msgs, n, rep, err);
 	if (rep->sts_testing_failed)
-		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, rep->sts_testing_why);
+		rpt_note(o, ds, &tc, sts, t->name, base->port, 0, rep->sts_testing_why);
 	else if (st == MS_OK && (rep->connections > conns || rep->reused > reused))
-		rpt_note(o, domain, &tc, sts, t->name, base->port, 1, NULL);
+		rpt_note(o, ds, &tc, sts, t->name, base->port, 1, NULL);
 	else if (st != MS_OK && rep->tls_refused)
-		rpt_note(o, domain, &tc, sts, t->name, base->port, 0, err->msg);
+		rpt_note(o, ds, &tc, sts, t->name, base->port, 0, err->msg);
 	rep->tls_refused |= refused_before;
 	rep->sts_testing_failed |= testing_before;
 	free(tlsa);
@@ -698,11 +708,114 @@ static ms_status give_up(const ms_deliver_opts *o, ms_message **msgs, size_t n,
 	return MS_OK;
 }
 
-ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **msgs, size_t n,
-                     ms_deliver_report *rep, ms_error *err)
+/* One destination made ready: an MX destination resolved (through the
+ * cache) and its MTA-STS policy known, before any message is sent - so
+ * that ms_deliver_many can tell which destinations may share sessions. */
+typedef struct prepared {
+	const char *dest;
+	const char *domain;  /* of an MX destination (or a literal), else NULL */
+	ms_dns_targets *tg;  /* its answer */
+	ms_status dns;       /* the lookup's outcome, e its reason */
+	ms_error e;
+	int hit;             /* answered from the cache */
+	ms_sts_policy *sts;  /* a policy in force (not of mode none), or NULL */
+	/* Destinations with the same non-empty share key are served by the
+	 * same sessions: same MX hosts, addresses and preferences, the same
+	 * TLS level and source addresses for each host, no MTA-STS policy and
+	 * the same DNSSEC standing. */
+	char *share;
+} prepared;
+
+static void prepared_free(prepared *p)
+{
+	free(p->tg);
+	free(p->sts);
+	free(p->share);
+	memset(p, 0, sizeof *p);
+}
+
+static int cmp_line(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The share key of a resolved MX destination (NULL: it goes alone). */
+static char *share_key(const ms_conf *c, const prepared *p)
+{
+	const ms_dns_targets *tg = p->tg;
+	if (p->sts || tg->implicit || tg->n == 0 || p->domain[0] == '[')
+		return NULL;
+	char *lines[MS_DNS_MAX_TARGETS];
+	size_t n = 0;
+	ms_buf key;
+	ms_buf_init(&key, 512);
+	int ok = 1;
+	for (size_t i = 0; i < tg->n && ok; i++) {
+		ms_net_opts net;
+		ms_net_opts_for(c, p->domain, tg->t[i].name, &net);
+		char l[MS_DNS_NAME_MAX + 200];
+		snprintf(l, sizeof l, "%d %s %s %d %s %s", tg->t[i].pref, tg->t[i].name, tg->t[i].addr,
+		         ms_conf_tls_for(c, p->domain, tg->t[i].name), net.bind4, net.bind6);
+		ok = (lines[n] = strdup(l)) != NULL;
+		n += ok;
+	}
+	/* Sorted: equal preferences come shuffled per domain. */
+	qsort(lines, n, sizeof lines[0], cmp_line);
+	ok = ok && ms_buf_printf(&key, "%d", tg->secure) == MS_OK;
+	for (size_t i = 0; i < n; i++) {
+		ok = ok && ms_buf_printf(&key, "|%s", lines[i]) == MS_OK;
+		free(lines[i]);
+	}
+	char *out = ok && ms_buf_append(&key, "", 1) == MS_OK ? strdup(ms_buf_ptr(&key)) : NULL;
+	ms_buf_free(&key);
+	return out;
+}
+
+static ms_status prepare(const ms_deliver_opts *o, const char *dest, prepared *p,
+                         ms_error *err)
+{
+	memset(p, 0, sizeof *p);
+	p->dest = dest;
+	if (!strncmp(dest, "relays:", 7) || !strncmp(dest, "url:", 4))
+		return MS_OK;
+	if (!(p->tg = calloc(1, sizeof *p->tg)))
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	p->domain = !strncmp(dest, "mx:", 3) ? dest + 3 : dest;
+	ms_dns_opts dop;
+	dns_opts_of(o->conf, &dop);
+	p->dns = o->dns_cache ? ms_dns_cache_targets(o->dns_cache, p->domain, &dop, p->tg, &p->e,
+	                                             &p->hit)
+	                      : ms_dns_targets_for(p->domain, &dop, p->tg, &p->e);
+	ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
+	                   p->dns == MS_OK ? "resolved" : p->e.msg);
+	if (p->dns != MS_OK)
+		return MS_OK;
+	/* MTA-STS (RFC 8461) for the levels that honour it. */
+	int dlevel = ms_conf_tls_for(o->conf, p->domain, NULL);
+	if (o->sts && p->domain[0] != '[' &&
+	    (dlevel == MS_TLS_LEVEL_DANE || dlevel == MS_TLS_LEVEL_MTA_STS) &&
+	    (p->sts = calloc(1, sizeof *p->sts))) {
+		char note[700];
+		ms_sts_policy_for(o->sts, o->conf, p->domain, p->sts, note, sizeof note);
+		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s", note);
+		if (!p->sts->found || p->sts->mode == MS_STS_NONE) {
+			free(p->sts);
+			p->sts = NULL;
+		}
+	}
+	p->share = share_key(o->conf, p);
+	return MS_OK;
+}
+
+/* Deliver msgs, all for the prepared destination p - or, with ds naming
+ * several domains, for destinations that share p's key. */
+static ms_status deliver_prepared(const ms_deliver_opts *o, const prepared *p, dom_set ds,
+                                  ms_message **msgs, size_t n, ms_deliver_report *rep,
+                                  ms_error *err)
 {
 	memset(rep, 0, sizeof *rep);
 	snprintf(rep->relay, sizeof rep->relay, "none");
+	const char *dest = p->dest;
 	if (!strncmp(dest, "relays:", 7))
 		return via_relays(o, dest + 7, msgs, n, rep, err);
 
@@ -722,50 +835,29 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		return give_up(o, msgs, n, rep, e.msg);
 	}
 
-	ms_dns_targets *tg = calloc(1, sizeof *tg);
-	if (!tg)
-		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	const char *domain = !strncmp(dest, "mx:", 3) ? dest + 3 : dest;
+	const ms_dns_targets *tg = p->tg;
+	const char *domain = p->domain;
 	memset(&base, 0, sizeof base);
 	base.proto = MS_PROTO_SMTP;
 	snprintf(base.port, sizeof base.port, "%s", o->conf->mx_port);
-	ms_dns_opts dop;
-	dns_opts_of(o->conf, &dop);
-	int hit = 0;
-	ms_status st = o->dns_cache ? ms_dns_cache_targets(o->dns_cache, domain, &dop, tg, &e, &hit)
-	                            : ms_dns_targets_for(domain, &dop, tg, &e);
-	ms_transcript_addf(o->transcript, MS_TX_NOTE, "route %s: %s", dest,
-	                   st == MS_OK ? "resolved" : e.msg);
-	if (domain[0] != '[')
-		rep->dns = st == MS_OK ? (hit ? MS_DELIVER_DNS_CACHED : MS_DELIVER_DNS_OK)
-		           : st == MS_ERR_PERM ? MS_DELIVER_DNS_PERM : MS_DELIVER_DNS_TEMP;
-	if (st != MS_OK) {
+	if (domain[0] != '[') {
+		rep->dns = p->dns == MS_OK ? (p->hit ? MS_DELIVER_DNS_CACHED : MS_DELIVER_DNS_OK)
+		           : p->dns == MS_ERR_PERM ? MS_DELIVER_DNS_PERM : MS_DELIVER_DNS_TEMP;
+		rep->dns_lookups[rep->dns]++;
+	}
+	if (p->dns != MS_OK) {
 		/* Final DNS answers fail every recipient now; the rest wait. */
-		int perm = st == MS_ERR_PERM;
+		int perm = p->dns == MS_ERR_PERM;
 		settle_all(o, msgs, n, perm ? MS_RCPT_FAILED : MS_RCPT_DEFERRED, MS_STAGE_CONNECT,
-		           tg->code, tg->enh, e.msg, "none");
+		           tg->code, tg->enh, p->e.msg, "none");
 		rep->unreachable = !perm;
-		free(tg);
 		return MS_OK;
 	}
 	if (domain[0] != '[')
 		ms_deliver_site(tg, rep->site, sizeof rep->site);
-	/* MTA-STS (RFC 8461) for the levels that honour it. */
-	ms_sts_policy *sts = NULL;
-	int dlevel = ms_conf_tls_for(o->conf, domain, NULL);
-	if (o->sts && domain[0] != '[' &&
-	    (dlevel == MS_TLS_LEVEL_DANE || dlevel == MS_TLS_LEVEL_MTA_STS) &&
-	    (sts = calloc(1, sizeof *sts))) {
-		char note[700];
-		ms_sts_policy_for(o->sts, o->conf, domain, sts, note, sizeof note);
-		ms_transcript_addf(o->transcript, MS_TX_NOTE, "%s", note);
-		if (!sts->found || sts->mode == MS_STS_NONE) {
-			free(sts);
-			sts = NULL;
-		} else {
-			rep->sts_mode = (int)sts->mode;
-		}
-	}
+	const ms_sts_policy *sts = p->sts;
+	if (sts)
+		rep->sts_mode = (int)sts->mode;
 	/* The MX hosts' addresses in order; the MX name is the TLS name.  A
 	 * parked session to any of them is taken first. */
 	for (size_t i = 0; o->pool && i < tg->n; i++) {
@@ -780,19 +872,123 @@ ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **ms
 		pool_key(&rt, tg->t[i].name, &net, pk, key, sizeof key);
 		size_t at = i;
 		if (i > 0 && tg->t[i].pref == tg->t[0].pref && ms_pool_has(o->pool, key) &&
-		    try_mx_host(o, &base, domain, tg, sts, &at, msgs, n, rep, &e) == MS_OK) {
-			free(sts);
-			free(tg);
+		    try_mx_host(o, &base, ds, tg, sts, &at, msgs, n, rep, &e) == MS_OK)
 			return MS_OK;
-		}
 	}
 	for (size_t i = 0; i < tg->n;)
-		if (try_mx_host(o, &base, domain, tg, sts, &i, msgs, n, rep, &e) == MS_OK) {
-			free(sts);
-			free(tg);
+		if (try_mx_host(o, &base, ds, tg, sts, &i, msgs, n, rep, &e) == MS_OK)
 			return MS_OK;
-		}
-	free(sts);
-	free(tg);
 	return give_up(o, msgs, n, rep, e.msg);
+}
+
+ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **msgs, size_t n,
+                     ms_deliver_report *rep, ms_error *err)
+{
+	prepared p;
+	ms_status st = prepare(o, dest, &p, err);
+	if (st == MS_OK) {
+		const char *d = p.domain ? p.domain : dest;
+		st = deliver_prepared(o, &p, (dom_set){ &d, 1 }, msgs, n, rep, err);
+	}
+	prepared_free(&p);
+	return st;
+}
+
+/* What a class's report adds to the whole. */
+static void add_report(ms_deliver_report *all, const ms_deliver_report *r, int first)
+{
+	if (first) {
+		*all = *r;
+		return;
+	}
+	snprintf(all->relay, sizeof all->relay, "%s", r->relay);
+	all->reached |= r->reached;
+	all->unreachable = all->unreachable && r->unreachable;
+	all->tried += r->tried;
+	all->bytes_out += r->bytes_out;
+	all->round_trips += r->round_trips;
+	all->connections += r->connections;
+	if (!all->site[0])
+		snprintf(all->site, sizeof all->site, "%s", r->site);
+	all->throttled |= r->throttled;
+	all->reused += r->reused;
+	all->tls_verified += r->tls_verified;
+	all->tls_unverified += r->tls_unverified;
+	all->plain += r->plain;
+	for (size_t k = 0; k < sizeof all->dns_lookups / sizeof all->dns_lookups[0]; k++)
+		all->dns_lookups[k] += r->dns_lookups[k];
+	all->tls_refused |= r->tls_refused;
+	if (r->sts_mode)
+		all->sts_mode = r->sts_mode;
+	if (r->sts_testing_failed && !all->sts_testing_failed) {
+		all->sts_testing_failed = 1;
+		snprintf(all->sts_testing_why, sizeof all->sts_testing_why, "%s", r->sts_testing_why);
+	}
+}
+
+ms_status ms_deliver_many(const ms_deliver_opts *o, const char *const *dests, ms_message **msgs,
+                          size_t n, ms_deliver_report *rep, ms_error *err)
+{
+	memset(rep, 0, sizeof *rep);
+	snprintf(rep->relay, sizeof rep->relay, "none");
+	if (n == 0)
+		return MS_OK;
+	/* The distinct destinations, in the order their messages come. */
+	prepared *p = calloc(n, sizeof *p);
+	size_t *of = calloc(n, sizeof *of); /* msgs[i] is for p[of[i]] */
+	size_t *cls = calloc(n, sizeof *cls); /* p[j] is served with p[cls[j]] */
+	ms_message **batch = calloc(n, sizeof *batch);
+	const char **doms = calloc(n, sizeof *doms);
+	ms_status st = p && of && cls && batch && doms ? MS_OK
+	                                              : ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	size_t np = 0;
+	for (size_t i = 0; i < n && st == MS_OK; i++) {
+		size_t j = 0;
+		while (j < np && strcmp(p[j].dest, dests[i]))
+			j++;
+		if (j == np) {
+			if ((st = prepare(o, dests[i], &p[np], err)) != MS_OK)
+				break;
+			cls[np] = np;
+			for (size_t k = 0; p[np].share && k < np; k++)
+				if (p[k].share && !strcmp(p[k].share, p[np].share)) {
+					cls[np] = cls[k];
+					break;
+				}
+			np++;
+		}
+		of[i] = j;
+	}
+	/* Each class in one pass: its destinations' messages together, so one
+	 * session carries them all, pipelined across domains. */
+	int first = 1;
+	for (size_t c = 0; c < np && st == MS_OK; c++) {
+		if (cls[c] != c)
+			continue;
+		size_t nb = 0, nd = 0;
+		for (size_t j = c; j < np; j++)
+			if (cls[j] == c)
+				doms[nd++] = p[j].domain ? p[j].domain : p[j].dest;
+		for (size_t i = 0; i < n; i++)
+			if (cls[of[i]] == c)
+				batch[nb++] = msgs[i];
+		ms_deliver_report r;
+		st = deliver_prepared(o, &p[c], (dom_set){ doms, nd }, batch, nb, &r, err);
+		if (st == MS_OK) {
+			/* The other destinations' lookups, for the counts. */
+			for (size_t j = c + 1; j < np; j++)
+				if (cls[j] == c)
+					r.dns_lookups[p[j].hit ? MS_DELIVER_DNS_CACHED : MS_DELIVER_DNS_OK]++;
+			add_report(rep, &r, first);
+			first = 0;
+		}
+	}
+	for (size_t j = 0; j < np; j++)
+		prepared_free(&p[j]);
+	free(p);
+	free(of);
+	free(cls);
+	free(batch);
+	free(doms);
+	return st;
 }

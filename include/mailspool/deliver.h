@@ -82,6 +82,7 @@ typedef struct ms_deliver_report {
 	 * lookup (MS_DELIVER_DNS_*; NONE for routes, relays and literals). */
 	size_t tls_verified, tls_unverified, plain;
 	int dns;
+	size_t dns_lookups[5]; /* lookups by outcome (MS_DELIVER_DNS_*), ms_deliver_many's all */
 	int tls_refused;    /* a server answered but did not meet the TLS policy */
 	int sts_mode;       /* the MTA-STS policy applied (ms_sts_mode), 0: none */
 	int sts_testing_failed; /* testing mode: a session enforce would have refused */
@@ -112,5 +113,17 @@ ms_status ms_dest_for(const ms_conf *c, const char *sender, const char *rcpt, ch
  * reported (whatever its outcome). */
 ms_status ms_deliver(const ms_deliver_opts *o, const char *dest, ms_message **msgs, size_t n,
                      ms_deliver_report *rep, ms_error *err);
+
+/* Deliver msgs, msgs[i] for dests[i] (a unit of the daemon: a site's
+ * domains, say).  Destinations whose domains resolve to the same MX hosts,
+ * addresses and preferences, with the same TLS level and source addresses
+ * for each host, no MTA-STS policy and the same DNSSEC standing share
+ * their sessions: their messages go together, cross-message pipelined
+ * across domains (one domain per transaction, as always).  Others go one
+ * destination at a time, as ms_deliver.  rep sums the passes (unreachable:
+ * every pass found its servers down).  MS_OK once every message has been
+ * reported. */
+ms_status ms_deliver_many(const ms_deliver_opts *o, const char *const *dests, ms_message **msgs,
+                          size_t n, ms_deliver_report *rep, ms_error *err);
 
 #endif
