@@ -44,7 +44,22 @@ struct ms_spool {
 	char (*batch_removed)[MS_ENV_ID_MAX + 1];
 	size_t nbatch_removed, capbatch_removed;
 	uint64_t floor; /* min_free_space in force (lowered for our own bounces) */
+	/* Our claim token (tmp/claim.NODE.PID.RANDOM), linked to every claim
+	 * we make until it has MS_CLAIM_TOKEN_LINKS names (link_claim). */
+	struct {
+		char name[300];
+		char node[65]; /* as the token name has it (64 at most) */
+		pid_t pid;
+		dev_t dev;
+		ino_t ino;
+		size_t links;
+		int64_t touched;
+	} tok;
 };
+
+/* Names one claim token gets before a fresh one is made: far below every
+ * file system's link limit (ext4 65,000, some 32,000). */
+#define MS_CLAIM_TOKEN_LINKS 4096
 
 struct ms_spool_tx {
 	ms_spool *sp;
@@ -295,6 +310,8 @@ void ms_spool_close(ms_spool *sp)
 		return;
 	int fds[] = { sp->dfd_root, sp->dfd_tmp,     sp->dfd_data, sp->dfd_env,
 		          sp->dfd_claim, sp->dfd_corrupt, sp->dfd_wake };
+	if (sp->tok.name[0] && sp->tok.pid == getpid() && sp->dfd_tmp >= 0)
+		unlinkat(sp->dfd_tmp, sp->tok.name, 0); /* our claims keep the inode */
 	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -784,15 +801,27 @@ now:
 /* ---- claims ------------------------------------------------------------- */
 
 /*
- * The link() trick: make a token file with a unique name, link it to
- * `name`, and judge by the token's link count.  On NFS a LINK whose reply
- * was lost is retransmitted and fails with EEXIST although it succeeded;
- * the link count tells the truth either way.  Returns 1 if we made `name`,
- * 0 if it existed, -1 on error.
+ * The link() trick: link a token file of ours to `name`, then look at what
+ * `name` is.  On NFS a LINK whose reply was lost is retransmitted and fails
+ * with EEXIST although it succeeded; the inode behind `name` tells the
+ * truth either way.  One token serves many claims (a claim is then one
+ * link, not a file created, written and unlinked: creating inodes was the
+ * larger part of a claim's cost), so every claim we hold is the same inode
+ * as its token: the lease (the inode's mtime) is touched when a claim is
+ * made and by every renewal.  A claim broken by another daemon is its
+ * inode, not ours - which is how ms_spool_claim_held sees the loss.
+ * Returns 1 if we made `name`, 0 if it existed, -1 on error.
  */
-static int link_claim(ms_spool *sp, const char *name, const char *node, struct stat *out,
-                      ms_error *err)
+static void token_drop(ms_spool *sp)
 {
+	if (sp->tok.name[0] && sp->tok.pid == getpid())
+		unlinkat(sp->dfd_tmp, sp->tok.name, 0);
+	sp->tok.name[0] = '\0';
+}
+
+static int token_make(ms_spool *sp, const char *node, ms_error *err)
+{
+	token_drop(sp);
 	char token[300], rnd[17], body[256];
 	rand_hex(rnd, 8);
 	snprintf(token, sizeof token, "claim.%.64s.%ld.%s", node, (long)getpid(), rnd);
@@ -804,24 +833,69 @@ static int link_claim(ms_spool *sp, const char *name, const char *node, struct s
 	}
 	int n = snprintf(body, sizeof body, "%.64s %ld %lld\n", node, (long)getpid(),
 	                 (long long)now_s());
-	int ok = ms_write_all(fd, body, (size_t)n) == 0;
+	struct stat st;
+	int ok = ms_write_all(fd, body, (size_t)n) == 0 && fstat(fd, &st) == 0;
 	close(fd);
 	if (!ok) {
 		sys_err(err, "cannot write claim token", token);
 		unlinkat(sp->dfd_tmp, token, 0);
 		return -1;
 	}
-	linkat(sp->dfd_tmp, token, sp->dfd_claim, name, 0); /* the result is judged below */
-	struct stat st;
-	int r = fstatat(sp->dfd_tmp, token, &st, AT_SYMLINK_NOFOLLOW);
-	unlinkat(sp->dfd_tmp, token, 0);
-	if (r < 0) {
-		sys_err(err, "cannot stat claim token", token);
-		return -1;
+	snprintf(sp->tok.name, sizeof sp->tok.name, "%s", token);
+	snprintf(sp->tok.node, sizeof sp->tok.node, "%s", node);
+	sp->tok.pid = getpid();
+	sp->tok.dev = st.st_dev;
+	sp->tok.ino = st.st_ino;
+	sp->tok.links = 0;
+	sp->tok.touched = now_s();
+	return 0;
+}
+
+/* A token ready to link: ours (this process, this node), with room for a
+ * name, touched this second (a claim's lease starts when it is made). */
+static int token_ready(ms_spool *sp, const char *node, ms_error *err)
+{
+	char cut[sizeof sp->tok.node];
+	snprintf(cut, sizeof cut, "%s", node);
+	if (!sp->tok.name[0] || sp->tok.pid != getpid() || strcmp(sp->tok.node, cut) ||
+	    sp->tok.links >= MS_CLAIM_TOKEN_LINKS)
+		return token_make(sp, node, err);
+	int64_t now = now_s();
+	if (sp->tok.touched != now) {
+		struct stat st;
+		/* Gone (swept after an hour unused) or not ours any more: a
+		 * fresh one. */
+		if (utimensat(sp->dfd_tmp, sp->tok.name, NULL, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    fstatat(sp->dfd_tmp, sp->tok.name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    st.st_ino != sp->tok.ino || st.st_dev != sp->tok.dev)
+			return token_make(sp, node, err);
+		sp->tok.touched = now;
 	}
-	if (st.st_nlink == 2) {
-		*out = st;
-		return 1;
+	return 0;
+}
+
+static int link_claim(ms_spool *sp, const char *name, const char *node, struct stat *out,
+                      ms_error *err)
+{
+	for (int round = 0; round < 2; round++) {
+		if (token_ready(sp, node, err) < 0)
+			return -1;
+		if (linkat(sp->dfd_tmp, sp->tok.name, sp->dfd_claim, name, 0) < 0 &&
+		    (errno == EMLINK || errno == ENOENT) && round == 0) {
+			/* The token is full after all, or gone: once more with a
+			 * fresh one. */
+			sp->tok.links = MS_CLAIM_TOKEN_LINKS;
+			continue;
+		}
+		sp->tok.links++; /* the result is judged below, whatever link() said */
+		struct stat st;
+		if (fstatat(sp->dfd_claim, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return 0; /* released meanwhile: the caller tries again */
+		if (st.st_ino == sp->tok.ino && st.st_dev == sp->tok.dev) {
+			*out = st;
+			return 1;
+		}
+		return 0;
 	}
 	return 0;
 }

@@ -308,6 +308,66 @@ static void test_takeover_after_lease(void **state)
 	tmp_spool_remove(sp);
 }
 
+/* One token serves many claims: 5,000 claims are one or two inodes (a
+ * fresh token after MS_CLAIM_TOKEN_LINKS names), each still its own claim
+ * (released alone, lost alone), and a claim made with an old token starts
+ * a full lease; closing the spool leaves tmp/ empty. */
+static void test_claims_share_a_token(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	c.claim_lease = 2;
+	c.clock_skew = 0;
+	ms_spool_close(sp);
+	ms_error err;
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	enum { N = 5000 };
+	ms_claim *cl = calloc(N, sizeof *cl);
+	assert_non_null(cl);
+	char id[32];
+	for (int i = 0; i < N; i++) {
+		snprintf(id, sizeof id, "tok%05d", i);
+		assert_int_equal(ms_spool_claim(sp, id, "holder", &cl[i], &err), MS_OK);
+	}
+	assert_int_equal(count_dir("tmp"), 1); /* the current token only */
+	size_t inodes = 1;
+	for (int i = 1; i < N; i++)
+		inodes += cl[i].ino != cl[i - 1].ino;
+	assert_int_equal(inodes, 2);
+	for (int i = 0; i < N; i++)
+		assert_true(ms_spool_claim_held(sp, &cl[i]));
+	/* Released alone. */
+	assert_int_equal(ms_spool_release(sp, &cl[7], &err), MS_OK);
+	assert_false(ms_spool_claim_held(sp, &cl[7]));
+	assert_true(ms_spool_claim_held(sp, &cl[6]) && ms_spool_claim_held(sp, &cl[8]));
+	/* Another claimant cannot take one of ours while the lease runs, and
+	 * a claim made now with the old token is not stale to it. */
+	ms_spool *other;
+	assert_int_equal(ms_spool_open(&c, 0, &other, &err), MS_OK);
+	ms_claim theirs;
+	assert_int_equal(ms_spool_claim(other, "tok00008", "other", &theirs, &err), MS_ERR_TEMP);
+	sleep(3); /* past the lease: every claim of ours is stale now */
+	ms_claim late;
+	assert_int_equal(ms_spool_claim(sp, "tokLATE", "holder", &late, &err), MS_OK);
+	assert_int_equal(late.ino, cl[N - 1].ino); /* the same token, touched */
+	assert_int_equal(ms_spool_claim(other, "tokLATE", "other", &theirs, &err), MS_ERR_TEMP);
+	/* Lost alone: the other breaks one after the lease; the rest are ours. */
+	sleep(3);
+	assert_int_equal(ms_spool_claim(other, "tok00009", "other", &theirs, &err), MS_OK);
+	assert_false(ms_spool_claim_held(sp, &cl[9]));
+	assert_true(ms_spool_claim_held(sp, &cl[10]));
+	assert_int_equal(ms_spool_renew(sp, &cl[9], &err), MS_ERR_TEMP);
+	assert_int_equal(ms_spool_renew(sp, &cl[10], &err), MS_OK);
+	ms_spool_close(other);
+	free(cl);
+	ms_spool_close(sp);
+	assert_int_equal(count_dir("tmp"), 0);
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	tmp_spool_remove(sp);
+}
+
 /* Refusals leave nothing behind. */
 static void test_refusals_leave_nothing(void **state)
 {
@@ -420,6 +480,7 @@ int main(void)
 		cmocka_unit_test(test_two_claimants),
 		cmocka_unit_test(test_eight_claimants),
 		cmocka_unit_test(test_takeover_after_lease),
+		cmocka_unit_test(test_claims_share_a_token),
 		cmocka_unit_test(test_refusals_leave_nothing),
 		cmocka_unit_test(test_header_rewriting),
 	};
