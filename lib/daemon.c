@@ -408,8 +408,11 @@ static dest *dest_get(sched_state *d, const char *key, const char *dkey)
 		free(x);
 		return NULL;
 	}
-	/* One agent per destination, so its parked sessions are found again. */
-	x->agent = (int)(key_hash(key) % (d->nagents ? d->nagents : 1));
+	/* One agent per destination, so its parked sessions are found again.
+	 * A site goes to the agent of the domain that made it: that agent
+	 * resolved the domain (asking for its site), so its DNS cache holds
+	 * the answer the first unit needs. */
+	x->agent = (int)(key_hash(dkey ? dkey : key) % (d->nagents ? d->nagents : 1));
 	dest_shape(d, x, dkey);
 	return x;
 }

@@ -284,7 +284,10 @@ static int same_name(const char *a, const char *b)
 
 /* A channel with our settings: DNS only for mail routing ("b"), files
  * then DNS for the names of relays and URL routes ("fb"), the configured
- * servers, per-try timeouts a quarter of the lookup's deadline. */
+ * servers, a first try of at most a second and four tries (c-ares doubles
+ * the wait each round: 1 + 2 + 4 + 8 s within the default 30 s deadline).
+ * A lost datagram - a resolver's socket buffer overflows when thousands
+ * of sessions start at once - then costs a second, not five. */
 static ms_status open_channel(const ms_dns_opts *o, const char *lookups, ares_channel *chp,
                               ms_error *err)
 {
@@ -297,8 +300,8 @@ static ms_status open_channel(const ms_dns_opts *o, const char *lookups, ares_ch
 	struct ares_options ao;
 	memset(&ao, 0, sizeof ao);
 	ao.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
-	ao.timeout = timeout / 4 < 200 ? 200 : timeout / 4 > 5000 ? 5000 : timeout / 4;
-	ao.tries = 3;
+	ao.timeout = timeout / 16 < 200 ? 200 : timeout / 16 > 1000 ? 1000 : timeout / 16;
+	ao.tries = 4;
 	ao.lookups = (char *)lookups;
 	ares_channel ch;
 	int r = ares_init_options(&ch, &ao,

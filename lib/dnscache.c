@@ -44,7 +44,7 @@ void ms_dns_cache_opts_default(ms_dns_cache_opts *o)
 	o->negative_ttl = 300;
 	o->temp_ttl = 5;
 	o->max_entries = 100000;
-	o->max_inflight = 64;
+	o->max_inflight = 32;
 }
 
 ms_dns_cache *ms_dns_cache_new(const ms_dns_cache_opts *o)

@@ -126,11 +126,28 @@ int ms_sts_mx_ok(const ms_sts_policy *p, const char *host)
 
 /* ---- the cache ---- */
 
+/* A `_mta-sts` TXT answer kept for MS_STS_TXT_KEEP seconds: without it
+ * every session to a domain cost a lookup (and thousands of sessions at
+ * once a burst of them that a resolver's socket buffer drops). */
+typedef struct txt_answer {
+	int64_t until;
+	int found;
+	char id[33];
+} txt_answer;
+
 struct ms_sts_cache {
 	pthread_mutex_t mu;
 	ms_hmap mem; /* domain -> ms_sts_policy* */
+	ms_hmap txt; /* domain -> txt_answer* */
+	/* TXT lookups at once: a thousand sessions starting together sent a
+	 * thousand queries in one burst, and the resolver dropped some (each
+	 * drop a retry a second later). */
+	pthread_cond_t slot_cv;
+	size_t asking;
 	int dfd;
 };
+
+#define STS_TXT_AT_ONCE 16
 
 ms_sts_cache *ms_sts_cache_new(ms_spool *sp)
 {
@@ -147,6 +164,8 @@ ms_sts_cache *ms_sts_cache_new(ms_spool *sp)
 	}
 	pthread_mutex_init(&c->mu, NULL);
 	ms_hmap_init(&c->mem);
+	ms_hmap_init(&c->txt);
+	pthread_cond_init(&c->slot_cv, NULL);
 	c->dfd = dfd;
 	return c;
 }
@@ -160,8 +179,12 @@ void ms_sts_cache_free(ms_sts_cache *c)
 	for (size_t i = 0; (i = ms_hmap_next(&c->mem, i, &k, &v)) != 0;)
 		free(v);
 	ms_hmap_free(&c->mem);
+	for (size_t i = 0; (i = ms_hmap_next(&c->txt, i, &k, &v)) != 0;)
+		free(v);
+	ms_hmap_free(&c->txt);
 	if (c->dfd >= 0)
 		close(c->dfd);
+	pthread_cond_destroy(&c->slot_cv);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }
@@ -280,6 +303,53 @@ static int fetch(const ms_conf *conf, const ms_dns_opts *dop, const char *domain
 	return 0;
 }
 
+/* The TXT record's id, from the answer kept or a lookup (a failed one is
+ * not kept). */
+static ms_status txt_id(ms_sts_cache *c, const char *key, const char *domain,
+                        const ms_dns_opts *dop, int64_t now, char id[33], int *found)
+{
+	pthread_mutex_lock(&c->mu);
+	txt_answer *t = ms_hmap_get(&c->txt, key);
+	if (t && t->until > now) {
+		*found = t->found;
+		memcpy(id, t->id, 33);
+		pthread_mutex_unlock(&c->mu);
+		return MS_OK;
+	}
+	/* A slot, waiting at most one lookup's deadline (then asked anyway). */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += dop->timeout_ms > 0 ? dop->timeout_ms / 1000 + 1 : 31;
+	while (c->asking >= STS_TXT_AT_ONCE &&
+	       pthread_cond_timedwait(&c->slot_cv, &c->mu, &until) == 0)
+		;
+	c->asking++;
+	pthread_mutex_unlock(&c->mu);
+	ms_error err;
+	*found = 0;
+	id[0] = '\0';
+	ms_status st = ms_dns_sts_id(domain, dop, id, found, &err);
+	pthread_mutex_lock(&c->mu);
+	c->asking--;
+	pthread_cond_signal(&c->slot_cv);
+	if (st != MS_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return st;
+	}
+	if (!(t = ms_hmap_get(&c->txt, key)) && (t = malloc(sizeof *t)) &&
+	    ms_hmap_put(&c->txt, key, t) != 0) {
+		free(t);
+		t = NULL;
+	}
+	if (t) {
+		t->until = now + MS_STS_TXT_KEEP;
+		t->found = *found;
+		memcpy(t->id, id, 33);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return MS_OK;
+}
+
 void ms_sts_policy_for(ms_sts_cache *c, const ms_conf *conf, const char *domain,
                        ms_sts_policy *out, char *note, size_t nn)
 {
@@ -316,8 +386,7 @@ void ms_sts_policy_for(ms_sts_cache *c, const ms_conf *conf, const char *domain,
 	dop.timeout_ms = (int)(conf->dns_timeout * 1000);
 	char id[33];
 	int found = 0;
-	ms_error err;
-	if (ms_dns_sts_id(domain, &dop, id, &found, &err) != MS_OK || !found) {
+	if (txt_id(c, name, domain, &dop, now, id, &found) != MS_OK || !found) {
 		/* No record now, or no answer: a cached policy stays in force
 		 * until it expires (RFC 8461 5.1). */
 		if (fresh(&cached, now)) {

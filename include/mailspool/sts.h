@@ -53,6 +53,11 @@ int ms_sts_mx_ok(const ms_sts_policy *p, const char *host);
 const char *ms_sts_mode_name(ms_sts_mode m);
 
 #define MS_STS_DIR "sts" /* the cache's directory in the spool */
+/* How long a `_mta-sts` TXT answer (an id, or none) is used before it is
+ * asked again: a policy's change is seen this much later at most (RFC
+ * 8461 5.1 leaves the refresh to the sender; c-ares does not tell us the
+ * record's TTL). */
+#define MS_STS_TXT_KEEP 300
 
 typedef struct ms_sts_cache ms_sts_cache;
 /* A cache kept in sp's sts/ (made when missing); in memory only when sp
