@@ -27,6 +27,7 @@ Also: D = 1,000 domains on 10 MX hosts (shared servers): connections used.
 
 Usage: bench/many_bench.py [--messages 10000] [--domains 100,1000,5000]
                            [--rtt 50] [--out bench/RESULTS.md]
+                           [--only mailspool] [--set "key = value"]
 """
 import argparse
 import datetime
@@ -67,7 +68,7 @@ def setup_dns(tmp, ndom, nhosts):
     conf = os.path.join(tmp, "dnsmasq.conf")
     with open(conf, "w") as f:
         f.write("no-resolv\nno-hosts\nport=53\nlisten-address=127.0.0.1\nbind-interfaces\n"
-                "local=/test/\nuser=root\n")
+                "local=/test/\nuser=root\nlocal-ttl=300\n")
         for i in range(ndom):
             f.write(f"mx-host=d{i}.test,mx{i % nhosts}.d.test,10\n")
         for h in range(nhosts):
@@ -271,6 +272,10 @@ def main():
     ap.add_argument("--rtt", type=int, default=50)
     ap.add_argument("--shared", default="1000:10")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--only", default="", help="run only the MTAs whose name starts so "
+                    "(e.g. mailspool); the results are printed, not written")
+    ap.add_argument("--set", action="append", default=[],
+                    help="an extra mailspool.conf line for mailspool's runs")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ms-many-", dir=os.path.join(run.ROOT, "build"))
     resolv = os.path.join(tmp, "resolv.conf")
@@ -287,12 +292,13 @@ def main():
             dns = setup_dns(tmp, ndom, nhosts)
             files = make_messages(os.path.join(tmp, f"msgs{ndom}"), a.messages, ndom)
             label = f"{ndom} domains" + (f" on {nhosts} MX hosts" if nhosts != ndom else "")
-            plan = [("mailspool", lambda L: run_mailspool(L, files, tmp)),
+            plan = [("mailspool", lambda L: run_mailspool(L, files, tmp, a.set)),
                     ("Postfix default", lambda L: run_postfix(L, files, tmp)),
                     ("Postfix tuned (500 processes)",
                      lambda L: run_postfix(L, files, tmp, "default_process_limit = 500\n"))]
             if nhosts != ndom:
                 plan = plan[:2]
+            plan = [x for x in plan if x[0].startswith(a.only)]
             try:
                 with Link(a.rtt, tmp) as link:
                     for tool, fn in plan:
@@ -312,6 +318,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if a.only:
+        return
     base = {r["case"]: r["rate"] for r in rows if r["tool"] == "Postfix default"}
     lines = [MARK, "",
              f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "

@@ -42,7 +42,7 @@ void ms_conf_defaults(ms_conf *c)
 	c->mx_address_limit = 5;
 	c->max_deliveries = 1000;
 	c->connection_reuse_time = 5;
-	c->claim_window = 4000;
+	c->claim_window = 20000;
 	c->destination_recovery = 30;
 	c->agent_uncommitted = MS_CONF_UNCOMMITTED_DEFAULT;
 	c->destination_concurrency = 10;

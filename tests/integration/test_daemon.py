@@ -493,7 +493,9 @@ def test_three_daemons_deliver_10000_messages_for_100_domains_exactly_once(tmp_p
     mx = [(f"d{i}.test", f"mx{i % 2}.d.test", 10) for i in range(ndom)]
     with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2", "mx1.d.test": "127.0.0.3"}) as dns, \
             SmtpSink(host="127.0.0.2", port=port) as s1, SmtpSink(host="127.0.0.3", port=port) as s2:
-        w = World(str(tmp_path), dns, port, extra="claim_lease = 30s\n")
+        # Three daemons share one spool: each holds at most 4,000 claims
+        # (the default window, 20,000, lets the first take everything).
+        w = World(str(tmp_path), dns, port, extra="claim_lease = 30s\nclaim_window = 4000\n")
         files = make_messages(tmp_path, 10000, ndom)
         queue_files(w, files)
         ds = [w.start("--node", f"node{i}") for i in range(3)]
