@@ -70,6 +70,7 @@ typedef struct entry {
 	int64_t due;   /* INT64_MIN: not read yet */
 	int64_t mtime; /* of the envelope when last read */
 	struct dest *x; /* its one destination when last read (NULL: several) */
+	int fresh;     /* came by the wake FIFO while the start-up listing ran */
 } entry;
 
 typedef struct slot {
@@ -180,6 +181,7 @@ typedef struct sched_state {
 	int64_t last_full_list;
 	int listed_once;          /* the first listing is the queue we found, not arrivals */
 	int64_t gauges_at;        /* metrics gauges last updated (s) */
+	struct lister *ls;        /* the start-up listing and sweep, while they run */
 } sched_state;
 
 static int64_t now_s(void)
@@ -272,46 +274,243 @@ static void update_gauges(sched_state *d)
 	pthread_mutex_unlock(&m->lock);
 }
 
-/* Merge a fresh listing into the index: known ids keep what we know. */
-static ms_status relist(sched_state *d, ms_error *err)
+/* Merge a listing (ids sorted, with their envelopes' mtimes; mtimes NULL:
+ * stat them here) into the index: known ids keep what we know.  Entries
+ * the listing lacks stay when they are claimed or came by the wake FIFO
+ * after the listing began (keep_fresh: a listing made in the background). */
+static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes, size_t n,
+                              int keep_fresh, ms_error *err)
 {
 	int64_t now = now_s();
+	size_t extra = 0;
+	for (size_t j = 0; keep_fresh && j < d->nidx; j++)
+		extra += d->idx[j].busy || d->idx[j].fresh;
+	entry *nidx = calloc(n + extra ? n + extra : 1, sizeof *nidx);
+	if (!nidx)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	size_t j = 0, k = 0, arrived = 0;
+	for (size_t i = 0; i < n; i++) {
+		while (j < d->nidx && strcmp(d->idx[j].id, ids[i]) < 0) {
+			if (keep_fresh && (d->idx[j].busy || d->idx[j].fresh))
+				nidx[k++] = d->idx[j];
+			j++;
+		}
+		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
+			nidx[k] = d->idx[j++];
+		} else {
+			arrived++;
+			/* New to us: its mtime says when it is due at the earliest
+			 * (spool.h); only one that may be due now is read. */
+			snprintf(nidx[k].id, sizeof nidx[k].id, "%s", ids[i]);
+			int64_t m = mtimes ? mtimes[i] : ms_spool_env_mtime(d->sp, ids[i]);
+			nidx[k].due = m / 1000000000 > now ? m / 1000000000 : INT64_MIN;
+			nidx[k].mtime = m;
+		}
+		nidx[k++].fresh = 0;
+	}
+	for (; keep_fresh && j < d->nidx; j++)
+		if (d->idx[j].busy || d->idx[j].fresh)
+			nidx[k++] = d->idx[j];
+	if (d->listed_once)
+		METRIC(d, m_->received += arrived);
+	d->listed_once = 1;
+	free(d->idx);
+	d->idx = nidx;
+	d->nidx = k;
+	d->dirty = 1;
+	return MS_OK;
+}
+
+static ms_status relist(sched_state *d, ms_error *err)
+{
 	char **ids;
 	size_t n;
 	ms_status st = ms_spool_list(d->sp, &ids, &n, err);
 	if (st != MS_OK)
 		return st;
-	entry *nidx = calloc(n ? n : 1, sizeof *nidx);
-	if (!nidx) {
-		ms_spool_ids_free(ids, n);
-		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	}
-	size_t j = 0, arrived = 0;
-	for (size_t i = 0; i < n; i++) {
-		while (j < d->nidx && strcmp(d->idx[j].id, ids[i]) < 0)
-			j++;
-		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
-			nidx[i] = d->idx[j];
-		} else {
-			arrived++;
-			/* New to us: its mtime says when it is due at the earliest
-			 * (spool.h); only one that may be due now is read. */
-			snprintf(nidx[i].id, sizeof nidx[i].id, "%s", ids[i]);
-			int64_t m = ms_spool_env_mtime(d->sp, ids[i]);
-			nidx[i].due = m / 1000000000 > now ? m / 1000000000 : INT64_MIN;
-			nidx[i].mtime = m;
-		}
-	}
-	if (d->listed_once)
-		METRIC(d, m_->received += arrived);
-	d->listed_once = 1;
-	/* A busy entry stays even if another listing missed it. */
+	st = relist_merge(d, ids, NULL, n, 0, err);
 	ms_spool_ids_free(ids, n);
-	free(d->idx);
-	d->idx = nidx;
-	d->nidx = n;
-	d->dirty = 1;
-	return MS_OK;
+	return st;
+}
+
+/* ---- the start-up lister ---- */
+
+/* The first listing of env/ (a name and a stat per message) and the
+ * start-up sweep (every envelope read) run in a thread with a spool handle
+ * of its own: with a million queued they take minutes, and meanwhile the
+ * loop goes on taking fresh ids from the wake FIFO, so new mail does not
+ * wait for them.  The thread only reads, and the sweep's repairs are the
+ * same it always made while submitters commit; what it reports is kept
+ * here and logged by the loop (the log sink is not the thread's). */
+typedef struct lister {
+	pthread_t t;
+	ms_conf conf;         /* a copy: a reload may change the daemon's meanwhile */
+	pthread_mutex_t mu;
+	volatile int stop;    /* the daemon stops: give up */
+	int listed, swept;    /* under mu: the listing is ready / the sweep done */
+	int joined, merged;   /* (the loop's own) */
+	ms_status list_st, sweep_st;
+	ms_error list_err, sweep_err;
+	char **ids;
+	int64_t *mtimes;
+	size_t n;
+	int64_t env_mtime;    /* env/ when the listing began */
+	ms_sweep_report sw;
+	char **notes;         /* what the sweep moved aside, for the log */
+	size_t nnotes;
+} lister;
+
+static void lister_note(void *ctx, const char *line)
+{
+	lister *l = ctx;
+	pthread_mutex_lock(&l->mu);
+	char **v = realloc(l->notes, (l->nnotes + 1) * sizeof *v);
+	if (v) {
+		l->notes = v;
+		if ((v[l->nnotes] = strdup(line)))
+			l->nnotes++;
+	}
+	pthread_mutex_unlock(&l->mu);
+}
+
+static void *lister_run(void *arg)
+{
+	lister *l = arg;
+	ms_spool *sp = NULL;
+	ms_error err;
+	ms_status st = ms_spool_open(&l->conf, 0, &sp, &err);
+	char **ids = NULL;
+	int64_t *mt = NULL;
+	size_t n = 0;
+	int64_t envm = 0;
+	if (st == MS_OK) {
+		ms_spool_set_report(sp, lister_note, l);
+		envm = ms_spool_env_mtime(sp, ".");
+		st = ms_spool_list(sp, &ids, &n, &err);
+	}
+	if (st == MS_OK && !(mt = calloc(n ? n : 1, sizeof *mt)))
+		st = ms_error_set(&err, MS_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; st == MS_OK && i < n && !l->stop; i++)
+		mt[i] = ms_spool_env_mtime(sp, ids[i]);
+	pthread_mutex_lock(&l->mu);
+	l->list_st = l->stop && st == MS_OK ? MS_ERR_TEMP : st;
+	l->list_err = err;
+	l->ids = ids;
+	l->mtimes = mt;
+	l->n = n;
+	l->env_mtime = envm;
+	l->listed = 1;
+	pthread_mutex_unlock(&l->mu);
+	ms_sweep_report sw;
+	memset(&sw, 0, sizeof sw);
+	ms_status ss = sp && !l->stop ? ms_spool_sweep_until(sp, &sw, &l->stop, &err) : MS_OK;
+	ms_spool_close(sp);
+	pthread_mutex_lock(&l->mu);
+	l->sweep_st = ss;
+	l->sweep_err = err;
+	l->sw = sw;
+	l->swept = 1;
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+static void lister_free(lister *l)
+{
+	if (l->ids)
+		ms_spool_ids_free(l->ids, l->n);
+	free(l->mtimes);
+	for (size_t i = 0; i < l->nnotes; i++)
+		free(l->notes[i]);
+	free(l->notes);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}
+
+static void log_sweep(sched_state *d, const ms_sweep_report *sw)
+{
+	if (sw->tmp_removed + sw->orphans_removed + sw->claims_expired + sw->corrupt)
+		logf_(d, "start-up repair: %zu temporary files, %zu orphaned data files, %zu expired "
+		         "claims removed; %zu damaged envelopes moved to corrupt/",
+		      sw->tmp_removed, sw->orphans_removed, sw->claims_expired, sw->corrupt);
+}
+
+/* Start the lister; 0, or -1 when no thread could be made (then the
+ * caller lists and sweeps in line). */
+static int lister_start(sched_state *d)
+{
+	lister *l = calloc(1, sizeof *l);
+	if (!l)
+		return -1;
+	l->conf = *d->c;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setstacksize(&at, 256u << 10);
+	int r = pthread_create(&l->t, &at, lister_run, l);
+	pthread_attr_destroy(&at);
+	if (r != 0) {
+		lister_free(l);
+		return -1;
+	}
+	d->ls = l;
+	return 0;
+}
+
+/* What the lister has for the loop: its listing merged once, its notes
+ * and sweep report logged; joined when both are done. */
+static void lister_poll(sched_state *d)
+{
+	lister *l = d->ls;
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->mu);
+	int listed = l->listed, swept = l->swept;
+	char **notes = l->notes;
+	size_t nnotes = l->nnotes;
+	l->notes = NULL;
+	l->nnotes = 0;
+	pthread_mutex_unlock(&l->mu);
+	for (size_t i = 0; i < nnotes; i++) {
+		logf_(d, "%s", notes[i]);
+		free(notes[i]);
+	}
+	free(notes);
+	if (listed && !l->merged) {
+		ms_error err;
+		l->merged = 1;
+		if (l->list_st == MS_OK) {
+			d->env_mtime = l->env_mtime;
+			if (relist_merge(d, l->ids, l->mtimes, l->n, 1, &err) != MS_OK)
+				logf_(d, "cannot list the queue: %s", err.msg);
+		} else if (!l->stop) {
+			logf_(d, "cannot list the queue: %s", l->list_err.msg);
+		}
+		if (l->ids)
+			ms_spool_ids_free(l->ids, l->n);
+		l->ids = NULL;
+		if (l->list_st != MS_OK)
+			d->relist_wanted = 1; /* the loop lists in line next */
+	}
+	if (!swept)
+		return;
+	if (!l->joined)
+		pthread_join(l->t, NULL);
+	if (l->sweep_st != MS_OK && !l->stop)
+		logf_(d, "start-up sweep: %s", l->sweep_err.msg);
+	log_sweep(d, &l->sw);
+	lister_free(l);
+	d->ls = NULL;
+}
+
+/* Still listing: the index is not the whole queue yet. */
+static int listing(const sched_state *d)
+{
+	if (!d->ls)
+		return 0;
+	pthread_mutex_lock(&d->ls->mu);
+	int done = d->ls->listed;
+	pthread_mutex_unlock(&d->ls->mu);
+	return !done || !d->ls->merged;
 }
 
 /* Envelopes changed behind our back (flush, release, another daemon) are
@@ -1494,6 +1693,7 @@ static void take_fresh(sched_state *d)
 				snprintf(m[k].id, sizeof m[k].id, "%s", d->fresh[b++]);
 				METRIC(d, m_->received++);
 				m[k].due = INT64_MIN;
+				m[k].fresh = d->ls != NULL; /* the listing may not have it */
 				k++;
 			}
 		}
@@ -1591,20 +1791,24 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		return st;
 	}
 	ms_spool_set_report(d->sp, o->log, o->log_ctx); /* what is moved aside */
-	ms_sweep_report sw;
-	if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
-		ms_spool_close(d->sp);
-		close(lock_fd);
-		return err->status;
-	}
-	if (sw.tmp_removed + sw.orphans_removed + sw.claims_expired + sw.corrupt)
-		logf_(d, "start-up repair: %zu temporary files, %zu orphaned data files, %zu expired "
-		         "claims removed; %zu damaged envelopes moved to corrupt/",
-		      sw.tmp_removed, sw.orphans_removed, sw.claims_expired, sw.corrupt);
+	/* Listening first: what is submitted while we list and sweep names
+	 * itself on the FIFO and is taken at once. */
 	if (!o->once && (st = ms_spool_wake_listen(d->sp, o->node, &d->wake_fd, err)) != MS_OK) {
 		ms_spool_close(d->sp);
 		close(lock_fd);
 		return st;
+	}
+	if (lister_start(d) < 0) {
+		/* No thread: the sweep in line, and the first round lists. */
+		ms_sweep_report sw;
+		if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
+			if (d->wake_fd >= 0)
+				ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
+			ms_spool_close(d->sp);
+			close(lock_fd);
+			return err->status;
+		}
+		log_sweep(d, &sw);
 	}
 	d->nagents = d->c->delivery_agents ? d->c->delivery_agents : default_agents();
 	if (d->nagents > AGENTS_MAX)
@@ -1615,7 +1819,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	}
 	logf_(d, "daemon started: node %s, spool %s, %zu delivery agents, up to %zu sessions",
 	      o->node, d->c->spool_dir, d->nagents, d->c->max_deliveries);
-	int woken = 3; /* 3: the first round lists env/ */
+	int woken = d->ls ? 2 : 3; /* 3: the first round lists env/ (else the lister does) */
 	int64_t last_list = 0;
 	struct pollfd *pf = calloc(d->nagents + 1, sizeof *pf);
 	if (!pf)
@@ -1635,6 +1839,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 					kill(d->agents[k].pid, SIGKILL);
 		if (d->stopping && !agents_alive(d))
 			break;
+		lister_poll(d);
 		/* What is queued: a listing when env/ changed (at most every
 		 * LIST_MIN_MS, as our own updates change it too; at once for a
 		 * new submission), mtimes when told or now and then. */
@@ -1644,7 +1849,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		 * --once mode when there is nothing else to do.  Our own updates
 		 * change env/ all the time: they are not a reason. */
 		int64_t dm = env_dir_mtime(d), ms = ms_now_ms();
-		if (!d->stopping && dm != d->env_mtime &&
+		if (!d->stopping && dm != d->env_mtime && !listing(d) &&
 		    (woken == 3 || d->relist_wanted || now - d->last_full_list >= d->c->queue_scan_interval ||
 		     (o->once && idle(d))) &&
 		    ms - last_list >= (woken == 3 ? 0 : LIST_MIN_MS)) {
@@ -1674,7 +1879,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		update_gauges(d);
 		/* --once: done when nothing runs or waits and nothing is due
 		 * (a bounce queued meanwhile is due, and goes too). */
-		if (o->once && !d->stopping && idle(d) && dm == d->env_mtime && next_due(d) > now_s())
+		if (o->once && !d->stopping && idle(d) && !listing(d) && dm == d->env_mtime &&
+		    next_due(d) > now_s())
 			begin_stop(d);
 		/* Wait for results, a wake-up, or the next due message. */
 		pf[0].fd = d->wake_fd;
@@ -1694,7 +1900,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		if (d->nslots && lease_wait < wait_s)
 			wait_s = lease_wait < 0 ? 0 : lease_wait;
 		int timeout = (int)(wait_s * 1000);
-		if ((d->sessions || d->nready || d->stopping) && timeout > 200)
+		if ((d->sessions || d->nready || d->stopping || d->ls) && timeout > 200)
 			timeout = 200; /* rates, respawns, reaping */
 		if (timeout < 50 && !idle(d))
 			timeout = 50;
@@ -1715,6 +1921,13 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		reap(d);
 	}
 	free(pf);
+	if (d->ls) {
+		/* Stopping before the lister is done: it gives up. */
+		d->ls->stop = 1;
+		pthread_join(d->ls->t, NULL); /* it has set swept on its way out */
+		d->ls->joined = 1;
+		lister_poll(d);
+	}
 	/* Whatever the agents reported is applied; claims never outlive the
 	 * daemon. */
 	for (size_t k = 0; k < d->nagents; k++)

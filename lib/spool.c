@@ -680,6 +680,13 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 			dwhy = "not the size recorded";
 		if (dwhy) {
 			ms_env_free(e);
+			struct stat es;
+			if (fstatat(sp->dfd_env, id, &es, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) {
+				/* Removed while we read it (delivered: the envelope goes
+				 * first, then the data): gone, not damaged. */
+				ms_buf_free(&b);
+				return ms_error_set(err, MS_ERR_USAGE, "no message %s", id);
+			}
 			st = ms_error_set(&perr, MS_ERR_DATA, "its data file %s", dwhy);
 		}
 		if (st != MS_OK) {
@@ -1014,6 +1021,12 @@ static int exists(int dfd, const char *name)
 
 ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 {
+	return ms_spool_sweep_until(sp, r, NULL, err);
+}
+
+ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                               ms_error *err)
+{
 	memset(r, 0, sizeof *r);
 	int64_t now = now_s();
 	/* tmp/: anything not touched for an hour belongs to a dead writer. */
@@ -1039,7 +1052,7 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 	ms_status st = list_dir(sp, sp->dfd_data, "data", &ids, &n, err);
 	if (st != MS_OK)
 		return st;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !(stop && *stop); i++) {
 		struct stat ds;
 		if (!exists(sp->dfd_env, ids[i]) &&
 		    fstatat(sp->dfd_data, ids[i], &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
@@ -1068,7 +1081,7 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 	/* env/: every envelope must parse and have its data. */
 	if ((st = list_dir(sp, sp->dfd_env, "env", &ids, &n, err)) != MS_OK)
 		return st;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !(stop && *stop); i++) {
 		ms_envelope e;
 		ms_error rerr;
 		ms_status rs = ms_spool_read(sp, ids[i], &e, &rerr);

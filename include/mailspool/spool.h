@@ -186,6 +186,10 @@ typedef struct ms_sweep_report {
 } ms_sweep_report;
 /* The start-up repair: what a crash left behind. */
 ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err);
+/* The same, given up (MS_OK, the report so far) as soon as *stop is set:
+ * the daemon sweeps in the background and must be able to stop. */
+ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                               ms_error *err);
 
 /* Append a usage line; purpose is a word ("spooled", "sent"). */
 ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
