@@ -7,8 +7,11 @@ import collections
 import os
 import re
 import shutil
+import select
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -43,6 +46,90 @@ def test_rollup_two_domains_with_the_same_mx_share_one_connection(tmp_path, port
         # One transaction per message, each with its own domain's recipient.
         assert sorted(e[1][0] for e in srv.envelopes) == sorted(
             [f"a{i}@x.test" for i in range(3)] + [f"b{i}@y.test" for i in range(3)])
+        assert w.spool.queue() == []
+
+
+class FlightCounter:
+    """A TCP relay that counts the client's flights: a write of the client
+    that follows data from the server starts one (so a pipelined group is
+    one flight, and every wait for a reply shows as one more)."""
+
+    def __init__(self, listen, target):
+        self.ls = socket.create_server(listen)
+        self.target = target
+        self.flights = 0
+        self.sessions = 0
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        self.ls.settimeout(0.2)
+        while not self.stop:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                continue
+            self.sessions += 1
+            threading.Thread(target=self.relay, args=(c,), daemon=True).start()
+
+    def relay(self, c):
+        srv = socket.create_connection(self.target)
+        last_from_server = True  # the greeting comes first
+        while not self.stop:
+            r, _, _ = select.select([c, srv], [], [], 0.2)
+            for sock in r:
+                data = sock.recv(65536)
+                if not data:
+                    c.close()
+                    srv.close()
+                    return
+                if sock is c:
+                    if last_from_server:
+                        self.flights += 1
+                    last_from_server = False
+                    srv.sendall(data)
+                else:
+                    last_from_server = True
+                    c.sendall(data)
+
+    def close(self):
+        self.stop = True
+        self.ls.close()
+
+
+def test_rollup_pipelines_across_domains(tmp_path, port):
+    """Twelve domains on one MX host: once their site is known, twelve
+    messages released together go over one session at about one flight
+    each (each domain had been a pass of its own over the session: two
+    flights per message)."""
+    doms = [f"p{i}.test" for i in range(12)]
+    # smtp-sink: PIPELINING (aiosmtpd has none).
+    with Dnsmasq(mx=shared_mx(doms), hosts={"mx.shared.test": "127.0.0.2"}) as dns, \
+            SmtpSink(host="127.0.0.3", port=port) as srv:
+        relay = FlightCounter(("127.0.0.2", port), ("127.0.0.3", port))
+        try:
+            w = World(str(tmp_path), dns, port)
+            held = [w.queue_msg([f"late@{d}"]) for d in doms]
+            p = w.spool.ms("hold", *held)
+            assert p.returncode == 0, p.stderr
+            d = w.start()
+            try:
+                for dom in doms:  # the site becomes known
+                    w.queue_msg([f"warm@{dom}"])
+                assert wait_for(lambda: len(srv.transactions()) == 12, 30), w.logtext()
+                relay.flights = 0
+                p = w.spool.ms("release", *held)
+                assert p.returncode == 0, p.stderr
+                assert wait_for(lambda: len(srv.transactions()) == 24, 30), w.logtext()
+            finally:
+                stop_daemon(d)
+        finally:
+            relay.close()
+        assert relay.sessions <= 2
+        # One flight per message (its body and the next one's commands),
+        # and perhaps a new session's EHLO and the QUIT: never two each.
+        assert relay.flights <= 12 + 3, relay.flights
         assert w.spool.queue() == []
 
 
