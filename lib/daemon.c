@@ -377,7 +377,7 @@ static void *lister_run(void *arg)
 {
 	lister *l = arg;
 	ms_spool *sp = NULL;
-	ms_error err;
+	ms_error err = { 0 };
 	ms_status st = ms_spool_open(&l->conf, 0, &sp, &err);
 	char **ids = NULL;
 	int64_t *mt = NULL;
