@@ -148,6 +148,7 @@ struct ms_sts_cache {
 };
 
 #define STS_TXT_AT_ONCE 16
+#define STS_TXT_MAX 100000 /* answers kept at most (the DNS cache's bound) */
 
 ms_sts_cache *ms_sts_cache_new(ms_spool *sp)
 {
@@ -335,6 +336,17 @@ static ms_status txt_id(ms_sts_cache *c, const char *key, const char *domain,
 	if (st != MS_OK) {
 		pthread_mutex_unlock(&c->mu);
 		return st;
+	}
+	if (!ms_hmap_get(&c->txt, key) && c->txt.n >= STS_TXT_MAX) {
+		/* Full: everything kept is forgotten (each costs one lookup
+		 * again), so an agent that meets millions of domains stays
+		 * bounded. */
+		const char *k;
+		void *v;
+		for (size_t i = 0; (i = ms_hmap_next(&c->txt, i, &k, &v)) != 0;)
+			free(v);
+		ms_hmap_free(&c->txt);
+		ms_hmap_init(&c->txt);
 	}
 	if (!(t = ms_hmap_get(&c->txt, key)) && (t = malloc(sizeof *t)) &&
 	    ms_hmap_put(&c->txt, key, t) != 0) {
