@@ -734,11 +734,6 @@ static void prepared_free(prepared *p)
 	memset(p, 0, sizeof *p);
 }
 
-static int cmp_line(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* The share key of a resolved MX destination (NULL: it goes alone). */
 static char *share_key(const ms_conf *c, const prepared *p)
 {
@@ -760,7 +755,7 @@ static char *share_key(const ms_conf *c, const prepared *p)
 		n += ok;
 	}
 	/* Sorted: equal preferences come shuffled per domain. */
-	qsort(lines, n, sizeof lines[0], cmp_line);
+	qsort(lines, n, sizeof lines[0], cmp_str);
 	ok = ok && ms_buf_printf(&key, "%d", tg->secure) == MS_OK;
 	for (size_t i = 0; i < n; i++) {
 		ok = ok && ms_buf_printf(&key, "|%s", lines[i]) == MS_OK;

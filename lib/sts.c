@@ -171,18 +171,22 @@ ms_sts_cache *ms_sts_cache_new(ms_spool *sp)
 	return c;
 }
 
+/* A map and the values it owns. */
+static void free_map(ms_hmap *m)
+{
+	const char *k;
+	void *v;
+	for (size_t i = 0; (i = ms_hmap_next(m, i, &k, &v)) != 0;)
+		free(v);
+	ms_hmap_free(m);
+}
+
 void ms_sts_cache_free(ms_sts_cache *c)
 {
 	if (!c)
 		return;
-	const char *k;
-	void *v;
-	for (size_t i = 0; (i = ms_hmap_next(&c->mem, i, &k, &v)) != 0;)
-		free(v);
-	ms_hmap_free(&c->mem);
-	for (size_t i = 0; (i = ms_hmap_next(&c->txt, i, &k, &v)) != 0;)
-		free(v);
-	ms_hmap_free(&c->txt);
+	free_map(&c->mem);
+	free_map(&c->txt);
 	if (c->dfd >= 0)
 		close(c->dfd);
 	pthread_cond_destroy(&c->slot_cv);
@@ -341,11 +345,7 @@ static ms_status txt_id(ms_sts_cache *c, const char *key, const char *domain,
 		/* Full: everything kept is forgotten (each costs one lookup
 		 * again), so an agent that meets millions of domains stays
 		 * bounded. */
-		const char *k;
-		void *v;
-		for (size_t i = 0; (i = ms_hmap_next(&c->txt, i, &k, &v)) != 0;)
-			free(v);
-		ms_hmap_free(&c->txt);
+		free_map(&c->txt);
 		ms_hmap_init(&c->txt);
 	}
 	if (!(t = ms_hmap_get(&c->txt, key)) && (t = malloc(sizeof *t)) &&
