@@ -680,6 +680,12 @@ static const char *apply(ms_conf *c, const char *key, char *val)
 			return "wants ADDRESS:PORT (127.0.0.1:9725, [::1]:9725)";
 		return set_str(c->metrics_listen, sizeof c->metrics_listen, val) ? "is too long" : NULL;
 	}
+	if (!strcmp(key, "wake_address")) {
+		unsigned char bin[16];
+		if (*val && inet_pton(AF_INET, val, bin) != 1 && inet_pton(AF_INET6, val, bin) != 1)
+			return "wants one IPv4 or IPv6 address (this host's, as other hosts reach it)";
+		return set_str(c->wake_address, sizeof c->wake_address, val) ? "is too long" : NULL;
+	}
 	if (!strcmp(key, "log_format")) {
 		if (strcmp(val, "text") && strcmp(val, "json"))
 			return "wants text or json";

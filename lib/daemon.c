@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "mailspool/agent.h"
+#include "mailspool/cluster.h"
 #include "mailspool/deliver.h"
 #include "mailspool/dkim.h"
 #include "mailspool/envelope.h"
@@ -56,6 +57,8 @@
 #include "mailspool/printable.h"
 #include "mailspool/spawn.h"
 #include "mailspool/spool.h"
+#include "mailspool/fscheck.h"
+#include "mailspool/wakenet.h"
 
 #define LINE_MAX_ MS_AGENT_LINE_MAX
 #define LIST_MIN_MS 1000
@@ -183,6 +186,12 @@ typedef struct sched_state {
 	int64_t last_full_list;
 	int listed_once;          /* the first listing is the queue we found, not arrivals */
 	int64_t gauges_at;        /* metrics gauges last updated (s) */
+	/* Several daemons on one spool (mailspool/cluster.h): who is alive,
+	 * so who delivers to which destination; and wake-ups to and from
+	 * other hosts (mailspool/wakenet.h). */
+	ms_peers *peers;
+	int64_t peers_ms;         /* last looked at (monotonic) */
+	ms_wakenet *wnet;
 	struct lister *ls;        /* the start-up listing and sweep, while they run */
 } sched_state;
 
@@ -305,7 +314,10 @@ static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes,
 			 * (spool.h); only one that may be due now is read. */
 			snprintf(nidx[k].id, sizeof nidx[k].id, "%s", ids[i]);
 			int64_t m = mtimes ? mtimes[i] : ms_spool_env_mtime(d->sp, ids[i]);
-			nidx[k].due = m / 1000000000 > now ? m / 1000000000 : INT64_MIN;
+			/* (Within clock_skew of now it is read now: the host that
+			 * committed it may run ahead of us, and its mtime is then
+			 * that host's now, not a due time.) */
+			nidx[k].due = m / 1000000000 > now + d->c->clock_skew ? m / 1000000000 : INT64_MIN;
 			nidx[k].mtime = m;
 		}
 		nidx[k++].fresh = 0;
@@ -895,6 +907,15 @@ static int64_t until_s(const ms_conf *c)
 	return t < 1 ? 1 : t;
 }
 
+/* When our leases were last renewed: the lease keeper's last round (it
+ * runs on its own; a paused process renews nothing), or now when it does
+ * not run. */
+static int64_t lease_base(sched_state *d, int64_t now)
+{
+	int64_t r = ms_spool_keeper_renewed(d->sp);
+	return r > 0 && r < now ? r : now;
+}
+
 static void agent_start(sched_state *d, int k)
 {
 	agentp *a = &d->agents[k];
@@ -1235,7 +1256,12 @@ static void take(sched_state *d, entry *e, int64_t now)
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (plan.ngroups == 1)
 			e->x = x; /* remembered: while x is down, e is not read again */
-		if (x && x->backoff_until > now) {
+		if (x && !ms_peers_owns(d->peers, x->key)) {
+			/* Another live node delivers there (cluster.h): looked at
+			 * again at the next scan, or at once when the nodes change. */
+			if (now + d->c->queue_scan_interval < later)
+				later = now + d->c->queue_scan_interval;
+		} else if (x && x->backoff_until > now) {
 			if (x->backoff_until < later)
 				later = x->backoff_until;
 		} else if (x && x->probing && x->probe_out && now - x->probe_at < probe_patience(d->c)) {
@@ -1338,7 +1364,7 @@ static void ask_site(sched_state *d, dest *x, int64_t now)
 	snprintf(k, sizeof k, "%llu", (unsigned long long)u->id);
 	ms_buf work;
 	ms_buf_init(&work, 4096);
-	if (ms_agent_work_begin(&work, u->id, now + until_s(d->c), 0, x->key) != MS_OK ||
+	if (ms_agent_work_begin(&work, u->id, lease_base(d, now) + until_s(d->c), 0, x->key) != MS_OK ||
 	    ms_agent_work_end(&work) != MS_OK || ms_hmap_put(&d->units, k, u) < 0) {
 		ms_buf_free(&work);
 		free(u);
@@ -1390,7 +1416,8 @@ static int launch(sched_state *d, dest *x, size_t count, int64_t now)
 	ms_buf_init(&work, MS_AGENT_WORK_MAX);
 	/* No message of the unit starts after two thirds of a lease unless we
 	 * renew (L): our claims hold that long even if we stop now. */
-	ms_status st = ms_agent_work_begin(&work, u->id, now + until_s(d->c), x->conn_msgs, x->key);
+	ms_status st = ms_agent_work_begin(&work, u->id, lease_base(d, now) + until_s(d->c),
+	                                   x->conn_msgs, x->key);
 	for (size_t i = 0; i < n && st == MS_OK; i++)
 		st = ms_agent_work_message(&work, i, &u->items[i].s->env, u->items[i].idx, u->items[i].n,
 		                           u->items[i].dkey);
@@ -1522,18 +1549,15 @@ static void schedule(sched_state *d)
 	d->nready = keep;
 }
 
-/* Renew every claim, then tell the agents how long they now hold: two
- * thirds of a lease from now (the next renewal comes after one third). */
+/* Tell the agents how long they now hold: two thirds of a lease from the
+ * keeper's last renewal (spool.h: it renews every claim of ours on its own
+ * clock, a third of a lease apart). */
 static void renew(sched_state *d)
 {
 	int64_t now = now_s();
-	for (size_t i = 0; i < d->nslots; i++) {
-		slot *s = d->slots[i];
-		if (!s->lost && ms_spool_renew(d->sp, &s->claim, NULL) != MS_OK)
-			s->lost = 1;
-	}
 	char line[48];
-	int n = snprintf(line, sizeof line, "L %lld\n", (long long)(now + until_s(d->c)));
+	int n = snprintf(line, sizeof line, "L %lld\n",
+	                 (long long)(lease_base(d, now) + until_s(d->c)));
 	for (size_t k = 0; k < d->nagents; k++)
 		if (d->agents[k].alive)
 			agent_say(d, (int)k, line, (size_t)n);
@@ -1568,22 +1592,17 @@ static void reload(sched_state *d)
 		/* As at start: a key that cannot sign keeps the old settings. */
 		logf_(d, "configuration not reloaded: %s", err.msg);
 	} else {
-		ms_spool *sp;
-		if (ms_spool_open(nc, 0, &sp, &err) != MS_OK) {
-			logf_(d, "configuration not reloaded: %s", err.msg);
-		} else {
-			ms_spool_close(d->sp);
-			d->sp = sp;
-			ms_spool_set_report(d->sp, d->o->log, d->o->log_ctx);
-			*d->c = *nc;
-			const char *k;
-			void *v;
-			for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
-				((dest *)v)->backoff_until = 0;
-				dest_shape(d, v, NULL);
-			}
-			logf_(d, "configuration reloaded from %s", d->c->path[0] ? d->c->path : "defaults");
+		/* The same spool handle: our claim tokens, the lease keeper and
+		 * the node lock live in it. */
+		ms_spool_reconf(d->sp, nc);
+		*d->c = *nc;
+		const char *k;
+		void *v;
+		for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
+			((dest *)v)->backoff_until = 0;
+			dest_shape(d, v, NULL);
 		}
+		logf_(d, "configuration reloaded from %s", d->c->path[0] ? d->c->path : "defaults");
 	}
 	free(nc);
 }
@@ -1619,47 +1638,87 @@ static void flush_backoff(sched_state *d)
 	d->dirty = 1;
 }
 
-/* Read the wake FIFO: "n<ID>\n" a new message ("n\n": something new, id
+/* Wake-up messages: "n<ID>\n" a new message ("n\n": something new, id
  * unknown), 'c' envelopes changed (release), 'f' flush: changed, and every
- * destination's back-off ends.  Each message arrives
- * whole (one write of at most PIPE_BUF octets), but a read may end inside
- * one: the rest waits in wbuf.  Returns 2 when something changed, else 1. */
+ * destination's back-off ends.  Each arrives whole (one FIFO write of at
+ * most PIPE_BUF octets, or one datagram), but a read may end inside one:
+ * the rest waits in wbuf.  What came by the FIFO is relayed to the other
+ * hosts' daemons (wakenet.h), whole messages only.  Returns 2 when
+ * something changed, else 1. */
+static size_t wake_messages(sched_state *d, char *p, size_t n, int *what)
+{
+	size_t i = 0;
+	while (i < n) {
+		if (p[i] == 'n') {
+			char *nl = memchr(p + i, '\n', n - i);
+			if (!nl)
+				break; /* the rest comes with the next read */
+			*nl = '\0';
+			if (p[i + 1])
+				add_fresh(d, p + i + 1);
+			else
+				d->relist_wanted = 1;
+			*nl = '\n';
+			i = (size_t)(nl - p) + 1;
+		} else {
+			if (p[i] == 'c')
+				*what = 2;
+			else if (p[i] == 'f')
+				*what = 2, flush_backoff(d);
+			else
+				d->relist_wanted = 1; /* not ours: a listing finds whatever it was */
+			i++;
+		}
+	}
+	return i;
+}
+
 static int drain_wake(sched_state *d)
 {
 	ssize_t n;
 	int what = 1;
 	while ((n = read(d->wake_fd, d->wbuf + d->wlen, sizeof d->wbuf - 1 - d->wlen)) > 0) {
 		d->wlen += (size_t)n;
-		size_t i = 0;
-		while (i < d->wlen) {
-			if (d->wbuf[i] == 'n') {
-				char *nl = memchr(d->wbuf + i, '\n', d->wlen - i);
-				if (!nl)
-					break; /* the rest comes with the next read */
-				*nl = '\0';
-				if (d->wbuf[i + 1])
-					add_fresh(d, d->wbuf + i + 1);
-				else
-					d->relist_wanted = 1;
-				i = (size_t)(nl - d->wbuf) + 1;
-			} else {
-				if (d->wbuf[i] == 'c')
-					what = 2;
-				else if (d->wbuf[i] == 'f')
-					what = 2, flush_backoff(d);
-				else
-					d->relist_wanted = 1; /* not ours: a listing finds whatever it was */
-				i++;
-			}
-		}
-		memmove(d->wbuf, d->wbuf + i, d->wlen - i);
-		d->wlen -= i;
+		size_t used = wake_messages(d, d->wbuf, d->wlen, &what);
+		ms_wakenet_relay(d->wnet, d->sp, d->wbuf, used);
+		memmove(d->wbuf, d->wbuf + used, d->wlen - used);
+		d->wlen -= used;
 		if (d->wlen == sizeof d->wbuf - 1) {
 			d->wlen = 0; /* an id that never ends: a listing instead */
 			d->relist_wanted = 1;
 		}
 	}
 	return what;
+}
+
+/* Datagrams from other hosts: whole messages each, never relayed on. */
+static int drain_wakenet(sched_state *d)
+{
+	char buf[4096];
+	int what = 1;
+	size_t n = ms_wakenet_recv(d->wnet, buf, sizeof buf);
+	if (wake_messages(d, buf, n, &what) < n)
+		d->relist_wanted = 1; /* (a MAC'd message cut short: never ours) */
+	return what;
+}
+
+/* Who is alive on the spool, once a second; when that changed, every
+ * message is looked at again (destinations changed hands). */
+static void look_at_peers(sched_state *d)
+{
+	int64_t ms = ms_now_ms();
+	if (ms - d->peers_ms < 1000)
+		return;
+	size_t before = ms_peers_live(d->peers);
+	d->peers_ms = ms;
+	if (!ms_peers_refresh(d->peers, d->sp, d->c))
+		return;
+	logf_(d, "nodes alive on this spool: %zu (were %zu); destinations shared again",
+	      ms_peers_live(d->peers), before);
+	for (size_t i = 0; i < d->nidx; i++)
+		if (!d->idx[i].busy && d->idx[i].due != INT64_MAX)
+			d->idx[i].due = INT64_MIN;
+	d->dirty = 1;
 }
 
 static int cmp_id(const void *a, const void *b)
@@ -1801,9 +1860,26 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		return st;
 	}
 	ms_spool_set_report(d->sp, o->log, o->log_ctx); /* what is moved aside */
+	/* A file system that would make several daemons deliver twice is
+	 * refused before anything is touched (fscheck.h). */
+	char fskind[32];
+	if ((st = ms_fscheck(d->c->spool_dir, fskind, sizeof fskind, err)) != MS_OK ||
+	    (st = ms_spool_keeper_start(d->sp, err)) != MS_OK ||
+	    !(d->peers = ms_peers_new(o->node))) {
+		if (st == MS_OK)
+			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+		ms_spool_close(d->sp);
+		close(lock_fd);
+		return st;
+	}
 	/* Listening first: what is submitted while we list and sweep names
 	 * itself on the FIFO and is taken at once. */
-	if (!o->once && (st = ms_spool_wake_listen(d->sp, o->node, &d->wake_fd, err)) != MS_OK) {
+	if (!o->once && ((st = ms_spool_wake_listen(d->sp, o->node, &d->wake_fd, err)) != MS_OK ||
+	                 (st = ms_wakenet_open(d->sp, d->c->wake_address, o->node, &d->wnet, err)) !=
+	                     MS_OK)) {
+		if (d->wake_fd >= 0)
+			ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
+		ms_peers_free(d->peers);
 		ms_spool_close(d->sp);
 		close(lock_fd);
 		return st;
@@ -1827,11 +1903,11 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		d->agents[k].in_fd = d->agents[k].out_fd = -1;
 		agent_start(d, (int)k);
 	}
-	logf_(d, "daemon started: node %s, spool %s, %zu delivery agents, up to %zu sessions",
-	      o->node, d->c->spool_dir, d->nagents, d->c->max_deliveries);
+	logf_(d, "daemon started: node %s, spool %s (%s), %zu delivery agents, up to %zu sessions",
+	      o->node, d->c->spool_dir, fskind, d->nagents, d->c->max_deliveries);
 	int woken = d->ls ? 2 : 3; /* 3: the first round lists env/ (else the lister does) */
 	int64_t last_list = 0;
-	struct pollfd *pf = calloc(d->nagents + 1, sizeof *pf);
+	struct pollfd *pf = calloc(d->nagents + 2, sizeof *pf);
 	if (!pf)
 		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	while (pf) {
@@ -1850,6 +1926,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		if (d->stopping && !agents_alive(d))
 			break;
 		lister_poll(d);
+		look_at_peers(d);
 		/* What is queued: a listing when env/ changed (at most every
 		 * LIST_MIN_MS, as our own updates change it too; at once for a
 		 * new submission), mtimes when told or now and then. */
@@ -1922,9 +1999,17 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			timeout = 1000; /* gauges a scrape may read: at most a second old */
 		if (d->nsettle)
 			timeout = 0;
-		int r = poll(pf, (nfds_t)(d->nagents + 1), timeout);
+		pf[d->nagents + 1].fd = ms_wakenet_fd(d->wnet);
+		pf[d->nagents + 1].events = POLLIN;
+		if (timeout > 1000)
+			timeout = 1000; /* the other nodes, looked at once a second */
+		int r = poll(pf, (nfds_t)(d->nagents + 2), timeout);
 		if (r > 0 && (pf[0].revents & POLLIN))
 			woken = drain_wake(d);
+		if (r > 0 && (pf[d->nagents + 1].revents & POLLIN)) {
+			int w2 = drain_wakenet(d);
+			woken = w2 > woken ? w2 : woken;
+		}
 		for (size_t k = 0; k < d->nagents; k++)
 			if (r > 0 && pf[k + 1].revents && d->agents[k].alive)
 				agent_read(d, (int)k);
@@ -1955,6 +2040,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		}
 	settle_queued(d);
 	free_all(d);
+	ms_peers_free(d->peers);
+	ms_wakenet_close(d->wnet);
 	if (d->wake_fd >= 0)
 		ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
 	logf_(d, "daemon stopped");

@@ -38,12 +38,18 @@ static int64_t bounce_retry(const ms_conf *c)
 
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx)
 {
+	return ms_sched_due_skew(e, now, 0, idx);
+}
+
+size_t ms_sched_due_skew(const ms_envelope *e, int64_t now, int64_t skew, size_t *idx)
+{
 	size_t n = 0;
 	if (e->flags & MS_ENV_HOLD)
 		return 0;
 	for (size_t i = 0; i < e->nrcpts; i++) {
 		const ms_env_rcpt *r = &e->rcpts[i];
-		if ((r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED) && r->next <= now)
+		int64_t at = r->attempts ? now : now + skew;
+		if ((r->state == MS_ENV_PENDING || r->state == MS_ENV_DEFERRED) && r->next <= at)
 			idx[n++] = i;
 	}
 	return n;
@@ -526,7 +532,9 @@ ms_status ms_sched_plan_make(const ms_conf *c, const ms_envelope *e, int64_t now
 	for (size_t i = 0; i < e->nrcpts && !(e->flags & MS_ENV_HOLD); i++)
 		if (e->rcpts[i].state == MS_ENV_BOUNCING && e->rcpts[i].next <= now)
 			p->bounce_due = 1;
-	size_t ndue = ms_sched_due(e, now, due);
+	/* A first attempt's time was set by the submitting host's clock,
+	 * which may run ahead of ours: within clock_skew it is due now. */
+	size_t ndue = ms_sched_due_skew(e, now, c->clock_skew, due);
 	/* Pass 1: each recipient's key and group; pass 2: exact-size index
 	 * arrays, so a message to 10,000 domains costs 10,000 lookups and one
 	 * allocation per group. */

@@ -8,11 +8,13 @@
  * only report success for data that is gone.
  */
 #include "mailspool/spool.h"
+#include "mailspool/hmap.h"
 #include "mailspool/io.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +57,16 @@ struct ms_spool {
 		size_t links;
 		int64_t touched;
 	} tok;
+	/* Claims judged without clocks (claim_stale): what we saw of each
+	 * claim we could not take, and when by our own monotonic clock. */
+	ms_hmap seen;
+	/* The node lock we hold (ms_spool_lock_node), and its name: a claim of
+	 * this node made by another process is a dead predecessor's. */
+	int lock_fd;
+	char lock_node[65];
+	/* Verdicts on other nodes' liveness (node_dead), kept a second. */
+	ms_hmap dead;
+	struct keeper *keeper; /* renews our leases on its own clock */
 };
 
 /* Names one claim token gets before a fresh one is made: far below every
@@ -210,6 +222,19 @@ static ms_status read_file(const ms_spool *sp, int dfd, const char *name, size_t
 
 /* ---- open/close --------------------------------------------------------- */
 
+static void keeper_stop(ms_spool *sp);
+
+/* Empty a map whose values are malloc'd. */
+static void forget_all(ms_hmap *m)
+{
+	const char *k;
+	void *v;
+	for (size_t i = 0; (i = ms_hmap_next(m, i, &k, &v)) != 0;)
+		free(v);
+	ms_hmap_free(m);
+	ms_hmap_init(m);
+}
+
 /* A spool directory is the owner's alone: owned by it, no access for
  * group or others (nobody else may list, plant or remove anything). */
 static ms_status check_dir(const ms_spool *sp, int fd, const char *name, ms_error *err)
@@ -238,6 +263,9 @@ ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *
 	int *fds[] = { &sp->dfd_tmp, &sp->dfd_data, &sp->dfd_env, &sp->dfd_claim, &sp->dfd_corrupt,
 		           &sp->dfd_wake };
 	sp->dfd_root = -1;
+	sp->lock_fd = -1;
+	ms_hmap_init(&sp->seen);
+	ms_hmap_init(&sp->dead);
 	for (size_t i = 0; i < NSUBDIRS; i++)
 		*fds[i] = -1;
 	if (create && mkdir(sp->dir, 0700) < 0 && errno != EEXIST) {
@@ -310,13 +338,24 @@ void ms_spool_close(ms_spool *sp)
 		return;
 	int fds[] = { sp->dfd_root, sp->dfd_tmp,     sp->dfd_data, sp->dfd_env,
 		          sp->dfd_claim, sp->dfd_corrupt, sp->dfd_wake };
+	keeper_stop(sp);
 	if (sp->tok.name[0] && sp->tok.pid == getpid() && sp->dfd_tmp >= 0)
 		unlinkat(sp->dfd_tmp, sp->tok.name, 0); /* our claims keep the inode */
+	forget_all(&sp->seen);
+	forget_all(&sp->dead);
 	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	free(sp->batch_removed);
 	free(sp);
+}
+
+static void keeper_reconf(ms_spool *sp);
+
+void ms_spool_reconf(ms_spool *sp, const ms_conf *c)
+{
+	sp->conf = *c; /* (spool_dir is the caller's to keep) */
+	keeper_reconf(sp);
 }
 
 void ms_spool_reserve(ms_spool *sp, int on)
@@ -671,16 +710,20 @@ ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err)
 	return list_dir(sp, sp->dfd_env, "env", ids, n, err);
 }
 
-/* Move a damaged message aside: envelope and data go to corrupt/. */
-static void to_corrupt(ms_spool *sp, const char *id)
+/* Move a damaged message aside: envelope and data go to corrupt/.  0
+ * when the envelope was not there to move (removed meanwhile: the
+ * message is gone, not damaged, and its data is left alone). */
+static int to_corrupt(ms_spool *sp, const char *id)
 {
 	char name[MS_ENV_ID_MAX + 16];
 	snprintf(name, sizeof name, "%s.env", id);
-	renameat(sp->dfd_env, id, sp->dfd_corrupt, name);
+	if (renameat(sp->dfd_env, id, sp->dfd_corrupt, name) < 0 && errno == ENOENT)
+		return 0;
 	snprintf(name, sizeof name, "%s.data", id);
 	renameat(sp->dfd_data, id, sp->dfd_corrupt, name);
 	fsync(sp->dfd_corrupt);
 	fsync(sp->dfd_env);
+	return 1;
 }
 
 ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *err)
@@ -717,15 +760,18 @@ ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *
 			st = ms_error_set(&perr, MS_ERR_DATA, "its data file %s", dwhy);
 		}
 		if (st != MS_OK) {
-			to_corrupt(sp, id);
-			st = ms_error_set(err, MS_ERR_DATA, "message %s moved to %s/corrupt/: %s", id,
-			                  sp->dir, perr.msg);
+			st = to_corrupt(sp, id) ? ms_error_set(err, MS_ERR_DATA,
+			                                       "message %s moved to %s/corrupt/: %s", id,
+			                                       sp->dir, perr.msg)
+			                        : ms_error_set(err, MS_ERR_USAGE, "no message %s", id);
 		}
 	} else if (st == MS_ERR_DATA) {
 		char why[MS_ERROR_MSG_MAX];
 		snprintf(why, sizeof why, "%s", err ? err->msg : "");
-		ms_error_set(err, MS_ERR_DATA, "env/%s moved to %s/corrupt/: %s", id, sp->dir, why);
-		to_corrupt(sp, id);
+		if (to_corrupt(sp, id))
+			ms_error_set(err, MS_ERR_DATA, "env/%s moved to %s/corrupt/: %s", id, sp->dir, why);
+		else
+			st = ms_error_set(err, MS_ERR_USAGE, "no message %s", id);
 	}
 	ms_buf_free(&b);
 	return st;
@@ -750,6 +796,15 @@ ms_status ms_spool_update(ms_spool *sp, const ms_envelope *e, ms_error *err)
 	if (due != INT64_MAX && due > (int64_t)time(NULL)) {
 		struct timespec ts[2] = { { 0, UTIME_OMIT }, { (time_t)due, 0 } };
 		(void)utimensat(sp->dfd_tmp, tmp, ts, AT_SYMLINK_NOFOLLOW);
+	}
+	/* Never bring back an envelope that is gone: a rename would recreate
+	 * a message another daemon delivered after breaking a claim we
+	 * thought we held (the caller checked it just before; this closes
+	 * the rest of that window but an instant). */
+	struct stat cur;
+	if (fstatat(sp->dfd_env, e->id, &cur, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) {
+		unlinkat(sp->dfd_tmp, tmp, 0);
+		return ms_error_set(err, MS_ERR_USAGE, "no message %s (removed meanwhile)", e->id);
 	}
 	if (renameat(sp->dfd_tmp, tmp, sp->dfd_env, e->id) < 0) {
 		st = sys_err(err, "cannot replace envelope", e->id);
@@ -842,13 +897,215 @@ now:
  * link, not a file created, written and unlinked: creating inodes was the
  * larger part of a claim's cost), so every claim we hold is the same inode
  * as its token: the lease (the inode's mtime) is touched when a claim is
- * made and by every renewal.  A claim broken by another daemon is its
- * inode, not ours - which is how ms_spool_claim_held sees the loss.
+ * made and by the keeper (below), which renews every claim on a token with
+ * one touch.  A claim broken by another daemon is its inode, not ours -
+ * which is how ms_spool_claim_held sees the loss.
  * Returns 1 if we made `name`, 0 if it existed, -1 on error.
  */
+
+/* ---- the lease keeper ---- */
+
+/* A thread that renews our leases on a clock of its own: the scheduler's
+ * rounds can take minutes on a network file system (a thousand envelopes
+ * read, a relist), and a lease renewed between rounds ran out while its
+ * holder worked.  It touches every token that still has claims (one touch
+ * renews up to MS_CLAIM_TOKEN_LINKS claims) and the node lock (the
+ * heartbeat other nodes watch), every third of a lease; a token whose
+ * claims are all released (one link left) and that is no longer the one
+ * new claims go to is removed.  It shares nothing with the caller but the
+ * token list, under its mutex, and its own descriptors. */
+typedef struct tokref {
+	char name[300];
+	dev_t dev;
+	ino_t ino;
+	int current; /* new claims are linked to it */
+} tokref;
+
+typedef struct keeper {
+	pthread_t t;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int stop;
+	int dfd_tmp, lock_fd;  /* the thread's own (dup'd) */
+	int64_t period_ms;
+	tokref *toks;
+	size_t ntoks, captoks;
+	int64_t renewed;       /* unix seconds: the last round that renewed all */
+} keeper;
+
+static int64_t keeper_period_ms(const ms_conf *c)
+{
+	int64_t p = (int64_t)c->claim_lease * 1000 / 3;
+	return p < 250 ? 250 : p;
+}
+
+/* One round: every token touched, the finished ones removed. */
+static void keeper_round(keeper *k)
+{
+	int ok = 1;
+	pthread_mutex_lock(&k->mu);
+	for (size_t i = 0; i < k->ntoks;) {
+		tokref *t = &k->toks[i];
+		struct stat st;
+		errno = 0;
+		int gone = utimensat(k->dfd_tmp, t->name, NULL, AT_SYMLINK_NOFOLLOW) < 0 ||
+		           fstatat(k->dfd_tmp, t->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		           st.st_ino != t->ino || st.st_dev != t->dev;
+		if (gone && errno != ENOENT && errno != 0)
+			ok = 0; /* (an I/O error: not renewed) */
+		if (gone || (!t->current && st.st_nlink <= 1)) {
+			if (!gone)
+				unlinkat(k->dfd_tmp, t->name, 0);
+			k->toks[i] = k->toks[--k->ntoks];
+			continue;
+		}
+		i++;
+	}
+	if (k->lock_fd >= 0 && futimens(k->lock_fd, NULL) < 0)
+		ok = 0;
+	if (ok)
+		k->renewed = now_s();
+	pthread_mutex_unlock(&k->mu);
+}
+
+static void *keeper_run(void *arg)
+{
+	keeper *k = arg;
+	pthread_mutex_lock(&k->mu);
+	while (!k->stop) {
+		pthread_mutex_unlock(&k->mu);
+		keeper_round(k);
+		pthread_mutex_lock(&k->mu);
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		int64_t ns = (int64_t)ts.tv_nsec + (k->period_ms % 1000) * 1000000;
+		ts.tv_sec += (time_t)(k->period_ms / 1000 + ns / 1000000000);
+		ts.tv_nsec = (long)(ns % 1000000000);
+		while (!k->stop && pthread_cond_timedwait(&k->cv, &k->mu, &ts) == 0)
+			;
+	}
+	pthread_mutex_unlock(&k->mu);
+	return NULL;
+}
+
+ms_status ms_spool_keeper_start(ms_spool *sp, ms_error *err)
+{
+	if (sp->keeper)
+		return MS_OK;
+	keeper *k = calloc(1, sizeof *k);
+	if (!k)
+		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
+	k->dfd_tmp = dup(sp->dfd_tmp);
+	k->lock_fd = sp->lock_fd >= 0 ? dup(sp->lock_fd) : -1;
+	k->period_ms = keeper_period_ms(&sp->conf);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_cond_init(&k->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (sp->tok.name[0] && sp->tok.pid == getpid()) {
+		k->toks = calloc(1, sizeof *k->toks);
+		if (k->toks) {
+			snprintf(k->toks[0].name, sizeof k->toks[0].name, "%s", sp->tok.name);
+			k->toks[0].dev = sp->tok.dev;
+			k->toks[0].ino = sp->tok.ino;
+			k->toks[0].current = 1;
+			k->ntoks = k->captoks = 1;
+		}
+	}
+	if (k->dfd_tmp < 0 || pthread_create(&k->t, NULL, keeper_run, k) != 0) {
+		ms_status st = ms_error_set(err, MS_ERR_IO, "cannot start the lease keeper: %s",
+		                            strerror(errno ? errno : EAGAIN));
+		if (k->dfd_tmp >= 0)
+			close(k->dfd_tmp);
+		if (k->lock_fd >= 0)
+			close(k->lock_fd);
+		free(k->toks);
+		free(k);
+		return st;
+	}
+	sp->keeper = k;
+	return MS_OK;
+}
+
+static void keeper_reconf(ms_spool *sp)
+{
+	if (!sp->keeper)
+		return;
+	pthread_mutex_lock(&sp->keeper->mu);
+	sp->keeper->period_ms = keeper_period_ms(&sp->conf);
+	pthread_mutex_unlock(&sp->keeper->mu);
+}
+
+int64_t ms_spool_keeper_renewed(ms_spool *sp)
+{
+	if (!sp->keeper)
+		return 0;
+	pthread_mutex_lock(&sp->keeper->mu);
+	int64_t t = sp->keeper->renewed;
+	pthread_mutex_unlock(&sp->keeper->mu);
+	return t;
+}
+
+static void keeper_stop(ms_spool *sp)
+{
+	keeper *k = sp->keeper;
+	if (!k)
+		return;
+	pthread_mutex_lock(&k->mu);
+	k->stop = 1;
+	pthread_cond_signal(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+	pthread_join(k->t, NULL);
+	/* Our tokens' names go (the current one is the caller's, below);
+	 * claims still linked keep their inodes, and released ones vanish. */
+	for (size_t i = 0; i < k->ntoks; i++)
+		if (!k->toks[i].current)
+			unlinkat(k->dfd_tmp, k->toks[i].name, 0);
+	close(k->dfd_tmp);
+	if (k->lock_fd >= 0)
+		close(k->lock_fd);
+	pthread_mutex_destroy(&k->mu);
+	pthread_cond_destroy(&k->cv);
+	free(k->toks);
+	free(k);
+	sp->keeper = NULL;
+}
+
+/* A new current token: the keeper renews it from now on (and the old one
+ * until its last claim is released). */
+static void keeper_add(ms_spool *sp)
+{
+	keeper *k = sp->keeper;
+	pthread_mutex_lock(&k->mu);
+	for (size_t i = 0; i < k->ntoks; i++)
+		k->toks[i].current = 0;
+	if (k->ntoks == k->captoks) {
+		size_t nc = k->captoks ? k->captoks * 2 : 4;
+		tokref *q = realloc(k->toks, nc * sizeof *q);
+		if (q) {
+			k->toks = q;
+			k->captoks = nc;
+		}
+	}
+	if (k->ntoks < k->captoks) {
+		tokref *t = &k->toks[k->ntoks++];
+		snprintf(t->name, sizeof t->name, "%s", sp->tok.name);
+		t->dev = sp->tok.dev;
+		t->ino = sp->tok.ino;
+		t->current = 1;
+	}
+	pthread_mutex_unlock(&k->mu);
+}
+
+/* ---- tokens ---- */
+
 static void token_drop(ms_spool *sp)
 {
-	if (sp->tok.name[0] && sp->tok.pid == getpid())
+	/* With a keeper, the name stays until the token's claims are all
+	 * released: the keeper renews them through it. */
+	if (sp->tok.name[0] && sp->tok.pid == getpid() && !sp->keeper)
 		unlinkat(sp->dfd_tmp, sp->tok.name, 0);
 	sp->tok.name[0] = '\0';
 }
@@ -882,6 +1139,8 @@ static int token_make(ms_spool *sp, const char *node, ms_error *err)
 	sp->tok.ino = st.st_ino;
 	sp->tok.links = 0;
 	sp->tok.touched = now_s();
+	if (sp->keeper)
+		keeper_add(sp);
 	return 0;
 }
 
@@ -908,13 +1167,13 @@ static int token_ready(ms_spool *sp, const char *node, ms_error *err)
 	return 0;
 }
 
-static int link_claim(ms_spool *sp, const char *name, const char *node, struct stat *out,
-                      ms_error *err)
+static int link_claim(ms_spool *sp, int dfd, const char *name, const char *node,
+                      struct stat *out, ms_error *err)
 {
 	for (int round = 0; round < 2; round++) {
 		if (token_ready(sp, node, err) < 0)
 			return -1;
-		if (linkat(sp->dfd_tmp, sp->tok.name, sp->dfd_claim, name, 0) < 0 &&
+		if (linkat(sp->dfd_tmp, sp->tok.name, dfd, name, 0) < 0 &&
 		    (errno == EMLINK || errno == ENOENT) && round == 0) {
 			/* The token is full after all, or gone: once more with a
 			 * fresh one. */
@@ -923,7 +1182,7 @@ static int link_claim(ms_spool *sp, const char *name, const char *node, struct s
 		}
 		sp->tok.links++; /* the result is judged below, whatever link() said */
 		struct stat st;
-		if (fstatat(sp->dfd_claim, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			return 0; /* released meanwhile: the caller tries again */
 		if (st.st_ino == sp->tok.ino && st.st_dev == sp->tok.dev) {
 			*out = st;
@@ -934,34 +1193,166 @@ static int link_claim(ms_spool *sp, const char *name, const char *node, struct s
 	return 0;
 }
 
-static int stale(const ms_spool *sp, const struct stat *st)
+/* ---- staleness without clocks ---- */
+
+/*
+ * A claim is stale when its holder has stopped renewing it, and that is
+ * judged without comparing anyone's clock with ours: hosts sharing a
+ * GlusterFS volume stamp files with their own clocks (its ctime feature),
+ * NFS with the server's, and a host whose clock is off by more than the
+ * tolerance used to break live claims (duplicates) or to wait for ever.
+ * Instead we watch the claim: the first time we find it held we note its
+ * inode and mtime and the time by our own monotonic clock; it is stale
+ * when, a lease plus clock_skew later by that clock, it is still the same
+ * inode with the same mtime - nobody renewed it, whatever clocks stamped
+ * it.  Faster, and certain: the holder is known dead (owner_dead).
+ */
+typedef struct seen_claim {
+	dev_t dev;
+	ino_t ino;
+	struct timespec mtime;
+	int64_t first_ms; /* monotonic */
+} seen_claim;
+
+#define SEEN_MAX 65536 /* claims watched at once (then forgotten: watched anew) */
+#define DEAD_KEEP_MS 1000
+
+static int same_claim(const seen_claim *o, const struct stat *st)
 {
-	return now_s() - (int64_t)st->st_mtime > sp->conf.claim_lease + sp->conf.clock_skew;
+	return o->dev == st->st_dev && o->ino == st->st_ino &&
+	       o->mtime.tv_sec == st->st_mtim.tv_sec && o->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-/* Remove claim/name if it is still the stale file `seen`, holding
- * claim/name.break while deciding. */
+/* The node named in a claim or token ("NODE PID TIME"), and its pid. */
+static int claim_owner(int dfd, const char *name, char node[65], long *pid)
+{
+	char buf[256];
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t r = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (r <= 0)
+		return -1;
+	buf[r] = '\0';
+	size_t n = strspn(buf, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+	if (n == 0 || n > 64 || buf[n] != ' ')
+		return -1;
+	memcpy(node, buf, n);
+	node[n] = '\0';
+	*pid = strtol(buf + n + 1, NULL, 10);
+	return 0;
+}
+
+int ms_spool_node_dead(ms_spool *sp, const char *node)
+{
+	typedef struct { int dead; int64_t at; } verdict;
+	int64_t now = ms_now_ms();
+	verdict *v = ms_hmap_get(&sp->dead, node);
+	if (v && now - v->at < DEAD_KEEP_MS)
+		return v->dead;
+	char name[96];
+	snprintf(name, sizeof name, "lock.%.64s", node);
+	int dead = 0;
+	int fd = openat(sp->dfd_root, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0 && !file_problem(sp, &st) &&
+	    flock(fd, LOCK_SH | LOCK_NB) == 0) {
+		/* Nobody holds it: no daemon of that node is alive (a daemon
+		 * holds its lock from start to exit; flock is seen across
+		 * hosts on GlusterFS, and on NFS as a byte-range lock). */
+		flock(fd, LOCK_UN);
+		dead = 1;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (!v && sp->dead.n < SEEN_MAX && (v = malloc(sizeof *v)) &&
+	    ms_hmap_put(&sp->dead, node, v) < 0) {
+		free(v);
+		v = NULL;
+	}
+	if (v) {
+		v->dead = dead;
+		v->at = now;
+	}
+	return dead;
+}
+
+/* Is the process that made claim `name` known to be gone?  When it named
+ * our own node but is not us (we hold the node's lock, so it has exited),
+ * or its node's lock file exists and nobody holds it.  A node without a
+ * lock file (an administrator's command) is judged by its lease alone. */
+static int owner_dead(ms_spool *sp, int dfd, const char *name)
+{
+	char node[65];
+	long pid;
+	if (claim_owner(dfd, name, node, &pid) < 0)
+		return 0;
+	if (sp->lock_fd >= 0 && !strcmp(node, sp->lock_node))
+		return pid != (long)getpid();
+	return ms_spool_node_dead(sp, node);
+}
+
+/* Has the claim `name` (as `st` shows it) gone unrenewed for a lease plus
+ * clock_skew by our clock, or is its holder dead? */
+static int claim_stale(ms_spool *sp, int dfd, const char *name, const struct stat *st)
+{
+	if (owner_dead(sp, dfd, name))
+		return 1;
+	int64_t now = ms_now_ms();
+	seen_claim *o = ms_hmap_get(&sp->seen, name);
+	if (o && same_claim(o, st))
+		return now - o->first_ms > ((int64_t)sp->conf.claim_lease + sp->conf.clock_skew) * 1000;
+	if (!o) {
+		if (sp->seen.n >= SEEN_MAX)
+			forget_all(&sp->seen);
+		if (!(o = malloc(sizeof *o)))
+			return 0;
+		if (ms_hmap_put(&sp->seen, name, o) < 0) {
+			free(o);
+			return 0;
+		}
+	}
+	o->dev = st->st_dev;
+	o->ino = st->st_ino;
+	o->mtime = st->st_mtim;
+	o->first_ms = now;
+	return 0;
+}
+
+static void forget_seen(ms_spool *sp, const char *name)
+{
+	free(ms_hmap_del(&sp->seen, name));
+}
+
+/* Remove claim/name if it is still the stale file `seen` (same inode, not
+ * renewed since), holding claim/name.break while deciding. */
 static void break_stale(ms_spool *sp, const char *name, const char *node, const struct stat *seen)
 {
 	char brk[MS_ENV_ID_MAX + 16];
 	snprintf(brk, sizeof brk, "%s.break", name);
 	struct stat bst, cur;
 	ms_error err;
-	int got = link_claim(sp, brk, node, &bst, &err);
+	int got = link_claim(sp, sp->dfd_claim, brk, node, &bst, &err);
 	if (got == 0) {
 		/* Someone else is breaking it - or died doing so: a break
-		 * lock is only ever held for an instant, so one older than a
-		 * lease is abandoned. */
-		if (fstatat(sp->dfd_claim, brk, &bst, AT_SYMLINK_NOFOLLOW) == 0 && stale(sp, &bst))
+		 * lock is only ever held for an instant, so one unrenewed for
+		 * a lease is abandoned. */
+		if (fstatat(sp->dfd_claim, brk, &bst, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    claim_stale(sp, sp->dfd_claim, brk, &bst)) {
 			unlinkat(sp->dfd_claim, brk, 0);
+			forget_seen(sp, brk);
+		}
 		return;
 	}
 	if (got < 0)
 		return;
-	if (fstatat(sp->dfd_claim, name, &cur, AT_SYMLINK_NOFOLLOW) == 0 && cur.st_ino == seen->st_ino &&
-	    cur.st_dev == seen->st_dev && stale(sp, &cur))
+	if (fstatat(sp->dfd_claim, name, &cur, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    cur.st_ino == seen->st_ino && cur.st_dev == seen->st_dev &&
+	    cur.st_mtim.tv_sec == seen->st_mtim.tv_sec && cur.st_mtim.tv_nsec == seen->st_mtim.tv_nsec)
 		unlinkat(sp->dfd_claim, name, 0);
 	unlinkat(sp->dfd_claim, brk, 0);
+	forget_seen(sp, name);
 }
 
 ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_claim *c,
@@ -975,7 +1366,7 @@ ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_clai
 	 * (it may have just renewed): we never break twice in one call. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		struct stat st;
-		int got = link_claim(sp, id, node, &st, err);
+		int got = link_claim(sp, sp->dfd_claim, id, node, &st, err);
 		if (got < 0)
 			return MS_ERR_IO;
 		if (got == 1) {
@@ -985,25 +1376,23 @@ ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_clai
 			snprintf(c->id, sizeof c->id, "%s", id);
 			c->dev = st.st_dev;
 			c->ino = st.st_ino;
+			if (attempt)
+				forget_seen(sp, id);
 			return MS_OK;
 		}
 		struct stat held;
 		if (fstatat(sp->dfd_claim, id, &held, AT_SYMLINK_NOFOLLOW) < 0)
 			continue; /* released meanwhile: try again */
-		if (attempt == 0 && stale(sp, &held)) {
+		if (attempt == 0 && claim_stale(sp, sp->dfd_claim, id, &held)) {
 			break_stale(sp, id, node, &held);
 			continue;
 		}
-		char owner[256] = "";
-		int fd = openat(sp->dfd_claim, id, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-		if (fd >= 0) {
-			ssize_t r = read(fd, owner, sizeof owner - 1);
-			owner[r > 0 ? r : 0] = '\0';
-			owner[strcspn(owner, "\n")] = '\0';
-			close(fd);
-		}
-		return ms_error_set(err, MS_ERR_TEMP, "message %s is claimed by %s", id,
-		                    owner[0] ? owner : "another process");
+		char owner[65] = "";
+		long pid = 0;
+		if (claim_owner(sp->dfd_claim, id, owner, &pid) < 0)
+			owner[0] = '\0';
+		return ms_error_set(err, MS_ERR_TEMP, "message %s is claimed by %s (pid %ld)", id,
+		                    owner[0] ? owner : "another process", pid);
 	}
 	return ms_error_set(err, MS_ERR_TEMP, "message %s is claimed by another process", id);
 }
@@ -1112,7 +1501,9 @@ ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile 
 			char *dot = strchr(base, '.');
 			if (dot)
 				*dot = '\0';
-			if ((stale(sp, &cs) || !exists(sp->dfd_env, base)) &&
+			/* (Not by its age: clocks differ between hosts; a live
+			 * holder's stale claims are broken when they are wanted.) */
+			if ((!exists(sp->dfd_env, base) || owner_dead(sp, sp->dfd_claim, de->d_name)) &&
 			    unlinkat(sp->dfd_claim, de->d_name, 0) == 0)
 				r->claims_expired++;
 		}
@@ -1249,6 +1640,11 @@ static void wake_name(const char *node, char *out, size_t n)
 	snprintf(out, n, "%.64s.%ld", node, (long)getpid());
 }
 
+int ms_spool_wake_dirfd(const ms_spool *sp)
+{
+	return sp->dfd_wake;
+}
+
 ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *holder,
                              ms_error *err)
 {
@@ -1265,7 +1661,12 @@ ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *hold
 		close(lfd);
 		return ms_error_set(err, MS_ERR_IO, "%s is not our lock file", name);
 	}
-	if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+	/* Another node's liveness test holds it shared for an instant
+	 * (ms_spool_node_dead): a few tries before it counts as taken. */
+	int lr;
+	for (int i = 0; (lr = flock(lfd, LOCK_EX | LOCK_NB)) < 0 && errno == EWOULDBLOCK && i < 20; i++)
+		nanosleep(&(struct timespec){ 0, 50 * 1000000 }, NULL);
+	if (lr < 0) {
 		int e = errno;
 		char buf[32] = "";
 		ssize_t n = pread(lfd, buf, sizeof buf - 1, 0);
@@ -1287,14 +1688,36 @@ ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *hold
 		return sys_err(err, "cannot write", name);
 	}
 	*fd = lfd;
+	sp->lock_fd = lfd; /* (still the caller's to close, after ms_spool_close) */
+	snprintf(sp->lock_node, sizeof sp->lock_node, "%.64s", node);
 	return MS_OK;
+}
+
+/* Is `name` in wake/ an endpoint of `node` (NODE.PID or NODE.PID.udp)? */
+static int endpoint_of(const char *name, const char *node)
+{
+	size_t n = strlen(node);
+	if (strncmp(name, node, n) || name[n] != '.')
+		return 0;
+	const char *p = name + n + 1;
+	size_t d = strspn(p, "0123456789");
+	return d > 0 && (!p[d] || !strcmp(p + d, ".udp"));
 }
 
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err)
 {
 	char name[128];
 	wake_name(node, name, sizeof name);
-	unlinkat(sp->dfd_wake, name, 0);
+	/* Endpoints our node left behind (we hold its lock: their daemons
+	 * are gone) go; nobody else's is ever removed - a FIFO another host
+	 * listens on cannot be opened here (ENXIO), and that proves nothing. */
+	DIR *d = open_dir(sp->dfd_wake);
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		if (endpoint_of(de->d_name, node))
+			unlinkat(sp->dfd_wake, de->d_name, 0);
+	if (d)
+		closedir(d);
 	if (mkfifoat(sp->dfd_wake, name, 0600) < 0)
 		return sys_err(err, "cannot make wake/", name);
 	/* Read-write, so the FIFO never reports EOF between writers. */
@@ -1311,9 +1734,11 @@ ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error
 
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd)
 {
-	char name[128];
+	char name[128], udp[140];
 	wake_name(node, name, sizeof name);
+	snprintf(udp, sizeof udp, "%s.udp", name);
 	unlinkat(sp->dfd_wake, name, 0);
+	unlinkat(sp->dfd_wake, udp, 0);
 	if (fd >= 0)
 		close(fd);
 }
@@ -1343,7 +1768,10 @@ void ms_spool_wake_id(ms_spool *sp, const char *id)
 }
 
 /* One write to every daemon's FIFO: at most PIPE_BUF octets, so it arrives
- * whole or not at all (a full FIFO is already awake; its reader relists). */
+ * whole or not at all (a full FIFO is already awake; its reader relists).
+ * A FIFO nobody here reads (ENXIO) is a daemon on another host, or a dead
+ * one: nothing is removed (only a node's own daemon removes its
+ * endpoints); daemons relay what they read to other hosts (wakenet.h). */
 static void wake_with(ms_spool *sp, const char *msg, size_t n)
 {
 	DIR *d = open_dir(sp->dfd_wake);
@@ -1351,13 +1779,14 @@ static void wake_with(ms_spool *sp, const char *msg, size_t n)
 		return;
 	struct dirent *de;
 	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
+		size_t len = strlen(de->d_name);
+		if (de->d_name[0] == '.' || !strncmp(de->d_name, "key", 3) ||
+		    (len > 4 && (!strcmp(de->d_name + len - 4, ".udp") ||
+		                 !strcmp(de->d_name + len - 4, ".tmp"))))
+			continue; /* (wakenet.h's files) */
 		int fd = openat(sp->dfd_wake, de->d_name, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
-			if (errno == ENXIO)
-				unlinkat(sp->dfd_wake, de->d_name, 0); /* its daemon is gone */
-			continue;
+			continue; /* ENXIO: read on another host (its daemon relays), or nowhere */
 		}
 		struct stat st;
 		if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && st.st_uid == sp->owner)
@@ -1388,4 +1817,29 @@ int ms_spool_once_per(ms_spool *sp, const char *name, int64_t seconds)
 		futimens(fd, NULL);
 	close(fd);
 	return allowed;
+}
+
+/* ---- nodes ---------------------------------------------------------------- */
+
+ms_status ms_spool_each_node(ms_spool *sp, void (*fn)(void *ctx, const char *node,
+                                                      const struct stat *st),
+                             void *ctx, ms_error *err)
+{
+	DIR *d = open_dir(sp->dfd_root);
+	if (!d)
+		return ms_error_set(err, MS_ERR_IO, "cannot read %s: %s", sp->dir, strerror(errno));
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *node = de->d_name + 5;
+		size_t n = strlen(node);
+		struct stat st;
+		if (strncmp(de->d_name, "lock.", 5) || n == 0 || n > 64 ||
+		    strspn(node, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != n ||
+		    fstatat(sp->dfd_root, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    file_problem(sp, &st))
+			continue;
+		fn(ctx, node, &st);
+	}
+	closedir(d);
+	return MS_OK;
 }

@@ -187,6 +187,8 @@ typedef struct ms_conf {
 	char log_file[MS_CONF_PATH_MAX];   /* log_file (syslog) */
 	int log_json;                      /* log_format = json (text): one JSON object a line */
 	char metrics_listen[64];           /* metrics_listen ("": off) ADDRESS:PORT, OpenMetrics */
+	char wake_address[46];             /* wake_address ("": FIFOs only) this host's address
+	                                    * for wake-ups from other hosts (UDP) */
 	/* Local names (mailspool/aliases.h). */
 	char aliases[MS_CONF_PATH_MAX];    /* aliases ("": none), Debian /etc/aliases format */
 	char admin_address[256];           /* admin_address ("": none) for local names left */

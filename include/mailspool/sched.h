@@ -84,6 +84,10 @@ int64_t ms_sched_retry_soon(const ms_conf *c, int64_t cap);
 /* Recipients of e due at `now` (pending or deferred, next <= now), written
  * to idx (room for e->nrcpts); returns how many.  A held message has none. */
 size_t ms_sched_due(const ms_envelope *e, int64_t now, size_t *idx);
+/* The same, a recipient never attempted counted due up to `skew` seconds
+ * early: its first due time is the submitting host's clock, which may run
+ * ahead of ours (several hosts sharing a spool). */
+size_t ms_sched_due_skew(const ms_envelope *e, int64_t now, int64_t skew, size_t *idx);
 
 /* The recipients of e due at `now`, by destination (mailspool/deliver.h):
  * one group per destination key, in the order first seen.  Recipients

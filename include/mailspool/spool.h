@@ -122,6 +122,8 @@ ms_status ms_spool_batch_commit(ms_spool *sp, ms_error *err);
 /* The daemon's own bounces may use a reserve under min_free_space (half
  * of it): between begin and end, the floor is min_free_space / 2. */
 void ms_spool_reserve(ms_spool *sp, int on);
+/* A reloaded configuration (spool_dir unchanged): leases, skew, floors. */
+void ms_spool_reconf(ms_spool *sp, const ms_conf *c);
 ms_status ms_spool_open_data(ms_spool *sp, const char *id, int *fd, ms_error *err);
 /* Remove a message (envelope first: it stops being queued at once). */
 ms_status ms_spool_remove(ms_spool *sp, const char *id, ms_error *err);
@@ -138,6 +140,14 @@ typedef struct ms_claim {
  * ours; MS_ERR_TEMP: someone else holds a live claim (err names them). */
 ms_status ms_spool_claim(ms_spool *sp, const char *id, const char *node, ms_claim *c,
                          ms_error *err);
+/* Renew our leases on a clock of our own: a thread touches every claim
+ * token of ours (each claim is a link to one) and the node lock (the
+ * heartbeat; call after ms_spool_lock_node) every third of claim_lease,
+ * whatever the caller is doing.  Stopped by ms_spool_close. */
+ms_status ms_spool_keeper_start(ms_spool *sp, ms_error *err);
+/* When the keeper last renewed everything (unix seconds, our clock); 0
+ * when it has not or does not run. */
+int64_t ms_spool_keeper_renewed(ms_spool *sp);
 /* Extend the lease.  MS_ERR_TEMP if the claim is no longer ours. */
 ms_status ms_spool_renew(ms_spool *sp, const ms_claim *c, ms_error *err);
 /* Is the claim still ours? */
@@ -157,6 +167,8 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id);
  * destination's back-off ends),
  * removing FIFOs nobody reads any more.  Never blocks. */
 ms_status ms_spool_wake_listen(ms_spool *sp, const char *node, int *fd, ms_error *err);
+/* wake/, opened once as every spool directory (for wakenet.c). */
+int ms_spool_wake_dirfd(const ms_spool *sp);
 void ms_spool_wake_unlisten(ms_spool *sp, const char *node, int fd);
 void ms_spool_wake(ms_spool *sp, int changed); /* 1: envelopes edited; 2: flushed */
 /* A new message: "n<ID>\n", so a daemon takes it at once without listing
@@ -170,6 +182,17 @@ void ms_spool_wake_id(ms_spool *sp, const char *id);
  * if unknown). */
 ms_status ms_spool_lock_node(ms_spool *sp, const char *node, int *fd, long *holder,
                              ms_error *err);
+
+/* Every node that ever ran a daemon on this spool: fn(node, the lock
+ * file's stat - its mtime is the node's heartbeat, touched by the lease
+ * keeper every third of a lease). */
+struct stat;
+ms_status ms_spool_each_node(ms_spool *sp, void (*fn)(void *ctx, const char *node,
+                                                      const struct stat *st),
+                             void *ctx, ms_error *err);
+/* Is no daemon of `node` alive?  1 only when its lock file exists and
+ * nobody holds the lock (a verdict is kept a second). */
+int ms_spool_node_dead(ms_spool *sp, const char *node);
 
 /* A rate limit kept in the spool: 1 (and the stamp `name` in spool_dir
  * renewed) when it was last renewed at least `seconds` ago, else 0. */

@@ -173,8 +173,10 @@ static void test_sweep(void **state)
 	char id[MS_ENV_ID_MAX + 1], p[256];
 	queue_one(sp, &c, "Subject: z\n\nbody\n", id);
 	/* What a crash leaves: an old tmp file, an old orphaned data file, a
-	 * young one (a commit in progress: kept), an expired claim, a claim on
-	 * nothing. */
+	 * young one (a commit in progress: kept), a claim of a node whose
+	 * daemon is gone (its lock file free), a claim on nothing, and a
+	 * claim of a node without a lock file (judged by its lease when it is
+	 * wanted, never by its age: kept). */
 	struct timespec old[2] = { { time(NULL) - 7200, 0 }, { time(NULL) - 7200, 0 } };
 	const char *files[] = { "tmp/deadbeef.d", "data/00000orphan", "data/00000young",
 		                    "claim/00000gone" };
@@ -185,21 +187,25 @@ static void test_sweep(void **state)
 		if (i < 2)
 			utimensat(AT_FDCWD, p, old, 0);
 	}
-	ms_claim cl;
+	ms_claim cl, cl2;
 	ms_error err;
+	char id2[MS_ENV_ID_MAX + 1];
+	queue_one(sp, &c, "Subject: y\n\nbody\n", id2);
 	assert_int_equal(ms_spool_claim(sp, id, "dead-node", &cl, &err), MS_OK);
-	/* lease 1 s, skew 0: stale once more than a whole second has passed
-	 * in whole seconds; 3 s leaves a margin for a loaded machine (a CI run
-	 * saw one of the two claims not yet stale after 2). */
-	sleep(3);
+	assert_int_equal(ms_spool_claim(sp, id2, "admin-node", &cl2, &err), MS_OK);
+	snprintf(p, sizeof p, "%s/spool/lock.dead-node", root);
+	close(open(p, O_WRONLY | O_CREAT, 0600));
 	ms_sweep_report r;
 	assert_int_equal(ms_spool_sweep(sp, &r, &err), MS_OK);
 	assert_int_equal(r.tmp_removed, 1);
 	assert_int_equal(r.orphans_removed, 1);
 	assert_int_equal(r.claims_expired, 2);
-	assert_int_equal(r.checked, 1);
+	assert_false(ms_spool_claim_held(sp, &cl));
+	assert_true(ms_spool_claim_held(sp, &cl2));
+	assert_int_equal(ms_spool_release(sp, &cl2, &err), MS_OK);
+	assert_int_equal(r.checked, 2);
 	assert_int_equal(r.corrupt, 0);
-	assert_int_equal(count_dir("data"), 2); /* the message's and the young orphan */
+	assert_int_equal(count_dir("data"), 3); /* the messages' and the young orphan */
 	tmp_spool_remove(sp);
 }
 
@@ -308,6 +314,47 @@ static void test_takeover_after_lease(void **state)
 	tmp_spool_remove(sp);
 }
 
+/* The lease keeper renews our claims whatever we do; a claim whose node's
+ * daemon is gone (its lock free) is broken at once, one whose node's lock
+ * is held is not. */
+static void test_keeper_and_dead_nodes(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp, *other;
+	fresh_spool(&c, &sp);
+	c.claim_lease = 1;
+	c.clock_skew = 0;
+	ms_spool_close(sp);
+	ms_error err;
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	assert_int_equal(ms_spool_open(&c, 0, &other, &err), MS_OK);
+	int lfd;
+	long holder;
+	assert_int_equal(ms_spool_lock_node(sp, "keeper", &lfd, &holder, &err), MS_OK);
+	assert_int_equal(ms_spool_keeper_start(sp, &err), MS_OK);
+	ms_claim mine, theirs;
+	assert_int_equal(ms_spool_claim(sp, "kept0", "keeper", &mine, &err), MS_OK);
+	/* Watched for three leases: always renewed, never stale. */
+	for (int i = 0; i < 15; i++) {
+		assert_int_equal(ms_spool_claim(other, "kept0", "other", &theirs, &err), MS_ERR_TEMP);
+		usleep(200000);
+	}
+	assert_true(ms_spool_keeper_renewed(sp) > 0);
+	assert_true(ms_spool_claim_held(sp, &mine));
+	assert_false(ms_spool_node_dead(other, "keeper")); /* its lock is held */
+	assert_true(ms_spool_node_dead(other, "never-ran") == 0); /* no lock file: unknown */
+	/* The daemon goes (its lock with it): its claims are broken at once. */
+	ms_spool_close(sp);
+	close(lfd);
+	usleep(1100000); /* (a verdict is kept a second) */
+	assert_true(ms_spool_node_dead(other, "keeper"));
+	assert_int_equal(ms_spool_claim(other, "kept0", "other", &theirs, &err), MS_OK);
+	assert_int_equal(ms_spool_open(&c, 0, &sp, &err), MS_OK);
+	ms_spool_close(other);
+	tmp_spool_remove(sp);
+}
+
 /* One token serves many claims: 5,000 claims are one or two inodes (a
  * fresh token after MS_CLAIM_TOKEN_LINKS names), each still its own claim
  * (released alone, lost alone), and a claim made with an old token starts
@@ -348,18 +395,22 @@ static void test_claims_share_a_token(void **state)
 	assert_int_equal(ms_spool_open(&c, 0, &other, &err), MS_OK);
 	ms_claim theirs;
 	assert_int_equal(ms_spool_claim(other, "tok00008", "other", &theirs, &err), MS_ERR_TEMP);
-	sleep(3); /* past the lease: every claim of ours is stale now */
+	assert_int_equal(ms_spool_claim(other, "tok04999", "other", &theirs, &err), MS_ERR_TEMP);
+	sleep(3); /* past the lease by the clock, but watched only once so far */
 	ms_claim late;
 	assert_int_equal(ms_spool_claim(sp, "tokLATE", "holder", &late, &err), MS_OK);
-	assert_int_equal(late.ino, cl[N - 1].ino); /* the same token, touched */
+	assert_int_equal(late.ino, cl[N - 1].ino); /* the current token, touched */
 	assert_int_equal(ms_spool_claim(other, "tokLATE", "other", &theirs, &err), MS_ERR_TEMP);
-	/* Lost alone: the other breaks one after the lease; the rest are ours. */
-	sleep(3);
-	assert_int_equal(ms_spool_claim(other, "tok00009", "other", &theirs, &err), MS_OK);
-	assert_false(ms_spool_claim_held(sp, &cl[9]));
-	assert_true(ms_spool_claim_held(sp, &cl[10]));
-	assert_int_equal(ms_spool_renew(sp, &cl[9], &err), MS_ERR_TEMP);
-	assert_int_equal(ms_spool_renew(sp, &cl[10], &err), MS_OK);
+	/* The touch renewed every claim on that token: tok04999, watched for
+	 * three seconds, changed meanwhile - not stale.  tok00008 is on the
+	 * first token, which nobody touched: unrenewed for a lease while the
+	 * other watched, it is broken - alone; the rest stay ours. */
+	assert_int_equal(ms_spool_claim(other, "tok04999", "other", &theirs, &err), MS_ERR_TEMP);
+	assert_int_equal(ms_spool_claim(other, "tok00008", "other", &theirs, &err), MS_OK);
+	assert_false(ms_spool_claim_held(sp, &cl[8]));
+	assert_true(ms_spool_claim_held(sp, &cl[9]));
+	assert_int_equal(ms_spool_renew(sp, &cl[8], &err), MS_ERR_TEMP);
+	assert_int_equal(ms_spool_renew(sp, &cl[9], &err), MS_OK);
 	ms_spool_close(other);
 	free(cl);
 	ms_spool_close(sp);
@@ -481,6 +532,7 @@ int main(void)
 		cmocka_unit_test(test_eight_claimants),
 		cmocka_unit_test(test_takeover_after_lease),
 		cmocka_unit_test(test_claims_share_a_token),
+		cmocka_unit_test(test_keeper_and_dead_nodes),
 		cmocka_unit_test(test_refusals_leave_nothing),
 		cmocka_unit_test(test_header_rewriting),
 	};
