@@ -48,7 +48,7 @@ FUZZERS  = reply addr encode headers qmtp envelope sasl submit smtpin policy
 REPLAY_BIN = $(FUZZERS:%=$(BUILD)/fuzz/replay_%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all check unit integration integration-asan asan demo bench install clean deps fuzz fuzz-replay
+.PHONY: all check check-cluster unit integration integration-asan asan demo bench install clean deps fuzz fuzz-replay
 
 PROGRAMS = $(BUILD)/mailspool $(BUILD)/mailspool-drop $(BUILD)/mailspool-deliver \
            $(BUILD)/mailspool-sendmail
@@ -170,6 +170,12 @@ check: deps
 	$(MAKE) EXTRA_CFLAGS=-Werror all unit fuzz-replay
 	$(MAKE) integration-asan
 	$(MAKE) EXTRA_CFLAGS=-Werror integration
+
+# Several hosts sharing one spool on a GlusterFS replica volume, mounted
+# from network namespaces (tests/cluster/cluster.py): needs root.
+check-cluster: deps all
+	cd tests && MAILSPOOL_BIN=$(abspath $(BUILD)/mailspool) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider cluster
 
 demo: deps all $(BENCH_BIN)
 	@$(PYTHON) scripts/demo

@@ -907,13 +907,17 @@ static int64_t until_s(const ms_conf *c)
 	return t < 1 ? 1 : t;
 }
 
-/* When our leases were last renewed: the lease keeper's last round (it
- * runs on its own; a paused process renews nothing), or now when it does
- * not run. */
+/* From when the agents' deadline counts: now while the lease keeper keeps
+ * up (it renewed within a third of a lease and a second: the next round
+ * is due before our claims could age), else its last round - a process
+ * that was paused, or a keeper that cannot write, gives its agents less
+ * time, never more than the leases others see. */
 static int64_t lease_base(sched_state *d, int64_t now)
 {
 	int64_t r = ms_spool_keeper_renewed(d->sp);
-	return r > 0 && r < now ? r : now;
+	if (r <= 0 || now - r <= (d->c->claim_lease + 2) / 3 + 1)
+		return now;
+	return r;
 }
 
 static void agent_start(sched_state *d, int k)

@@ -587,7 +587,7 @@ void ms_spool_ids_free(char **ids, size_t n)
  * descriptor itself stays ours). */
 static DIR *open_dir(int dfd)
 {
-	int fd = dup(dfd);
+	int fd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d && fd >= 0)
 		close(fd);
@@ -995,8 +995,10 @@ ms_status ms_spool_keeper_start(ms_spool *sp, ms_error *err)
 	keeper *k = calloc(1, sizeof *k);
 	if (!k)
 		return ms_error_set(err, MS_ERR_NOMEM, "out of memory");
-	k->dfd_tmp = dup(sp->dfd_tmp);
-	k->lock_fd = sp->lock_fd >= 0 ? dup(sp->lock_fd) : -1;
+	/* (close-on-exec: an agent holding the node's lock would keep the
+	 * node "alive" after its daemon died) */
+	k->dfd_tmp = fcntl(sp->dfd_tmp, F_DUPFD_CLOEXEC, 0);
+	k->lock_fd = sp->lock_fd >= 0 ? fcntl(sp->lock_fd, F_DUPFD_CLOEXEC, 0) : -1;
 	k->period_ms = keeper_period_ms(&sp->conf);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);

@@ -207,7 +207,7 @@ static void list_endpoints(ms_wakenet *w, ms_spool *sp)
 {
 	w->nep = 0;
 	int dfd = ms_spool_wake_dirfd(sp);
-	int d2 = dup(dfd);
+	int d2 = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
 	DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
 	if (!d) {
 		if (d2 >= 0)
