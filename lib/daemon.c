@@ -191,6 +191,9 @@ typedef struct sched_state {
 	 * other hosts (mailspool/wakenet.h). */
 	ms_peers *peers;
 	int64_t peers_ms;         /* last looked at (monotonic) */
+	int peers_looks;          /* times looked: nothing is taken before two
+	                           * (a node starting with us may not have its
+	                           * lock file yet at the first) */
 	ms_wakenet *wnet;
 	struct lister *ls;        /* the start-up listing and sweep, while they run */
 } sched_state;
@@ -1260,7 +1263,10 @@ static void take(sched_state *d, entry *e, int64_t now)
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (plan.ngroups == 1)
 			e->x = x; /* remembered: while x is down, e is not read again */
-		if (x && !ms_peers_owns(d->peers, x->key)) {
+		if (d->peers_looks < 2) {
+			if (now + 1 < later)
+				later = now + 1; /* who delivers what is known in a second */
+		} else if (x && !ms_peers_owns(d->peers, x->key)) {
 			/* Another live node delivers there (cluster.h): looked at
 			 * again at the next scan, or at once when the nodes change. */
 			if (now + d->c->queue_scan_interval < later)
@@ -1715,7 +1721,10 @@ static void look_at_peers(sched_state *d)
 		return;
 	size_t before = ms_peers_live(d->peers);
 	d->peers_ms = ms;
-	if (!ms_peers_refresh(d->peers, d->sp, d->c))
+	int changed = ms_peers_refresh(d->peers, d->sp, d->c);
+	if (++d->peers_looks == 2)
+		d->dirty = 1; /* what waited for the second look goes now */
+	if (!changed)
 		return;
 	logf_(d, "nodes alive on this spool: %zu (were %zu); destinations shared again",
 	      ms_peers_live(d->peers), before);

@@ -70,14 +70,17 @@ def cleanup_leftovers():
 
 class Cluster:
     """hosts FUSE mounts of one volume.  caches=True leaves GlusterFS's
-    default client caches on (a setup the daemon must refuse);
+    default client caches on and timeouts=False the mounts' default
+    attribute and entry timeouts (setups the daemon must refuse);
     distribute=True makes a plain distributed volume of three bricks."""
 
-    def __init__(self, hosts=3, caches=False, distribute=False, extra_addrs=0, root=None):
+    def __init__(self, hosts=3, caches=False, distribute=False, extra_addrs=0, root=None,
+                 timeouts=True):
         self.hosts = hosts
         self.caches = caches
         self.distribute = distribute
         self.extra_addrs = extra_addrs
+        self.timeouts = timeouts
         self.root = root or tempfile.mkdtemp(prefix=f"{PREFIX}-")
         self.mounts = {}
         self.procs = []
@@ -172,7 +175,7 @@ end-volume
         libfaketime (on GlusterFS the client stamps file times)."""
         point = os.path.join(self.root, f"m{i}")
         os.makedirs(point, exist_ok=True)
-        argv = ["glusterfs"] + ([] if self.caches else NO_TIMEOUTS) + [
+        argv = ["glusterfs"] + (NO_TIMEOUTS if self.timeouts else []) + [
             f"--volfile-server={SRV_ADDR}", "--volfile-id=msv",
             f"--log-file={self.gdir}/log/m{i}.log", point]
         env = dict(os.environ)
