@@ -1,0 +1,248 @@
+#!/usr/bin/python3
+"""Several hosts, one spool (issue 16): one daemon vs three, on the shared
+GlusterFS volume and on a local directory, and the file-system operations a
+message costs.
+
+Setup (tests/cluster/cluster.py): a GlusterFS 10 replica-3 volume, every
+client cache off, its glusterd and bricks in a server network namespace,
+three FUSE mounts whose clients run in three host namespaces (every file
+operation crosses TCP).  The receiver is Postfix's smtp-sink in the server
+namespace, answering on 30 addresses, one per domain's MX host (so the
+destinations can be shared out between nodes); the SMTP path is the
+namespaces' veth link, no latency proxy (what is measured here is the
+spool, not the wire: bench/daemon_bench.py measures the wire).
+
+Workload: N messages of about 1 KiB, one recipient each, spread over 30
+domains, queued beforehand; the clock runs from the daemons' start until
+env/ is empty.
+
+  shared, 1 daemon    host 1's daemon on its mount
+  shared, 3 daemons   one daemon per host, each on its own mount
+  local, 1 daemon     the same on a local directory (ext4 or tmpfs: /tmp)
+  local, 3 daemons    three daemons on that directory
+
+File-system operations per message, on the shared volume: the FOPs one
+brick served (GlusterFS's own profile, `volume profile ... info
+incremental`; with replica 3 each brick serves the same, and AFR adds its
+locks and changelog FOPs to every change), and the client-side system
+calls on spool files (strace -c -f of the one-daemon run, and of one
+host's `mailspool send`), each divided by the messages.
+
+Usage: bench/cluster_bench.py [--messages 3000]   (as root)
+"""
+import argparse
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
+sys.path.insert(0, HERE)
+from cluster import Cluster, Dns, SRV, host_addr, host_ns, in_ns  # noqa: E402
+from spool_bench import write_section  # noqa: E402
+
+MAILSPOOL = os.path.join(ROOT, "build", "mailspool")
+MARK = "## Several hosts, one spool (issue 16)"
+NDOM = 30
+PORT = 2525
+# System calls that act on files (strace's %file class, and those on
+# descriptors of files).
+FS_CALLS = {"openat", "open", "newfstatat", "fstat", "statx", "stat", "lstat", "access",
+            "renameat", "renameat2", "rename", "linkat", "link", "unlinkat", "unlink",
+            "utimensat", "futimesat", "fsync", "fdatasync", "getdents64", "flock",
+            "mkdirat", "mkdir", "mknodat", "mkfifo", "readlink", "readlinkat", "truncate",
+            "ftruncate", "pread64", "statfs", "fstatfs", "chdir", "fchdir"}
+
+
+def conf_for(path, spool, log, i, extra=""):
+    with open(path, "w") as f:
+        f.write(f"spool_dir = {spool}\nhostname = h{i}.example.test\nmin_free_space = 0\n"
+                f"mail_owner = root\ndns_servers = 10.231.0.1:53\nmx_port = {PORT}\n"
+                f"log_file = {log}\nretry_tiers = 0 30m 4h\ndns_timeout = 3s\n"
+                f"connect_timeout = 5s\nwake_address = {host_addr(i)}\n{extra}")
+    return path
+
+
+def make_files(d, n):
+    os.makedirs(d, exist_ok=True)
+    files = []
+    body = "x" * 70 + "\r\n"
+    for i in range(n):
+        f = os.path.join(d, f"m{i}")
+        with open(f, "w") as fh:
+            fh.write(f"To: u{i}@d{i % NDOM}.test\r\nSubject: bench {i}\r\nX-Seq: {i}\r\n\r\n"
+                     + body * 12)
+        files.append(f)
+    return files
+
+
+def queue(cl, i, conf, files, strace_out=None):
+    t0 = time.monotonic()
+    for k in range(0, len(files), 1000):
+        argv = [MAILSPOOL, "send", "-f", "bench@example.test", "-t", "-q"] + files[k:k + 1000]
+        if strace_out and k == 0:
+            argv = ["strace", "-c", "-f", "-o", strace_out] + argv
+        r = cl.run(host_ns(i), argv, env=dict(os.environ, MAILSPOOL_CONFIG=conf), timeout=1800)
+        if r.returncode != 0:
+            raise RuntimeError(f"queueing failed: {r.stderr.decode()[-500:]}")
+    return time.monotonic() - t0
+
+
+def strace_fs_calls(path):
+    total = 0
+    with open(path) as f:
+        for line in f:
+            w = line.split()
+            if len(w) >= 5 and w[-1] in FS_CALLS and w[3].isdigit():
+                total += int(w[3])
+    return total
+
+
+def brick_fops(cl):
+    """FOPs the first brick served since the last call."""
+    out = cl.gluster("volume", "profile", "msv", "info", "incremental").stdout
+    first = out.split("Brick: ")[1] if "Brick: " in out else ""
+    total = 0
+    for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+ \w+\s+[\d.]+ \w+\s+[\d.]+ \w+\s+(\d+)\s+(\w+)\s*$",
+                         first, re.M):
+        if m.group(2) not in ("RELEASE", "RELEASEDIR", "FORGET"):
+            total += int(m.group(1))
+    return total
+
+
+def deliver(cl, hosts, confs, spool_env, n, strace_dir=None):
+    procs = []
+    t0 = time.monotonic()
+    for i in hosts:
+        argv = [MAILSPOOL, "daemon", "--foreground", "--node", f"h{i}"]
+        if strace_dir:
+            argv = ["strace", "-c", "-f", "-o", os.path.join(strace_dir, f"d{i}")] + argv
+        procs.append(cl.popen(host_ns(i), argv, env=dict(os.environ, MAILSPOOL_CONFIG=confs[i]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 3600
+    while os.listdir(spool_env):
+        if time.monotonic() > deadline:
+            raise RuntimeError("not delivered within an hour")
+        time.sleep(0.1)
+    dt = time.monotonic() - t0
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=60)
+    return dt
+
+
+def cpu_of(pids_before):
+    return 0.0
+
+
+def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
+    root = tempfile.mkdtemp(prefix="case-", dir=tmp)
+    confs = {}
+    for i in (1, 2, 3):
+        spool = os.path.join(cl.mounts[i] if shared else root, f"spool-{label}")
+        confs[i] = conf_for(os.path.join(root, f"h{i}.conf"), spool,
+                            os.path.join(root, f"h{i}.log"), i)
+    env_dir = os.path.join(cl.mounts[1] if shared else root, f"spool-{label}", "env")
+    # The spool made, then the messages queued from host 1 (not timed here).
+    if profile:
+        brick_fops(cl)
+    sub_strace = os.path.join(root, "send.strace") if strace else None
+    qs = queue(cl, 1, confs[1], files, sub_strace)
+    sub_fops = brick_fops(cl) if profile else None
+    sd = None
+    if strace:
+        sd = os.path.join(root, "strace")
+        os.makedirs(sd)
+    dt = deliver(cl, hosts, confs, env_dir, len(files), sd)
+    del_fops = brick_fops(cl) if profile else None
+    res = {"label": label, "secs": dt, "rate": len(files) / dt, "queue_secs": qs,
+           "sub_fops": sub_fops, "del_fops": del_fops}
+    if strace:
+        res["del_calls"] = sum(strace_fs_calls(os.path.join(sd, x)) for x in os.listdir(sd))
+        res["sub_calls"] = strace_fs_calls(sub_strace)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=3000)
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("cluster_bench: needs root (namespaces, FUSE)", file=sys.stderr)
+        return 77
+    tmp = tempfile.mkdtemp(prefix="ms-cluster-bench-", dir="/tmp")
+    n = a.messages
+    rows = []
+    try:
+        with Cluster(hosts=3, extra_addrs=NDOM) as cl:
+            mx = [(f"d{i}.test", f"mx{i}.d.test", 10) for i in range(NDOM)]
+            hosts = {f"mx{i}.d.test": f"10.231.1.{i + 1}" for i in range(NDOM)}
+            with Dns(cl, mx=mx, hosts=hosts):
+                sink_dir = tempfile.mkdtemp(prefix="sink-", dir=tmp)
+                os.chmod(sink_dir, 0o777)
+                sink = cl.popen(SRV, ["smtp-sink", "-u", "postfix", f":{PORT}", "1024"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                files = make_files(os.path.join(tmp, "msgs"), n)
+                small = files[:min(n, 500)]
+                cl.gluster("volume", "profile", "msv", "start")
+                # Operations per message: a smaller run under strace.
+                ops = one_case(cl, tmp, "ops", True, [1], small, profile=True, strace=True)
+                print(f"fs operations per message: submission {ops['sub_calls'] / 1000:.1f} "
+                      f"calls (first 1000-file batch), brick FOPs "
+                      f"{ops['sub_fops'] / len(small):.1f}; delivery {ops['del_calls'] / len(small):.1f}"
+                      f" calls, brick FOPs {ops['del_fops'] / len(small):.1f}", flush=True)
+                for label, shared, hs in (("shared-1", True, [1]), ("shared-3", True, [1, 2, 3]),
+                                          ("local-1", False, [1]), ("local-3", False, [1, 2, 3])):
+                    r = one_case(cl, tmp, label, shared, hs, files, profile=shared)
+                    rows.append(r)
+                    extra = (f", brick FOPs/msg: queueing {r['sub_fops'] / n:.1f}, delivery "
+                             f"{r['del_fops'] / n:.1f}" if shared else "")
+                    print(f"{label}: {r['rate']:.1f} msg/s ({r['secs']:.1f} s; queueing took "
+                          f"{r['queue_secs']:.1f} s){extra}", flush=True)
+                sink.terminate()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    by = {r["label"]: r for r in rows}
+    date = datetime.date.today().isoformat()
+    lines = [MARK, "",
+             f"{date}, bench/cluster_bench.py, {n} messages of about 1 KiB over {NDOM} domains "
+             "(each its own MX address), queued beforehand; GlusterFS 10 replica 3, every client "
+             "cache off, three FUSE mounts from three network namespaces (tests/cluster); "
+             "smtp-sink as the receiver; the clock runs from the daemons' start to an empty "
+             "env/.", "",
+             "| spool | 1 daemon msg/s | 3 daemons msg/s | 3 vs 1 |", "|---|---:|---:|---:|",
+             f"| shared GlusterFS volume | {by['shared-1']['rate']:.1f} | "
+             f"{by['shared-3']['rate']:.1f} | {by['shared-3']['rate'] / by['shared-1']['rate']:.2f}x |",
+             f"| local directory (/tmp) | {by['local-1']['rate']:.1f} | "
+             f"{by['local-3']['rate']:.1f} | {by['local-3']['rate'] / by['local-1']['rate']:.2f}x |",
+             f"| shared vs local, 1 daemon | | | {by['local-1']['rate'] / by['shared-1']['rate']:.1f}x"
+             " slower shared |", "",
+             "File-system operations per message on the shared volume "
+             f"({len(small)} messages, one daemon):", "",
+             "| | client system calls on files (strace) | FOPs at one brick (profile) |",
+             "|---|---:|---:|",
+             f"| submission (`mailspool send -q`, 1000 files per command) | "
+             f"{ops['sub_calls'] / min(1000, len(small)):.1f} | {ops['sub_fops'] / len(small):.1f} |",
+             f"| delivery (daemon and agents) | {ops['del_calls'] / len(small):.1f} | "
+             f"{ops['del_fops'] / len(small):.1f} |",
+             f"| three daemons, delivery ({n} messages) | | "
+             f"{by['shared-3']['del_fops'] / n:.1f} |",
+             f"| one daemon, delivery ({n} messages) | | {by['shared-1']['del_fops'] / n:.1f} |",
+             "", "The brick's FOPs include what replication adds to every change (AFR's "
+             "ENTRYLK/INODELK, XATTROP changelog and LOOKUPs with timeouts 0).", ""]
+    write_section(a.out, lines, MARK)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
