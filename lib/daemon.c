@@ -1300,8 +1300,9 @@ static void take(sched_state *d, entry *e, int64_t now)
 		return;
 	}
 	/* Under the claim: the envelope as it is now (re-read only if it
-	 * changed since our read). */
-	if (ms_spool_env_mtime(d->sp, e->id) != seen) {
+	 * changed since our read - or went: -1). */
+	int64_t held_mtime = ms_spool_env_mtime(d->sp, e->id);
+	if (held_mtime != seen) {
 		ms_sched_plan_free(&plan);
 		ms_env_free(&s->env);
 		ms_env_init(&s->env);
@@ -1312,6 +1313,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 			e->due = INT64_MIN; /* read again next time */
 			return;
 		}
+		held_mtime = ms_spool_env_mtime(d->sp, e->id);
 	}
 	if (grow(&d->slots, &d->capslots, d->nslots, sizeof *d->slots, 256) < 0) {
 		ms_sched_plan_free(&plan);
@@ -1322,7 +1324,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 	d->slots[d->nslots++] = s;
 	d->claimed++;
 	e->busy = 1;
-	e->mtime = ms_spool_env_mtime(d->sp, e->id);
+	e->mtime = held_mtime;
 	for (size_t i = 0; i < plan.nunroutable; i++)
 		add_result(s, &plan.unroutable[i]); /* deferred now, with the reason */
 	s->bounce_due = plan.bounce_due;
@@ -1980,7 +1982,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		/* --once: done when nothing runs or waits and nothing is due
 		 * (a bounce queued meanwhile is due, and goes too). */
 		if (o->once && !d->stopping && idle(d) && !listing(d) && dm == d->env_mtime &&
-		    next_due(d) > now_s())
+		    d->peers_looks >= 2 && next_due(d) > now_s())
 			begin_stop(d);
 		/* Wait for results, a wake-up, or the next due message. */
 		pf[0].fd = d->wake_fd;
