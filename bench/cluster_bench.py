@@ -117,8 +117,17 @@ def brick_fops(cl):
     return total
 
 
-def deliver(cl, hosts, confs, spool_env, n, strace_dir=None):
+def cpu_busy():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def deliver(cl, hosts, confs, spool_env, n, strace_dir=None, stats=None):
     procs = []
+    c0 = cpu_busy()
     t0 = time.monotonic()
     for i in hosts:
         argv = [MAILSPOOL, "daemon", "--foreground", "--node", f"h{i}"]
@@ -132,6 +141,9 @@ def deliver(cl, hosts, confs, spool_env, n, strace_dir=None):
             raise RuntimeError("not delivered within an hour")
         time.sleep(0.1)
     dt = time.monotonic() - t0
+    c1 = cpu_busy()
+    if stats is not None:
+        stats["cpu"] = (c1[0] - c0[0]) / max(1, c1[1] - c0[1])
     for p in procs:
         # (under strace, the daemon is strace's child: it is the one told)
         target = p.pid
@@ -163,10 +175,11 @@ def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
     if strace:
         sd = os.path.join(root, "strace")
         os.makedirs(sd)
-    dt = deliver(cl, hosts, confs, env_dir, len(files), sd)
+    st = {}
+    dt = deliver(cl, hosts, confs, env_dir, len(files), sd, st)
     del_fops = brick_fops(cl) if profile else None
     res = {"label": label, "secs": dt, "rate": len(files) / dt, "queue_secs": qs,
-           "sub_fops": sub_fops, "del_fops": del_fops}
+           "sub_fops": sub_fops, "del_fops": del_fops, "cpu": st.get("cpu", 0)}
     if strace:
         res["del_calls"] = sum(strace_fs_calls(os.path.join(sd, x)) for x in os.listdir(sd))
         res["sub_calls"] = strace_fs_calls(sub_strace)
@@ -176,6 +189,9 @@ def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=3000)
+    ap.add_argument("--local-messages", type=int, default=20000,
+                    help="messages for the local-directory runs (they are fast)")
+    ap.add_argument("--only", help="shared-1, shared-3, local-1 or local-3 (no RESULTS.md)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -194,26 +210,35 @@ def main():
                 sink = cl.popen(SRV, ["smtp-sink", "-u", "postfix", f":{PORT}", "1024"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
-                files = make_files(os.path.join(tmp, "msgs"), n)
+                files = make_files(os.path.join(tmp, "msgs"), max(n, a.local_messages))
                 small = files[:min(n, 300)]
                 cl.gluster("volume", "profile", "msv", "start")
-                # Operations per message: a smaller run under strace.
-                ops = one_case(cl, tmp, "ops", True, [1], small, profile=True, strace=True)
-                print(f"fs operations per message: submission {ops['sub_calls'] / 1000:.1f} "
-                      f"calls (first 1000-file batch), brick FOPs "
-                      f"{ops['sub_fops'] / len(small):.1f}; delivery {ops['del_calls'] / len(small):.1f}"
-                      f" calls, brick FOPs {ops['del_fops'] / len(small):.1f}", flush=True)
+                if not a.only:
+                    # Operations per message: a smaller run under strace.
+                    ops = one_case(cl, tmp, "ops", True, [1], small, profile=True, strace=True)
+                    print(f"fs operations per message: submission "
+                          f"{ops['sub_calls'] / len(small):.1f} calls, brick FOPs "
+                          f"{ops['sub_fops'] / len(small):.1f}; delivery "
+                          f"{ops['del_calls'] / len(small):.1f} calls, brick FOPs "
+                          f"{ops['del_fops'] / len(small):.1f}", flush=True)
                 for label, shared, hs in (("shared-1", True, [1]), ("shared-3", True, [1, 2, 3]),
                                           ("local-1", False, [1]), ("local-3", False, [1, 2, 3])):
-                    r = one_case(cl, tmp, label, shared, hs, files, profile=shared)
+                    if a.only and label != a.only:
+                        continue
+                    batch = files[:n] if shared else files[:a.local_messages]
+                    r = one_case(cl, tmp, label, shared, hs, batch, profile=shared)
+                    r["n"] = len(batch)
                     rows.append(r)
-                    extra = (f", brick FOPs/msg: queueing {r['sub_fops'] / n:.1f}, delivery "
-                             f"{r['del_fops'] / n:.1f}" if shared else "")
-                    print(f"{label}: {r['rate']:.1f} msg/s ({r['secs']:.1f} s; queueing took "
-                          f"{r['queue_secs']:.1f} s){extra}", flush=True)
+                    extra = (f", brick FOPs/msg: queueing {r['sub_fops'] / len(batch):.1f}, "
+                             f"delivery {r['del_fops'] / len(batch):.1f}" if shared else "")
+                    print(f"{label}: {r['rate']:.1f} msg/s ({len(batch)} in {r['secs']:.1f} s; "
+                          f"queueing took {r['queue_secs']:.1f} s; machine CPU "
+                          f"{100 * r['cpu']:.0f}% of 2 cores){extra}", flush=True)
                 sink.terminate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if a.only:
+        return 0
     by = {r["label"]: r for r in rows}
     date = datetime.date.today().isoformat()
     lines = [MARK, "",
@@ -222,11 +247,15 @@ def main():
              "cache off, three FUSE mounts from three network namespaces (tests/cluster); "
              "smtp-sink as the receiver; the clock runs from the daemons' start to an empty "
              "env/.", "",
-             "| spool | 1 daemon msg/s | 3 daemons msg/s | 3 vs 1 |", "|---|---:|---:|---:|",
-             f"| shared GlusterFS volume | {by['shared-1']['rate']:.1f} | "
-             f"{by['shared-3']['rate']:.1f} | {by['shared-3']['rate'] / by['shared-1']['rate']:.2f}x |",
-             f"| local directory (/tmp) | {by['local-1']['rate']:.1f} | "
-             f"{by['local-3']['rate']:.1f} | {by['local-3']['rate'] / by['local-1']['rate']:.2f}x |",
+             "| spool | 1 daemon msg/s | 3 daemons msg/s | 3 vs 1 | machine CPU busy (1 / 3) |",
+             "|---|---:|---:|---:|---|",
+             f"| shared GlusterFS volume ({n} messages) | {by['shared-1']['rate']:.1f} | "
+             f"{by['shared-3']['rate']:.1f} | {by['shared-3']['rate'] / by['shared-1']['rate']:.2f}x "
+             f"| {100 * by['shared-1']['cpu']:.0f}% / {100 * by['shared-3']['cpu']:.0f}% |",
+             f"| local directory, /tmp ({a.local_messages} messages) | "
+             f"{by['local-1']['rate']:.1f} | "
+             f"{by['local-3']['rate']:.1f} | {by['local-3']['rate'] / by['local-1']['rate']:.2f}x "
+             f"| {100 * by['local-1']['cpu']:.0f}% / {100 * by['local-3']['cpu']:.0f}% |",
              f"| shared vs local, 1 daemon | | | {by['local-1']['rate'] / by['shared-1']['rate']:.1f}x"
              " slower shared |", "",
              "File-system operations per message on the shared volume "

@@ -63,6 +63,11 @@
 #define LINE_MAX_ MS_AGENT_LINE_MAX
 #define LIST_MIN_MS 1000
 #define TAKE_BATCH 1000 /* envelopes read per walk of the index */
+/* ... and for at most this long: on a network file system an envelope
+ * read costs milliseconds, and while the loop reads, no result is
+ * committed and no agent gets its tokens back (1000 reads took 17 s on
+ * GlusterFS: deliveries came in bursts, 96 every 17 s). */
+#define TAKE_BUDGET_MS 100
 #define SITE_TTL_S 3600 /* a domain's MX rollup is remembered this long */
 #define AGENTS_MAX 64
 
@@ -1517,6 +1522,7 @@ static void schedule(sched_state *d)
 		int64_t earliest = INT64_MAX;
 		int full = 1;
 		size_t taken = 0;
+		int64_t t0 = ms_now_ms();
 		for (size_t i = 0; i < d->nidx; i++) {
 			entry *e = &d->idx[i];
 			if (!e->busy && e->due <= now && e->x && e->due != INT64_MIN) {
@@ -1528,7 +1534,8 @@ static void schedule(sched_state *d)
 					e->due = now + 2;
 			}
 			if (!e->busy && e->due <= now) {
-				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH) {
+				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH ||
+				    (taken && ms_now_ms() - t0 >= TAKE_BUDGET_MS)) {
 					full = 0;
 					earliest = now;
 					break;
