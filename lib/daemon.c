@@ -1737,6 +1737,13 @@ static void look_at_peers(sched_state *d)
 		return;
 	logf_(d, "nodes alive on this spool: %zu (were %zu); destinations shared again",
 	      ms_peers_live(d->peers), before);
+	if (ms_peers_live(d->peers) < before) {
+		/* A node went: what its daemon left in claim/ (claims on messages
+		 * it had finished, claims of a dead process) goes now. */
+		size_t n = ms_spool_sweep_claims(d->sp);
+		if (n)
+			logf_(d, "%zu claim(s) of departed nodes removed", n);
+	}
 	for (size_t i = 0; i < d->nidx; i++)
 		if (!d->idx[i].busy && d->idx[i].due != INT64_MAX)
 			d->idx[i].due = INT64_MIN;

@@ -1463,6 +1463,35 @@ static void sweep_env(ms_spool *sp, const char *id, void *ctx)
 	ms_env_free(&e);
 }
 
+/* claim/: claims of dead holders and claims on messages that are gone -
+ * never a claim for its age: clocks differ between hosts, and a live
+ * holder's unrenewed claims are broken when they are wanted. */
+size_t ms_spool_sweep_claims(ms_spool *sp)
+{
+	size_t n = 0;
+	DIR *d = open_dir(sp->dfd_claim);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		struct stat cs;
+		if (de->d_name[0] == '.' ||
+		    fstatat(sp->dfd_claim, de->d_name, &cs, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		char base[MS_ENV_ID_MAX + 16];
+		snprintf(base, sizeof base, "%.*s", (int)sizeof base - 1, de->d_name);
+		char *dot = strchr(base, '.');
+		if (dot)
+			*dot = '\0';
+		if ((!exists(sp->dfd_env, base) || owner_dead(sp, sp->dfd_claim, de->d_name)) &&
+		    unlinkat(sp->dfd_claim, de->d_name, 0) == 0) {
+			forget_seen(sp, de->d_name);
+			n++;
+		}
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
 ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 {
 	return ms_spool_sweep_until(sp, r, NULL, err);
@@ -1491,26 +1520,7 @@ ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile 
 	ms_status st = each_entry(sp, sp->dfd_data, "data", sweep_data, r, stop, err);
 	if (st != MS_OK)
 		return st;
-	/* claim/: expired leases and claims on messages that are gone. */
-	if ((d = open_dir(sp->dfd_claim))) {
-		while ((de = readdir(d))) {
-			struct stat cs;
-			if (de->d_name[0] == '.' ||
-			    fstatat(sp->dfd_claim, de->d_name, &cs, AT_SYMLINK_NOFOLLOW) < 0)
-				continue;
-			char base[MS_ENV_ID_MAX + 16];
-			snprintf(base, sizeof base, "%.*s", (int)sizeof base - 1, de->d_name);
-			char *dot = strchr(base, '.');
-			if (dot)
-				*dot = '\0';
-			/* (Not by its age: clocks differ between hosts; a live
-			 * holder's stale claims are broken when they are wanted.) */
-			if ((!exists(sp->dfd_env, base) || owner_dead(sp, sp->dfd_claim, de->d_name)) &&
-			    unlinkat(sp->dfd_claim, de->d_name, 0) == 0)
-				r->claims_expired++;
-		}
-		closedir(d);
-	}
+	r->claims_expired = ms_spool_sweep_claims(sp);
 	return each_entry(sp, sp->dfd_env, "env", sweep_env, r, stop, err);
 }
 

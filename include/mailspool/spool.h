@@ -214,6 +214,12 @@ ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err);
 ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
                                ms_error *err);
 
+/* Only the claims: those of holders known dead (ms_spool_node_dead, or our
+ * own node's other processes) and those on messages that are gone - what
+ * a daemon that died left (a daemon calls it when it sees a node die).
+ * The number removed. */
+size_t ms_spool_sweep_claims(ms_spool *sp);
+
 /* Append a usage line; purpose is a word ("spooled", "sent"). */
 ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
                          ms_error *err);

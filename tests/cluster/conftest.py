@@ -51,6 +51,11 @@ class Hosts:
         self.conf = {}
         self.log = {}
         self.procs = {}
+        # The spool is made once, from host 1, as an administrator would
+        # (mailspool setup): three GlusterFS clients making the same new
+        # directory at the same instant can leave it in split-brain (EIO).
+        for sub in ("", "tmp", "data", "env", "claim", "corrupt", "wake"):
+            os.makedirs(os.path.join(cl.mounts[1], name, sub), mode=0o700, exist_ok=True)
         for i in (1, 2, 3):
             self.spool[i] = os.path.join(cl.mounts[i], name)
             self.conf[i] = os.path.join(self.local, f"h{i}.conf")
@@ -127,6 +132,18 @@ class Hosts:
             return sorted(os.listdir(os.path.join(self.spool[1], sub)))
         except FileNotFoundError:
             return []
+
+    def claims_of(self, node):
+        """Claims whose token names `node` ("NODE PID TIME")."""
+        n = 0
+        d = os.path.join(self.spool[1], "claim")
+        for name in self.listdir("claim"):
+            try:
+                with open(os.path.join(d, name)) as f:
+                    n += f.read(64).split(" ")[0] == node
+            except OSError:
+                pass
+        return n
 
     def sent_counts(self):
         """How often each queue id was logged as sent, all hosts."""
