@@ -1244,7 +1244,8 @@ static void take(sched_state *d, entry *e, int64_t now)
 	ms_error err;
 	if (!s)
 		return;
-	ms_status st = ms_spool_read(d->sp, e->id, &s->env, &err);
+	int64_t seen;
+	ms_status st = ms_spool_read_mtime(d->sp, e->id, &s->env, &seen, &err);
 	if (st != MS_OK) {
 		if (st == MS_ERR_DATA)
 			logf_(d, "%s", err.msg);
@@ -1252,7 +1253,6 @@ static void take(sched_state *d, entry *e, int64_t now)
 		free(s);
 		return;
 	}
-	int64_t seen = ms_spool_env_mtime(d->sp, e->id);
 	e->mtime = seen;
 	ms_sched_plan plan;
 	if (ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {

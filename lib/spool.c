@@ -164,7 +164,18 @@ static const char *file_problem(const ms_spool *sp, const struct stat *st)
 /* Open a spool file for reading: no symlink followed, no FIFO waited on,
  * and checked by fstat before a byte is read.  -1 with errno; -2 when the
  * file is there but not one of ours (*why says how). */
+static int open_checked_st(const ms_spool *sp, int dfd, const char *name, const char **why,
+                           struct stat *out);
+
 static int open_checked(const ms_spool *sp, int dfd, const char *name, const char **why)
+{
+	struct stat st;
+	return open_checked_st(sp, dfd, name, why, &st);
+}
+
+/* The same, with what fstat said (the file's mtime, for one). */
+static int open_checked_st(const ms_spool *sp, int dfd, const char *name, const char **why,
+                           struct stat *out)
 {
 	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
@@ -185,15 +196,16 @@ static int open_checked(const ms_spool *sp, int dfd, const char *name, const cha
 		close(fd);
 		return -2;
 	}
+	*out = st;
 	return fd;
 }
 
 static ms_status read_file(const ms_spool *sp, int dfd, const char *name, size_t cap, ms_buf *out,
-                           ms_error *err)
+                           struct stat *st, ms_error *err)
 {
 	ms_buf_init(out, cap);
 	const char *why = NULL;
-	int fd = open_checked(sp, dfd, name, &why);
+	int fd = open_checked_st(sp, dfd, name, &why, st);
 	if (fd == -2)
 		return ms_error_set(err, MS_ERR_DATA, "%s %s", name, why);
 	if (fd < 0)
@@ -728,11 +740,22 @@ static int to_corrupt(ms_spool *sp, const char *id)
 
 ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *err)
 {
+	int64_t mtime;
+	return ms_spool_read_mtime(sp, id, e, &mtime, err);
+}
+
+ms_status ms_spool_read_mtime(ms_spool *sp, const char *id, ms_envelope *e, int64_t *mtime,
+                              ms_error *err)
+{
 	ms_env_init(e);
+	*mtime = -1;
 	if (!ms_env_id_ok(id))
 		return ms_error_set(err, MS_ERR_USAGE, "\"%.64s\" is not a queue id", id);
 	ms_buf b;
-	ms_status st = read_file(sp, sp->dfd_env, id, MS_ENV_FILE_MAX, &b, err);
+	struct stat est;
+	ms_status st = read_file(sp, sp->dfd_env, id, MS_ENV_FILE_MAX, &b, &est, err);
+	if (st == MS_OK)
+		*mtime = (int64_t)est.st_mtim.tv_sec * 1000000000 + est.st_mtim.tv_nsec;
 	if (st == MS_OK) {
 		ms_error perr;
 		st = ms_env_parse(ms_buf_ptr(&b), ms_buf_avail(&b), e, &perr);
