@@ -73,6 +73,10 @@ struct ms_spool {
  * file system's link limit (ext4 65,000, some 32,000). */
 #define MS_CLAIM_TOKEN_LINKS 4096
 
+/* What a node name may hold, as it is read back from claims and lock
+ * file names. */
+#define NODE_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+
 struct ms_spool_tx {
 	ms_spool *sp;
 	char id[MS_ENV_ID_MAX + 1];
@@ -1260,7 +1264,7 @@ static int claim_owner(int dfd, const char *name, char node[65], long *pid)
 	if (r <= 0)
 		return -1;
 	buf[r] = '\0';
-	size_t n = strspn(buf, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+	size_t n = strspn(buf, NODE_CHARS);
 	if (n == 0 || n > 64 || buf[n] != ' ')
 		return -1;
 	memcpy(node, buf, n);
@@ -1869,7 +1873,7 @@ ms_status ms_spool_each_node(ms_spool *sp, void (*fn)(void *ctx, const char *nod
 		size_t n = strlen(node);
 		struct stat st;
 		if (strncmp(de->d_name, "lock.", 5) || n == 0 || n > 64 ||
-		    strspn(node, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != n ||
+		    strspn(node, NODE_CHARS) != n ||
 		    fstatat(sp->dfd_root, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    file_problem(sp, &st))
 			continue;

@@ -91,6 +91,12 @@ class Hosts:
         self.procs[i] = p
         return p
 
+    def start_all(self, skew_host=None, skew=None):
+        """A daemon on each host, each started and seeing all three."""
+        for i in (1, 2, 3):
+            self.start(i, skew=skew if i == skew_host else None)
+        assert all(self.started(i) for i in (1, 2, 3)), self.logtext()[-2000:]
+
     def started(self, i, timeout=30):
         return wait_for(lambda: "daemon started" in self.logtext(i), timeout)
 

@@ -22,9 +22,7 @@ def test_10000_messages_by_three_daemons_exactly_once(cluster, receiver, tmp_pat
     files = make_messages(tmp_path, 10000)
     try:
         # Submitted from all three hosts while the daemons run.
-        for i in (1, 2, 3):
-            h.start(i)
-        assert all(h.started(i) for i in (1, 2, 3)), h.logtext()[-2000:]
+        h.start_all()
         for i in (1, 2, 3):
             h.send_files(i, files[i - 1::3])
         assert wait_for(lambda: len(receiver.seqs()) >= 10000 and h.listdir("env") == [],
@@ -49,9 +47,7 @@ def test_kill_9_of_one_daemon_loses_nothing(cluster, tmp_path):
         h = Hosts(cluster, "spool-kill", tmp_path, extra="claim_lease = 10s\nclock_skew = 2s\n")
         files = make_messages(tmp_path, 900)
         try:
-            for i in (1, 2, 3):
-                h.start(i)
-            assert all(h.started(i) for i in (1, 2, 3))
+            h.start_all()
             h.send_files(1, files)
             victim = h.procs[2]
             assert wait_for(lambda: sum(1 for x in rcv.lines()
@@ -85,9 +81,7 @@ def test_a_daemon_paused_past_its_lease_settles_nothing_it_lost(cluster, tmp_pat
         h = Hosts(cluster, "spool-stop", tmp_path, extra="claim_lease = 4s\nclock_skew = 1s\n")
         files = make_messages(tmp_path, 900)
         try:
-            for i in (1, 2, 3):
-                h.start(i)
-            assert all(h.started(i) for i in (1, 2, 3))
+            h.start_all()
             h.send_files(3, files)
             sleeper = h.procs[1]
             # Paused while it holds claims (it is delivering).
@@ -117,9 +111,7 @@ def test_a_host_whose_clock_runs_50s_ahead_delays_nothing(cluster, receiver, tmp
     h = Hosts(cluster, "spool-skew", tmp_path)
     try:
         cluster.remount(2, skew="+50s")  # its file times are its clock's
-        for i in (1, 2, 3):
-            h.start(i, skew="+50s" if i == 2 else None)
-        assert all(h.started(i) for i in (1, 2, 3))
+        h.start_all(skew_host=2, skew="+50s")
         lat = {}
         for i in (1, 2, 3):
             files = make_messages(tmp_path, 5, first=100 * i)
@@ -147,9 +139,7 @@ def test_a_fresh_message_is_delivered_within_2s_whichever_host_submits(cluster, 
                                                                         tmp_path):
     h = Hosts(cluster, "spool-wake", tmp_path)
     try:
-        for i in (1, 2, 3):
-            h.start(i)
-        assert all(h.started(i) for i in (1, 2, 3))
+        h.start_all()
         time.sleep(2)  # every daemon idle, its first listing done
         lat = {}
         for rnd in range(3):
@@ -173,9 +163,7 @@ def test_a_dead_destination_is_probed_once_not_once_per_host(cluster, tmp_path):
     with Receiver(cluster, PORT, down=True) as down:
         h = Hosts(cluster, "spool-dead", tmp_path)
         try:
-            for i in (1, 2, 3):
-                h.start(i)
-            assert all(h.started(i) for i in (1, 2, 3))
+            h.start_all()
             for i in (1, 2, 3):
                 h.send_files(i, make_messages(tmp_path, 10, first=100 * i, domain="dead.test"))
             assert wait_for(lambda: "no server answered" in h.logtext(), 60, 0.2), \
@@ -195,9 +183,7 @@ def test_destination_concurrency_holds_across_hosts(cluster, tmp_path):
         h = Hosts(cluster, "spool-conc", tmp_path,
                   extra="destination_concurrency = 2\nconnection_messages = 10\n")
         try:
-            for i in (1, 2, 3):
-                h.start(i)
-            assert all(h.started(i) for i in (1, 2, 3))
+            h.start_all()
             for i in (1, 2, 3):
                 h.send_files(i, make_messages(tmp_path, 60, first=100 * i, domain="d0.test"))
             assert wait_for(lambda: len(rcv.seqs()) >= 180, 180, 0.2), h.logtext()[-2000:]
