@@ -490,8 +490,11 @@ def seqs(sinks):
 
 def test_three_daemons_deliver_10000_messages_for_100_domains_exactly_once(tmp_path, port):
     ndom = 100
-    mx = [(f"d{i}.test", f"mx{i % 2}.d.test", 10) for i in range(ndom)]
-    with Dnsmasq(mx=mx, hosts={"mx0.d.test": "127.0.0.2", "mx1.d.test": "127.0.0.3"}) as dns, \
+    # Thirty MX hosts (on two addresses): thirty destinations, which the
+    # daemons share out between them (one live node delivers to each).
+    mx = [(f"d{i}.test", f"mx{i % 30}.d.test", 10) for i in range(ndom)]
+    mxhosts = {f"mx{k}.d.test": "127.0.0.2" if k % 2 == 0 else "127.0.0.3" for k in range(30)}
+    with Dnsmasq(mx=mx, hosts=mxhosts) as dns, \
             SmtpSink(host="127.0.0.2", port=port) as s1, SmtpSink(host="127.0.0.3", port=port) as s2:
         # Three daemons share one spool: each holds at most 4,000 claims
         # (the default window, 20,000, lets the first take everything).
