@@ -119,6 +119,10 @@ typedef struct dest {
 	int probe_out;   /* that message is out */
 	int64_t probe_at; /* since then (a probe lost on the way is given up after a while) */
 	int64_t resolved_until; /* its site (or that it has none) is known until then */
+	/* With other live nodes: messages read while its site was asked, whose
+	 * owner (the site's) is known with the answer; read again then. */
+	char (*site_wait)[MS_ENV_ID_MAX + 1];
+	size_t nsite_wait, capsite_wait;
 	/* Shaping: configured limits, and the current ones after throttling. */
 	size_t conc_max, conc_cur, conn_msgs;
 	double rate_max, rate_cur; /* messages per minute; 0: none */
@@ -346,19 +350,22 @@ static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes,
 static ms_status relist(sched_state *d, ms_error *err)
 {
 	char **ids;
+	int64_t *mt;
 	size_t n;
-	ms_status st = ms_spool_list(d->sp, &ids, &n, err);
+	ms_status st = ms_spool_list_mtimes(d->sp, &ids, &mt, &n, err);
 	if (st != MS_OK)
 		return st;
-	st = relist_merge(d, ids, NULL, n, 0, err);
+	st = relist_merge(d, ids, mt, n, 0, err);
 	ms_spool_ids_free(ids, n);
+	free(mt);
 	return st;
 }
 
 /* ---- the start-up lister ---- */
 
 /* The first listing of env/ (a name and a stat per message) and the
- * start-up sweep (every envelope read) run in a thread with a spool handle
+ * start-up sweep (tmp/, orphaned data, claims; no envelope is read: each
+ * is read when it is due) run in a thread with a spool handle
  * of its own: with a million queued they take minutes, and meanwhile the
  * loop goes on taking fresh ids from the wake FIFO, so new mail does not
  * wait for them.  The thread only reads, and the sweep's repairs are the
@@ -408,12 +415,8 @@ static void *lister_run(void *arg)
 	if (st == MS_OK) {
 		ms_spool_set_report(sp, lister_note, l);
 		envm = ms_spool_env_mtime(sp, ".");
-		st = ms_spool_list(sp, &ids, &n, &err);
+		st = ms_spool_list_mtimes(sp, &ids, &mt, &n, &err);
 	}
-	if (st == MS_OK && !(mt = calloc(n ? n : 1, sizeof *mt)))
-		st = ms_error_set(&err, MS_ERR_NOMEM, "out of memory");
-	for (size_t i = 0; st == MS_OK && i < n && !l->stop; i++)
-		mt[i] = ms_spool_env_mtime(sp, ids[i]);
 	pthread_mutex_lock(&l->mu);
 	l->list_st = l->stop && st == MS_OK ? MS_ERR_TEMP : st;
 	l->list_err = err;
@@ -425,7 +428,7 @@ static void *lister_run(void *arg)
 	pthread_mutex_unlock(&l->mu);
 	ms_sweep_report sw;
 	memset(&sw, 0, sizeof sw);
-	ms_status ss = sp && !l->stop ? ms_spool_sweep_until(sp, &sw, &l->stop, &err) : MS_OK;
+	ms_status ss = sp && !l->stop ? ms_spool_sweep_files(sp, &sw, &l->stop, &err) : MS_OK;
 	ms_spool_close(sp);
 	pthread_mutex_lock(&l->mu);
 	l->sweep_st = ss;
@@ -450,10 +453,11 @@ static void lister_free(lister *l)
 
 static void log_sweep(sched_state *d, const ms_sweep_report *sw)
 {
-	if (sw->tmp_removed + sw->orphans_removed + sw->claims_expired + sw->corrupt)
+	/* (Damaged envelopes are found when they are read, and logged then.) */
+	if (sw->tmp_removed + sw->orphans_removed + sw->claims_expired)
 		logf_(d, "start-up repair: %zu temporary files, %zu orphaned data files, %zu expired "
-		         "claims removed; %zu damaged envelopes moved to corrupt/",
-		      sw->tmp_removed, sw->orphans_removed, sw->claims_expired, sw->corrupt);
+		         "claims removed",
+		      sw->tmp_removed, sw->orphans_removed, sw->claims_expired);
 }
 
 /* Start the lister; 0, or -1 when no thread could be made (then the
@@ -978,6 +982,30 @@ static unit *unit_find(sched_state *d, uint64_t id)
 	return ms_hmap_get(&d->units, k);
 }
 
+/* e waits for x's site (see dest.site_wait); -1 without memory. */
+static int wait_for_site(dest *x, const char *id)
+{
+	if (grow(&x->site_wait, &x->capsite_wait, x->nsite_wait, sizeof *x->site_wait, 16) < 0)
+		return -1;
+	snprintf(x->site_wait[x->nsite_wait++], sizeof *x->site_wait, "%s", id);
+	return 0;
+}
+
+/* x's site is known: what waited for it is read again at once. */
+static void site_known(sched_state *d, dest *x)
+{
+	for (size_t i = 0; i < x->nsite_wait; i++) {
+		entry *e = find_entry(d, x->site_wait[i]);
+		if (e && !e->busy && e->due != INT64_MAX) {
+			e->due = INT64_MIN;
+			d->dirty = 1;
+		}
+	}
+	free(x->site_wait);
+	x->site_wait = NULL;
+	x->nsite_wait = x->capsite_wait = 0;
+}
+
 /* A unit is over: whatever it did not report is deferred with `why`. */
 static void unit_end(sched_state *d, unit *u, const char *why)
 {
@@ -987,6 +1015,7 @@ static void unit_end(sched_state *d, unit *u, const char *why)
 		dest *x = u->x;
 		x->resolving = 0;
 		x->resolved_until = now_s() + SITE_TTL_S;
+		site_known(d, x);
 		site_ent *se = ms_hmap_get(&d->sites, x->key);
 		dest *to = se ? dest_get(d, se->site, x->key) : NULL;
 		if (to && to != x) {
@@ -1271,6 +1300,13 @@ static void take(sched_state *d, entry *e, int64_t now)
 		if (d->peers_looks < 2) {
 			if (now + 1 < later)
 				later = now + 1; /* who delivers what is known in a second */
+		} else if (x && x->resolving && ms_peers_live(d->peers) > 1) {
+			/* Its site is being asked: the site's owner delivers it, and
+			 * who that is, is known with the answer (the domain's owner
+			 * taking it meanwhile would be a second node at that site). */
+			int64_t retry = now + (wait_for_site(x, e->id) == 0 ? 5 : 1);
+			if (retry < later)
+				later = retry;
 		} else if (x && !ms_peers_owns(d->peers, x->key)) {
 			/* Another live node delivers there (cluster.h): looked at
 			 * again at the next scan, or at once when the nodes change. */
@@ -1851,6 +1887,7 @@ static void free_all(sched_state *d)
 	for (size_t i = 0; (i = ms_hmap_next(&d->dests, i, &k, &v)) != 0;) {
 		dest *x = v;
 		free(x->wait);
+		free(x->site_wait);
 		free(x->key);
 		free(x);
 	}
@@ -1916,7 +1953,7 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 	if (lister_start(d) < 0) {
 		/* No thread: the sweep in line, and the first round lists. */
 		ms_sweep_report sw;
-		if (ms_spool_sweep(d->sp, &sw, err) != MS_OK) {
+		if (ms_spool_sweep_files(d->sp, &sw, NULL, err) != MS_OK) {
 			if (d->wake_fd >= 0)
 				ms_spool_wake_unlisten(d->sp, o->node, d->wake_fd);
 			ms_spool_close(d->sp);

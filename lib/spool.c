@@ -592,6 +592,34 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+typedef struct named_mtime {
+	char *id;
+	int64_t mtime;
+} named_mtime;
+
+static int cmp_named(const void *a, const void *b)
+{
+	return strcmp(((const named_mtime *)a)->id, ((const named_mtime *)b)->id);
+}
+
+/* Sort ids and keep each mtime beside its id; -1 without memory. */
+static int sort_with_mtimes(char **ids, int64_t *mt, size_t n)
+{
+	named_mtime *v = n > 1 ? malloc(n * sizeof *v) : NULL;
+	if (n > 1 && !v)
+		return -1;
+	for (size_t i = 0; n > 1 && i < n; i++)
+		v[i] = (named_mtime){ ids[i], mt[i] };
+	if (v)
+		qsort(v, n, sizeof *v, cmp_named);
+	for (size_t i = 0; v && i < n; i++) {
+		ids[i] = v[i].id;
+		mt[i] = v[i].mtime;
+	}
+	free(v);
+	return 0;
+}
+
 void ms_spool_ids_free(char **ids, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -633,25 +661,41 @@ static void set_aside(ms_spool *sp, int dfd, const char *dirname, const char *na
 }
 
 /* Is this listed name a file of ours?  NULL if so, else the problem. */
-static const char *entry_problem(const ms_spool *sp, int dfd, const struct dirent *de)
+static int64_t mtime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/* What is wrong with a directory entry, or NULL; *mtime (when asked for)
+ * is its mtime from the same stat, -1 when it went meanwhile. */
+static const char *entry_problem(const ms_spool *sp, int dfd, const struct dirent *de,
+                                 int64_t *mtime)
 {
 	if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
 		return de->d_type == DT_LNK ? "is a symbolic link"
 		       : de->d_type == DT_DIR ? "is a directory"
 		                              : "is not a regular file";
 	struct stat st;
-	if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (mtime)
+			*mtime = -1;
 		return NULL; /* gone meanwhile */
+	}
+	if (mtime)
+		*mtime = mtime_ns(&st);
 	return file_problem(sp, &st);
 }
 
 /* Names in a spool directory that are queue ids; with `dirname`, entries
  * that are not files of ours are moved aside instead. */
-static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***ids, size_t *n,
-                          ms_error *err)
+static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***ids,
+                          int64_t **mtimes, size_t *n, ms_error *err)
 {
 	*ids = NULL;
 	*n = 0;
+	if (mtimes)
+		*mtimes = NULL;
+	int64_t *mt = NULL;
 	DIR *d = open_dir(dfd);
 	if (!d)
 		return ms_error_set(err, MS_ERR_IO, "cannot read spool: %s", strerror(errno));
@@ -661,7 +705,8 @@ static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***id
 	while ((de = readdir(d))) {
 		if (!ms_env_id_ok(de->d_name))
 			continue;
-		const char *why = dirname ? entry_problem(sp, dfd, de) : NULL;
+		int64_t m = -1;
+		const char *why = dirname ? entry_problem(sp, dfd, de, &m) : NULL;
 		if (why) {
 			set_aside(sp, dfd, dirname, de->d_name, why);
 			continue;
@@ -669,13 +714,19 @@ static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***id
 		if (*n == cap) {
 			size_t ncap = cap ? cap * 2 : 256;
 			char **p = realloc(*ids, ncap * sizeof *p);
-			if (!p) {
+			int64_t *q = mtimes ? realloc(mt, ncap * sizeof *q) : NULL;
+			if (p)
+				*ids = p;
+			if (q)
+				mt = q;
+			if (!p || (mtimes && !q)) {
 				st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 				break;
 			}
-			*ids = p;
 			cap = ncap;
 		}
+		if (mtimes)
+			mt[*n] = m;
 		if (!((*ids)[*n] = strdup(de->d_name))) {
 			st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 			break;
@@ -683,13 +734,19 @@ static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***id
 		(*n)++;
 	}
 	closedir(d);
+	/* Names come in directory order: sorted (with their mtimes). */
+	if (st == MS_OK && mtimes && sort_with_mtimes(*ids, mt, *n) < 0)
+		st = ms_error_set(err, MS_ERR_NOMEM, "out of memory");
 	if (st != MS_OK) {
 		ms_spool_ids_free(*ids, *n);
+		free(mt);
 		*ids = NULL;
 		*n = 0;
 		return st;
 	}
-	if (*n)
+	if (mtimes)
+		*mtimes = mt;
+	else if (*n)
 		qsort(*ids, *n, sizeof **ids, cmp_str);
 	return MS_OK;
 }
@@ -710,7 +767,7 @@ static ms_status each_entry(ms_spool *sp, int dfd, const char *dirname,
 	while (!(stop && *stop) && (de = readdir(d))) {
 		if (!ms_env_id_ok(de->d_name))
 			continue;
-		const char *why = entry_problem(sp, dfd, de);
+		const char *why = entry_problem(sp, dfd, de, NULL);
 		if (why) {
 			set_aside(sp, dfd, dirname, de->d_name, why);
 			continue;
@@ -723,7 +780,13 @@ static ms_status each_entry(ms_spool *sp, int dfd, const char *dirname,
 
 ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err)
 {
-	return list_dir(sp, sp->dfd_env, "env", ids, n, err);
+	return list_dir(sp, sp->dfd_env, "env", ids, NULL, n, err);
+}
+
+ms_status ms_spool_list_mtimes(ms_spool *sp, char ***ids, int64_t **mtimes, size_t *n,
+                               ms_error *err)
+{
+	return list_dir(sp, sp->dfd_env, "env", ids, mtimes, n, err);
 }
 
 /* Move a damaged message aside: envelope and data go to corrupt/.  0
@@ -759,7 +822,7 @@ ms_status ms_spool_read_mtime(ms_spool *sp, const char *id, ms_envelope *e, int6
 	struct stat est;
 	ms_status st = read_file(sp, sp->dfd_env, id, MS_ENV_FILE_MAX, &b, &est, err);
 	if (st == MS_OK)
-		*mtime = (int64_t)est.st_mtim.tv_sec * 1000000000 + est.st_mtim.tv_nsec;
+		*mtime = mtime_ns(&est);
 	if (st == MS_OK) {
 		ms_error perr;
 		st = ms_env_parse(ms_buf_ptr(&b), ms_buf_avail(&b), e, &perr);
@@ -1466,14 +1529,40 @@ static int exists(int dfd, const char *name)
 
 /* data/ without env/: a commit that crashed between its two renames
  * (never reported as a success).  Young ones may be a commit in progress
- * right now. */
-static void sweep_data(ms_spool *sp, const char *id, void *ctx)
+ * right now.  The envelopes' names are listed first, without a stat: only
+ * a data file missing from that listing costs a look (over a network file
+ * system a look is a round trip, and a queue of a million had two each). */
+static ms_status sweep_data(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                            ms_error *err)
 {
-	ms_sweep_report *r = ctx;
-	struct stat ds;
-	if (!exists(sp->dfd_env, id) && fstatat(sp->dfd_data, id, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    now_s() - (int64_t)ds.st_mtime > STALE_TMP_SECS && unlinkat(sp->dfd_data, id, 0) == 0)
-		r->orphans_removed++;
+	char **env = NULL;
+	size_t nenv = 0;
+	ms_status st = list_dir(sp, sp->dfd_env, NULL, &env, NULL, &nenv, err);
+	if (st != MS_OK)
+		return st;
+	DIR *d = open_dir(sp->dfd_data);
+	if (!d) {
+		ms_spool_ids_free(env, nenv);
+		return ms_error_set(err, MS_ERR_IO, "cannot read spool: %s", strerror(errno));
+	}
+	struct dirent *de;
+	int64_t now = now_s();
+	while (!(stop && *stop) && (de = readdir(d))) {
+		const char *name = de->d_name;
+		if (!ms_env_id_ok(name) || (nenv && bsearch(&name, env, nenv, sizeof *env, cmp_str)))
+			continue;
+		const char *why = entry_problem(sp, sp->dfd_data, de, NULL);
+		struct stat ds;
+		if (why)
+			set_aside(sp, sp->dfd_data, "data", name, why);
+		else if (!exists(sp->dfd_env, name) &&
+		         fstatat(sp->dfd_data, name, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
+		         now - (int64_t)ds.st_mtime > STALE_TMP_SECS && unlinkat(sp->dfd_data, name, 0) == 0)
+			r->orphans_removed++;
+	}
+	closedir(d);
+	ms_spool_ids_free(env, nenv);
+	return MS_OK;
 }
 
 /* env/: every envelope must parse and have its data. */
@@ -1519,13 +1608,22 @@ size_t ms_spool_sweep_claims(ms_spool *sp)
 	return n;
 }
 
+static ms_status sweep(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                       int read_envelopes, ms_error *err);
+
 ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
 {
-	return ms_spool_sweep_until(sp, r, NULL, err);
+	return sweep(sp, r, NULL, 1, err);
 }
 
-ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
                                ms_error *err)
+{
+	return sweep(sp, r, stop, 0, err);
+}
+
+static ms_status sweep(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                       int read_envelopes, ms_error *err)
 {
 	memset(r, 0, sizeof *r);
 	int64_t now = now_s();
@@ -1544,11 +1642,11 @@ ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile 
 			r->tmp_removed++;
 	}
 	closedir(d);
-	ms_status st = each_entry(sp, sp->dfd_data, "data", sweep_data, r, stop, err);
+	ms_status st = sweep_data(sp, r, stop, err);
 	if (st != MS_OK)
 		return st;
 	r->claims_expired = ms_spool_sweep_claims(sp);
-	return each_entry(sp, sp->dfd_env, "env", sweep_env, r, stop, err);
+	return read_envelopes ? each_entry(sp, sp->dfd_env, "env", sweep_env, r, stop, err) : MS_OK;
 }
 
 /* ---- usage log ---------------------------------------------------------- */
@@ -1669,7 +1767,7 @@ int64_t ms_spool_env_mtime(ms_spool *sp, const char *id)
 	struct stat st;
 	if (fstatat(sp->dfd_env, id, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -1;
-	return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	return mtime_ns(&st);
 }
 
 /* Wake FIFOs live in wake/, a directory only the owner can write: no one

@@ -106,6 +106,10 @@ ms_status ms_spool_space_ok(ms_spool *sp, uint64_t extra, ms_error *err);
 
 /* Every queued id, sorted (ids sort by arrival).  Free with ms_spool_ids_free. */
 ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err);
+/* The same, and each envelope's mtime as ms_spool_env_mtime gives it (-1:
+ * gone meanwhile), from the stat the listing makes anyway; free *mtimes. */
+ms_status ms_spool_list_mtimes(ms_spool *sp, char ***ids, int64_t **mtimes, size_t *n,
+                               ms_error *err);
 void ms_spool_ids_free(char **ids, size_t n);
 /* Read and check an envelope.  MS_ERR_DATA: it was damaged and has been
  * moved to corrupt/ (err says so); MS_ERR_USAGE: no such message. */
@@ -213,9 +217,13 @@ typedef struct ms_sweep_report {
 } ms_sweep_report;
 /* The start-up repair: what a crash left behind. */
 ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err);
-/* The same, given up (MS_OK, the report so far) as soon as *stop is set:
- * the daemon sweeps in the background and must be able to stop. */
-ms_status ms_spool_sweep_until(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+/* The daemon's: the same but the envelopes are not read (each is read
+ * when it is due, and a damaged one is moved aside then: reading them all
+ * at start-up too cost every daemon of a cluster a round trip per queued
+ * message and file); given up (MS_OK, the report so far) as soon as *stop
+ * is set, since the daemon sweeps in the background and must be able to
+ * stop. */
+ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
                                ms_error *err);
 
 /* Only the claims: those of holders known dead (ms_spool_node_dead, or our

@@ -40,6 +40,14 @@ def test_10000_messages_by_three_daemons_exactly_once(cluster, receiver, tmp_pat
     peers = collections.Counter(line.split()[3] for line in receiver.lines()
                                 if line.startswith("msg "))
     assert set(peers) == {host_addr(i) for i in (1, 2, 3)}, peers
+    # Each destination was served by one host, its owner: no domain's
+    # first messages went out from another node while its site (whose
+    # owner delivers it) was being asked.
+    hosts_of = collections.defaultdict(set)
+    for w in (x.split() for x in receiver.lines() if x.startswith("msg ")):
+        hosts_of[int(w[1]) % NDOM].add(w[3])
+    shared = {d: sorted(v) for d, v in hosts_of.items() if len(v) > 1}
+    assert not shared, shared
 
 
 def test_kill_9_of_one_daemon_loses_nothing(cluster, tmp_path):

@@ -209,6 +209,66 @@ static void test_sweep(void **state)
 	tmp_spool_remove(sp);
 }
 
+/* The daemon's sweep reads no envelope (a damaged one is found when it is
+ * read) and looks only at data files the listing of env/ lacks; the
+ * listing's mtimes are the envelopes'. */
+static void test_sweep_files_and_listing(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	char ids[3][MS_ENV_ID_MAX + 1], p[256], q[256];
+	for (int i = 0; i < 3; i++)
+		queue_one(sp, &c, "Subject: s\n\nbody\n", ids[i]);
+	snprintf(p, sizeof p, "%s/spool/env/%s", root, ids[1]);
+	int fd = open(p, O_WRONLY | O_TRUNC);
+	assert_int_equal(write(fd, "garbage\n", 8), 8);
+	close(fd);
+	struct timespec later[2] = { { time(NULL) + 3600, 0 }, { time(NULL) + 3600, 0 } };
+	snprintf(p, sizeof p, "%s/spool/env/%s", root, ids[2]);
+	assert_int_equal(utimensat(AT_FDCWD, p, later, 0), 0);
+	struct timespec old[2] = { { time(NULL) - 7200, 0 }, { time(NULL) - 7200, 0 } };
+	snprintf(p, sizeof p, "%s/spool/data/00000orphan", root);
+	close(open(p, O_WRONLY | O_CREAT, 0640));
+	utimensat(AT_FDCWD, p, old, 0);
+	snprintf(p, sizeof p, "%s/spool/data/00000planted", root);
+	snprintf(q, sizeof q, "%s/spool/usage", root);
+	assert_int_equal(symlink(q, p), 0);
+
+	char **v, **w;
+	int64_t *mt;
+	size_t n, m;
+	ms_error err;
+	assert_int_equal(ms_spool_list_mtimes(sp, &v, &mt, &n, &err), MS_OK);
+	assert_int_equal(ms_spool_list(sp, &w, &m, &err), MS_OK);
+	assert_int_equal(n, 3);
+	assert_int_equal(m, 3);
+	for (size_t i = 0; i < n; i++) {
+		assert_string_equal(v[i], w[i]);
+		assert_true(mt[i] > 0);
+		assert_true(mt[i] == ms_spool_env_mtime(sp, v[i]));
+	}
+	assert_string_equal(v[2], ids[2]);
+	assert_true(mt[2] / 1000000000 == later[1].tv_sec);
+	ms_spool_ids_free(v, n);
+	ms_spool_ids_free(w, m);
+	free(mt);
+
+	ms_sweep_report r;
+	assert_int_equal(ms_spool_sweep_files(sp, &r, NULL, &err), MS_OK);
+	assert_int_equal(r.orphans_removed, 1);
+	assert_int_equal(r.checked, 0);
+	assert_int_equal(r.corrupt, 0);
+	assert_int_equal(count_dir("env"), 3);     /* the damaged one too: not read */
+	assert_int_equal(count_dir("data"), 3);    /* the messages' */
+	assert_int_equal(count_dir("corrupt"), 1); /* the planted link, set aside */
+	ms_envelope e;
+	assert_int_equal(ms_spool_read(sp, ids[1], &e, &err), MS_ERR_DATA); /* found when read */
+	assert_int_equal(count_dir("env"), 2);
+	tmp_spool_remove(sp);
+}
+
 /* N processes claim every message of a spool at once: each is claimed by
  * exactly one of them. */
 static void contend(int procs, int msgs)
@@ -528,6 +588,7 @@ int main(void)
 		cmocka_unit_test(test_commit_read_update_remove),
 		cmocka_unit_test(test_truncation_moves_to_corrupt),
 		cmocka_unit_test(test_sweep),
+		cmocka_unit_test(test_sweep_files_and_listing),
 		cmocka_unit_test(test_two_claimants),
 		cmocka_unit_test(test_eight_claimants),
 		cmocka_unit_test(test_takeover_after_lease),
