@@ -660,14 +660,14 @@ static void set_aside(ms_spool *sp, int dfd, const char *dirname, const char *na
 	}
 }
 
-/* Is this listed name a file of ours?  NULL if so, else the problem. */
 static int64_t mtime_ns(const struct stat *st)
 {
 	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
-/* What is wrong with a directory entry, or NULL; *mtime (when asked for)
- * is its mtime from the same stat, -1 when it went meanwhile. */
+/* Is this listed name a file of ours?  NULL if so, else the problem;
+ * *mtime (when asked for) is its mtime from the same stat, -1 when it went
+ * meanwhile. */
 static const char *entry_problem(const ms_spool *sp, int dfd, const struct dirent *de,
                                  int64_t *mtime)
 {
@@ -1529,39 +1529,33 @@ static int exists(int dfd, const char *name)
 
 /* data/ without env/: a commit that crashed between its two renames
  * (never reported as a success).  Young ones may be a commit in progress
- * right now.  The envelopes' names are listed first, without a stat: only
- * a data file missing from that listing costs a look (over a network file
- * system a look is a round trip, and a queue of a million had two each). */
+ * right now.  The envelope is looked for first: a data file with one (all
+ * but a crash's leftovers) costs that one look and no more (over a network
+ * file system each look is a round trip; the checks of the file itself
+ * are made when the message is read).  No listing of env/ is held for
+ * this: beside the daemon's index, a million names would be its largest
+ * allocation. */
 static ms_status sweep_data(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
                             ms_error *err)
 {
-	char **env = NULL;
-	size_t nenv = 0;
-	ms_status st = list_dir(sp, sp->dfd_env, NULL, &env, NULL, &nenv, err);
-	if (st != MS_OK)
-		return st;
 	DIR *d = open_dir(sp->dfd_data);
-	if (!d) {
-		ms_spool_ids_free(env, nenv);
-		return ms_error_set(err, MS_ERR_IO, "cannot read spool: %s", strerror(errno));
-	}
+	if (!d)
+		return ms_error_set(err, MS_ERR_IO, "cannot read data/: %s", strerror(errno));
 	struct dirent *de;
 	int64_t now = now_s();
 	while (!(stop && *stop) && (de = readdir(d))) {
-		const char *name = de->d_name;
-		if (!ms_env_id_ok(name) || (nenv && bsearch(&name, env, nenv, sizeof *env, cmp_str)))
-			continue;
-		const char *why = entry_problem(sp, sp->dfd_data, de, NULL);
+		const char *name = de->d_name, *why;
 		struct stat ds;
-		if (why)
+		if (!ms_env_id_ok(name) || exists(sp->dfd_env, name))
+			continue;
+		if ((why = entry_problem(sp, sp->dfd_data, de, NULL)))
 			set_aside(sp, sp->dfd_data, "data", name, why);
-		else if (!exists(sp->dfd_env, name) &&
-		         fstatat(sp->dfd_data, name, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
-		         now - (int64_t)ds.st_mtime > STALE_TMP_SECS && unlinkat(sp->dfd_data, name, 0) == 0)
+		else if (fstatat(sp->dfd_data, name, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
+		         now - (int64_t)ds.st_mtime > STALE_TMP_SECS && !exists(sp->dfd_env, name) &&
+		         unlinkat(sp->dfd_data, name, 0) == 0)
 			r->orphans_removed++;
 	}
 	closedir(d);
-	ms_spool_ids_free(env, nenv);
 	return MS_OK;
 }
 
@@ -1609,20 +1603,6 @@ size_t ms_spool_sweep_claims(ms_spool *sp)
 }
 
 static ms_status sweep(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
-                       int read_envelopes, ms_error *err);
-
-ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
-{
-	return sweep(sp, r, NULL, 1, err);
-}
-
-ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
-                               ms_error *err)
-{
-	return sweep(sp, r, stop, 0, err);
-}
-
-static ms_status sweep(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
                        int read_envelopes, ms_error *err)
 {
 	memset(r, 0, sizeof *r);
@@ -1647,6 +1627,17 @@ static ms_status sweep(ms_spool *sp, ms_sweep_report *r, const volatile int *sto
 		return st;
 	r->claims_expired = ms_spool_sweep_claims(sp);
 	return read_envelopes ? each_entry(sp, sp->dfd_env, "env", sweep_env, r, stop, err) : MS_OK;
+}
+
+ms_status ms_spool_sweep(ms_spool *sp, ms_sweep_report *r, ms_error *err)
+{
+	return sweep(sp, r, NULL, 1, err);
+}
+
+ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile int *stop,
+                               ms_error *err)
+{
+	return sweep(sp, r, stop, 0, err);
 }
 
 /* ---- usage log ---------------------------------------------------------- */
