@@ -125,9 +125,35 @@ def cpu_busy():
     return sum(v) - idle, sum(v)
 
 
+def gluster_ticks():
+    """CPU ticks so far of the GlusterFS bricks (glusterfsd) and clients
+    (glusterfs, the FUSE mounts): long-lived, read from /proc."""
+    t = {"glusterfsd": 0, "glusterfs": 0}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        if comm in t:
+            w = st[st.rindex(")") + 2:].split()
+            t[comm] += int(w[11]) + int(w[12])
+    return t
+
+
+def children_ticks():
+    """CPU ticks of our waited-for children: the daemons and their agents
+    (each daemon reaps its agents; nsenter reaps the daemon)."""
+    t = os.times()
+    return (t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK")
+
+
 def deliver(cl, hosts, confs, spool_env, n, strace_dir=None, stats=None):
     procs = []
-    c0 = cpu_busy()
+    c0, g0, m0 = cpu_busy(), gluster_ticks(), children_ticks()
     t0 = time.monotonic()
     for i in hosts:
         argv = [MAILSPOOL, "daemon", "--foreground", "--node", f"h{i}"]
@@ -154,7 +180,25 @@ def deliver(cl, hosts, confs, spool_env, n, strace_dir=None, stats=None):
         os.kill(target, signal.SIGTERM)
     for p in procs:
         p.wait(timeout=120)
+    if stats is not None:
+        # Where the machine's CPU went, in cores: time from the start to
+        # an empty env/ (the daemons' stop is after it, and small).
+        g1, m1 = gluster_ticks(), children_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
+        stats["bricks"] = (g1["glusterfsd"] - g0["glusterfsd"]) / hz / dt
+        stats["clients"] = (g1["glusterfs"] - g0["glusterfs"]) / hz / dt
+        stats["mailspool"] = (m1 - m0) / hz / dt
     return dt
+
+
+def shares(confs, hosts):
+    """Messages each host's daemon delivered (its "sent" log lines): how
+    the destinations' owners split the work."""
+    out = []
+    for i in hosts:
+        with open(re.search(r"^log_file = (.*)$", open(confs[i]).read(), re.M).group(1)) as f:
+            out.append(sum(1 for line in f if "status=sent" in line))
+    return out
 
 
 def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
@@ -179,7 +223,9 @@ def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
     dt = deliver(cl, hosts, confs, env_dir, len(files), sd, st)
     del_fops = brick_fops(cl) if profile else None
     res = {"label": label, "secs": dt, "rate": len(files) / dt, "queue_secs": qs,
-           "sub_fops": sub_fops, "del_fops": del_fops, "cpu": st.get("cpu", 0)}
+           "sub_fops": sub_fops, "del_fops": del_fops, "cpu": st.get("cpu", 0),
+           "bricks": st.get("bricks", 0), "clients": st.get("clients", 0),
+           "mailspool": st.get("mailspool", 0), "shares": shares(confs, hosts)}
     if strace:
         res["del_calls"] = sum(strace_fs_calls(os.path.join(sd, x)) for x in os.listdir(sd))
         res["sub_calls"] = strace_fs_calls(sub_strace)
@@ -233,7 +279,9 @@ def main():
                              f"delivery {r['del_fops'] / len(batch):.1f}" if shared else "")
                     print(f"{label}: {r['rate']:.1f} msg/s ({len(batch)} in {r['secs']:.1f} s; "
                           f"queueing took {r['queue_secs']:.1f} s; machine CPU "
-                          f"{100 * r['cpu']:.0f}% of 2 cores){extra}", flush=True)
+                          f"{100 * r['cpu']:.0f}% of 2 cores: bricks {r['bricks']:.2f}, "
+                          f"clients {r['clients']:.2f}, mailspool {r['mailspool']:.2f} cores; "
+                          f"delivered per host {r['shares']}){extra}", flush=True)
                 sink.terminate()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -258,6 +306,16 @@ def main():
              f"| {100 * by['local-1']['cpu']:.0f}% / {100 * by['local-3']['cpu']:.0f}% |",
              f"| shared vs local, 1 daemon | | | {by['local-1']['rate'] / by['shared-1']['rate']:.1f}x"
              " slower shared |", "",
+             "Where the CPU went while they delivered, in cores of the machine's 2 (GlusterFS "
+             "bricks and FUSE clients from /proc, the daemons and their agents from their "
+             "CPU times), and how many messages each host's daemon delivered (the split its "
+             "destinations' owners made):", "",
+             "| run | machine busy | bricks | FUSE clients | mailspool | delivered per host |",
+             "|---|---:|---:|---:|---:|---|"] + [
+             f"| {lab} | {2 * by[lab]['cpu']:.2f} | {by[lab]['bricks']:.2f} | "
+             f"{by[lab]['clients']:.2f} | {by[lab]['mailspool']:.2f} | "
+             f"{' / '.join(str(x) for x in by[lab]['shares'])} |"
+             for lab in ("shared-1", "shared-3", "local-1", "local-3")] + ["",
              "File-system operations per message on the shared volume "
              f"({len(small)} messages, one daemon):", "",
              "| | client system calls on files (strace) | FOPs at one brick (profile) |",
