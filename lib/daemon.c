@@ -1269,6 +1269,10 @@ static int64_t probe_patience(const ms_conf *c)
  * envelope changed between the read and the claim. */
 static void take(sched_state *d, entry *e, int64_t now)
 {
+	if (d->peers_looks < 2) {
+		e->due = now + 1; /* who delivers what is known in a second: read then */
+		return;
+	}
 	slot *s = calloc(1, sizeof *s);
 	ms_error err;
 	if (!s)
@@ -1297,10 +1301,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (plan.ngroups == 1)
 			e->x = x; /* remembered: while x is down, e is not read again */
-		if (d->peers_looks < 2) {
-			if (now + 1 < later)
-				later = now + 1; /* who delivers what is known in a second */
-		} else if (x && x->resolving && ms_peers_live(d->peers) > 1) {
+		if (x && x->resolving && ms_peers_live(d->peers) > 1) {
 			/* Its site is being asked: the site's owner delivers it, and
 			 * who that is, is known with the answer (the domain's owner
 			 * taking it meanwhile would be a second node at that site). */
