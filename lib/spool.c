@@ -29,6 +29,7 @@
 
 #define TX_BUF (64u * 1024)
 #define STALE_TMP_SECS 3600
+#define USAGE_BATCH_MAX (256u << 10) /* usage lines a batch keeps (then written at once) */
 #define PATH_MAX_ (MS_CONF_PATH_MAX + 64)
 
 struct ms_spool {
@@ -45,6 +46,12 @@ struct ms_spool {
 	int batching, batch_dirty;
 	char (*batch_removed)[MS_ENV_ID_MAX + 1];
 	size_t nbatch_removed, capbatch_removed;
+	/* Usage lines of the batch, appended to the log in one write after
+	 * the commit: a line counts what was committed (a message sent again
+	 * after a failed commit is not counted twice), and the log costs a
+	 * batch one open and write, not one per message (on a shared volume
+	 * six round trips and a replicated lock on one file all hosts share). */
+	ms_buf batch_usage;
 	uint64_t floor; /* min_free_space in force (lowered for our own bounces) */
 	/* Our claim token (tmp/claim.NODE.PID.RANDOM), linked to every claim
 	 * we make until it has MS_CLAIM_TOKEN_LINKS names (link_claim). */
@@ -282,6 +289,7 @@ ms_status ms_spool_open(const ms_conf *c, int create, ms_spool **out, ms_error *
 	sp->lock_fd = -1;
 	ms_hmap_init(&sp->seen);
 	ms_hmap_init(&sp->dead);
+	ms_buf_init(&sp->batch_usage, USAGE_BATCH_MAX);
 	for (size_t i = 0; i < NSUBDIRS; i++)
 		*fds[i] = -1;
 	if (create && mkdir(sp->dir, 0700) < 0 && errno != EEXIST) {
@@ -363,6 +371,7 @@ void ms_spool_close(ms_spool *sp)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	free(sp->batch_removed);
+	ms_buf_free(&sp->batch_usage);
 	free(sp);
 }
 
@@ -915,6 +924,8 @@ void ms_spool_batch_begin(ms_spool *sp)
 	sp->batching = 1;
 }
 
+static ms_status usage_write(ms_spool *sp, const char *lines, size_t n, ms_error *err);
+
 ms_status ms_spool_batch_commit(ms_spool *sp, ms_error *err)
 {
 	ms_status st = MS_OK;
@@ -928,6 +939,12 @@ ms_status ms_spool_batch_commit(ms_spool *sp, ms_error *err)
 		if (unlinkat(sp->dfd_data, sp->batch_removed[i], 0) < 0 && errno != ENOENT)
 			st = sys_err(err, "cannot remove data", sp->batch_removed[i]);
 	sp->nbatch_removed = 0;
+	/* (As before batching, a usage line that cannot be written costs the
+	 * log that line, never the commit.) */
+	if (st == MS_OK && ms_buf_avail(&sp->batch_usage))
+		(void)usage_write(sp, ms_buf_ptr(&sp->batch_usage), ms_buf_avail(&sp->batch_usage),
+		                  NULL);
+	ms_buf_reset(&sp->batch_usage);
 	return st;
 }
 
@@ -1642,21 +1659,12 @@ ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile 
 
 /* ---- usage log ---------------------------------------------------------- */
 
-ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
-                         ms_error *err)
+/* Whole lines onto the usage log in one write(): O_APPEND keeps
+ * concurrent writers' lines whole. */
+static ms_status usage_write(ms_spool *sp, const char *lines, size_t n, ms_error *err)
 {
-	return ms_spool_usage_uid(sp, purpose, octets, id, UINT32_MAX, err);
-}
-
-ms_status ms_spool_usage_uid(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
-                             uint32_t uid, ms_error *err)
-{
-	char p[PATH_MAX_], line[256], who[32] = "";
+	char p[PATH_MAX_];
 	snprintf(p, sizeof p, "%s/usage", sp->dir);
-	if (uid != UINT32_MAX)
-		snprintf(who, sizeof who, " uid=%u", (unsigned)uid);
-	int n = snprintf(line, sizeof line, "%lld %.32s %llu %.32s%s\n", (long long)now_s(), purpose,
-	                 (unsigned long long)octets, id ? id : "-", who);
 	int fd = openat(sp->dfd_root, "usage",
 	                O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
 	if (fd < 0)
@@ -1666,11 +1674,29 @@ ms_status ms_spool_usage_uid(ms_spool *sp, const char *purpose, uint64_t octets,
 		close(fd);
 		return ms_error_set(err, MS_ERR_DATA, "%s is not a file of the spool's owner", p);
 	}
-	/* One write() of one short line: O_APPEND keeps concurrent writers'
-	 * lines whole. */
-	ms_status st = write(fd, line, (size_t)n) == n ? MS_OK : sys_err(err, "cannot write", p);
+	ssize_t w = write(fd, lines, n);
+	ms_status st = w >= 0 && (size_t)w == n ? MS_OK : sys_err(err, "cannot write", p);
 	close(fd);
 	return st;
+}
+
+ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                         ms_error *err)
+{
+	return ms_spool_usage_uid(sp, purpose, octets, id, UINT32_MAX, err);
+}
+
+ms_status ms_spool_usage_uid(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
+                             uint32_t uid, ms_error *err)
+{
+	char line[256], who[32] = "";
+	if (uid != UINT32_MAX)
+		snprintf(who, sizeof who, " uid=%u", (unsigned)uid);
+	int n = snprintf(line, sizeof line, "%lld %.32s %llu %.32s%s\n", (long long)now_s(), purpose,
+	                 (unsigned long long)octets, id ? id : "-", who);
+	if (sp->batching && ms_buf_append(&sp->batch_usage, line, (size_t)n) == MS_OK)
+		return MS_OK; /* written after the commit (batch_usage); full: now */
+	return usage_write(sp, line, (size_t)n, err);
 }
 
 typedef struct usage_row {

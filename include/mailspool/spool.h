@@ -232,7 +232,9 @@ ms_status ms_spool_sweep_files(ms_spool *sp, ms_sweep_report *r, const volatile 
  * The number removed. */
 size_t ms_spool_sweep_claims(ms_spool *sp);
 
-/* Append a usage line; purpose is a word ("spooled", "sent"). */
+/* Append a usage line; purpose is a word ("spooled", "sent").  Inside a
+ * batch (ms_spool_batch_begin) the line is written after the commit, with
+ * the batch's others in one write, and not at all if the commit fails. */
 ms_status ms_spool_usage(ms_spool *sp, const char *purpose, uint64_t octets, const char *id,
                          ms_error *err);
 /* The same with the submitter's uid ("... ID uid=N"). */

@@ -269,6 +269,42 @@ static void test_sweep_files_and_listing(void **state)
 	tmp_spool_remove(sp);
 }
 
+static size_t usage_lines(void)
+{
+	char p[256], line[256];
+	snprintf(p, sizeof p, "%s/spool/usage", root);
+	FILE *f = fopen(p, "r");
+	size_t n = 0;
+	while (f && fgets(line, sizeof line, f))
+		n += strstr(line, " sent ") != NULL;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* Usage lines of a batch reach the log after its commit, all at once;
+ * outside a batch at once. */
+static void test_usage_lines_follow_the_commit(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	ms_error err;
+	assert_int_equal(ms_spool_usage(sp, "sent", 10, "0000000000000aaaa", &err), MS_OK);
+	assert_int_equal(usage_lines(), 1);
+	ms_spool_batch_begin(sp);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ms_spool_usage(sp, "sent", 10, "0000000000000bbbb", &err), MS_OK);
+	assert_int_equal(usage_lines(), 1);
+	assert_int_equal(ms_spool_batch_commit(sp, &err), MS_OK);
+	assert_int_equal(usage_lines(), 4);
+	ms_spool_batch_begin(sp);
+	assert_int_equal(ms_spool_batch_commit(sp, &err), MS_OK); /* nothing pending: nothing */
+	assert_int_equal(usage_lines(), 4);
+	tmp_spool_remove(sp);
+}
+
 /* N processes claim every message of a spool at once: each is claimed by
  * exactly one of them. */
 static void contend(int procs, int msgs)
@@ -589,6 +625,7 @@ int main(void)
 		cmocka_unit_test(test_truncation_moves_to_corrupt),
 		cmocka_unit_test(test_sweep),
 		cmocka_unit_test(test_sweep_files_and_listing),
+		cmocka_unit_test(test_usage_lines_follow_the_commit),
 		cmocka_unit_test(test_two_claimants),
 		cmocka_unit_test(test_eight_claimants),
 		cmocka_unit_test(test_takeover_after_lease),
