@@ -233,13 +233,17 @@ def one_case(cl, tmp, label, shared, hosts, files, profile=False, strace=False):
 
 
 def main():
+    global NDOM
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--local-messages", type=int, default=20000,
                     help="messages for the local-directory runs (they are fast)")
     ap.add_argument("--only", help="shared-1, shared-3, local-1 or local-3 (no RESULTS.md)")
+    ap.add_argument("--domains", type=int, default=30,
+                    help="destinations (each its own MX address, at most 200)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     a = ap.parse_args()
+    NDOM = min(200, max(1, a.domains))
     if os.geteuid() != 0:
         print("cluster_bench: needs root (namespaces, FUSE)", file=sys.stderr)
         return 77
