@@ -3,13 +3,20 @@
  * without netem.
  *
  *   latproxy -l LISTEN_PORT -t TARGET_PORT -d ONE_WAY_MS [-s STATS_FILE] [-a ADDR]
+ *            [-T TARGET_ADDR [-b SOURCE_ADDR]]
  *
  * Listens on 127.0.0.1:LISTEN_PORT (or ADDR: the many-destination bench
  * gives 0.0.0.0 inside a network namespace of its own, where every address
  * is a loopback one, so that each destination's MX has an address of its
- * own) and forwards each connection to 127.0.0.1:TARGET_PORT.  Every chunk read from either side is held for
- * ONE_WAY_MS milliseconds before it is written to the other side, so a round
- * trip costs 2 * ONE_WAY_MS.  Order is kept; bandwidth is not limited.
+ * own) and forwards each connection to 127.0.0.1:TARGET_PORT (or
+ * TARGET_ADDR: the cluster bench puts a proxy inside each host's network
+ * namespace, in front of the GlusterFS server's namespace-private address,
+ * and binds its own connections to SOURCE_ADDR, which that namespace routes
+ * to the server instead of to the proxy's own listening address).
+ * Every chunk read from either side is held for ONE_WAY_MS milliseconds
+ * (fractions allowed: "0.5"; timed in microseconds) before it is written to
+ * the other side, so a round trip costs 2 * ONE_WAY_MS.  Order is kept;
+ * bandwidth is not limited.
  *
  * It also counts round trips the client waited for, independently of any
  * client's own counters: a "flight" is a client->server send that follows
@@ -17,7 +24,8 @@
  * When a connection ends, a line "flights=N c2s=BYTES s2c=BYTES" is appended
  * to STATS_FILE.
  *
- * Loopback only, by construction.
+ * Loopback and 10.0.0.0/8 only (the private range the benches' network
+ * namespaces use): it refuses to forward anywhere else.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,15 +69,15 @@ typedef struct conn {
 	int server_spoke;
 } conn;
 
-static int64_t delay_ms;
+static int64_t delay_us;
 static const char *stats_path;
 static conn conns[MAX_CONNS];
 
-static int64_t now_ms(void)
+static int64_t now_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void nonblock(int fd)
@@ -123,7 +131,7 @@ static int pull(conn *c, int from)
 	chunk *k = malloc(sizeof *k + (size_t)n);
 	if (!k)
 		return -1;
-	k->due = now_ms() + delay_ms;
+	k->due = now_us() + delay_us;
 	k->len = (size_t)n;
 	k->off = 0;
 	k->next = NULL;
@@ -142,7 +150,7 @@ static int push(conn *c, int from)
 {
 	dir *d = &c->d[from];
 	int to = 1 - from;
-	int64_t t = now_ms();
+	int64_t t = now_us();
 	while (d->head && d->head->due <= t) {
 		chunk *k = d->head;
 		ssize_t w = write(c->fd[to], k->data + k->off, k->len - k->off);
@@ -167,21 +175,34 @@ static int push(conn *c, int from)
 int main(int argc, char **argv)
 {
 	int lport = 0, tport = 0, opt;
-	const char *laddr = "127.0.0.1";
-	while ((opt = getopt(argc, argv, "l:t:d:s:a:")) != -1) {
+	const char *laddr = "127.0.0.1", *taddr = "127.0.0.1", *baddr = NULL;
+	while ((opt = getopt(argc, argv, "l:t:d:s:a:T:b:")) != -1) {
 		switch (opt) {
 		case 'a': laddr = optarg; break;
+		case 'b': baddr = optarg; break;
+		case 'T': taddr = optarg; break;
 		case 'l': lport = atoi(optarg); break;
 		case 't': tport = atoi(optarg); break;
-		case 'd': delay_ms = atoi(optarg); break;
+		case 'd': delay_us = (int64_t)(strtod(optarg, NULL) * 1000.0); break;
 		case 's': stats_path = optarg; break;
 		default:
-			fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE]\n");
+			fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE] [-a ADDR] [-T ADDR [-b ADDR]]\n");
 			return 64;
 		}
 	}
-	if (lport <= 0 || tport <= 0 || delay_ms < 0) {
-		fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE]\n");
+	struct sockaddr_in ta = { .sin_family = AF_INET, .sin_port = htons((uint16_t)tport) };
+	if (lport <= 0 || tport <= 0 || delay_us < 0 || inet_pton(AF_INET, taddr, &ta.sin_addr) != 1) {
+		fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE] [-a ADDR] [-T ADDR [-b ADDR]]\n");
+		return 64;
+	}
+	struct sockaddr_in ba = { .sin_family = AF_INET };
+	if (baddr && inet_pton(AF_INET, baddr, &ba.sin_addr) != 1) {
+		fprintf(stderr, "latproxy: bad source address %s\n", baddr);
+		return 64;
+	}
+	uint32_t first = ntohl(ta.sin_addr.s_addr) >> 24;
+	if (first != 127 && first != 10) {
+		fprintf(stderr, "latproxy: forwards only to 127/8 or 10/8, not %s\n", taddr);
 		return 64;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -208,7 +229,7 @@ int main(int argc, char **argv)
 	static int idx[1 + 2 * MAX_CONNS];
 	for (;;) {
 		int np = 0;
-		int64_t t = now_ms(), next = t + 1000;
+		int64_t t = now_us(), next = t + 1000000;
 		p[np].fd = ls;
 		p[np].events = POLLIN;
 		idx[np++] = -1;
@@ -234,8 +255,9 @@ int main(int argc, char **argv)
 				idx[np++] = i * 2 + s;
 			}
 		}
-		int timeout = (int)(next - t);
-		if (poll(p, (nfds_t)np, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
+		int64_t wait = next > t ? next - t : 0;
+		struct timespec timeout = { .tv_sec = wait / 1000000, .tv_nsec = (wait % 1000000) * 1000 };
+		if (ppoll(p, (nfds_t)np, &timeout, NULL) < 0 && errno != EINTR)
 			return 1;
 		while (p[0].revents & POLLIN) {
 			int cfd = accept(ls, NULL, NULL);
@@ -247,10 +269,9 @@ int main(int argc, char **argv)
 					if (!conns[i].used)
 						slot = i;
 				int sfd = socket(AF_INET, SOCK_STREAM, 0);
-				struct sockaddr_in ta = { .sin_family = AF_INET,
-				                          .sin_port = htons((uint16_t)tport) };
-				ta.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-				if (slot < 0 || connect(sfd, (struct sockaddr *)&ta, sizeof ta) < 0) {
+				if (slot < 0 ||
+				    (baddr && bind(sfd, (struct sockaddr *)&ba, sizeof ba) < 0) ||
+				    connect(sfd, (struct sockaddr *)&ta, sizeof ta) < 0) {
 					close(cfd);
 					close(sfd);
 				} else {

@@ -19,12 +19,22 @@ import signal
 import subprocess
 import tempfile
 import time
+from xml.etree import ElementTree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = "mscl"
 SRV = f"{PREFIX}-srv"
 NET = "10.231"
 SRV_ADDR = f"{NET}.0.1"
+# With latency: the address the clients know the GlusterFS server by (its
+# bricks listen on it).  The server has it, and each host namespace has it
+# on its loopback too, where latency proxies listen on glusterd's and the
+# bricks' ports.  A proxy's own connections leave from the host's address,
+# which a routing rule sends to the real LAT_ADDR over the veth (the
+# replies' local-looking source accepted there): every file-system round
+# trip then costs the given delay twice.
+LAT_ADDR = f"{NET}.0.2"
+LATPROXY = os.path.join(os.path.dirname(os.path.dirname(HERE)), "build", "bench", "latproxy")
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 # Every client-side cache GlusterFS has (fscheck.h names the same).
@@ -72,11 +82,15 @@ class Cluster:
     """hosts FUSE mounts of one volume.  caches=True leaves GlusterFS's
     default client caches on and timeouts=False the mounts' default
     attribute and entry timeouts (setups the daemon must refuse);
-    distribute=True makes a plain distributed volume of three bricks."""
+    distribute=True makes a plain distributed volume of three bricks;
+    latency_ms (one way, fractions allowed) puts bench/latproxy between
+    every host and the GlusterFS server (the benches only)."""
 
     def __init__(self, hosts=3, caches=False, distribute=False, extra_addrs=0, root=None,
-                 timeouts=True):
+                 timeouts=True, latency_ms=None):
         self.hosts = hosts
+        self.latency_ms = latency_ms
+        self.server = LAT_ADDR if latency_ms is not None else SRV_ADDR
         self.caches = caches
         self.distribute = distribute
         self.extra_addrs = extra_addrs
@@ -93,6 +107,8 @@ class Cluster:
             self._net()
             self._glusterd()
             self._volume()
+            if self.latency_ms is not None:
+                self._proxies()
             for i in range(1, self.hosts + 1):
                 self.mount(i)
         except BaseException:
@@ -109,6 +125,8 @@ class Cluster:
         # Addresses for MX hosts of their own (10.231.1.N).
         for k in range(1, self.extra_addrs + 1):
             sh("ip", "-n", SRV, "addr", "add", f"{NET}.1.{k}/16", "dev", "br0")
+        if self.latency_ms is not None:
+            sh("ip", "-n", SRV, "addr", "add", f"{LAT_ADDR}/16", "dev", "br0")
         sh("ip", "-n", SRV, "link", "set", "br0", "up")
         for i in range(1, self.hosts + 1):
             ns = host_ns(i)
@@ -117,6 +135,22 @@ class Cluster:
             sh("ip", "-n", SRV, "link", "set", f"s{PREFIX}{i}", "master", "br0", "up")
             sh("ip", "-n", ns, "addr", "add", f"{host_addr(i)}/16", "dev", f"v{PREFIX}{i}")
             sh("ip", "-n", ns, "link", "set", f"v{PREFIX}{i}", "up")
+            if self.latency_ms is not None:
+                self._proxy_route(ns, f"v{PREFIX}{i}", host_addr(i))
+
+    @staticmethod
+    def _proxy_route(ns, dev, addr):
+        sh("ip", "-n", ns, "addr", "add", f"{LAT_ADDR}/32", "dev", "lo")
+        sh("ip", "-n", ns, "route", "add", f"{LAT_ADDR}/32", "dev", dev, "src", addr,
+           "table", "100")
+        # The proxies' connections (from addr) skip the local table.
+        sh("ip", "-n", ns, "rule", "add", "pref", "5", "from", addr, "to", LAT_ADDR,
+           "lookup", "100")
+        sh("ip", "-n", ns, "rule", "add", "pref", "10", "lookup", "local")
+        sh("ip", "-n", ns, "rule", "del", "pref", "0")
+        for opt in (f"net.ipv4.conf.{dev}.accept_local=1", f"net.ipv4.conf.{dev}.rp_filter=0",
+                    "net.ipv4.conf.all.rp_filter=0"):
+            sh(*in_ns(ns, ["sysctl", "-q", "-w", opt]))
 
     def _glusterd(self):
         g = self.gdir = os.path.join(self.root, "gluster")
@@ -131,7 +165,7 @@ class Cluster:
     option glusterd-sockfile {self.sock}
     option transport-type socket
     option transport.socket.listen-port 24007
-    option transport.socket.bind-address {SRV_ADDR}
+    option transport.socket.bind-address {"0.0.0.0" if self.latency_ms is not None else SRV_ADDR}
     option ping-timeout 0
     option event-threads 1
     option base-port 49152
@@ -156,7 +190,7 @@ end-volume
         for b in range(1, 4):
             path = os.path.join(self.gdir, "bricks", f"b{b}")
             os.makedirs(path, exist_ok=True)
-            bricks.append(f"{SRV_ADDR}:{path}")
+            bricks.append(f"{self.server}:{path}")
         kind = [] if self.distribute else ["replica", "3"]
         for _ in range(20):  # glusterd answers "not ready" for a moment
             r = self.gluster("volume", "create", "msv", *kind, *bricks, "force", check=False)
@@ -170,13 +204,27 @@ end-volume
                 self.gluster("volume", "set", "msv", opt, "off")
         self.gluster("volume", "start", "msv")
 
+    def _proxies(self):
+        """A latency proxy per host for glusterd and for each brick's port."""
+        out = self.gluster("volume", "status", "msv", "--xml").stdout
+        ports = {24007} | {int(e.text) for e in ElementTree.fromstring(out).iter("port")
+                           if e.text and e.text.isdigit() and int(e.text) > 0}
+        if len(ports) < 2:
+            raise RuntimeError(f"no brick ports in: {out}")
+        for i in range(1, self.hosts + 1):
+            for port in sorted(ports):
+                self.popen(host_ns(i), [LATPROXY, "-a", LAT_ADDR, "-l", str(port), "-t", str(port),
+                                        "-T", LAT_ADDR, "-b", host_addr(i),
+                                        "-d", str(self.latency_ms)])
+        time.sleep(0.3)
+
     def mount(self, i, skew=None):
         """Host i's mount; skew: "+50s" runs its FUSE client under
         libfaketime (on GlusterFS the client stamps file times)."""
         point = os.path.join(self.root, f"m{i}")
         os.makedirs(point, exist_ok=True)
         argv = ["glusterfs"] + (NO_TIMEOUTS if self.timeouts else []) + [
-            f"--volfile-server={SRV_ADDR}", "--volfile-id=msv",
+            f"--volfile-server={self.server}", "--volfile-id=msv",
             f"--log-file={self.gdir}/log/m{i}.log", point]
         env = dict(os.environ)
         if skew:
