@@ -69,6 +69,9 @@
  * GlusterFS: deliveries came in bursts, 96 every 17 s). */
 #define TAKE_BUDGET_MS 100
 #define SITE_TTL_S 3600 /* a domain's MX rollup is remembered this long */
+/* A queued message of another node's destination is read again after at
+ * most this many scans without a reason (others_unchanged). */
+#define UNREAD_SCANS 10
 #define AGENTS_MAX 64
 
 struct dest;
@@ -77,6 +80,8 @@ typedef struct entry {
 	char id[MS_ENV_ID_MAX + 1];
 	char fresh;    /* came by the wake FIFO while the start-up listing ran
 	                * (beside id: an entry stays 64 octets, a million 64 MB) */
+	unsigned char unread; /* scans it was not read again for: its one
+	                       * destination is another live node's (see schedule) */
 	int busy;      /* claimed by us */
 	int64_t due;   /* INT64_MIN: not read yet */
 	int64_t mtime; /* of the envelope when last read */
@@ -320,6 +325,10 @@ static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes,
 		}
 		if (j < d->nidx && !strcmp(d->idx[j].id, ids[i])) {
 			nidx[k] = d->idx[j++];
+			/* Taken for gone by a stat (recheck_mtimes), but listed:
+			 * read it. */
+			if (nidx[k].due == INT64_MAX && nidx[k].mtime == -1 && !nidx[k].busy)
+				nidx[k].due = INT64_MIN;
 		} else {
 			arrived++;
 			/* New to us: its mtime says when it is due at the earliest
@@ -556,7 +565,13 @@ static void recheck_mtimes(sched_state *d)
 		if (e->busy || e->due == INT64_MIN)
 			continue;
 		int64_t m = ms_spool_env_mtime(d->sp, e->id);
-		if (m != e->mtime) {
+		if (m == -1) {
+			/* Gone (another node delivered it): not opened to learn that
+			 * again; the next listing drops it, or reads it should it
+			 * be there after all. */
+			e->mtime = -1;
+			e->due = INT64_MAX;
+		} else if (m != e->mtime) {
 			e->due = INT64_MIN;
 			d->dirty = 1;
 		}
@@ -991,15 +1006,27 @@ static int wait_for_site(dest *x, const char *id)
 	return 0;
 }
 
-/* x's site is known: what waited for it is read again at once. */
-static void site_known(sched_state *d, dest *x)
+/* x's site is known (to: the site's destination, or NULL/x when it has
+ * none): what waited for it goes on.  A message whose one destination was
+ * x now goes to `to`; when that is another live node's it is left unread
+ * (see others_unchanged), else it is read again at once, as is any
+ * message of several destinations. */
+static void site_known(sched_state *d, dest *x, dest *to)
 {
+	int64_t now = now_s();
 	for (size_t i = 0; i < x->nsite_wait; i++) {
 		entry *e = find_entry(d, x->site_wait[i]);
-		if (e && !e->busy && e->due != INT64_MAX) {
-			e->due = INT64_MIN;
-			d->dirty = 1;
+		if (!e || e->busy || e->due == INT64_MAX)
+			continue;
+		if (e->x == x && to) {
+			e->x = to;
+			if (ms_peers_live(d->peers) > 1 && !ms_peers_owns(d->peers, to->key)) {
+				e->due = now + d->c->queue_scan_interval;
+				continue;
+			}
 		}
+		e->due = INT64_MIN;
+		d->dirty = 1;
 	}
 	free(x->site_wait);
 	x->site_wait = NULL;
@@ -1015,9 +1042,9 @@ static void unit_end(sched_state *d, unit *u, const char *why)
 		dest *x = u->x;
 		x->resolving = 0;
 		x->resolved_until = now_s() + SITE_TTL_S;
-		site_known(d, x);
 		site_ent *se = ms_hmap_get(&d->sites, x->key);
 		dest *to = se ? dest_get(d, se->site, x->key) : NULL;
+		site_known(d, x, se && se->until > now_s() ? to : NULL);
 		if (to && to != x) {
 			for (size_t i = 0; i < x->nwait; i++)
 				if (push_item(d, to, x->wait[i]) < 0)
@@ -1287,6 +1314,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 		return;
 	}
 	e->mtime = seen;
+	e->unread = 0;
 	ms_sched_plan plan;
 	if (ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
 		slot_free(s);
@@ -1549,6 +1577,24 @@ static void schedule_dest(sched_state *d, dest *x, int64_t now, int64_t ms)
 	}
 }
 
+/* Whether e, read before and found to go only to another live node's
+ * destination, can be left unread this scan.  What would make us its
+ * deliverer is looked for without reading: a change of the nodes marks
+ * every message unread (look_at_peers), a changed envelope mtime marks it
+ * (recheck_mtimes, every scan).  What is not seen that way is a new MX
+ * rollup of its domain (its site is asked again only when a message of it
+ * is read), so it is read at least every UNREAD_SCANS scans, well within
+ * SITE_TTL_S.  Each skip saves an envelope read: on a shared volume with
+ * caches off an open, a read and a close, each a round trip. */
+static int others_unchanged(sched_state *d, entry *e)
+{
+	if (e->unread >= UNREAD_SCANS || e->x->resolving || ms_peers_live(d->peers) < 2 ||
+	    ms_peers_owns(d->peers, e->x->key))
+		return 0;
+	e->unread++;
+	return 1;
+}
+
 static void schedule(sched_state *d)
 {
 	int64_t now = now_s();
@@ -1563,12 +1609,15 @@ static void schedule(sched_state *d)
 		for (size_t i = 0; i < d->nidx; i++) {
 			entry *e = &d->idx[i];
 			if (!e->busy && e->due <= now && e->x && e->due != INT64_MIN) {
-				/* Its destination is down, or being probed: not read. */
+				/* Its destination is down, or being probed, or another
+				 * node's: not read. */
 				if (e->x->backoff_until > now)
 					e->due = e->x->backoff_until;
 				else if (e->x->probing && e->x->probe_out &&
 				         now - e->x->probe_at < probe_patience(d->c))
 					e->due = now + 2;
+				else if (others_unchanged(d, e))
+					e->due = now + d->c->queue_scan_interval;
 			}
 			if (!e->busy && e->due <= now) {
 				if (d->claimed >= claim_limit(d->c) || taken == TAKE_BATCH ||
@@ -1994,25 +2043,29 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			break;
 		lister_poll(d);
 		look_at_peers(d);
-		/* What is queued: a listing when env/ changed (at most every
-		 * LIST_MIN_MS, as our own updates change it too; at once for a
-		 * new submission), mtimes when told or now and then. */
 		/* What is queued: new messages name themselves on the wake FIFO,
 		 * so env/ is listed only at start, when a wake-up gives no id,
 		 * every queue_scan_interval (other hosts' submissions), and in
-		 * --once mode when there is nothing else to do.  Our own updates
-		 * change env/ all the time: they are not a reason. */
-		int64_t dm = env_dir_mtime(d), ms = ms_now_ms();
-		if (!d->stopping && dm != d->env_mtime && !listing(d) &&
-		    (woken == 3 || d->relist_wanted || now - d->last_full_list >= d->c->queue_scan_interval ||
-		     (o->once && idle(d))) &&
-		    ms - last_list >= (woken == 3 ? 0 : LIST_MIN_MS)) {
+		 * --once mode when there is nothing else to do; each time only if
+		 * env/ changed.  Our own updates change env/ all the time: they
+		 * are not a reason.  env/ is looked at only when one of those
+		 * holds: on a shared volume every look is a round trip, and this
+		 * loop turns for every result. */
+		int64_t ms = ms_now_ms();
+		int scan_due = now - d->last_full_list >= d->c->queue_scan_interval;
+		int may_list = !d->stopping && !listing(d) &&
+		               (woken == 3 || d->relist_wanted || scan_due || (o->once && idle(d))) &&
+		               ms - last_list >= (woken == 3 ? 0 : LIST_MIN_MS);
+		int64_t dm = may_list || o->once ? env_dir_mtime(d) : d->env_mtime;
+		if (may_list && dm != d->env_mtime) {
 			d->env_mtime = dm;
 			last_list = ms;
 			d->relist_wanted = 0;
 			d->last_full_list = now;
 			if (relist(d, err) != MS_OK)
 				logf_(d, "cannot list the queue: %s", err->msg);
+		} else if (may_list && scan_due) {
+			d->last_full_list = now; /* nothing new: looked at again a scan later */
 		}
 		if (!d->stopping)
 			take_fresh(d);
