@@ -329,6 +329,10 @@ static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes,
 			 * read it. */
 			if (nidx[k].due == INT64_MAX && nidx[k].mtime == -1 && !nidx[k].busy)
 				nidx[k].due = INT64_MIN;
+			/* A listing made just now also does recheck_mtimes' work: a
+			 * changed envelope is read again (what it lacks is gone). */
+			else if (!keep_fresh && mtimes && !nidx[k].busy && mtimes[i] != nidx[k].mtime)
+				nidx[k].due = INT64_MIN;
 		} else {
 			arrived++;
 			/* New to us: its mtime says when it is due at the earliest
@@ -2064,6 +2068,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 			d->last_full_list = now;
 			if (relist(d, err) != MS_OK)
 				logf_(d, "cannot list the queue: %s", err->msg);
+			else
+				d->last_scan = now; /* the listing's mtimes were the scan */
 		} else if (may_list && scan_due) {
 			d->last_full_list = now; /* nothing new: looked at again a scan later */
 		}
