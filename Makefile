@@ -190,6 +190,7 @@ bench: deps all $(BENCH_BIN)
 	$(PYTHON) bench/many_bench.py
 	$(PYTHON) bench/million_bench.py
 	$(PYTHON) bench/cluster_bench.py
+	$(PYTHON) bench/cluster_bench.py --messages 900 --domains 150 --latency 1
 
 # Programs with their modes: the command and the agent 0755, the helper
 # 0755 until `mailspool setup` (run here when installing as root into the
