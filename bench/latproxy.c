@@ -172,6 +172,13 @@ static int push(conn *c, int from)
 	return 0;
 }
 
+static int usage(void)
+{
+	fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE] [-a ADDR]"
+	                " [-T ADDR [-b ADDR]]\n");
+	return 64;
+}
+
 int main(int argc, char **argv)
 {
 	int lport = 0, tport = 0, opt;
@@ -186,15 +193,12 @@ int main(int argc, char **argv)
 		case 'd': delay_us = (int64_t)(strtod(optarg, NULL) * 1000.0); break;
 		case 's': stats_path = optarg; break;
 		default:
-			fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE] [-a ADDR] [-T ADDR [-b ADDR]]\n");
-			return 64;
+			return usage();
 		}
 	}
 	struct sockaddr_in ta = { .sin_family = AF_INET, .sin_port = htons((uint16_t)tport) };
-	if (lport <= 0 || tport <= 0 || delay_us < 0 || inet_pton(AF_INET, taddr, &ta.sin_addr) != 1) {
-		fprintf(stderr, "usage: latproxy -l PORT -t PORT -d ONE_WAY_MS [-s FILE] [-a ADDR] [-T ADDR [-b ADDR]]\n");
-		return 64;
-	}
+	if (lport <= 0 || tport <= 0 || delay_us < 0 || inet_pton(AF_INET, taddr, &ta.sin_addr) != 1)
+		return usage();
 	struct sockaddr_in ba = { .sin_family = AF_INET };
 	if (baddr && inet_pton(AF_INET, baddr, &ba.sin_addr) != 1) {
 		fprintf(stderr, "latproxy: bad source address %s\n", baddr);
@@ -256,7 +260,8 @@ int main(int argc, char **argv)
 			}
 		}
 		int64_t wait = next > t ? next - t : 0;
-		struct timespec timeout = { .tv_sec = wait / 1000000, .tv_nsec = (wait % 1000000) * 1000 };
+		struct timespec timeout = { .tv_sec = wait / 1000000,
+		                            .tv_nsec = (wait % 1000000) * 1000 };
 		if (ppoll(p, (nfds_t)np, &timeout, NULL) < 0 && errno != EINTR)
 			return 1;
 		while (p[0].revents & POLLIN) {

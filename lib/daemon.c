@@ -331,7 +331,8 @@ static ms_status relist_merge(sched_state *d, char **ids, const int64_t *mtimes,
 				nidx[k].due = INT64_MIN;
 			/* A listing made just now also does recheck_mtimes' work: a
 			 * changed envelope is read again (what it lacks is gone). */
-			else if (!keep_fresh && mtimes && !nidx[k].busy && mtimes[i] != nidx[k].mtime)
+			else if (!keep_fresh && mtimes && !nidx[k].busy &&
+			         mtimes[i] != nidx[k].mtime)
 				nidx[k].due = INT64_MIN;
 		} else {
 			arrived++;
@@ -2057,8 +2058,8 @@ ms_status ms_daemon_run(const ms_daemon_opts *o, ms_error *err)
 		 * loop turns for every result. */
 		int64_t ms = ms_now_ms();
 		int scan_due = now - d->last_full_list >= d->c->queue_scan_interval;
-		int may_list = !d->stopping && !listing(d) &&
-		               (woken == 3 || d->relist_wanted || scan_due || (o->once && idle(d))) &&
+		int asked = woken == 3 || d->relist_wanted || scan_due || (o->once && idle(d));
+		int may_list = !d->stopping && !listing(d) && asked &&
 		               ms - last_list >= (woken == 3 ? 0 : LIST_MIN_MS);
 		int64_t dm = may_list || o->once ? env_dir_mtime(d) : d->env_mtime;
 		if (may_list && dm != d->env_mtime) {
