@@ -11,6 +11,7 @@
 #include "mailspool/hmap.h"
 #include "mailspool/io.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,15 +20,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
 #define TX_BUF (64u * 1024)
+#define HINT_XATTR "user.mailspool.dest" /* ms_spool_dest_hint */
 #define STALE_TMP_SECS 3600
 #define USAGE_BATCH_MAX (256u << 10) /* usage lines a batch keeps (then written at once) */
 #define PATH_MAX_ (MS_CONF_PATH_MAX + 64)
@@ -132,12 +136,17 @@ static void rand_hex(char *out, size_t n)
 		snprintf(out + 2 * i, 3, "%02x", r[i]);
 }
 
-/* Write a whole file in dirfd under name, durably; O_EXCL. */
-static ms_status write_file(int dfd, const char *name, const char *p, size_t n, ms_error *err)
+/* Write a whole file in dirfd under name, durably; O_EXCL.  A hint
+ * (hlen > 0) goes beside it as the destination-hint attribute; where the
+ * file system has no user attributes, the file simply has none. */
+static ms_status write_file_hinted(int dfd, const char *name, const char *p, size_t n,
+                                   const char *hint, size_t hlen, ms_error *err)
 {
 	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return sys_err(err, "cannot create", name);
+	if (hlen)
+		(void)fsetxattr(fd, HINT_XATTR, hint, hlen, 0);
 	if (ms_write_all(fd, p, n) < 0) {
 		sys_err(err, "cannot write", name);
 		close(fd);
@@ -156,6 +165,72 @@ static ms_status write_file(int dfd, const char *name, const char *p, size_t n, 
 		return MS_ERR_IO;
 	}
 	return MS_OK;
+}
+
+static ms_status write_file(int dfd, const char *name, const char *p, size_t n, ms_error *err)
+{
+	return write_file_hinted(dfd, name, p, n, NULL, 0, err);
+}
+
+/* ---- destination hints ------------------------------------------------ */
+
+/* The hint of e: "SENDER\nDOMAIN" when every recipient still to try has
+ * the one DOMAIN (lower case), else nothing (0).  Its length, or 0. */
+static size_t hint_make(const ms_envelope *e, char *out, size_t cap)
+{
+	const char *dom = NULL;
+	size_t dl = 0;
+	for (size_t i = 0; i < e->nrcpts; i++) {
+		const ms_env_rcpt *r = &e->rcpts[i];
+		if (r->state != MS_ENV_PENDING && r->state != MS_ENV_DEFERRED)
+			continue;
+		const char *at = strrchr(r->addr, '@');
+		if (!at || !at[1])
+			return 0;
+		if (!dom) {
+			dom = at + 1;
+			dl = strlen(dom);
+		} else if (strlen(at + 1) != dl || strncasecmp(dom, at + 1, dl)) {
+			return 0; /* several domains: read to be known */
+		}
+	}
+	size_t sl = strlen(e->sender);
+	if (!dom || dl > MS_HINT_DOMAIN_MAX || sl > MS_HINT_SENDER_MAX || sl + 1 + dl > cap)
+		return 0;
+	memcpy(out, e->sender, sl);
+	out[sl] = '\n';
+	for (size_t i = 0; i < dl; i++)
+		out[sl + 1 + i] = (char)tolower((unsigned char)dom[i]);
+	return sl + 1 + dl;
+}
+
+int ms_spool_dest_hint(ms_spool *sp, const char *id, char sender[MS_HINT_SENDER_MAX + 1],
+                       char domain[MS_HINT_DOMAIN_MAX + 1])
+{
+	if (!ms_env_id_ok(id))
+		return 0;
+	/* By the directory descriptor's name in /proc (there is no
+	 * getxattr relative to a descriptor in our C library): the id is a
+	 * plain name, and lgetxattr follows no symlink it might be. */
+	char path[64 + MS_ENV_ID_MAX];
+	snprintf(path, sizeof path, "/proc/self/fd/%d/%s", sp->dfd_env, id);
+	char v[MS_HINT_SENDER_MAX + MS_HINT_DOMAIN_MAX + 2];
+	ssize_t n = lgetxattr(path, HINT_XATTR, v, sizeof v);
+	if (n <= 0 || (size_t)n >= sizeof v)
+		return 0;
+	/* Checked as strictly as an envelope: one LF, no CR or NUL. */
+	const char *lf = memchr(v, '\n', (size_t)n);
+	if (!lf || memchr(v, '\r', (size_t)n) || memchr(v, '\0', (size_t)n) ||
+	    memchr(lf + 1, '\n', (size_t)(v + n - lf - 1)))
+		return 0;
+	size_t sl = (size_t)(lf - v), dl = (size_t)(v + n - lf - 1);
+	if (sl > MS_HINT_SENDER_MAX || dl == 0 || dl > MS_HINT_DOMAIN_MAX)
+		return 0;
+	memcpy(sender, v, sl);
+	sender[sl] = '\0';
+	memcpy(domain, lf + 1, dl);
+	domain[dl] = '\0';
+	return 1;
 }
 
 /* A file of the spool we may read, deliver, rename or remove: a regular
@@ -556,8 +631,11 @@ ms_status ms_spool_commit(ms_spool_tx *tx, ms_envelope *env, ms_error *err)
 	ms_buf b;
 	ms_buf_init(&b, MS_ENV_FILE_MAX);
 	st = ms_env_serialize(env, &b, err);
+	char hint[MS_HINT_SENDER_MAX + MS_HINT_DOMAIN_MAX + 2];
+	size_t hlen = st == MS_OK ? hint_make(env, hint, sizeof hint) : 0;
 	if (st == MS_OK)
-		st = write_file(sp->dfd_tmp, tx->ename, ms_buf_ptr(&b), ms_buf_avail(&b), err);
+		st = write_file_hinted(sp->dfd_tmp, tx->ename, ms_buf_ptr(&b), ms_buf_avail(&b), hint,
+		                       hlen, err);
 	ms_buf_free(&b);
 	if (st != MS_OK) {
 		ms_spool_abort(tx);
@@ -698,7 +776,8 @@ static const char *entry_problem(const ms_spool *sp, int dfd, const struct diren
 /* Names in a spool directory that are queue ids; with `dirname`, entries
  * that are not files of ours are moved aside instead. */
 static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***ids,
-                          int64_t **mtimes, size_t *n, ms_error *err)
+                          int64_t **mtimes, size_t *n, ms_spool_want_fn want, void *ctx,
+                          ms_error *err)
 {
 	*ids = NULL;
 	*n = 0;
@@ -715,7 +794,12 @@ static ms_status list_dir(ms_spool *sp, int dfd, const char *dirname, char ***id
 		if (!ms_env_id_ok(de->d_name))
 			continue;
 		int64_t m = -1;
-		const char *why = dirname ? entry_problem(sp, dfd, de, &m) : NULL;
+		/* (A name not looked at is not vouched for: whoever reads it
+		 * checks it by fstat, as every read does.) */
+		int look = !want || want(ctx, de->d_name);
+		if (!look)
+			m = MS_SPOOL_MTIME_UNSEEN;
+		const char *why = dirname && look ? entry_problem(sp, dfd, de, &m) : NULL;
 		if (why) {
 			set_aside(sp, dfd, dirname, de->d_name, why);
 			continue;
@@ -789,13 +873,19 @@ static ms_status each_entry(ms_spool *sp, int dfd, const char *dirname,
 
 ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err)
 {
-	return list_dir(sp, sp->dfd_env, "env", ids, NULL, n, err);
+	return list_dir(sp, sp->dfd_env, "env", ids, NULL, n, NULL, NULL, err);
 }
 
 ms_status ms_spool_list_mtimes(ms_spool *sp, char ***ids, int64_t **mtimes, size_t *n,
                                ms_error *err)
 {
-	return list_dir(sp, sp->dfd_env, "env", ids, mtimes, n, err);
+	return list_dir(sp, sp->dfd_env, "env", ids, mtimes, n, NULL, NULL, err);
+}
+
+ms_status ms_spool_list_some_mtimes(ms_spool *sp, ms_spool_want_fn want, void *ctx, char ***ids,
+                                    int64_t **mtimes, size_t *n, ms_error *err)
+{
+	return list_dir(sp, sp->dfd_env, "env", ids, mtimes, n, want, ctx, err);
 }
 
 /* Move a damaged message aside: envelope and data go to corrupt/.  0

@@ -110,7 +110,27 @@ ms_status ms_spool_list(ms_spool *sp, char ***ids, size_t *n, ms_error *err);
  * gone meanwhile), from the stat the listing makes anyway; free *mtimes. */
 ms_status ms_spool_list_mtimes(ms_spool *sp, char ***ids, int64_t **mtimes, size_t *n,
                                ms_error *err);
+/* The same, but a name for which want(ctx, name) is 0 is not looked at
+ * (no stat: on a shared volume a round trip each): its mtime is given as
+ * MS_SPOOL_MTIME_UNSEEN.  For a scheduler whose index already knows those
+ * messages to be another's. */
+#define MS_SPOOL_MTIME_UNSEEN (-2)
+typedef int (*ms_spool_want_fn)(void *ctx, const char *id);
+ms_status ms_spool_list_some_mtimes(ms_spool *sp, ms_spool_want_fn want, void *ctx, char ***ids,
+                                    int64_t **mtimes, size_t *n, ms_error *err);
 void ms_spool_ids_free(char **ids, size_t n);
+/* The destination hint a commit leaves beside an envelope (a user
+ * extended attribute), for a scheduler that shares the spool with others
+ * and wants to know whose a message is without reading it: the sender and
+ * the one domain of every recipient still to try, when they have one.  An
+ * update writes a new envelope without it (it is for the first look only).
+ * 1 and both filled: it has one; 0: none (several domains, a file system
+ * without user attributes, gone, malformed): read the envelope to know.
+ * Only a hint: whoever acts on the message reads the envelope first. */
+#define MS_HINT_SENDER_MAX 512
+#define MS_HINT_DOMAIN_MAX 255
+int ms_spool_dest_hint(ms_spool *sp, const char *id, char sender[MS_HINT_SENDER_MAX + 1],
+                       char domain[MS_HINT_DOMAIN_MAX + 1]);
 /* Read and check an envelope.  MS_ERR_DATA: it was damaged and has been
  * moved to corrupt/ (err says so); MS_ERR_USAGE: no such message. */
 ms_status ms_spool_read(ms_spool *sp, const char *id, ms_envelope *e, ms_error *err);

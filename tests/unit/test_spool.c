@@ -3,6 +3,7 @@
  * the sweep, and claims contended by two and then eight processes.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,16 +51,16 @@ static size_t count_dir(const char *sub)
 	return n;
 }
 
-/* Queue a message through ms_submit from a string. */
-static void queue_one(ms_spool *sp, const ms_conf *c, const char *msg, char *id)
+/* Queue a message to rcpts through ms_submit from a string. */
+static void queue_to(ms_spool *sp, const ms_conf *c, const char *msg, const char **rcpts,
+                     size_t nrcpts, char *id)
 {
 	int pv[2];
 	assert_int_equal(pipe(pv), 0);
 	assert_int_equal(write(pv[1], msg, strlen(msg)), (ssize_t)strlen(msg));
 	close(pv[1]);
-	const char *rcpts[] = { "a@example.test", "b@example.test" };
 	ms_submit_opts o = { .sender = "s@example.test", .user = "tester", .rcpts = rcpts,
-		                 .nrcpts = 2 };
+		                 .nrcpts = nrcpts };
 	ms_submit_result res;
 	ms_error err;
 	if (ms_submit(sp, c, &o, pv[0], &res, &err) != MS_OK)
@@ -66,6 +68,58 @@ static void queue_one(ms_spool *sp, const ms_conf *c, const char *msg, char *id)
 	close(pv[0]);
 	if (id)
 		memcpy(id, res.id, sizeof res.id);
+}
+
+static void queue_one(ms_spool *sp, const ms_conf *c, const char *msg, char *id)
+{
+	const char *rcpts[] = { "a@example.test", "b@example.test" };
+	queue_to(sp, c, msg, rcpts, 2, id);
+}
+
+/* The destination hint: left by a commit when every recipient has one
+ * domain (lower-cased), not otherwise, not after an update; a malformed
+ * one is no hint. */
+static void test_destination_hint(void **state)
+{
+	(void)state;
+	ms_conf c;
+	ms_spool *sp;
+	fresh_spool(&c, &sp);
+	char one[MS_ENV_ID_MAX + 1], two[MS_ENV_ID_MAX + 1];
+	const char *same[] = { "a@Example.TEST", "b@example.test" };
+	const char *mixed[] = { "a@example.test", "b@other.test" };
+	queue_to(sp, &c, "Subject: x\n\nbody\n", same, 2, one);
+	queue_to(sp, &c, "Subject: y\n\nbody\n", mixed, 2, two);
+	char sender[MS_HINT_SENDER_MAX + 1], domain[MS_HINT_DOMAIN_MAX + 1];
+	char path[512];
+	snprintf(path, sizeof path, "%s/spool/env/%s", root, one);
+	if (setxattr(path, "user.mailspool.probe", "1", 1, 0) < 0 && errno == ENOTSUP) {
+		tmp_spool_remove(sp);
+		skip(); /* a file system without user attributes: nothing to test */
+	}
+	assert_int_equal(ms_spool_dest_hint(sp, one, sender, domain), 1);
+	assert_string_equal(sender, "s@example.test");
+	assert_string_equal(domain, "example.test");
+	assert_int_equal(ms_spool_dest_hint(sp, two, sender, domain), 0);
+	assert_int_equal(ms_spool_dest_hint(sp, "../env", sender, domain), 0);
+	/* Malformed: two line feeds, a CR, no domain. */
+	static const char *const bad[] = { "s@x\nexample.test\nmore", "s@x\r\nexample.test",
+		                                "s@x\n" };
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		assert_int_equal(setxattr(path, "user.mailspool.dest", bad[i], strlen(bad[i]), 0), 0);
+		assert_int_equal(ms_spool_dest_hint(sp, one, sender, domain), 0);
+	}
+	/* An update writes a new envelope, without a hint. */
+	ms_envelope e;
+	ms_error err;
+	assert_int_equal(ms_spool_read(sp, one, &e, &err), MS_OK);
+	assert_int_equal(ms_spool_update(sp, &e, &err), MS_OK);
+	ms_env_free(&e);
+	char v[64];
+	snprintf(path, sizeof path, "%s/spool/env/%s", root, one);
+	assert_int_equal(getxattr(path, "user.mailspool.dest", v, sizeof v), -1);
+	assert_int_equal(ms_spool_dest_hint(sp, one, sender, domain), 0);
+	tmp_spool_remove(sp);
 }
 
 static void test_commit_read_update_remove(void **state)
@@ -622,6 +676,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_commit_read_update_remove),
+		cmocka_unit_test(test_destination_hint),
 		cmocka_unit_test(test_truncation_moves_to_corrupt),
 		cmocka_unit_test(test_sweep),
 		cmocka_unit_test(test_sweep_files_and_listing),
