@@ -76,6 +76,12 @@ ms_status ms_metrics_render(ms_metrics *m, int64_t now, ms_buf *out)
 	counter(out, "mailspool_destination_events", "{event=\"throttled\"}", m->throttled, cr);
 	counter(out, "mailspool_destination_events", "{event=\"unreachable\"}", m->unreachable, cr);
 
+	family(out, "mailspool_envelope_looks", "counter",
+	       "Queued messages looked at: envelopes read, and messages left to another "
+	       "node sharing the spool by their destination hint alone.");
+	counter(out, "mailspool_envelope_looks", "{how=\"read\"}", m->envelopes_read, cr);
+	counter(out, "mailspool_envelope_looks", "{how=\"hint\"}", m->left_by_hint, cr);
+
 	family(out, "mailspool_connections", "counter",
 	       "Connections opened to servers, by how they were secured.");
 	counter(out, "mailspool_connections", "{tls=\"verified\"}", m->conn.tls_verified, cr);

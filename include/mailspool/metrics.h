@@ -43,6 +43,8 @@ typedef struct ms_metrics {
 	uint64_t reports[3];             /* DSNs queued: bounce, delayed, relayed */
 	uint64_t report_failures;        /* DSNs that could not be queued (kept, retried) */
 	uint64_t throttled, unreachable; /* destinations that said "slow down", that were down */
+	uint64_t envelopes_read;         /* by the scheduler (each an open, a read, a close) */
+	uint64_t left_by_hint;           /* another node's, known by the hint alone (spool.h) */
 	ms_metrics_conn conn;
 	/* gauges */
 	uint64_t queue_messages;         /* in the index: queued, all states */

@@ -151,6 +151,20 @@ class Hosts:
                 pass
         return n
 
+    def metrics(self, i, port):
+        """Host i's daemon's counters and gauges ({name{labels}: value}),
+        scraped from inside its namespace (metrics_listen on its loopback)."""
+        code = ("import urllib.request,sys;sys.stdout.write(urllib.request.urlopen("
+                f"'http://127.0.0.1:{port}/metrics',timeout=10).read().decode())")
+        p = self.cl.run(host_ns(i), [sys.executable, "-c", code], timeout=30)
+        assert p.returncode == 0, p.stderr
+        out = {}
+        for line in p.stdout.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, v = line.rpartition(" ")
+                out[name] = float(v)
+        return out
+
     def sent_counts(self):
         """How often each queue id was logged as sent, all hosts."""
         return collections.Counter(re.findall(r": (\w+): to=<[^>]*>.*status=sent",

@@ -50,6 +50,37 @@ def test_10000_messages_by_three_daemons_exactly_once(cluster, receiver, tmp_pat
     assert not shared, shared
 
 
+def test_each_envelope_is_read_by_its_owner_alone(cluster, receiver, tmp_path):
+    """A queue the daemons find when they start: each node reads the
+    envelopes of its own destinations' messages and leaves the others'
+    unread, by the destination hint each commit left beside them."""
+    mport = 9187
+    h = Hosts(cluster, "spool-hint", tmp_path, extra=f"metrics_listen = 127.0.0.1:{mport}\n")
+    n = 600
+    h.send_files(1, make_messages(tmp_path, n))
+    try:
+        h.start_all()
+        assert wait_for(lambda: len(receiver.seqs()) >= n and h.listdir("env") == [], 600,
+                        0.5), (len(receiver.seqs()), h.logtext()[-3000:])
+        looks = {i: h.metrics(i, mport) for i in (1, 2, 3)}
+    finally:
+        problems = h.stop_all()
+    assert not problems, problems
+    assert delivered_once(receiver, n)
+    assert h.listdir("corrupt") == []
+    sent = {i: h.logtext(i).count("status=sent") for i in (1, 2, 3)}
+    assert sum(sent.values()) == n
+    for i in (1, 2, 3):
+        read = looks[i]['mailspool_envelope_looks_total{how="read"}']
+        hint = looks[i]['mailspool_envelope_looks_total{how="hint"}']
+        # Its own, and a few read again (changed under the claim): not
+        # the other nodes' (without the hint it read all n).
+        assert read <= sent[i] * 1.1 + 10, (i, read, sent, looks[i])
+        assert hint > 0, (i, looks[i])
+    assert sum(looks[i]['mailspool_envelope_looks_total{how="read"}']
+               for i in (1, 2, 3)) < n * 1.2
+
+
 def test_kill_9_of_one_daemon_loses_nothing(cluster, tmp_path):
     with Receiver(cluster, PORT, delay=0.05) as rcv:
         h = Hosts(cluster, "spool-kill", tmp_path, extra="claim_lease = 10s\nclock_skew = 2s\n")

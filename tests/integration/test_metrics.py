@@ -75,6 +75,10 @@ def test_metrics_scraped_while_delivering(tmp_path, port):
             # The oldest queued message is `old` (later@a.test), still deferred.
             assert 0 <= value(s, "mailspool_queue_oldest_age_seconds") < 120
             assert value(s, "mailspool_delivery_agents") >= 1
+            # Alone on its spool it reads every envelope (three messages
+            # and the bounce) and never goes by a destination hint.
+            assert value(s, "mailspool_envelope_looks_total", how="read") >= 4
+            assert value(s, "mailspool_envelope_looks_total", how="hint") == 0
             assert value(s, "mailspool_recipients_created", result="delivered", **mx) > 0
             # Anything but GET/HEAD /metrics is refused.
             for path, code in (("/", 404), ("/metrics/../etc", 404)):
