@@ -1330,8 +1330,14 @@ static int judged_by_hint(sched_state *d, entry *e, int64_t now)
 	char sender[MS_HINT_SENDER_MAX + 1], rcpt[MS_HINT_DOMAIN_MAX + 2], key[MS_DEST_MAX];
 	ms_error kerr;
 	rcpt[0] = '@';
-	if (ms_spool_dest_hint(d->sp, e->id, sender, rcpt + 1) != 1 ||
-	    ms_dest_for(d->c, sender, rcpt, key, sizeof key, &kerr) != MS_OK)
+	int got = ms_spool_dest_hint(d->sp, e->id, sender, rcpt + 1);
+	if (got < 0) {
+		/* Delivered by its owner meanwhile: as recheck_mtimes drops it */
+		e->mtime = -1;
+		e->due = INT64_MAX;
+		return 1;
+	}
+	if (got == 0 || ms_dest_for(d->c, sender, rcpt, key, sizeof key, &kerr) != MS_OK)
 		return 0;
 	dest *x = dest_for_item(d, key, now);
 	if (!x)
@@ -1365,8 +1371,9 @@ static void take(sched_state *d, entry *e, int64_t now)
 	if (!s)
 		return;
 	int64_t seen;
-	METRIC(d, m_->envelopes_read++);
 	ms_status st = ms_spool_read_mtime(d->sp, e->id, &s->env, &seen, &err);
+	if (st == MS_OK)
+		METRIC(d, m_->envelopes_read++);
 	if (st != MS_OK) {
 		if (st == MS_ERR_DATA)
 			logf_(d, "%s", err.msg);
@@ -1437,7 +1444,7 @@ static void take(sched_state *d, entry *e, int64_t now)
 		ms_sched_plan_free(&plan);
 		ms_env_free(&s->env);
 		ms_env_init(&s->env);
-		METRIC(d, m_->envelopes_read++);
+		METRIC(d, m_->envelopes_read++); /* (or its attempt: a rare case) */
 		if (ms_spool_read(d->sp, e->id, &s->env, &err) != MS_OK ||
 		    ms_sched_plan_make(d->c, &s->env, now, &plan, &err) != MS_OK) {
 			ms_spool_release(d->sp, &s->claim, NULL);

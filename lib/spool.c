@@ -216,6 +216,10 @@ int ms_spool_dest_hint(ms_spool *sp, const char *id, char sender[MS_HINT_SENDER_
 	snprintf(path, sizeof path, "/proc/self/fd/%d/%s", sp->dfd_env, id);
 	char v[MS_HINT_SENDER_MAX + MS_HINT_DOMAIN_MAX + 2];
 	ssize_t n = lgetxattr(path, HINT_XATTR, v, sizeof v);
+	struct stat st;
+	if (n < 0 && errno == ENOENT && fstatat(sp->dfd_env, id, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
+	    errno == ENOENT)
+		return -1; /* (asked by the descriptor too: /proc might not be there) */
 	if (n <= 0 || (size_t)n >= sizeof v)
 		return 0;
 	/* Checked as strictly as an envelope: one LF, no CR or NUL. */

@@ -125,7 +125,8 @@ void ms_spool_ids_free(char **ids, size_t n);
  * the one domain of every recipient still to try, when they have one.  An
  * update writes a new envelope without it (it is for the first look only).
  * 1 and both filled: it has one; 0: none (several domains, a file system
- * without user attributes, gone, malformed): read the envelope to know.
+ * without user attributes, malformed): read the envelope to know; -1:
+ * the envelope is gone.
  * Only a hint: whoever acts on the message reads the envelope first. */
 #define MS_HINT_SENDER_MAX 512
 #define MS_HINT_DOMAIN_MAX 255

@@ -70,15 +70,15 @@ def test_each_envelope_is_read_by_its_owner_alone(cluster, receiver, tmp_path):
     assert h.listdir("corrupt") == []
     sent = {i: h.logtext(i).count("status=sent") for i in (1, 2, 3)}
     assert sum(sent.values()) == n
+    read = {i: looks[i]['mailspool_envelope_looks_total{how="read"}'] for i in (1, 2, 3)}
+    hint = {i: looks[i]['mailspool_envelope_looks_total{how="hint"}'] for i in (1, 2, 3)}
     for i in (1, 2, 3):
-        read = looks[i]['mailspool_envelope_looks_total{how="read"}']
-        hint = looks[i]['mailspool_envelope_looks_total{how="hint"}']
         # Its own, and a few read again (changed under the claim): not
-        # the other nodes' (without the hint it read all n).
-        assert read <= sent[i] * 1.1 + 10, (i, read, sent, looks[i])
-        assert hint > 0, (i, looks[i])
-    assert sum(looks[i]['mailspool_envelope_looks_total{how="read"}']
-               for i in (1, 2, 3)) < n * 1.2
+        # the other nodes' (without the hint each node read all n).
+        assert read[i] <= sent[i] * 1.1 + 10, (i, read, sent)
+    # (A message met while its domain's site was being asked waits for
+    # the answer instead: not counted as left by the hint.)
+    assert sum(hint.values()) > 0, hint
 
 
 def test_kill_9_of_one_daemon_loses_nothing(cluster, tmp_path):

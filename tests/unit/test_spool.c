@@ -119,6 +119,9 @@ static void test_destination_hint(void **state)
 	snprintf(path, sizeof path, "%s/spool/env/%s", root, one);
 	assert_int_equal(getxattr(path, "user.mailspool.dest", v, sizeof v), -1);
 	assert_int_equal(ms_spool_dest_hint(sp, one, sender, domain), 0);
+	/* Gone: said so. */
+	assert_int_equal(ms_spool_remove(sp, one, &err), MS_OK);
+	assert_int_equal(ms_spool_dest_hint(sp, one, sender, domain), -1);
 	tmp_spool_remove(sp);
 }
 
