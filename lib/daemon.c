@@ -1314,6 +1314,24 @@ static int64_t probe_patience(const ms_conf *c)
 	return c->connect_timeout * 2 + 30;
 }
 
+/* When a message of x (queue id `id`) is not ours to take now because of
+ * the other nodes, the time to look at it again; 0 when it is ours.  Not
+ * ours: x's site is being asked (the site's owner delivers it, and who
+ * that is, is known with the answer - the domain's owner taking it
+ * meanwhile would be a second node at that site: id waits for the
+ * answer), or another live node delivers to x (cluster.h: looked at again
+ * at the next scan, or at once when the nodes change). */
+static int64_t others_until(sched_state *d, dest *x, const char *id, int64_t now)
+{
+	if (ms_peers_live(d->peers) < 2)
+		return 0;
+	if (x->resolving)
+		return now + (wait_for_site(x, id) == 0 ? 5 : 1);
+	if (!ms_peers_owns(d->peers, x->key))
+		return now + d->c->queue_scan_interval;
+	return 0;
+}
+
 /* With other live nodes, a message not looked at yet is first judged by
  * the destination hint its commit left beside the envelope (spool.h): a
  * lookup and an attribute read, where reading the envelope costs an open,
@@ -1340,18 +1358,13 @@ static int judged_by_hint(sched_state *d, entry *e, int64_t now)
 	if (got == 0 || ms_dest_for(d->c, sender, rcpt, key, sizeof key, &kerr) != MS_OK)
 		return 0;
 	dest *x = dest_for_item(d, key, now);
-	if (!x)
-		return 0;
-	if (x->resolving) {
-		e->x = x; /* site_known moves it on */
-		e->due = now + (wait_for_site(x, e->id) == 0 ? 5 : 1);
-		return 1;
-	}
-	if (ms_peers_owns(d->peers, x->key))
-		return 0;
-	e->x = x;
-	e->due = now + d->c->queue_scan_interval;
-	METRIC(d, m_->left_by_hint++);
+	int64_t theirs = x ? others_until(d, x, e->id, now) : 0;
+	if (!theirs)
+		return 0; /* ours: read it */
+	e->x = x; /* (when its site is being asked, site_known moves it on) */
+	e->due = theirs;
+	if (!x->resolving)
+		METRIC(d, m_->left_by_hint++);
 	return 1;
 }
 
@@ -1397,18 +1410,10 @@ static void take(sched_state *d, entry *e, int64_t now)
 		dest *x = dest_for_item(d, plan.groups[g].key, now);
 		if (plan.ngroups == 1)
 			e->x = x; /* remembered: while x is down, e is not read again */
-		if (x && x->resolving && ms_peers_live(d->peers) > 1) {
-			/* Its site is being asked: the site's owner delivers it, and
-			 * who that is, is known with the answer (the domain's owner
-			 * taking it meanwhile would be a second node at that site). */
-			int64_t retry = now + (wait_for_site(x, e->id) == 0 ? 5 : 1);
-			if (retry < later)
-				later = retry;
-		} else if (x && !ms_peers_owns(d->peers, x->key)) {
-			/* Another live node delivers there (cluster.h): looked at
-			 * again at the next scan, or at once when the nodes change. */
-			if (now + d->c->queue_scan_interval < later)
-				later = now + d->c->queue_scan_interval;
+		int64_t theirs = x ? others_until(d, x, e->id, now) : 0;
+		if (theirs) {
+			if (theirs < later)
+				later = theirs;
 		} else if (x && x->backoff_until > now) {
 			if (x->backoff_until < later)
 				later = x->backoff_until;
