@@ -6,7 +6,7 @@ import pytest
 from hostile import Hostile
 
 
-def make(reply_to_auth):
+def make(reply_to_auth, seen):
     def script(c):
         c.send("220 hostile.test ESMTP\r\n")
         c.expect("EHLO")
@@ -14,7 +14,9 @@ def make(reply_to_auth):
         c.expect("AUTH LOGIN")
         c.send(reply_to_auth)
         line = c.readline()
-        c.received_after = line
+        # Kept before anything more is said: the client may be gone (and
+        # the test looking at `seen`) as soon as it has the next reply.
+        seen.append(line)
         if line.strip() == b"*":
             c.send("501 5.7.0 AUTH aborted\r\n")
         c.readline()
@@ -32,10 +34,7 @@ def test_auth_failures(send, write_msg, tmp_path, reply, why):
     pw.write_text("secret\n")
     pw.chmod(0o600)
     seen = []
-
-    def script(c):
-        make(reply)(c)
-        seen.append(getattr(c, "received_after", b""))
+    script = make(reply, seen)
 
     with Hostile(script) as h:
         r = send(f"smtp://user@127.0.0.1:{h.port}", [write_msg("x\r\n")], "-f", "a@x.test",
