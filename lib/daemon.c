@@ -211,6 +211,8 @@ typedef struct sched_state {
 	                           * lock file yet at the first) */
 	ms_wakenet *wnet;
 	struct lister *ls;        /* the start-up listing and sweep, while they run */
+	struct hint_ans *hints;   /* destination hints fetched ahead (fetch_hints), by id */
+	size_t nhints;
 } sched_state;
 
 static int64_t now_s(void)
@@ -1332,6 +1334,111 @@ static int64_t others_until(sched_state *d, dest *x, const char *id, int64_t now
 	return 0;
 }
 
+/* ---- destination hints fetched ahead ---- */
+
+/* A hint lookup is a round trip or two on a shared volume, and a walk of
+ * the index meets many messages not looked at yet, most of them other
+ * nodes': their hints are asked for together, HINT_THREADS at a time,
+ * before the walk, instead of one after the other inside it. */
+#define HINT_BATCH 64
+#define HINT_THREADS 8
+
+typedef struct hint_ans {
+	char id[MS_ENV_ID_MAX + 1];
+	int got; /* ms_spool_dest_hint's answer; -2: not asked yet */
+	char sender[MS_HINT_SENDER_MAX + 1];
+	char domain[MS_HINT_DOMAIN_MAX + 1];
+} hint_ans;
+
+typedef struct hint_job {
+	ms_spool *sp; /* (ms_spool_dest_hint only reads its env/ descriptor) */
+	hint_ans *v;
+	size_t n, next;
+	pthread_mutex_t mu;
+} hint_job;
+
+static void *hint_worker(void *arg)
+{
+	hint_job *j = arg;
+	for (;;) {
+		pthread_mutex_lock(&j->mu);
+		size_t i = j->next;
+		while (i < j->n && j->v[i].got != -2)
+			i++;
+		j->next = i + 1;
+		pthread_mutex_unlock(&j->mu);
+		if (i >= j->n)
+			return NULL;
+		j->v[i].got = ms_spool_dest_hint(j->sp, j->v[i].id, j->v[i].sender, j->v[i].domain);
+	}
+}
+
+/* What judged_by_hint looks at: a message not looked at yet, due. */
+static int wants_hint(const entry *e, int64_t now)
+{
+	return !e->busy && !e->hinted && !e->x && e->due <= now;
+}
+
+static int cmp_hint(const void *a, const void *b)
+{
+	return strcmp(((const hint_ans *)a)->id, ((const hint_ans *)b)->id);
+}
+
+/* id's answer among the first n of d->hints (sorted), or NULL. */
+static hint_ans *hint_find(sched_state *d, size_t n, const char *id)
+{
+	hint_ans key;
+	snprintf(key.id, sizeof key.id, "%s", id);
+	return n ? bsearch(&key, d->hints, n, sizeof *d->hints, cmp_hint) : NULL;
+}
+
+/* Before a walk: the hints of the next HINT_BATCH messages it will judge
+ * by their hint, those fetched before and not used yet kept. */
+static void fetch_hints(sched_state *d, int64_t now)
+{
+	if (ms_peers_live(d->peers) < 2 || d->peers_looks < 2)
+		return;
+	if (!d->hints && !(d->hints = malloc(HINT_BATCH * sizeof *d->hints)))
+		return;
+	size_t keep = 0;
+	for (size_t i = 0; i < d->nhints; i++) {
+		entry *e = find_entry(d, d->hints[i].id);
+		if (e && wants_hint(e, now))
+			d->hints[keep++] = d->hints[i];
+	}
+	d->nhints = keep;
+	size_t old = keep, fresh = 0;
+	for (size_t i = 0; i < d->nidx && d->nhints < HINT_BATCH; i++) {
+		entry *e = &d->idx[i];
+		if (!wants_hint(e, now) || hint_find(d, old, e->id))
+			continue;
+		hint_ans *a = &d->hints[d->nhints++];
+		memcpy(a->id, e->id, sizeof a->id);
+		a->got = -2;
+		fresh++;
+	}
+	if (fresh > 1) {
+		hint_job j = { .sp = d->sp, .v = d->hints, .n = d->nhints, .next = old };
+		pthread_mutex_init(&j.mu, NULL);
+		pthread_t t[HINT_THREADS - 1];
+		size_t nt = 0;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setstacksize(&at, 64u << 10);
+		while (nt < HINT_THREADS - 1 && nt + 1 < fresh &&
+		       pthread_create(&t[nt], &at, hint_worker, &j) == 0)
+			nt++;
+		pthread_attr_destroy(&at);
+		hint_worker(&j); /* this thread too; without workers, it alone */
+		for (size_t k = 0; k < nt; k++)
+			pthread_join(t[k], NULL);
+		pthread_mutex_destroy(&j.mu);
+	} else {
+		d->nhints = old; /* one alone: judged_by_hint asks for it itself */
+	}
+	qsort(d->hints, d->nhints, sizeof *d->hints, cmp_hint);
+}
+
 /* With other live nodes, a message not looked at yet is first judged by
  * the destination hint its commit left beside the envelope (spool.h): a
  * lookup and an attribute read, where reading the envelope costs an open,
@@ -1348,7 +1455,14 @@ static int judged_by_hint(sched_state *d, entry *e, int64_t now)
 	char sender[MS_HINT_SENDER_MAX + 1], rcpt[MS_HINT_DOMAIN_MAX + 2], key[MS_DEST_MAX];
 	ms_error kerr;
 	rcpt[0] = '@';
-	int got = ms_spool_dest_hint(d->sp, e->id, sender, rcpt + 1);
+	hint_ans *a = hint_find(d, d->nhints, e->id);
+	if (a && a->got == -2)
+		a = NULL; /* (not asked after all) */
+	int got = a ? a->got : ms_spool_dest_hint(d->sp, e->id, sender, rcpt + 1);
+	if (a && got == 1) {
+		memcpy(sender, a->sender, sizeof sender);
+		memcpy(rcpt + 1, a->domain, sizeof a->domain);
+	}
 	if (got < 0) {
 		/* Delivered by its owner meanwhile: as recheck_mtimes drops it */
 		e->mtime = -1;
@@ -1679,6 +1793,7 @@ static void schedule(sched_state *d)
 		int64_t earliest = INT64_MAX;
 		int full = 1;
 		size_t taken = 0;
+		fetch_hints(d, now);
 		int64_t t0 = ms_now_ms();
 		for (size_t i = 0; i < d->nidx; i++) {
 			entry *e = &d->idx[i];
@@ -2028,6 +2143,7 @@ static void free_all(sched_state *d)
 	ms_hmap_free(&d->units);
 	free(d->ready);
 	free(d->fresh);
+	free(d->hints);
 	free(d->settleq);
 	free(d->slots);
 	free(d->idx);
