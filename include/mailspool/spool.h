@@ -127,7 +127,9 @@ void ms_spool_ids_free(char **ids, size_t n);
  * 1 and both filled: it has one; 0: none (several domains, a file system
  * without user attributes, malformed): read the envelope to know; -1:
  * the envelope is gone.
- * Only a hint: whoever acts on the message reads the envelope first. */
+ * Only a hint: whoever acts on the message reads the envelope first.
+ * Safe from several threads at once on one handle (it only reads the env/
+ * descriptor). */
 #define MS_HINT_SENDER_MAX 512
 #define MS_HINT_DOMAIN_MAX 255
 int ms_spool_dest_hint(ms_spool *sp, const char *id, char sender[MS_HINT_SENDER_MAX + 1],
